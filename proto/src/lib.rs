@@ -1,0 +1,1 @@
+//! Aspen's shared vocabulary (placeholder filled below).
