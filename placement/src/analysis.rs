@@ -210,8 +210,18 @@ pub fn movement(
         let positions = old.len().max(new.len());
         report.positions_changed +=
             (0..positions).filter(|&i| old.get(i) != new.get(i)).count() as u64;
-        let gained: Vec<OsdId> = new.iter().flatten().filter(|o| !old.contains(&Some(**o))).copied().collect();
-        let lost: Vec<OsdId> = old.iter().flatten().filter(|o| !new.contains(&Some(**o))).copied().collect();
+        let gained: Vec<OsdId> = new
+            .iter()
+            .flatten()
+            .filter(|o| !old.contains(&Some(**o)))
+            .copied()
+            .collect();
+        let lost: Vec<OsdId> = old
+            .iter()
+            .flatten()
+            .filter(|o| !new.contains(&Some(**o)))
+            .copied()
+            .collect();
         report.changed_mappings += u64::from(!gained.is_empty() || !lost.is_empty());
         report.moved += gained.len() as u64;
         for osd in gained {

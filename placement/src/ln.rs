@@ -57,7 +57,7 @@ fn log2_fixed(n: u64) -> u64 {
 ///
 /// `u` is first shifted so its top bit is set (each shift adds exactly 1 to
 /// the cost); interpolation then only runs on `[1/2, 1)`, where `-log2` is
-/// nearly straight and the error stays below 4e-8.
+/// nearly straight and the error stays below 5e-8.
 #[inline]
 pub(crate) fn cost(u: u32) -> u64 {
     let table = table();
@@ -93,7 +93,7 @@ mod tests {
             let u = ((i * 21_474) + 1) as u32;
             let c = cost(u);
             let exact = -(f64::from(u) / 4_294_967_296.0).log2();
-            assert!((as_f64(c) - exact).abs() < 4e-8 + 1e-9 * exact, "u={u}");
+            assert!((as_f64(c) - exact).abs() < 5e-8 + 1e-9 * exact, "u={u}");
             assert!(c < previous, "not decreasing at u={u}");
             previous = c;
         }

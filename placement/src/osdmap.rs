@@ -52,25 +52,58 @@ impl OsdState {
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Change {
     /// Adds an empty bucket (a host, rack, ...) inside `parent`.
-    AddBucket { name: String, ty: String, parent: String },
+    AddBucket {
+        name: String,
+        ty: String,
+        parent: String,
+    },
     /// Adds an OSD (down, in) with CRUSH `weight` inside bucket `host`.
-    AddOsd { id: OsdId, weight: Weight, host: String },
+    AddOsd {
+        id: OsdId,
+        weight: Weight,
+        host: String,
+    },
     /// Removes an OSD from the map and from CRUSH.
-    RemoveOsd { id: OsdId },
-    MarkUp { id: OsdId },
-    MarkDown { id: OsdId },
-    MarkIn { id: OsdId },
-    MarkOut { id: OsdId },
+    RemoveOsd {
+        id: OsdId,
+    },
+    MarkUp {
+        id: OsdId,
+    },
+    MarkDown {
+        id: OsdId,
+    },
+    MarkIn {
+        id: OsdId,
+    },
+    MarkOut {
+        id: OsdId,
+    },
     /// Sets the fraction of its share an in OSD keeps (0.0..=1.0).
-    Reweight { id: OsdId, reweight: Weight },
+    Reweight {
+        id: OsdId,
+        reweight: Weight,
+    },
     /// Sets the CRUSH weight (capacity) of an OSD.
-    SetCrushWeight { id: OsdId, weight: Weight },
-    AddPool { pool: Pool },
-    RemovePool { id: PoolId },
+    SetCrushWeight {
+        id: OsdId,
+        weight: Weight,
+    },
+    AddPool {
+        pool: Pool,
+    },
+    RemovePool {
+        id: PoolId,
+    },
     /// Overrides the acting set of a PG; an empty list clears the override.
-    SetPgTemp { pg: PgId, osds: Vec<OsdId> },
+    SetPgTemp {
+        pg: PgId,
+        osds: Vec<OsdId>,
+    },
     /// Replaces the whole CRUSH map.
-    SetCrushMap { crush: CrushMap },
+    SetCrushMap {
+        crush: CrushMap,
+    },
 }
 
 /// The changes that turn the map of epoch `epoch - 1` into epoch `epoch`.
@@ -145,7 +178,11 @@ impl OsdMap {
     /// Epoch 1 of a cluster with `crush`: every CRUSH device becomes an OSD
     /// (down, in); no pools.
     pub fn new(crush: CrushMap) -> Result<OsdMap, MapError> {
-        let osds = crush.devices.iter().map(|d| (d.id, OsdState::NEW)).collect();
+        let osds = crush
+            .devices
+            .iter()
+            .map(|d| (d.id, OsdState::NEW))
+            .collect();
         OsdMap::build(OsdMapData {
             epoch: Epoch(1),
             crush,
@@ -165,7 +202,10 @@ impl OsdMap {
         let mut pool_rules = BTreeMap::new();
         for (id, pool) in &data.pools {
             if *id != pool.id {
-                return Err(MapError::Malformed(format!("pool {} is filed under id {id}", pool.id)));
+                return Err(MapError::Malformed(format!(
+                    "pool {} is filed under id {id}",
+                    pool.id
+                )));
             }
             pool.validate()?;
             pool_rules.insert(*id, compiled.rule(&pool.rule)?);
@@ -247,7 +287,8 @@ impl OsdMap {
         let next = OsdMap::build(data)?;
         for change in &incremental.changes {
             if let Change::AddPool { pool } = change {
-                next.compiled.check_rule(next.pool_rules[&pool.id], pool.size)?;
+                next.compiled
+                    .check_rule(next.pool_rules[&pool.id], pool.size)?;
             }
         }
         Ok(next)
@@ -376,7 +417,10 @@ fn check_pg_temp(data: &OsdMapData, pg: PgId, osds: &[OsdId]) -> Result<(), MapE
         pg,
         problem: problem.to_string(),
     };
-    let pool = data.pools.get(&pg.pool).ok_or(MapError::UnknownPool(pg.pool))?;
+    let pool = data
+        .pools
+        .get(&pg.pool)
+        .ok_or(MapError::UnknownPool(pg.pool))?;
     if pg.seed >= pool.pg_num {
         return Err(MapError::UnknownPg(pg));
     }

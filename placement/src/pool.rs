@@ -152,15 +152,36 @@ mod tests {
         }
     }
 
-    #[test]
-    fn objects_spread_over_every_pg() {
-        let pool = pool();
-        let mut counts = vec![0u32; 100];
-        for i in 0..100_000u32 {
-            let pg = pool.pg_of(format!("obj{i}").as_bytes());
-            counts[pg.seed as usize] += 1;
+    fn pg_counts(pg_num: u32, objects: u32) -> Vec<u32> {
+        let pool = Pool { pg_num, ..pool() };
+        let mut counts = vec![0u32; pg_num as usize];
+        for i in 0..objects {
+            counts[pool.pg_of(format!("obj{i}").as_bytes()).seed as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (850..1150).contains(&c)), "{counts:?}");
+        counts
+    }
+
+    #[test]
+    fn objects_spread_evenly_over_a_power_of_two() {
+        let counts = pg_counts(128, 128_000);
+        assert!(
+            counts.iter().all(|&c| (850..1150).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn other_pg_counts_have_single_and_double_pgs() {
+        // stable_mod with pg_num 100: seeds 36..64 each take the objects of
+        // two of the 128 hash slots (their split halves do not exist yet).
+        let counts = pg_counts(100, 128_000);
+        for (seed, &count) in counts.iter().enumerate() {
+            let expected = if (36..64).contains(&seed) { 2000 } else { 1000 };
+            assert!(
+                count.abs_diff(expected) < expected / 6,
+                "seed {seed}: {count}"
+            );
+        }
     }
 
     #[test]
@@ -176,7 +197,10 @@ mod tests {
         for edit in cases {
             let mut p = pool();
             edit(&mut p);
-            assert!(matches!(p.validate(), Err(MapError::BadPool { .. })), "{p:?}");
+            assert!(
+                matches!(p.validate(), Err(MapError::BadPool { .. })),
+                "{p:?}"
+            );
         }
         assert!(pool().validate().is_ok());
     }

@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
+use aspen_placement::Weight;
 use aspen_placement::analysis::{self, MovementReport, UtilizationReport};
 use aspen_placement::crush::{CompiledMap, CrushMap, DEFAULT_RULE};
-use aspen_placement::Weight;
 use clap::{Args, Subcommand};
 
 #[derive(Subcommand)]
@@ -72,15 +72,21 @@ pub fn run(command: CrushCommand) -> anyhow::Result<()> {
             show_utilization,
             show_mappings,
         } => test(&load(&map)?, &placement, show_utilization, show_mappings)?,
-        CrushCommand::Diff { old, new, placement } => diff(&load(&old)?, &load(&new)?, &placement)?,
+        CrushCommand::Diff {
+            old,
+            new,
+            placement,
+        } => diff(&load(&old)?, &load(&new)?, &placement)?,
     }
     Ok(())
 }
 
 fn load(path: &Path) -> anyhow::Result<CompiledMap> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let map = CrushMap::from_json(&text).with_context(|| format!("in {}", path.display()))?;
-    map.compile().with_context(|| format!("in {}", path.display()))
+    map.compile()
+        .with_context(|| format!("in {}", path.display()))
 }
 
 fn test(
@@ -128,7 +134,10 @@ fn print_utilization(
         elapsed.as_secs_f64(),
         per_mapping * 1e6
     );
-    println!("mappings short of {} devices: {}", args.size, report.short_mappings);
+    println!(
+        "mappings short of {} devices: {}",
+        args.size, report.short_mappings
+    );
     if per_device {
         for d in &report.devices {
             println!(

@@ -112,7 +112,13 @@ impl CrushMap {
             salts: leaves.iter().map(|l| device_salt(l.osd.0)).collect(),
             crush_only: leaves
                 .iter()
-                .map(|l| if l.weight == 0 { 0 } else { crate::Weight::ONE.raw() })
+                .map(|l| {
+                    if l.weight == 0 {
+                        0
+                    } else {
+                        crate::Weight::ONE.raw()
+                    }
+                })
                 .collect(),
             nodes,
             leaves,
@@ -229,10 +235,12 @@ fn link_children(
     for (offset, bucket) in map.buckets.iter().enumerate() {
         let index = first_bucket + offset;
         for item in &bucket.items {
-            let child = *by_name.get(item.as_str()).ok_or_else(|| CrushError::UnknownItem {
-                bucket: bucket.name.clone(),
-                item: item.clone(),
-            })?;
+            let child = *by_name
+                .get(item.as_str())
+                .ok_or_else(|| CrushError::UnknownItem {
+                    bucket: bucket.name.clone(),
+                    item: item.clone(),
+                })?;
             if let Some(previous) = parent[child] {
                 return Err(CrushError::MultipleParents {
                     item: item.clone(),
@@ -282,7 +290,11 @@ fn lay_out(
             node,
             osd,
             weight,
-            inv_weight: if weight == 0 { 0 } else { u64::MAX / u64::from(weight) },
+            inv_weight: if weight == 0 {
+                0
+            } else {
+                u64::MAX / u64::from(weight)
+            },
         });
     } else {
         let children = nodes[node].children.clone();
@@ -347,7 +359,10 @@ fn compile_rules(
                     ty,
                 } => {
                     if working != Working::Buckets {
-                        return Err(bad(i, "choose needs buckets to choose from: put a take first"));
+                        return Err(bad(
+                            i,
+                            "choose needs buckets to choose from: put a take first",
+                        ));
                     }
                     let ty = *types
                         .get(ty.as_str())

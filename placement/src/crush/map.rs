@@ -131,7 +131,12 @@ impl CrushMap {
     }
 
     /// Adds device `id` (named `osd.ID`) with `weight` inside bucket `parent`.
-    pub fn add_device(&mut self, id: OsdId, weight: Weight, parent: &str) -> Result<(), CrushError> {
+    pub fn add_device(
+        &mut self,
+        id: OsdId,
+        weight: Weight,
+        parent: &str,
+    ) -> Result<(), CrushError> {
         let name = id.to_string();
         if self.device(id).is_some() {
             return Err(CrushError::DuplicateDeviceId(id.0));

@@ -114,9 +114,9 @@ impl FromStr for Step {
                 })
             }
             ["take"] | ["take", ..] => Err(bad("expected: take BUCKET")),
-            ["choose" | "chooseleaf", ..] => Err(bad(
-                "expected: choose|chooseleaf firstn|indep N type TYPE",
-            )),
+            ["choose" | "chooseleaf", ..] => {
+                Err(bad("expected: choose|chooseleaf firstn|indep N type TYPE"))
+            }
             _ => Err(bad("unknown step (take, choose, chooseleaf, emit)")),
         }
     }

@@ -57,11 +57,22 @@ impl DeviceWeights {
 /// A draw's rank: smaller wins; the leaf index breaks exact ties.
 type DrawKey = (u128, usize);
 
-/// A chosen failure domain and the device under it.
+/// A chosen failure domain, the device under it, and the draw stream that
+/// chose them.
 #[derive(Clone, Copy)]
 struct Pick {
     domain: usize,
     leaf: usize,
+    r: u32,
+}
+
+/// An item of a rule's working set: a node and the draw stream that chose
+/// it, which the steps below it continue (so `choose host` + `choose osd`
+/// lands where `chooseleaf host` does).
+#[derive(Clone, Copy)]
+struct Chosen {
+    node: usize,
+    r: u32,
 }
 
 const FULLY_IN: u32 = Weight::ONE.raw();
@@ -88,7 +99,9 @@ impl CompiledMap {
 
     /// The devices placed in the hierarchy, with their CRUSH weights.
     pub fn placed_devices(&self) -> impl Iterator<Item = (OsdId, Weight)> + '_ {
-        self.leaves.iter().map(|l| (l.osd, Weight::from_raw(l.weight)))
+        self.leaves
+            .iter()
+            .map(|l| (l.osd, Weight::from_raw(l.weight)))
     }
 
     /// Reweights for every placed device, from `reweight` (values above 1.0
@@ -161,13 +174,13 @@ impl CompiledMap {
     ) -> Result<Vec<Option<OsdId>>, CrushError> {
         check_size(size)?;
         let compiled = &self.rules[rule.0];
-        let mut working: Vec<Option<usize>> = Vec::new();
+        let mut working: Vec<Option<Chosen>> = Vec::new();
         let mut result: Vec<Option<OsdId>> = Vec::with_capacity(size);
         for step in &compiled.steps {
             match *step {
                 CompiledStep::Take(bucket) => {
                     self.check_weighted(bucket)?;
-                    working = vec![Some(bucket)];
+                    working = vec![Some(Chosen { node: bucket, r: 0 })];
                 }
                 CompiledStep::Choose {
                     leaf,
@@ -179,7 +192,9 @@ impl CompiledMap {
                     working = self.choose_step(&working, leaf, mode, wanted, ty, x, weights);
                 }
                 CompiledStep::Emit => {
-                    let emitted = working.drain(..).map(|n| n.and_then(|n| self.nodes[n].device));
+                    let emitted = working
+                        .drain(..)
+                        .map(|c| c.and_then(|c| self.nodes[c.node].device));
                     result.extend(emitted);
                 }
             }
@@ -195,37 +210,38 @@ impl CompiledMap {
     #[allow(clippy::too_many_arguments)]
     fn choose_step(
         &self,
-        working: &[Option<usize>],
+        working: &[Option<Chosen>],
         leaf: bool,
         mode: ChooseMode,
         wanted: usize,
         ty: usize,
         x: u32,
         weights: &DeviceWeights,
-    ) -> Vec<Option<usize>> {
-        let chosen = |pick: Pick| {
-            if leaf {
+    ) -> Vec<Option<Chosen>> {
+        let chosen = |pick: Pick| Chosen {
+            node: if leaf {
                 self.leaves[pick.leaf].node
             } else {
                 pick.domain
-            }
+            },
+            r: pick.r,
         };
         let mut next = Vec::new();
         for item in working {
-            let Some(bucket) = *item else {
+            let Some(parent) = *item else {
                 if mode == ChooseMode::Indep {
                     next.extend(std::iter::repeat_n(None, wanted));
                 }
                 continue;
             };
-            let domains = self.domains_of(bucket, ty);
+            let domains = self.domains_of(parent.node, ty);
             match mode {
                 ChooseMode::FirstN => {
-                    let picks = self.choose_firstn(domains, wanted, x, weights);
+                    let picks = self.choose_firstn(domains, wanted, x, parent.r, weights);
                     next.extend(picks.into_iter().map(|p| Some(chosen(p))));
                 }
                 ChooseMode::Indep => {
-                    let picks = self.choose_indep(domains, wanted, x, weights);
+                    let picks = self.choose_indep(domains, wanted, x, parent.r, weights);
                     next.extend(picks.into_iter().map(|p| p.map(chosen)));
                 }
             }
@@ -247,15 +263,16 @@ impl CompiledMap {
         Ok(())
     }
 
-    /// The `wanted` domains with the best eligible draws at `r = 0`, best first.
+    /// The `wanted` domains with the best eligible draws in stream `r`, best first.
     fn choose_firstn(
         &self,
         domains: &[Domain],
         wanted: usize,
         x: u32,
+        r: u32,
         weights: &DeviceWeights,
     ) -> Vec<Pick> {
-        let stream = draw_stream(x, 0);
+        let stream = draw_stream(x, r);
         let mut ranked: Vec<(DrawKey, Pick)> = Vec::with_capacity(wanted + 1);
         for d in domains {
             let Some((key, leaf)) = self.best_leaf(d, stream, x, &weights.0) else {
@@ -265,21 +282,36 @@ impl CompiledMap {
                 continue;
             }
             let at = ranked.partition_point(|(k, _)| *k < key);
-            ranked.insert(at, (key, Pick { domain: d.node, leaf }));
+            ranked.insert(
+                at,
+                (
+                    key,
+                    Pick {
+                        domain: d.node,
+                        leaf,
+                        r,
+                    },
+                ),
+            );
             ranked.truncate(wanted);
         }
         ranked.into_iter().map(|(_, pick)| pick).collect()
     }
 
-    /// `wanted` fixed positions (see the module docs).
+    /// `wanted` fixed positions (see the module docs). Position `p` draws in
+    /// stream `r + p * MAX_REPLICAS`, so position 0 continues its parent's
+    /// stream and nested positions never share one.
     fn choose_indep(
         &self,
         domains: &[Domain],
         wanted: usize,
         x: u32,
+        r: u32,
         weights: &DeviceWeights,
     ) -> Vec<Option<Pick>> {
-        let streams: Vec<u64> = (0..wanted as u32).map(|p| draw_stream(x, p)).collect();
+        let position_r = |p: usize| r.wrapping_add((p * MAX_REPLICAS) as u32);
+        let rs: Vec<u32> = (0..wanted).map(position_r).collect();
+        let streams: Vec<u64> = rs.iter().map(|&r| draw_stream(x, r)).collect();
         let mut used: Vec<usize> = Vec::with_capacity(wanted);
         let homes: Vec<Option<usize>> = streams
             .iter()
@@ -291,14 +323,18 @@ impl CompiledMap {
             .collect();
         let mut picks: Vec<Option<Pick>> = homes
             .iter()
-            .zip(&streams)
-            .map(|(home, &stream)| {
+            .zip(streams.iter().zip(&rs))
+            .map(|(home, (&stream, &r))| {
                 let d = &domains[(*home)?];
                 let (_, leaf) = self.best_leaf(d, stream, x, &weights.0)?;
-                Some(Pick { domain: d.node, leaf })
+                Some(Pick {
+                    domain: d.node,
+                    leaf,
+                    r,
+                })
             })
             .collect();
-        for (pick, &stream) in picks.iter_mut().zip(&streams) {
+        for (pick, (&stream, &r)) in picks.iter_mut().zip(streams.iter().zip(&rs)) {
             if pick.is_some() {
                 continue;
             }
@@ -307,7 +343,11 @@ impl CompiledMap {
                 let d = &domains[replacement];
                 *pick = self
                     .best_leaf(d, stream, x, &weights.0)
-                    .map(|(_, leaf)| Pick { domain: d.node, leaf });
+                    .map(|(_, leaf)| Pick {
+                        domain: d.node,
+                        leaf,
+                        r,
+                    });
             }
         }
         picks
@@ -326,7 +366,10 @@ impl CompiledMap {
             .iter()
             .enumerate()
             .filter(|(i, _)| !taken.contains(i))
-            .filter_map(|(i, d)| self.best_leaf(d, stream, x, weights).map(|(key, _)| (key, i)))
+            .filter_map(|(i, d)| {
+                self.best_leaf(d, stream, x, weights)
+                    .map(|(key, _)| (key, i))
+            })
             .min()
             .map(|(_, i)| i)
     }
