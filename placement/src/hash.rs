@@ -51,7 +51,7 @@ pub fn object_hash(pool: PoolId, name: &[u8]) -> u32 {
 /// in the new buckets (each new PG takes half of exactly one old PG).
 /// `b` must be at least 1 and at most 2^31.
 pub fn stable_mod(x: u32, b: u32) -> u32 {
-    debug_assert!(b >= 1 && b <= 1 << 31);
+    debug_assert!((1..=1 << 31).contains(&b));
     let mask = b.next_power_of_two() - 1;
     if x & mask < b {
         x & mask

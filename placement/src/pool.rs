@@ -30,11 +30,37 @@ impl fmt::Display for PoolId {
 }
 
 /// A placement group: PG `seed` of `pool`. Written `POOL.SEED` with the
-/// seed in hex, as Ceph does (`1.2f`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// seed in hex, as Ceph does (`1.2f`); human-readable formats (JSON) use that
+/// text, binary ones the two numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PgId {
     pub pool: PoolId,
     pub seed: u32,
+}
+
+impl Serialize for PgId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            (self.pool.0, self.seed).serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PgId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<PgId, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = String::deserialize(deserializer)?;
+            text.parse().map_err(serde::de::Error::custom)
+        } else {
+            let (pool, seed) = <(u32, u32)>::deserialize(deserializer)?;
+            Ok(PgId {
+                pool: PoolId(pool),
+                seed,
+            })
+        }
+    }
 }
 
 impl PgId {
