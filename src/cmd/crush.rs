@@ -23,6 +23,7 @@ pub enum CrushCommand {
     },
     /// Map PGs 0..PGS with a rule and report how evenly they spread.
     Test {
+        /// The map (JSON, as `build` prints it); `-` reads standard input.
         #[arg(long)]
         map: PathBuf,
         #[command(flatten)]

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Aspen's whole test suite: installs what it needs, then checks formatting,
+# lints, and runs every test. This is the README's test command and what
+# .ci/run calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# Debian packages the build and the tests need (a C compiler for blake3 and
+# SQLite). Later suites add theirs here.
+DEBIAN_PACKAGES=(gcc libc6-dev pkg-config)
+
+install_debian_packages() {
+  local missing=()
+  for package in "$@"; do
+    dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  echo "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+require_rust_components() {
+  for tool in cargo rustfmt cargo-clippy; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (rustup component add ${tool#cargo-})" >&2; exit 1; }
+  done
+}
+
+install_debian_packages "${DEBIAN_PACKAGES[@]}"
+require_rust_components
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+# --show-output prints the figures the property and distribution tests report.
+cargo test --workspace --locked -- --show-output
