@@ -37,4 +37,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 # --show-output prints the figures the property and distribution tests report.
-cargo test --workspace --locked -- --show-output
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked -- --show-output 2>&1 | tee "$log"
+# One closing line for the whole run (cargo's last line is its last target's).
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' "$log"

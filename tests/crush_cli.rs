@@ -94,6 +94,33 @@ fn test_reports_utilization_and_mappings() {
 }
 
 #[test]
+fn test_reads_the_map_from_standard_input() {
+    use std::io::Write;
+    let map = stdout(&aspen(&[
+        "crush",
+        "build",
+        "--hosts",
+        "4",
+        "--osds-per-host",
+        "2",
+    ]));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aspen"))
+        .args(["crush", "test", "--map", "-", "--pgs", "64"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(map.as_bytes())
+        .unwrap();
+    let out = stdout(&child.wait_with_output().unwrap());
+    assert!(out.contains("64 mappings"), "{out}");
+}
+
+#[test]
 fn diff_reports_movement_against_the_optimum() {
     let dir = tempfile::tempdir().unwrap();
     let old = build(dir.path(), "old.json", 10, 4);

@@ -9,6 +9,7 @@ use aspen_placement::crush::{CompiledMap, CrushMap, DeviceWeights};
 use aspen_placement::{Change, OsdId, OsdMap, PgId, Pool, PoolId, Weight};
 use common::*;
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 
 const WEIGHTS: [f64; 6] = [0.25, 0.5, 1.0, 1.5, 2.0, 4.0];
 const INPUTS_PER_CASE: u32 = 64;
@@ -52,6 +53,11 @@ fn set(members: &[Option<OsdId>]) -> HashSet<OsdId> {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::default()
+    })]
+
     #[test]
     fn same_input_same_output(hosts in arb_hosts(), size in 1usize..=4, base in any::<u32>()) {
         let map = with_indep_rule(map_with_weights(&hosts));

@@ -82,9 +82,13 @@ pub fn run(command: CrushCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads and compiles a map file (`-` reads standard input).
 fn load(path: &Path) -> anyhow::Result<CompiledMap> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
     let map = CrushMap::from_json(&text).with_context(|| format!("in {}", path.display()))?;
     map.compile()
         .with_context(|| format!("in {}", path.display()))
