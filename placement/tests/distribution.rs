@@ -164,13 +164,7 @@ fn removing_or_outing_one_osd_moves_only_its_replicas() {
     let compiled = compile(&before);
     let on_victim = replicas_on(&compiled, victim, pgs);
 
-    let out_weights = compiled.device_weights(|o| {
-        if o == victim {
-            Weight::ZERO
-        } else {
-            Weight::ONE
-        }
-    });
+    let out_weights = all_in_but(&compiled, victim);
     let outed = analysis::movement(
         (&compiled, &compiled.all_in()),
         (&compiled, &out_weights),
@@ -209,13 +203,7 @@ fn indep_changes_only_the_failed_position() {
     );
     let compiled = compile(&map);
     let victim = OsdId(21);
-    let out = compiled.device_weights(|o| {
-        if o == victim {
-            Weight::ZERO
-        } else {
-            Weight::ONE
-        }
-    });
+    let out = all_in_but(&compiled, victim);
     let rule = compiled.rule("ec").unwrap();
     let (mut failed_positions, mut other_positions_changed) = (0u64, 0u64);
     for x in pg_inputs(200_000) {

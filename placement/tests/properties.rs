@@ -44,10 +44,6 @@ fn mappings(
         .collect()
 }
 
-fn only_out(map: &CompiledMap, out: OsdId) -> DeviceWeights {
-    map.device_weights(|o| if o == out { Weight::ZERO } else { Weight::ONE })
-}
-
 fn set(members: &[Option<OsdId>]) -> HashSet<OsdId> {
     members.iter().flatten().copied().collect()
 }
@@ -156,7 +152,7 @@ proptest! {
             let b = compile(&after);
             mappings(&b, "replicated_rule", size, &b.all_in(), base)
         } else {
-            mappings(&a, "replicated_rule", size, &only_out(&a, victim), base)
+            mappings(&a, "replicated_rule", size, &all_in_but(&a, victim), base)
         };
         for (old, new) in old.iter().zip(&new) {
             let (old, new) = (set(old), set(new));
@@ -196,7 +192,7 @@ proptest! {
         let victim = OsdId(victim.index(device_count(&hosts) as usize) as u32);
         let compiled = compile(&map);
         let old = mappings(&compiled, "indep", size, &compiled.all_in(), base);
-        let new = mappings(&compiled, "indep", size, &only_out(&compiled, victim), base);
+        let new = mappings(&compiled, "indep", size, &all_in_but(&compiled, victim), base);
         for (old, new) in old.iter().zip(&new) {
             prop_assert_eq!(old.len(), new.len());
             for (before, after) in old.iter().zip(new) {

@@ -545,13 +545,7 @@ fn indep_refills_a_failed_position_from_a_free_host() {
     for x in 0..300 {
         let before = compiled.select(rule, x, 3, &compiled.all_in()).unwrap();
         let failed = before[0].unwrap();
-        let weights = compiled.device_weights(|o| {
-            if o == failed {
-                Weight::ZERO
-            } else {
-                Weight::ONE
-            }
-        });
+        let weights = all_in_but(&compiled, failed);
         let after = compiled.select(rule, x, 3, &weights).unwrap();
         assert_eq!(after[1..], before[1..], "x={x}");
         assert!(after[0].is_some() && after[0] != before[0] && !before.contains(&after[0]));
@@ -566,13 +560,7 @@ fn indep_leaves_a_hole_when_no_host_is_free() {
     for x in 0..300 {
         let before = compiled.select(rule, x, 3, &compiled.all_in()).unwrap();
         let failed = before[1].unwrap();
-        let weights = compiled.device_weights(|o| {
-            if o == failed {
-                Weight::ZERO
-            } else {
-                Weight::ONE
-            }
-        });
+        let weights = all_in_but(&compiled, failed);
         let after = compiled.select(rule, x, 3, &weights).unwrap();
         assert_eq!(after, vec![before[0], None, before[2]]);
     }
@@ -586,13 +574,7 @@ fn indep_moves_within_the_host_first() {
     for x in 0..300 {
         let before = compiled.select(rule, x, 3, &compiled.all_in()).unwrap();
         let failed = before[2].unwrap();
-        let weights = compiled.device_weights(|o| {
-            if o == failed {
-                Weight::ZERO
-            } else {
-                Weight::ONE
-            }
-        });
+        let weights = all_in_but(&compiled, failed);
         let after = compiled.select(rule, x, 3, &weights).unwrap();
         assert_eq!(after[..2], before[..2]);
         assert_eq!(after[2].unwrap().0 / 3, failed.0 / 3, "same host");

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use aspen_placement::crush::{CompiledMap, CrushMap, Rule, Step};
+use aspen_placement::crush::{CompiledMap, CrushMap, DeviceWeights, Rule, Step};
 use aspen_placement::{OsdId, Weight};
 
 /// `hosts` hosts with the given OSD weights each (one `Vec` per host).
@@ -49,4 +49,9 @@ pub fn host_of(map: &CrushMap, osd: OsdId) -> String {
 
 pub fn compile(map: &CrushMap) -> CompiledMap {
     map.compile().unwrap()
+}
+
+/// Every device in except `out`.
+pub fn all_in_but(map: &CompiledMap, out: OsdId) -> DeviceWeights {
+    map.device_weights(|o| if o == out { Weight::ZERO } else { Weight::ONE })
 }
