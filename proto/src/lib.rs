@@ -11,9 +11,12 @@
 //! re-exports) and below every daemon and client crate. It must never depend
 //! on `mds`, `osd`, `fsclient` or the gateways.
 
+pub mod errno;
+pub mod fs;
 pub mod ids;
 pub mod layout;
 
 pub use aspen_placement::{Epoch, OsdId, PgId, PoolId};
+pub use errno::Errno;
 pub use ids::{InodeId, ObjectId, ObjectNo};
 pub use layout::{FileLayout, LayoutError, ObjectExtent};

@@ -1,0 +1,15 @@
+//! The Aspen metadata service (MDS).
+//!
+//! The MDS holds the namespace, client sessions and the cluster map, and
+//! replicates them with Raft. This crate is built in layers:
+//!
+//! - [`namespace`]: the deterministic namespace state machine over SQLite
+//!   (directories, inodes, links, xattrs, open handles, strays, purge
+//!   queue), with the permission checks and errnos of Linux on ext4.
+//!
+//! # Boundary
+//! The MDS depends on `aspen-proto` and `aspen-placement`. Nothing in it is
+//! used by clients except through the wire messages in `aspen-proto`;
+//! `fsclient` and the gateways must never depend on this crate.
+
+pub mod namespace;

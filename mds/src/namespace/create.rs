@@ -1,0 +1,191 @@
+//! Creating names: format (the root), mknod, mkdir, symlink and link.
+
+use aspen_proto::fs::{Attr, FileType, MAX_NLINK, MAX_SYMLINK_LEN, mode, validate_name};
+use aspen_proto::{Errno, FileLayout, InodeId};
+use rusqlite::Connection;
+
+use super::store::{self, NEXT_GENERATION, NEXT_INO};
+use super::{NsReply, OpContext, OpResult, perm, touch_dir};
+
+/// Creates the root directory; fails with `EEXIST` once formatted.
+pub(super) fn format(
+    conn: &Connection,
+    ctx: &OpContext,
+    perm_bits: u32,
+    uid: u32,
+    gid: u32,
+    layout: FileLayout,
+) -> OpResult<NsReply> {
+    if store::load(conn, InodeId::ROOT).is_ok() {
+        return Err(Errno::EEXIST.into());
+    }
+    let root = Attr {
+        ino: InodeId::ROOT,
+        kind: FileType::Directory,
+        perm: perm_bits & mode::PERMISSIONS,
+        nlink: 2,
+        uid,
+        gid,
+        size: 0,
+        atime: ctx.now,
+        mtime: ctx.now,
+        ctime: ctx.now,
+        rdev: 0,
+        generation: store::next_counter(conn, NEXT_GENERATION)?,
+        layout,
+    };
+    store::insert(conn, &root, Some(InodeId::ROOT))?;
+    store::set_counter(conn, NEXT_INO, InodeId::ROOT.0 + 1)?;
+    Ok(NsReply::Attr(root))
+}
+
+/// The checks every creation shares, in Linux's order: the parent is a
+/// searchable directory, the name is free, the parent is writable and alive.
+fn check_create(conn: &Connection, ctx: &OpContext, parent: &Attr, name: &[u8]) -> OpResult<()> {
+    validate_name(name)?;
+    perm::check_search(parent, &ctx.caller)?;
+    if store::lookup(conn, parent.ino, name)?.is_some() {
+        return Err(Errno::EEXIST.into());
+    }
+    perm::check_modify_dir(parent, &ctx.caller)?;
+    if parent.nlink == 0 {
+        return Err(Errno::ENOENT.into());
+    }
+    Ok(())
+}
+
+/// Makes a new inode of `kind` named `name` in `parent`.
+fn make(
+    conn: &Connection,
+    ctx: &OpContext,
+    parent_ino: InodeId,
+    name: &[u8],
+    kind: FileType,
+    requested: u32,
+    rdev: u64,
+) -> OpResult<Attr> {
+    let mut parent = store::load(conn, parent_ino)?;
+    check_create(conn, ctx, &parent, name)?;
+    if kind == FileType::Directory && parent.nlink >= MAX_NLINK {
+        return Err(Errno::EMLINK.into());
+    }
+    let (uid, gid, perm_bits) = perm::new_inode_owner(&parent, &ctx.caller, kind, requested);
+    let attr = Attr {
+        ino: InodeId(store::next_counter(conn, NEXT_INO)?),
+        kind,
+        perm: perm_bits,
+        nlink: if kind == FileType::Directory { 2 } else { 1 },
+        uid,
+        gid,
+        size: 0,
+        atime: ctx.now,
+        mtime: ctx.now,
+        ctime: ctx.now,
+        rdev,
+        generation: store::next_counter(conn, NEXT_GENERATION)?,
+        layout: parent.layout,
+    };
+    let dir_parent = (kind == FileType::Directory).then_some(parent.ino);
+    store::insert(conn, &attr, dir_parent)?;
+    store::add_entry(conn, parent.ino, name, attr.ino)?;
+    if kind == FileType::Directory {
+        parent.nlink += 1;
+    }
+    touch_dir(conn, &mut parent, ctx.now)?;
+    Ok(attr)
+}
+
+pub(super) fn mknod(
+    conn: &Connection,
+    ctx: &OpContext,
+    parent: InodeId,
+    name: &[u8],
+    mode_bits: u32,
+    umask: u32,
+    rdev: u64,
+) -> OpResult<Attr> {
+    let kind = match mode_bits & mode::S_IFMT {
+        0 => FileType::Regular,
+        bits => FileType::from_mode(bits).ok_or(Errno::EINVAL)?,
+    };
+    match kind {
+        FileType::Directory | FileType::Symlink => return Err(Errno::EPERM.into()),
+        FileType::CharDevice | FileType::BlockDevice if !ctx.caller.is_root() => {
+            return Err(Errno::EPERM.into());
+        }
+        _ => {}
+    }
+    let rdev = if matches!(kind, FileType::CharDevice | FileType::BlockDevice) {
+        rdev
+    } else {
+        0
+    };
+    make(
+        conn,
+        ctx,
+        parent,
+        name,
+        kind,
+        mode_bits & !umask & mode::PERMISSIONS,
+        rdev,
+    )
+}
+
+pub(super) fn mkdir(
+    conn: &Connection,
+    ctx: &OpContext,
+    parent: InodeId,
+    name: &[u8],
+    mode_bits: u32,
+    umask: u32,
+) -> OpResult<Attr> {
+    let requested = mode_bits & !umask & (0o777 | mode::S_ISVTX);
+    make(conn, ctx, parent, name, FileType::Directory, requested, 0)
+}
+
+pub(super) fn symlink(
+    conn: &Connection,
+    ctx: &OpContext,
+    parent: InodeId,
+    name: &[u8],
+    target: &[u8],
+) -> OpResult<Attr> {
+    if target.len() > MAX_SYMLINK_LEN {
+        return Err(Errno::ENAMETOOLONG.into());
+    }
+    if target.is_empty() || target.contains(&0) {
+        return Err(Errno::ENOENT.into());
+    }
+    let mut attr = make(conn, ctx, parent, name, FileType::Symlink, 0o777, 0)?;
+    store::set_symlink_target(conn, attr.ino, target)?;
+    attr.size = target.len() as u64;
+    store::save(conn, &attr)?;
+    Ok(attr)
+}
+
+pub(super) fn link(
+    conn: &Connection,
+    ctx: &OpContext,
+    ino: InodeId,
+    new_parent: InodeId,
+    new_name: &[u8],
+) -> OpResult<Attr> {
+    let mut source = store::load(conn, ino)?;
+    let mut parent = store::load(conn, new_parent)?;
+    check_create(conn, ctx, &parent, new_name)?;
+    if source.kind == FileType::Directory {
+        return Err(Errno::EPERM.into());
+    }
+    if source.nlink == 0 {
+        return Err(Errno::ENOENT.into());
+    }
+    if source.nlink >= MAX_NLINK {
+        return Err(Errno::EMLINK.into());
+    }
+    store::add_entry(conn, parent.ino, new_name, source.ino)?;
+    source.nlink += 1;
+    source.ctime = ctx.now;
+    store::save(conn, &source)?;
+    touch_dir(conn, &mut parent, ctx.now)?;
+    Ok(source)
+}

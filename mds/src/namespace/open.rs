@@ -1,0 +1,139 @@
+//! Open handles: open, create, release, and the end of a session. An
+//! inode unlinked while open stays (as a stray) until its last handle goes.
+
+use aspen_proto::fs::{Attr, FileType, access, mode, open_flags};
+use aspen_proto::{Errno, InodeId};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::store::{self, NEXT_HANDLE};
+use super::{HandleId, NsReply, OpContext, OpResult, SessionId, create, perm};
+
+/// The access an open asks for.
+fn access_mask(flags: u32) -> u32 {
+    let mut mask = match flags & open_flags::O_ACCMODE {
+        open_flags::O_RDONLY => access::R_OK,
+        open_flags::O_WRONLY => access::W_OK,
+        _ => access::R_OK | access::W_OK,
+    };
+    if flags & open_flags::O_TRUNC != 0 {
+        mask |= access::W_OK;
+    }
+    mask
+}
+
+fn check_open(attr: &Attr, ctx: &OpContext, flags: u32) -> OpResult<()> {
+    if flags & open_flags::O_ACCMODE == open_flags::O_ACCMODE {
+        return Err(Errno::EINVAL.into());
+    }
+    let writes = access_mask(flags) & access::W_OK != 0;
+    match attr.kind {
+        FileType::Directory if writes => return Err(Errno::EISDIR.into()),
+        FileType::Symlink => return Err(Errno::ELOOP.into()),
+        kind if kind != FileType::Directory && flags & open_flags::O_DIRECTORY != 0 => {
+            return Err(Errno::ENOTDIR.into());
+        }
+        _ => {}
+    }
+    Ok(perm::check(attr, &ctx.caller, access_mask(flags))?)
+}
+
+/// Records a handle and applies `O_TRUNC`.
+fn register(conn: &Connection, ctx: &OpContext, mut attr: Attr, flags: u32) -> OpResult<NsReply> {
+    if flags & open_flags::O_TRUNC != 0 && attr.kind == FileType::Regular {
+        if attr.size > 0 {
+            store::queue_purge(conn, &attr, 0)?;
+        }
+        attr.size = 0;
+        attr.mtime = ctx.now;
+        attr.ctime = ctx.now;
+        if !ctx.caller.is_root() {
+            attr.perm = perm::drop_privileges(attr.kind, attr.perm);
+        }
+        store::save(conn, &attr)?;
+    }
+    let handle = HandleId(store::next_counter(conn, NEXT_HANDLE)?);
+    conn.execute(
+        "INSERT INTO handles (handle, session, ino, flags) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            handle.0 as i64,
+            ctx.session.0 as i64,
+            attr.ino.0 as i64,
+            flags
+        ],
+    )?;
+    Ok(NsReply::Opened { attr, handle })
+}
+
+pub(super) fn open(
+    conn: &Connection,
+    ctx: &OpContext,
+    ino: InodeId,
+    flags: u32,
+) -> OpResult<NsReply> {
+    let attr = store::load(conn, ino)?;
+    check_open(&attr, ctx, flags)?;
+    register(conn, ctx, attr, flags)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn create(
+    conn: &Connection,
+    ctx: &OpContext,
+    parent: InodeId,
+    name: &[u8],
+    mode_bits: u32,
+    umask: u32,
+    flags: u32,
+) -> OpResult<NsReply> {
+    aspen_proto::fs::validate_name(name)?;
+    let dir = store::load(conn, parent)?;
+    perm::check_search(&dir, &ctx.caller)?;
+    if let Some(existing) = store::lookup(conn, parent, name)? {
+        if flags & open_flags::O_EXCL != 0 {
+            return Err(Errno::EEXIST.into());
+        }
+        return open(conn, ctx, existing, flags);
+    }
+    let regular = (mode_bits & !mode::S_IFMT) | mode::S_IFREG;
+    let attr = create::mknod(conn, ctx, parent, name, regular, umask, 0)?;
+    // The creator may use the new file whatever mode it was given.
+    register(conn, ctx, attr, flags & !open_flags::O_TRUNC)
+}
+
+/// Drops a handle; the session that opened it must release it.
+pub(super) fn release(conn: &Connection, ctx: &OpContext, handle: HandleId) -> OpResult<()> {
+    let row: Option<(i64, i64)> = conn
+        .query_row(
+            "SELECT session, ino FROM handles WHERE handle = ?1",
+            [handle.0 as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (session, ino) = row.ok_or(Errno::EBADF)?;
+    if session as u64 != ctx.session.0 {
+        return Err(Errno::EBADF.into());
+    }
+    conn.execute("DELETE FROM handles WHERE handle = ?1", [handle.0 as i64])?;
+    forget_if_stray(conn, InodeId(ino as u64))
+}
+
+/// Drops every handle of `session`.
+pub(super) fn end_session(conn: &Connection, session: SessionId) -> OpResult<()> {
+    let mut statement = conn.prepare("SELECT DISTINCT ino FROM handles WHERE session = ?1")?;
+    let inodes: Vec<i64> = statement
+        .query_map([session.0 as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    conn.execute("DELETE FROM handles WHERE session = ?1", [session.0 as i64])?;
+    for ino in inodes {
+        forget_if_stray(conn, InodeId(ino as u64))?;
+    }
+    Ok(())
+}
+
+fn forget_if_stray(conn: &Connection, ino: InodeId) -> OpResult<()> {
+    match store::load(conn, ino) {
+        Ok(attr) => store::release_if_unlinked(conn, &attr),
+        Err(super::OpError::Errno(Errno::ENOENT)) => Ok(()),
+        Err(error) => Err(error),
+    }
+}

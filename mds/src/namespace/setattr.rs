@@ -1,0 +1,91 @@
+//! setattr: chmod, chown, truncate and utimes, with their permission rules.
+
+use aspen_proto::fs::{Attr, Caller, FileType, SetAttr, TimeSet, access};
+use aspen_proto::layout::MAX_FILE_SIZE;
+use aspen_proto::{Errno, InodeId};
+use rusqlite::Connection;
+
+use super::store;
+use super::{OpContext, OpResult, perm};
+
+/// Checks every requested change before any is made.
+fn check(attr: &Attr, caller: &Caller, changes: &SetAttr) -> OpResult<()> {
+    if changes.mode.is_some() {
+        perm::check_owner(attr, caller)?;
+    }
+    if changes.uid.is_some() || changes.gid.is_some() {
+        perm::check_chown(attr, caller, changes.uid, changes.gid)?;
+    }
+    if let Some(size) = changes.size {
+        match attr.kind {
+            FileType::Directory => return Err(Errno::EISDIR.into()),
+            FileType::Regular => {}
+            _ => return Err(Errno::EINVAL.into()),
+        }
+        if !changes.through_writable_handle {
+            perm::check(attr, caller, access::W_OK)?;
+        }
+        if size > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG.into());
+        }
+    }
+    let times = [changes.atime, changes.mtime];
+    if times.iter().any(|t| matches!(t, Some(TimeSet::At(_)))) {
+        perm::check_owner(attr, caller)?;
+    } else if times.iter().any(Option::is_some) {
+        // Setting both to "now" is allowed to anyone who may write.
+        let is_owner = caller.is_root() || caller.uid == attr.uid;
+        if !is_owner {
+            perm::check(attr, caller, access::W_OK)?;
+        }
+    }
+    Ok(())
+}
+
+fn resolve(time: TimeSet, ctx: &OpContext) -> aspen_proto::fs::Timestamp {
+    match time {
+        TimeSet::Now => ctx.now,
+        TimeSet::At(at) => at,
+    }
+}
+
+pub(super) fn setattr(
+    conn: &Connection,
+    ctx: &OpContext,
+    ino: InodeId,
+    changes: &SetAttr,
+) -> OpResult<Attr> {
+    let mut attr = store::load(conn, ino)?;
+    let caller = &ctx.caller;
+    check(&attr, caller, changes)?;
+    if changes.is_empty() {
+        return Ok(attr);
+    }
+    if let Some(mode) = changes.mode {
+        attr.perm = perm::chmod_bits(&attr, caller, mode);
+    }
+    if changes.uid.is_some() || changes.gid.is_some() {
+        attr.uid = changes.uid.unwrap_or(attr.uid);
+        attr.gid = changes.gid.unwrap_or(attr.gid);
+        attr.perm = perm::drop_privileges(attr.kind, attr.perm);
+    }
+    if let Some(size) = changes.size {
+        if size < attr.size {
+            store::queue_purge(conn, &attr, size)?;
+        }
+        attr.size = size;
+        attr.mtime = ctx.now;
+    }
+    if (changes.size.is_some() || changes.wrote) && !caller.is_root() {
+        attr.perm = perm::drop_privileges(attr.kind, attr.perm);
+    }
+    if let Some(atime) = changes.atime {
+        attr.atime = resolve(atime, ctx);
+    }
+    if let Some(mtime) = changes.mtime {
+        attr.mtime = resolve(mtime, ctx);
+    }
+    attr.ctime = ctx.now;
+    store::save(conn, &attr)?;
+    Ok(attr)
+}

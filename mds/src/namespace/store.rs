@@ -1,0 +1,376 @@
+//! The namespace's SQLite tables and row access: inodes, directory
+//! entries, symlink targets, xattrs, open handles, strays and the purge
+//! queue. Everything here runs inside the caller's transaction.
+
+use aspen_proto::fs::{Attr, FileType, Timestamp};
+use aspen_proto::{Errno, FileLayout, InodeId};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::OpResult;
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS inodes (
+    ino INTEGER PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    perm INTEGER NOT NULL,
+    nlink INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    atime_sec INTEGER NOT NULL, atime_nsec INTEGER NOT NULL,
+    mtime_sec INTEGER NOT NULL, mtime_nsec INTEGER NOT NULL,
+    ctime_sec INTEGER NOT NULL, ctime_nsec INTEGER NOT NULL,
+    rdev INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    object_size INTEGER NOT NULL,
+    -- directories: the parent directory (the root: itself)
+    parent INTEGER,
+    -- directories: the readdir offset the next entry gets
+    next_offset INTEGER NOT NULL DEFAULT 3,
+    -- regular files: the largest size the file ever had (what a purge must cover)
+    high_water INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS dentries (
+    parent INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    ino INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    PRIMARY KEY (parent, name)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS dentries_by_offset ON dentries (parent, offset);
+CREATE TABLE IF NOT EXISTS symlinks (ino INTEGER PRIMARY KEY, target BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS xattrs (
+    ino INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (ino, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS handles (
+    handle INTEGER PRIMARY KEY,
+    session INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    flags INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS handles_by_ino ON handles (ino);
+CREATE INDEX IF NOT EXISTS handles_by_session ON handles (session);
+CREATE TABLE IF NOT EXISTS strays (ino INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS purge_queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ino INTEGER NOT NULL,
+    object_size INTEGER NOT NULL,
+    keep_size INTEGER NOT NULL,
+    old_size INTEGER NOT NULL
+);
+";
+
+/// Counters kept in `meta`.
+pub(crate) const NEXT_INO: &str = "next_ino";
+pub(crate) const NEXT_GENERATION: &str = "next_generation";
+pub(crate) const NEXT_HANDLE: &str = "next_handle";
+
+fn kind_code(kind: FileType) -> i64 {
+    match kind {
+        FileType::Regular => 1,
+        FileType::Directory => 2,
+        FileType::Symlink => 3,
+        FileType::Fifo => 4,
+        FileType::Socket => 5,
+        FileType::CharDevice => 6,
+        FileType::BlockDevice => 7,
+    }
+}
+
+fn kind_from_code(code: i64) -> Option<FileType> {
+    Some(match code {
+        1 => FileType::Regular,
+        2 => FileType::Directory,
+        3 => FileType::Symlink,
+        4 => FileType::Fifo,
+        5 => FileType::Socket,
+        6 => FileType::CharDevice,
+        7 => FileType::BlockDevice,
+        _ => return None,
+    })
+}
+
+const ATTR_COLUMNS: &str = "ino, kind, perm, nlink, uid, gid, size, atime_sec, atime_nsec, \
+    mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, rdev, generation, object_size";
+
+fn attr_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Attr, String>> {
+    let ino: i64 = row.get(0)?;
+    let time = |s: usize| -> rusqlite::Result<Timestamp> {
+        Ok(Timestamp::new(row.get(s)?, row.get(s + 1)?))
+    };
+    let Some(kind) = kind_from_code(row.get(1)?) else {
+        return Ok(Err(format!("inode {ino} has an unknown kind")));
+    };
+    let Ok(layout) = FileLayout::new(row.get::<_, i64>(15)? as u64) else {
+        return Ok(Err(format!("inode {ino} has a bad layout")));
+    };
+    Ok(Ok(Attr {
+        ino: InodeId(ino as u64),
+        kind,
+        perm: row.get(2)?,
+        nlink: row.get(3)?,
+        uid: row.get(4)?,
+        gid: row.get(5)?,
+        size: row.get::<_, i64>(6)? as u64,
+        atime: time(7)?,
+        mtime: time(9)?,
+        ctime: time(11)?,
+        rdev: row.get::<_, i64>(13)? as u64,
+        generation: row.get::<_, i64>(14)? as u64,
+        layout,
+    }))
+}
+
+/// The attributes of `ino`, or `ENOENT`.
+pub(crate) fn load(conn: &Connection, ino: InodeId) -> OpResult<Attr> {
+    let sql = format!("SELECT {ATTR_COLUMNS} FROM inodes WHERE ino = ?1");
+    let row = conn
+        .query_row(&sql, [ino.0 as i64], attr_from_row)
+        .optional()?;
+    match row {
+        None => Err(Errno::ENOENT.into()),
+        Some(Ok(attr)) => Ok(attr),
+        Some(Err(corrupt)) => Err(super::StoreError::Corrupt(corrupt).into()),
+    }
+}
+
+/// Inserts a new inode; `parent` is set for directories.
+pub(crate) fn insert(conn: &Connection, attr: &Attr, parent: Option<InodeId>) -> OpResult<()> {
+    conn.execute(
+        &format!("INSERT INTO inodes ({ATTR_COLUMNS}, parent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
+        params![
+            attr.ino.0 as i64, kind_code(attr.kind), attr.perm, attr.nlink, attr.uid, attr.gid,
+            attr.size as i64, attr.atime.sec, attr.atime.nsec, attr.mtime.sec, attr.mtime.nsec,
+            attr.ctime.sec, attr.ctime.nsec, attr.rdev as i64, attr.generation as i64,
+            attr.layout.object_size() as i64, parent.map(|p| p.0 as i64),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Writes back every attribute of an existing inode.
+pub(crate) fn save(conn: &Connection, attr: &Attr) -> OpResult<()> {
+    conn.execute(
+        "UPDATE inodes SET perm = ?2, nlink = ?3, uid = ?4, gid = ?5, size = ?6, \
+         atime_sec = ?7, atime_nsec = ?8, mtime_sec = ?9, mtime_nsec = ?10, \
+         ctime_sec = ?11, ctime_nsec = ?12, high_water = MAX(high_water, ?6) WHERE ino = ?1",
+        params![
+            attr.ino.0 as i64,
+            attr.perm,
+            attr.nlink,
+            attr.uid,
+            attr.gid,
+            attr.size as i64,
+            attr.atime.sec,
+            attr.atime.nsec,
+            attr.mtime.sec,
+            attr.mtime.nsec,
+            attr.ctime.sec,
+            attr.ctime.nsec,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Takes the next value of a `meta` counter.
+pub(crate) fn next_counter(conn: &Connection, key: &str) -> OpResult<u64> {
+    let value: i64 = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?
+        .unwrap_or(1);
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+        params![key, value + 1],
+    )?;
+    Ok(value as u64)
+}
+
+/// Sets a `meta` counter's next value.
+pub(crate) fn set_counter(conn: &Connection, key: &str, value: u64) -> OpResult<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+        params![key, value as i64],
+    )?;
+    Ok(())
+}
+
+/// The inode a name in `dir` points to.
+pub(crate) fn lookup(conn: &Connection, dir: InodeId, name: &[u8]) -> OpResult<Option<InodeId>> {
+    let ino: Option<i64> = conn
+        .query_row(
+            "SELECT ino FROM dentries WHERE parent = ?1 AND name = ?2",
+            params![dir.0 as i64, name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(ino.map(|i| InodeId(i as u64)))
+}
+
+/// Adds `name → ino` to `dir`, with the directory's next readdir offset.
+pub(crate) fn add_entry(
+    conn: &Connection,
+    dir: InodeId,
+    name: &[u8],
+    ino: InodeId,
+) -> OpResult<()> {
+    let offset: i64 = conn.query_row(
+        "UPDATE inodes SET next_offset = next_offset + 1 WHERE ino = ?1 RETURNING next_offset - 1",
+        [dir.0 as i64],
+        |r| r.get(0),
+    )?;
+    conn.execute(
+        "INSERT INTO dentries (parent, name, ino, offset) VALUES (?1, ?2, ?3, ?4)",
+        params![dir.0 as i64, name, ino.0 as i64, offset],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn remove_entry(conn: &Connection, dir: InodeId, name: &[u8]) -> OpResult<()> {
+    conn.execute(
+        "DELETE FROM dentries WHERE parent = ?1 AND name = ?2",
+        params![dir.0 as i64, name],
+    )?;
+    Ok(())
+}
+
+/// Points an existing entry at another inode, keeping its offset.
+pub(crate) fn repoint_entry(
+    conn: &Connection,
+    dir: InodeId,
+    name: &[u8],
+    ino: InodeId,
+) -> OpResult<()> {
+    conn.execute(
+        "UPDATE dentries SET ino = ?3 WHERE parent = ?1 AND name = ?2",
+        params![dir.0 as i64, name, ino.0 as i64],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn is_empty_dir(conn: &Connection, dir: InodeId) -> OpResult<bool> {
+    let any: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM dentries WHERE parent = ?1 LIMIT 1",
+            [dir.0 as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(any.is_none())
+}
+
+/// The parent of a directory.
+pub(crate) fn dir_parent(conn: &Connection, dir: InodeId) -> OpResult<InodeId> {
+    let parent: Option<i64> = conn.query_row(
+        "SELECT parent FROM inodes WHERE ino = ?1",
+        [dir.0 as i64],
+        |r| r.get(0),
+    )?;
+    parent
+        .map(|p| InodeId(p as u64))
+        .ok_or_else(|| super::StoreError::Corrupt(format!("directory {dir} has no parent")).into())
+}
+
+pub(crate) fn set_dir_parent(conn: &Connection, dir: InodeId, parent: InodeId) -> OpResult<()> {
+    conn.execute(
+        "UPDATE inodes SET parent = ?2 WHERE ino = ?1",
+        params![dir.0 as i64, parent.0 as i64],
+    )?;
+    Ok(())
+}
+
+/// Entries of `dir` with offsets above `after`, in offset order.
+pub(crate) fn entries_after(
+    conn: &Connection,
+    dir: InodeId,
+    after: u64,
+    limit: usize,
+) -> OpResult<Vec<(Vec<u8>, InodeId, u64)>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT name, ino, offset FROM dentries WHERE parent = ?1 AND offset > ?2 ORDER BY offset LIMIT ?3",
+    )?;
+    let rows = statement.query_map(params![dir.0 as i64, after as i64, limit as i64], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            InodeId(r.get::<_, i64>(1)? as u64),
+            r.get::<_, i64>(2)? as u64,
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(crate) fn symlink_target(conn: &Connection, ino: InodeId) -> OpResult<Vec<u8>> {
+    let target: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT target FROM symlinks WHERE ino = ?1",
+            [ino.0 as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    target.ok_or_else(|| super::StoreError::Corrupt(format!("symlink {ino} has no target")).into())
+}
+
+pub(crate) fn set_symlink_target(conn: &Connection, ino: InodeId, target: &[u8]) -> OpResult<()> {
+    conn.execute(
+        "INSERT INTO symlinks (ino, target) VALUES (?1, ?2)",
+        params![ino.0 as i64, target],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn open_handles(conn: &Connection, ino: InodeId) -> OpResult<u64> {
+    let count: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM handles WHERE ino = ?1",
+        [ino.0 as i64],
+        |r| r.get(0),
+    )?;
+    Ok(count as u64)
+}
+
+/// Queues the removal of file data at or beyond `keep_size`.
+pub(crate) fn queue_purge(conn: &Connection, attr: &Attr, keep_size: u64) -> OpResult<()> {
+    let high_water: i64 = conn.query_row(
+        "SELECT high_water FROM inodes WHERE ino = ?1",
+        [attr.ino.0 as i64],
+        |r| r.get(0),
+    )?;
+    let old_size = (high_water as u64).max(attr.size);
+    if old_size > keep_size {
+        conn.execute(
+            "INSERT INTO purge_queue (ino, object_size, keep_size, old_size) VALUES (?1, ?2, ?3, ?4)",
+            params![attr.ino.0 as i64, attr.layout.object_size() as i64, keep_size as i64, old_size as i64],
+        )?;
+    }
+    conn.execute(
+        "UPDATE inodes SET high_water = ?2 WHERE ino = ?1",
+        params![attr.ino.0 as i64, keep_size as i64],
+    )?;
+    Ok(())
+}
+
+/// Forgets an inode whose last link is gone: kept as a stray while it is
+/// open, otherwise deleted with its data queued for purge.
+pub(crate) fn release_if_unlinked(conn: &Connection, attr: &Attr) -> OpResult<()> {
+    if attr.nlink > 0 {
+        return Ok(());
+    }
+    if open_handles(conn, attr.ino)? > 0 {
+        conn.execute(
+            "INSERT OR IGNORE INTO strays (ino) VALUES (?1)",
+            [attr.ino.0 as i64],
+        )?;
+        return Ok(());
+    }
+    if attr.kind == FileType::Regular {
+        queue_purge(conn, attr, 0)?;
+    }
+    let ino = attr.ino.0 as i64;
+    conn.execute("DELETE FROM strays WHERE ino = ?1", [ino])?;
+    conn.execute("DELETE FROM xattrs WHERE ino = ?1", [ino])?;
+    conn.execute("DELETE FROM symlinks WHERE ino = ?1", [ino])?;
+    conn.execute("DELETE FROM inodes WHERE ino = ?1", [ino])?;
+    Ok(())
+}

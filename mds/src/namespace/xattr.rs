@@ -1,0 +1,171 @@
+//! Extended attributes: the `user.`, `trusted.` and `security.`
+//! namespaces with Linux's permission rules, `XATTR_CREATE` and
+//! `XATTR_REPLACE`, and size limits.
+//!
+//! POSIX ACLs (`system.posix_acl_*`) are answered with `EOPNOTSUPP`, as a
+//! filesystem mounted without ACL support does, until permission checks
+//! honour them.
+
+use aspen_proto::fs::{
+    Attr, Caller, FileType, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, access, mode, xattr_flags,
+};
+use aspen_proto::{Errno, InodeId};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::store;
+use super::{OpContext, OpResult, perm};
+
+/// The most bytes of names and values one inode may hold.
+pub const MAX_XATTR_BYTES_PER_INODE: usize = 1 << 20;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Namespace {
+    User,
+    Trusted,
+    Security,
+}
+
+fn namespace_of(name: &[u8]) -> OpResult<Namespace> {
+    if name.len() > MAX_XATTR_NAME_LEN {
+        return Err(Errno::ERANGE.into());
+    }
+    let (namespace, rest) = if let Some(rest) = name.strip_prefix(b"user.") {
+        (Namespace::User, rest)
+    } else if let Some(rest) = name.strip_prefix(b"trusted.") {
+        (Namespace::Trusted, rest)
+    } else if let Some(rest) = name.strip_prefix(b"security.") {
+        (Namespace::Security, rest)
+    } else {
+        return Err(Errno::EOPNOTSUPP.into());
+    };
+    if rest.is_empty() || name.contains(&0) {
+        return Err(Errno::EINVAL.into());
+    }
+    Ok(namespace)
+}
+
+/// Linux's `xattr_permission` for reading (`write` false) or writing.
+fn check(attr: &Attr, caller: &Caller, namespace: Namespace, write: bool) -> OpResult<()> {
+    let denied = if write { Errno::EPERM } else { Errno::ENODATA };
+    match namespace {
+        Namespace::Trusted if !caller.is_root() => Err(denied.into()),
+        Namespace::Trusted => Ok(()),
+        Namespace::Security if write && !caller.is_root() => Err(Errno::EPERM.into()),
+        Namespace::Security => Ok(()),
+        Namespace::User => {
+            if !matches!(attr.kind, FileType::Regular | FileType::Directory) {
+                return Err(denied.into());
+            }
+            let sticky_dir = attr.kind == FileType::Directory && attr.perm & mode::S_ISVTX != 0;
+            if write && sticky_dir {
+                perm::check_owner(attr, caller)?;
+            }
+            let mask = if write { access::W_OK } else { access::R_OK };
+            Ok(perm::check(attr, caller, mask)?)
+        }
+    }
+}
+
+fn stored(conn: &Connection, ino: InodeId, name: &[u8]) -> OpResult<Option<Vec<u8>>> {
+    Ok(conn
+        .query_row(
+            "SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2",
+            params![ino.0 as i64, name],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+fn bytes_used(conn: &Connection, ino: InodeId) -> OpResult<usize> {
+    let used: i64 = conn.query_row(
+        "SELECT COALESCE(SUM(LENGTH(name) + LENGTH(value)), 0) FROM xattrs WHERE ino = ?1",
+        [ino.0 as i64],
+        |r| r.get(0),
+    )?;
+    Ok(used as usize)
+}
+
+pub(super) fn set(
+    conn: &Connection,
+    ctx: &OpContext,
+    ino: InodeId,
+    name: &[u8],
+    value: &[u8],
+    flags: u32,
+) -> OpResult<()> {
+    if flags & !(xattr_flags::XATTR_CREATE | xattr_flags::XATTR_REPLACE) != 0 {
+        return Err(Errno::EINVAL.into());
+    }
+    let namespace = namespace_of(name)?;
+    if value.len() > MAX_XATTR_VALUE_LEN {
+        return Err(Errno::E2BIG.into());
+    }
+    let mut attr = store::load(conn, ino)?;
+    check(&attr, &ctx.caller, namespace, true)?;
+    let existing = stored(conn, ino, name)?;
+    if flags & xattr_flags::XATTR_CREATE != 0 && existing.is_some() {
+        return Err(Errno::EEXIST.into());
+    }
+    if flags & xattr_flags::XATTR_REPLACE != 0 && existing.is_none() {
+        return Err(Errno::ENODATA.into());
+    }
+    let freed = existing.map_or(0, |old| old.len() + name.len());
+    if bytes_used(conn, ino)? - freed + name.len() + value.len() > MAX_XATTR_BYTES_PER_INODE {
+        return Err(Errno::ENOSPC.into());
+    }
+    conn.execute(
+        "INSERT INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (ino, name) DO UPDATE SET value = ?3",
+        params![ino.0 as i64, name, value],
+    )?;
+    attr.ctime = ctx.now;
+    store::save(conn, &attr)
+}
+
+pub(super) fn remove(
+    conn: &Connection,
+    ctx: &OpContext,
+    ino: InodeId,
+    name: &[u8],
+) -> OpResult<()> {
+    let namespace = namespace_of(name)?;
+    let mut attr = store::load(conn, ino)?;
+    check(&attr, &ctx.caller, namespace, true)?;
+    let removed = conn.execute(
+        "DELETE FROM xattrs WHERE ino = ?1 AND name = ?2",
+        params![ino.0 as i64, name],
+    )?;
+    if removed == 0 {
+        return Err(Errno::ENODATA.into());
+    }
+    attr.ctime = ctx.now;
+    store::save(conn, &attr)
+}
+
+pub(super) fn get(
+    conn: &Connection,
+    ino: InodeId,
+    name: &[u8],
+    caller: &Caller,
+) -> OpResult<Vec<u8>> {
+    let namespace = namespace_of(name)?;
+    let attr = store::load(conn, ino)?;
+    check(&attr, caller, namespace, false)?;
+    Ok(stored(conn, ino, name)?.ok_or(Errno::ENODATA)?)
+}
+
+/// The names a caller may see: `trusted.` ones only for root.
+pub(super) fn list(conn: &Connection, ino: InodeId, caller: &Caller) -> OpResult<Vec<Vec<u8>>> {
+    store::load(conn, ino)?;
+    let mut statement =
+        conn.prepare_cached("SELECT name FROM xattrs WHERE ino = ?1 ORDER BY name")?;
+    let names = statement.query_map([ino.0 as i64], |r| r.get::<_, Vec<u8>>(0))?;
+    let mut visible = Vec::new();
+    for name in names {
+        let name = name?;
+        if caller.is_root() || !name.starts_with(b"trusted.") {
+            visible.push(name);
+        }
+    }
+    Ok(visible)
+}
