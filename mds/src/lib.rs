@@ -6,6 +6,8 @@
 //! - [`namespace`]: the deterministic namespace state machine over SQLite
 //!   (directories, inodes, links, xattrs, open handles, strays, purge
 //!   queue), with the permission checks and errnos of Linux on ext4.
+//! - [`raft`]: openraft's log and state machine stores over SQLite; the
+//!   state machine applies [`raft::Command`]s to the namespace.
 //!
 //! # Boundary
 //! The MDS depends on `aspen-proto` and `aspen-placement`. Nothing in it is
@@ -13,3 +15,4 @@
 //! `fsclient` and the gateways must never depend on this crate.
 
 pub mod namespace;
+pub mod raft;

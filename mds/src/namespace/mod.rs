@@ -221,11 +221,19 @@ impl Namespace {
         ctx: &OpContext,
     ) -> Result<Result<NsReply, Errno>, StoreError> {
         let tx = self.conn.transaction()?;
-        let outcome = split(dispatch(&tx, op, ctx))?;
-        if outcome.is_ok() {
-            tx.commit()?;
-        }
+        let outcome = apply_within(&tx, op, ctx)?;
+        tx.commit()?;
         Ok(outcome)
+    }
+
+    /// The database connection, for the state machine that embeds the
+    /// namespace tables in its own transactions.
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     pub fn getattr(&self, ino: InodeId) -> Result<Result<Attr, Errno>, StoreError> {
@@ -327,6 +335,26 @@ pub struct PurgeItem {
     pub object_size: u64,
     pub keep_size: u64,
     pub old_size: u64,
+}
+
+/// Applies one mutation inside the caller's transaction, under a savepoint:
+/// a failed operation leaves no trace, the rest of the transaction stays.
+pub(crate) fn apply_within(
+    conn: &Connection,
+    op: &NsOp,
+    ctx: &OpContext,
+) -> Result<Result<NsReply, Errno>, StoreError> {
+    conn.execute_batch("SAVEPOINT ns_op")?;
+    match split(dispatch(conn, op, ctx)) {
+        Ok(Ok(reply)) => {
+            conn.execute_batch("RELEASE ns_op")?;
+            Ok(Ok(reply))
+        }
+        outcome => {
+            conn.execute_batch("ROLLBACK TO ns_op; RELEASE ns_op")?;
+            outcome
+        }
+    }
 }
 
 fn dispatch(conn: &Connection, op: &NsOp, ctx: &OpContext) -> OpResult<NsReply> {

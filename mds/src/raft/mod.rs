@@ -1,0 +1,73 @@
+//! Replication of the MDS state with openraft: the type configuration,
+//! the commands the log carries, and the two SQLite stores openraft drives
+//! (the log in [`log_store`], the state machine in [`state_machine`]).
+
+// openraft's traits fix the error type (`StorageError`, 200+ bytes); the
+// helpers here return it too rather than convert at every call.
+#![allow(clippy::result_large_err)]
+
+pub mod log_store;
+pub mod state_machine;
+
+use std::fmt;
+
+use aspen_proto::Errno;
+use serde::{Deserialize, Serialize};
+
+use crate::namespace::{NsOp, NsReply, OpContext};
+
+/// A member of the MDS group: its iroh node id and the addresses it listens on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdsNode {
+    /// The member's iroh node id (public key), hex.
+    pub node_id: String,
+    pub addrs: Vec<std::net::SocketAddr>,
+}
+
+impl fmt::Display for MdsNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at {:?}", self.node_id, self.addrs)
+    }
+}
+
+/// What the Raft log carries: one replicated change of MDS state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Namespace { op: NsOp, ctx: OpContext },
+}
+
+/// The state machine's answer to a [`Command`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Returned for entries that carry no command (blank and membership).
+    None,
+    Namespace(Result<NsReply, Errno>),
+}
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for the MDS group.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = MdsNode,
+        SnapshotData = tokio::fs::File,
+);
+
+/// Shorthands for openraft's generic types.
+pub type LogId = openraft::LogId<u64>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StorageError = openraft::StorageError<u64>;
+pub type StoredMembership = openraft::StoredMembership<u64, MdsNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<u64, MdsNode>;
+pub type Snapshot = openraft::storage::Snapshot<TypeConfig>;
+pub type Vote = openraft::Vote<u64>;
+
+/// Encodes a value for storage (postcard).
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(value)
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}

@@ -1,0 +1,344 @@
+//! The Raft state machine in SQLite: the namespace tables plus the last
+//! applied log id and membership, all changed in one transaction per batch
+//! of entries, so a crash never separates "applied" from its effects.
+//!
+//! Snapshots are SQLite backups of the whole database (openraft ships the
+//! file to a lagging member, which restores it with SQLite's backup API).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
+    StorageIOError,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{
+    Command, Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig, decode, encode,
+};
+use crate::namespace::{self, Namespace, StoreError};
+
+const SCHEMA: &str =
+    "CREATE TABLE IF NOT EXISTS sm_meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);";
+const LAST_APPLIED: &str = "last_applied";
+const MEMBERSHIP: &str = "membership";
+const STATE_FILE: &str = "state.db";
+const SNAPSHOT_DIR: &str = "snapshots";
+
+fn sm_error(verb: ErrorVerb, error: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(&error)).into()
+}
+
+fn snapshot_error(verb: ErrorVerb, error: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::new(&error)).into()
+}
+
+/// The snapshot files kept on disk: `<id>.db` and its `<id>.meta`.
+#[derive(Clone)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    path: PathBuf,
+}
+
+struct Inner {
+    namespace: Namespace,
+    current: Option<StoredSnapshot>,
+    receiving: Option<PathBuf>,
+    snapshots_built: u64,
+}
+
+/// The state machine store. Clones share the database.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Mutex<Inner>>,
+    snapshot_dir: PathBuf,
+}
+
+impl StateMachineStore {
+    /// Opens (creating if needed) the state machine kept in `dir`.
+    pub fn open(dir: &Path) -> Result<StateMachineStore, StoreError> {
+        let snapshot_dir = dir.join(SNAPSHOT_DIR);
+        std::fs::create_dir_all(&snapshot_dir).map_err(|e| {
+            StoreError::Corrupt(format!("creating {}: {e}", snapshot_dir.display()))
+        })?;
+        let namespace = Namespace::open(&dir.join(STATE_FILE))?;
+        namespace.connection().execute_batch(SCHEMA)?;
+        let current = newest_snapshot(&snapshot_dir);
+        Ok(StateMachineStore {
+            inner: Arc::new(Mutex::new(Inner {
+                namespace,
+                current,
+                receiving: None,
+                snapshots_built: 0,
+            })),
+            snapshot_dir,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs a read against the namespace as applied so far.
+    pub fn read<T>(&self, read: impl FnOnce(&Namespace) -> T) -> T {
+        read(&self.lock().namespace)
+    }
+}
+
+impl StateMachineStore {
+    /// The path of a complete, durable copy of a received snapshot. Usually
+    /// `snapshot` is the file [`RaftStateMachine::begin_receiving_snapshot`]
+    /// handed out; any other file is copied first.
+    async fn take_received_file(
+        &self,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<PathBuf, StorageError> {
+        use std::os::unix::fs::MetadataExt;
+        use tokio::io::AsyncSeekExt;
+        let write_error = |e| snapshot_error(ErrorVerb::Write, e);
+        let receiving = self.lock().receiving.take();
+        let received_inode = snapshot.metadata().await.map_err(write_error)?.ino();
+        if let Some(path) = &receiving
+            && std::fs::metadata(path).is_ok_and(|m| m.ino() == received_inode)
+        {
+            snapshot.sync_all().await.map_err(write_error)?;
+            return Ok(path.clone());
+        }
+        if let Some(path) = receiving {
+            let _ = std::fs::remove_file(path);
+        }
+        let path = self
+            .snapshot_dir
+            .join(format!("installing-{received_inode}.db"));
+        let mut copy = tokio::fs::File::create(&path).await.map_err(write_error)?;
+        snapshot
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(write_error)?;
+        tokio::io::copy(&mut *snapshot, &mut copy)
+            .await
+            .map_err(write_error)?;
+        copy.sync_all().await.map_err(write_error)?;
+        Ok(path)
+    }
+}
+
+/// The snapshot with the highest log id among `<id>.meta` files.
+fn newest_snapshot(dir: &Path) -> Option<StoredSnapshot> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "meta"))
+        .filter_map(|e| {
+            let meta: SnapshotMeta = decode(&std::fs::read(e.path()).ok()?).ok()?;
+            let path = e.path().with_extension("db");
+            path.exists().then_some(StoredSnapshot { meta, path })
+        })
+        .max_by_key(|s| s.meta.last_log_id)
+}
+
+fn read_meta<T: for<'de> serde::Deserialize<'de>>(
+    conn: &Connection,
+    key: &str,
+) -> Result<Option<T>, StorageError> {
+    let bytes: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM sm_meta WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|e| sm_error(ErrorVerb::Read, e))?;
+    bytes
+        .map(|b| decode(&b).map_err(|e| sm_error(ErrorVerb::Read, e)))
+        .transpose()
+}
+
+fn write_meta<T: serde::Serialize>(
+    conn: &Connection,
+    key: &str,
+    value: &T,
+) -> Result<(), StorageError> {
+    let bytes = encode(value).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+    conn.execute(
+        "INSERT INTO sm_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+        params![key, bytes],
+    )
+    .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+    Ok(())
+}
+
+fn applied(conn: &Connection) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    let last = read_meta::<Option<LogId>>(conn, LAST_APPLIED)?.flatten();
+    let membership = read_meta(conn, MEMBERSHIP)?.unwrap_or_default();
+    Ok((last, membership))
+}
+
+/// Applies one command inside the batch transaction.
+fn apply_command(conn: &Connection, command: &Command) -> Result<Response, StoreError> {
+    match command {
+        Command::Namespace { op, ctx } => {
+            Ok(Response::Namespace(namespace::apply_within(conn, op, ctx)?))
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        applied(self.lock().namespace.connection())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut inner = self.lock();
+        let tx = inner
+            .namespace
+            .connection_mut()
+            .transaction()
+            .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        let mut responses = Vec::new();
+        for entry in entries {
+            let log_id = entry.log_id;
+            let response = match &entry.payload {
+                EntryPayload::Blank => Response::None,
+                EntryPayload::Normal(command) => apply_command(&tx, command).map_err(|e| {
+                    StorageError::from(StorageIOError::apply(log_id, AnyError::new(&e)))
+                })?,
+                EntryPayload::Membership(membership) => {
+                    let stored = StoredMembership::new(Some(log_id), membership.clone());
+                    write_meta(&tx, MEMBERSHIP, &stored)?;
+                    Response::None
+                }
+            };
+            write_meta(&tx, LAST_APPLIED, &Some(log_id))?;
+            responses.push(response);
+        }
+        tx.commit().map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let mut inner = self.lock();
+        inner.snapshots_built += 1;
+        let path = self
+            .snapshot_dir
+            .join(format!("receiving-{}.db", inner.snapshots_built));
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+        inner.receiving = Some(path);
+        Ok(Box::new(tokio::fs::File::from_std(file)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let received = self.take_received_file(snapshot).await?;
+        let mut inner = self.lock();
+        let stored = keep_snapshot(&self.snapshot_dir, meta, &received)?;
+        inner
+            .namespace
+            .connection_mut()
+            .restore("main", &stored.path, None::<fn(rusqlite::backup::Progress)>)
+            .map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
+        replace_current(&mut inner, stored);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let Some(current) = self.lock().current.clone() else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(&current.path)
+            .await
+            .map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta: current.meta,
+            snapshot: Box::new(file),
+        }))
+    }
+}
+
+/// Moves a snapshot file to `<id>.db` and writes its `<id>.meta`.
+fn keep_snapshot(
+    dir: &Path,
+    meta: &SnapshotMeta,
+    file: &Path,
+) -> Result<StoredSnapshot, StorageError> {
+    let path = dir.join(format!("{}.db", meta.snapshot_id));
+    std::fs::rename(file, &path).map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+    let bytes = encode(meta).map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+    std::fs::write(path.with_extension("meta"), bytes)
+        .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+    Ok(StoredSnapshot {
+        meta: meta.clone(),
+        path,
+    })
+}
+
+/// Makes `stored` the current snapshot and deletes the previous one.
+fn replace_current(inner: &mut Inner, stored: StoredSnapshot) {
+    if let Some(old) = inner.current.replace(stored.clone())
+        && old.path != stored.path
+    {
+        let _ = std::fs::remove_file(old.path.with_extension("meta"));
+        let _ = std::fs::remove_file(&old.path);
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let stored = {
+            let mut inner = self.lock();
+            let conn = inner.namespace.connection();
+            let (last_log_id, last_membership) = applied(conn)?;
+            inner.snapshots_built += 1;
+            let snapshot_id = match last_log_id {
+                Some(id) => format!(
+                    "snapshot-{}-{}-{}",
+                    id.leader_id.term, id.index, inner.snapshots_built
+                ),
+                None => format!("snapshot-empty-{}", inner.snapshots_built),
+            };
+            let building = self.snapshot_dir.join(format!("{snapshot_id}.building"));
+            inner
+                .namespace
+                .connection()
+                .backup("main", &building, None::<fn(rusqlite::backup::Progress)>)
+                .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+            let meta = SnapshotMeta {
+                last_log_id,
+                last_membership,
+                snapshot_id,
+            };
+            let stored = keep_snapshot(&self.snapshot_dir, &meta, &building)?;
+            replace_current(&mut inner, stored.clone());
+            stored
+        };
+        let file = tokio::fs::File::open(&stored.path)
+            .await
+            .map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
