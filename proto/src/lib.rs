@@ -1,10 +1,11 @@
 //! Aspen's shared vocabulary: the identifiers and data shapes every daemon
 //! and client agree on.
 //!
-//! Today it owns inode and object naming ([`ids`]) and file layouts, which
-//! turn a byte range of a file into object extents ([`layout`]). The wire
-//! messages, framing, errno mapping and transport helpers join it with the
-//! MDS.
+//! It owns inode and object naming ([`ids`]), file layouts, which turn a
+//! byte range of a file into object extents ([`layout`]), the filesystem
+//! vocabulary and errno ([`fs`], [`errno`]), and the transport every daemon
+//! and client speaks ([`transport`]: iroh endpoints with persistent keys and
+//! an allow-list, length-prefixed frames, one QUIC stream per request).
 //!
 //! # Boundary
 //! `aspen-proto` sits directly above `aspen-placement` (whose ids it
@@ -15,6 +16,7 @@ pub mod errno;
 pub mod fs;
 pub mod ids;
 pub mod layout;
+pub mod transport;
 
 pub use aspen_placement::{Epoch, OsdId, PgId, PoolId};
 pub use errno::Errno;

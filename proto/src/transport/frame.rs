@@ -1,0 +1,272 @@
+//! Frames: `[u32 header length][header: postcard][u64 body length][body]`,
+//! little-endian. The header is a typed message; the body is raw bytes
+//! (file data) that is never re-encoded. Both lengths are checked against
+//! named limits before anything is allocated.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The largest encoded header.
+pub const MAX_HEADER_LEN: usize = 1 << 20;
+/// The largest body (one object write, with room to spare).
+pub const MAX_BODY_LEN: u64 = 128 << 20;
+
+/// A frame that cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("{what} of {len} bytes is over the limit of {limit}")]
+    TooLarge {
+        what: &'static str,
+        len: u64,
+        limit: u64,
+    },
+    #[error("the frame ended early")]
+    Truncated,
+    #[error("malformed header: {0}")]
+    Malformed(String),
+    #[error("{0} bytes after the frame")]
+    Trailing(usize),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn check_body_len(len: u64) -> Result<(), FrameError> {
+    if len > MAX_BODY_LEN {
+        return Err(FrameError::TooLarge {
+            what: "body",
+            len,
+            limit: MAX_BODY_LEN,
+        });
+    }
+    Ok(())
+}
+
+fn encode_header(header: &impl Serialize) -> Result<Vec<u8>, FrameError> {
+    let bytes = postcard::to_stdvec(header).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if bytes.len() > MAX_HEADER_LEN {
+        return Err(FrameError::TooLarge {
+            what: "header",
+            len: bytes.len() as u64,
+            limit: MAX_HEADER_LEN as u64,
+        });
+    }
+    Ok(bytes)
+}
+
+fn decode_header<H: DeserializeOwned>(bytes: &[u8]) -> Result<H, FrameError> {
+    let (header, rest) =
+        postcard::take_from_bytes(bytes).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FrameError::Malformed(format!(
+            "{} bytes after the header",
+            rest.len()
+        )));
+    }
+    Ok(header)
+}
+
+/// Encodes a whole frame into one buffer.
+pub fn encode(header: &impl Serialize, body: &[u8]) -> Result<Vec<u8>, FrameError> {
+    check_body_len(body.len() as u64)?;
+    let header = encode_header(header)?;
+    let mut frame = Vec::with_capacity(12 + header.len() + body.len());
+    frame.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&header);
+    frame.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    frame.extend_from_slice(body);
+    Ok(frame)
+}
+
+/// Decodes a frame that must fill `bytes` exactly.
+pub fn decode<H: DeserializeOwned>(bytes: &[u8]) -> Result<(H, &[u8]), FrameError> {
+    let take = |at: usize, len: usize| {
+        let end = at.checked_add(len).ok_or(FrameError::Truncated)?;
+        bytes.get(at..end).ok_or(FrameError::Truncated)
+    };
+    let header_len = u32::from_le_bytes(take(0, 4)?.try_into().expect("4 bytes")) as usize;
+    if header_len > MAX_HEADER_LEN {
+        return Err(FrameError::TooLarge {
+            what: "header",
+            len: header_len as u64,
+            limit: MAX_HEADER_LEN as u64,
+        });
+    }
+    let header = decode_header(take(4, header_len)?)?;
+    let body_at = 4 + header_len;
+    let body_len = u64::from_le_bytes(take(body_at, 8)?.try_into().expect("8 bytes"));
+    check_body_len(body_len)?;
+    let body = take(body_at + 8, body_len as usize)?;
+    let end = body_at + 8 + body.len();
+    if end != bytes.len() {
+        return Err(FrameError::Trailing(bytes.len() - end));
+    }
+    Ok((header, body))
+}
+
+fn truncated(error: std::io::Error) -> FrameError {
+    if error.kind() == std::io::ErrorKind::UnexpectedEof {
+        FrameError::Truncated
+    } else {
+        FrameError::Io(error)
+    }
+}
+
+/// Writes one frame.
+pub async fn write<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    header: &impl Serialize,
+    body: &[u8],
+) -> Result<(), FrameError> {
+    check_body_len(body.len() as u64)?;
+    let header = encode_header(header)?;
+    let mut prefix = Vec::with_capacity(4 + header.len() + 8);
+    prefix.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    prefix.extend_from_slice(&header);
+    prefix.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    writer.write_all(&prefix).await?;
+    writer.write_all(body).await?;
+    Ok(())
+}
+
+/// Reads one frame, checking each length before reading what it announces.
+pub async fn read<R: AsyncRead + Unpin, H: DeserializeOwned>(
+    reader: &mut R,
+) -> Result<(H, Vec<u8>), FrameError> {
+    let header_len = reader.read_u32_le().await.map_err(truncated)? as usize;
+    if header_len > MAX_HEADER_LEN {
+        return Err(FrameError::TooLarge {
+            what: "header",
+            len: header_len as u64,
+            limit: MAX_HEADER_LEN as u64,
+        });
+    }
+    let mut header = vec![0; header_len];
+    reader.read_exact(&mut header).await.map_err(truncated)?;
+    let header = decode_header(&header)?;
+    let body_len = reader.read_u64_le().await.map_err(truncated)?;
+    check_body_len(body_len)?;
+    let mut body = vec![0; body_len as usize];
+    reader.read_exact(&mut body).await.map_err(truncated)?;
+    Ok((header, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    enum Message {
+        Ping { id: u64, name: String },
+        Write { offset: u64, flags: Vec<u32> },
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            (any::<u64>(), ".{0,40}").prop_map(|(id, name)| Message::Ping { id, name }),
+            (any::<u64>(), prop::collection::vec(any::<u32>(), 0..8))
+                .prop_map(|(offset, flags)| Message::Write { offset, flags }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn frames_round_trip(message in arb_message(), body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let frame = encode(&message, &body).unwrap();
+            let (decoded, decoded_body) = decode::<Message>(&frame).unwrap();
+            prop_assert_eq!(decoded, message);
+            prop_assert_eq!(decoded_body, &body[..]);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode::<Message>(&bytes);
+        }
+
+        #[test]
+        fn every_truncation_is_an_error(message in arb_message(), body in prop::collection::vec(any::<u8>(), 0..64), cut in any::<prop::sample::Index>()) {
+            let frame = encode(&message, &body).unwrap();
+            let cut = cut.index(frame.len());
+            prop_assert!(decode::<Message>(&frame[..cut]).is_err());
+        }
+
+        #[test]
+        fn corrupted_frames_are_errors_or_other_valid_frames(message in arb_message(), flip in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let mut frame = encode(&message, b"data").unwrap();
+            let at = flip.index(frame.len());
+            frame[at] ^= 1 << bit;
+            let _ = decode::<Message>(&frame);
+        }
+
+        #[test]
+        fn async_reads_match_decode(message in arb_message(), body in prop::collection::vec(any::<u8>(), 0..256), cut in any::<prop::sample::Index>()) {
+            let frame = encode(&message, &body).unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let whole: (Message, Vec<u8>) = runtime.block_on(read(&mut &frame[..])).unwrap();
+            prop_assert_eq!(whole, (message, body));
+            let cut = cut.index(frame.len());
+            let partial = runtime.block_on(read::<_, Message>(&mut &frame[..cut]));
+            prop_assert!(matches!(partial, Err(FrameError::Truncated)));
+        }
+    }
+
+    #[test]
+    fn oversized_lengths_are_refused_before_allocating() {
+        let mut frame = (u32::MAX).to_le_bytes().to_vec();
+        frame.extend_from_slice(&[0; 16]);
+        assert!(matches!(
+            decode::<Message>(&frame),
+            Err(FrameError::TooLarge { what: "header", .. })
+        ));
+        let mut frame = encode(
+            &Message::Ping {
+                id: 1,
+                name: "x".into(),
+            },
+            b"",
+        )
+        .unwrap();
+        let body_at = frame.len() - 8;
+        frame[body_at..].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            decode::<Message>(&frame),
+            Err(FrameError::TooLarge { what: "body", .. })
+        ));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(matches!(
+            runtime.block_on(read::<_, Message>(&mut &frame[..])),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            encode(
+                &Message::Ping {
+                    id: 1,
+                    name: "x".into()
+                },
+                &vec![0; MAX_BODY_LEN as usize + 1]
+            ),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut frame = encode(
+            &Message::Ping {
+                id: 1,
+                name: "x".into(),
+            },
+            b"ab",
+        )
+        .unwrap();
+        frame.push(0);
+        assert!(matches!(
+            decode::<Message>(&frame),
+            Err(FrameError::Trailing(1))
+        ));
+    }
+}

@@ -1,0 +1,147 @@
+//! Request/response over QUIC: each call opens a bidirectional stream,
+//! writes one request frame, and reads one response frame. A server runs a
+//! [`Service`] for every stream of every accepted connection, concurrently.
+
+use std::sync::Arc;
+
+use iroh::endpoint::Connection;
+use iroh::{EndpointAddr, EndpointId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Mutex;
+
+use super::Transport;
+use super::frame::{self, FrameError};
+
+/// A failed call.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("connecting: {0}")]
+    Connect(String),
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+}
+
+/// What a server does with one request: its typed header, its body, and
+/// who sent it (the caller's authenticated node id).
+pub trait Service: Send + Sync + 'static {
+    type Request: DeserializeOwned + Send;
+    type Response: Serialize + Send + Sync;
+
+    fn call(
+        &self,
+        peer: EndpointId,
+        request: Self::Request,
+        body: Vec<u8>,
+    ) -> impl Future<Output = (Self::Response, Vec<u8>)> + Send;
+
+    /// The reply to a request whose frame could not be read.
+    fn malformed(&self, error: &FrameError) -> Self::Response;
+}
+
+/// Accepts connections for `alpn` on `transport` and serves every stream
+/// with `service` until the endpoint closes.
+pub async fn serve<S: Service>(transport: Transport, alpn: &'static [u8], service: Arc<S>) {
+    while let Some(incoming) = transport.endpoint.accept().await {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::debug!(%error, "incoming connection failed");
+                    return;
+                }
+            };
+            if connection.alpn() != alpn {
+                connection.close(VarIntCode::WRONG_PROTOCOL.into(), b"wrong protocol");
+                return;
+            }
+            serve_connection(connection, service).await;
+        });
+    }
+}
+
+/// QUIC close codes used by [`serve`].
+struct VarIntCode;
+
+impl VarIntCode {
+    const WRONG_PROTOCOL: u32 = 400;
+}
+
+async fn serve_connection<S: Service>(connection: Connection, service: Arc<S>) {
+    let peer = connection.remote_id();
+    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let (response, body) = match frame::read::<_, S::Request>(&mut recv).await {
+                Ok((request, body)) => service.call(peer, request, body).await,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "bad request frame");
+                    (service.malformed(&error), Vec::new())
+                }
+            };
+            if let Err(error) = frame::write(&mut send, &response, &body).await {
+                tracing::debug!(%peer, %error, "could not send a response");
+                return;
+            }
+            let _ = send.finish();
+            let _ = send.stopped().await;
+        });
+    }
+}
+
+/// A client of one peer's service: connects on first use and reconnects
+/// after the connection drops.
+pub struct RpcClient {
+    transport: Transport,
+    peer: EndpointAddr,
+    alpn: &'static [u8],
+    connection: Mutex<Option<Connection>>,
+}
+
+impl RpcClient {
+    pub fn new(transport: Transport, peer: EndpointAddr, alpn: &'static [u8]) -> RpcClient {
+        RpcClient {
+            transport,
+            peer,
+            alpn,
+            connection: Mutex::new(None),
+        }
+    }
+
+    pub fn peer(&self) -> EndpointId {
+        self.peer.id
+    }
+
+    async fn connection(&self) -> Result<Connection, RpcError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(connection.clone());
+        }
+        let connection = self
+            .transport
+            .connect(self.peer.clone(), self.alpn)
+            .await
+            .map_err(|e| RpcError::Connect(e.to_string()))?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Sends `request` with `body` and waits for the response.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        request: &Req,
+        body: &[u8],
+    ) -> Result<(Resp, Vec<u8>), RpcError> {
+        let connection = self.connection().await?;
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| RpcError::Stream(e.to_string()))?;
+        frame::write(&mut send, request, body).await?;
+        send.finish().map_err(|e| RpcError::Stream(e.to_string()))?;
+        Ok(frame::read(&mut recv).await?)
+    }
+}
