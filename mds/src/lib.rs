@@ -16,3 +16,4 @@
 
 pub mod namespace;
 pub mod raft;
+pub mod server;

@@ -16,6 +16,7 @@ pub mod errno;
 pub mod fs;
 pub mod ids;
 pub mod layout;
+pub mod mds;
 pub mod transport;
 
 pub use aspen_placement::{Epoch, OsdId, PgId, PoolId};

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use aspen_proto::transport::frame::{self, FrameError};
 use aspen_proto::transport::{
-    AuthorizedKeys, RpcClient, Service, Transport, load_or_create_secret_key, serve,
+    AuthorizedKeys, Router, RpcClient, Service, Transport, load_or_create_secret_key, serve,
 };
 use iroh::{EndpointId, SecretKey};
 use serde::{Deserialize, Serialize};
@@ -62,16 +62,16 @@ async fn endpoint(allowed: &[EndpointId]) -> Transport {
     .unwrap()
 }
 
-async fn pair() -> (Transport, Transport) {
+async fn pair() -> (Transport, Transport, Router) {
     let client = endpoint(&[]).await;
     let server = endpoint(&[client.id()]).await;
-    tokio::spawn(serve(server.clone(), ALPN, Arc::new(TestService)));
-    (server, client)
+    let router = serve(&server, ALPN, Arc::new(TestService));
+    (server, client, router)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_carry_headers_bodies_and_the_callers_id() {
-    let (server, client) = pair().await;
+    let (server, client, _router) = pair().await;
     let rpc = RpcClient::new(client.clone(), server.addr(), ALPN);
     let body: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
     let (reply, echoed): (Reply, Vec<u8>) =
@@ -88,7 +88,7 @@ async fn calls_carry_headers_bodies_and_the_callers_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_share_one_connection() {
-    let (server, client) = pair().await;
+    let (server, client, _router) = pair().await;
     let rpc = Arc::new(RpcClient::new(client, server.addr(), ALPN));
     let calls = (0..200u64).map(|i| {
         let rpc = rpc.clone();
@@ -118,7 +118,7 @@ async fn concurrent_calls_share_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_nodes_are_refused() {
     let server = endpoint(&[]).await;
-    tokio::spawn(serve(server.clone(), ALPN, Arc::new(TestService)));
+    let _router = serve(&server, ALPN, Arc::new(TestService));
     let stranger = endpoint(&[]).await;
     let rpc = RpcClient::new(stranger.clone(), server.addr(), ALPN);
     let result: Result<(Reply, Vec<u8>), _> = rpc.call(&Request::Sum(vec![1]), &[]).await;
@@ -135,7 +135,7 @@ async fn unknown_nodes_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_get_an_error_reply_and_the_server_lives_on() {
-    let (server, client) = pair().await;
+    let (server, client, _router) = pair().await;
     let connection = client.connect(server.addr(), ALPN).await.unwrap();
     for garbage in [
         vec![0xff; 3],

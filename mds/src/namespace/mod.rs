@@ -25,8 +25,9 @@ mod xattr;
 
 use std::path::Path;
 
-use aspen_proto::fs::{Attr, Caller, DirEntry, SetAttr, StatFs, Timestamp};
-use aspen_proto::{Errno, FileLayout, InodeId};
+use aspen_proto::fs::{Attr, Caller, DirEntry, StatFs, Timestamp};
+pub use aspen_proto::mds::{HandleId, NsOp, NsReply, SessionId};
+use aspen_proto::{Errno, InodeId};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
@@ -76,14 +77,6 @@ fn split<T>(result: OpResult<T>) -> Result<Result<T, Errno>, StoreError> {
     }
 }
 
-/// Identifies a client session (open handles belong to one).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct SessionId(pub u64);
-
-/// Identifies an open file or directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct HandleId(pub u64);
-
 /// Who performs an operation, when, and for which session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpContext {
@@ -91,103 +84,6 @@ pub struct OpContext {
     /// The time the operation takes effect (stamped by the leader).
     pub now: Timestamp,
     pub session: SessionId,
-}
-
-/// A namespace mutation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NsOp {
-    /// Creates the root directory of a new filesystem.
-    Format {
-        mode: u32,
-        uid: u32,
-        gid: u32,
-        layout: FileLayout,
-    },
-    SetAttr {
-        ino: InodeId,
-        changes: SetAttr,
-    },
-    /// Regular files, FIFOs, sockets and devices; the type is in `mode`.
-    Mknod {
-        parent: InodeId,
-        name: Vec<u8>,
-        mode: u32,
-        umask: u32,
-        rdev: u64,
-    },
-    Mkdir {
-        parent: InodeId,
-        name: Vec<u8>,
-        mode: u32,
-        umask: u32,
-    },
-    Symlink {
-        parent: InodeId,
-        name: Vec<u8>,
-        target: Vec<u8>,
-    },
-    Link {
-        ino: InodeId,
-        new_parent: InodeId,
-        new_name: Vec<u8>,
-    },
-    Unlink {
-        parent: InodeId,
-        name: Vec<u8>,
-    },
-    Rmdir {
-        parent: InodeId,
-        name: Vec<u8>,
-    },
-    Rename {
-        parent: InodeId,
-        name: Vec<u8>,
-        new_parent: InodeId,
-        new_name: Vec<u8>,
-        flags: u32,
-    },
-    SetXattr {
-        ino: InodeId,
-        name: Vec<u8>,
-        value: Vec<u8>,
-        flags: u32,
-    },
-    RemoveXattr {
-        ino: InodeId,
-        name: Vec<u8>,
-    },
-    /// Opens an existing inode (files and directories).
-    Open {
-        ino: InodeId,
-        flags: u32,
-    },
-    /// Opens `name` in `parent`, creating a regular file if it is missing.
-    Create {
-        parent: InodeId,
-        name: Vec<u8>,
-        mode: u32,
-        umask: u32,
-        flags: u32,
-    },
-    Release {
-        handle: HandleId,
-    },
-    /// Releases every handle of a session (it closed or timed out).
-    EndSession {
-        session: SessionId,
-    },
-}
-
-/// What a successful mutation returns.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NsReply {
-    Done,
-    /// The attributes of the inode the operation created or changed.
-    Attr(Attr),
-    Opened {
-        attr: Attr,
-        handle: HandleId,
-    },
 }
 
 /// The namespace tables in one SQLite database.

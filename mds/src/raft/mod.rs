@@ -9,31 +9,28 @@
 pub mod log_store;
 pub mod state_machine;
 
-use std::fmt;
-
 use aspen_proto::Errno;
 use serde::{Deserialize, Serialize};
 
+use aspen_proto::mds::KeyEntry;
+
 use crate::namespace::{NsOp, NsReply, OpContext};
 
-/// A member of the MDS group: its iroh node id and the addresses it listens on.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MdsNode {
-    /// The member's iroh node id (public key), hex.
-    pub node_id: String,
-    pub addrs: Vec<std::net::SocketAddr>,
-}
-
-impl fmt::Display for MdsNode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} at {:?}", self.node_id, self.addrs)
-    }
-}
+pub use aspen_proto::mds::MdsMember as MdsNode;
 
 /// What the Raft log carries: one replicated change of MDS state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Namespace { op: NsOp, ctx: OpContext },
+    Namespace {
+        op: NsOp,
+        ctx: OpContext,
+    },
+    /// Names the filesystem; only the first one counts.
+    SetFsid(String),
+    /// Registers a key (`EEXIST` if the name or node id is taken).
+    AddKey(KeyEntry),
+    /// Unregisters a key by name (`ENOENT` if unknown).
+    RemoveKey(String),
 }
 
 /// The state machine's answer to a [`Command`].
@@ -42,6 +39,7 @@ pub enum Response {
     /// Returned for entries that carry no command (blank and membership).
     None,
     Namespace(Result<NsReply, Errno>),
+    Done(Result<(), Errno>),
 }
 
 openraft::declare_raft_types!(

@@ -19,10 +19,17 @@ use super::{
     Command, Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig, decode, encode,
 };
+use aspen_proto::Errno;
+use aspen_proto::mds::KeyEntry;
+use aspen_proto::transport::{AuthorizedKeys, EndpointId};
+
 use crate::namespace::{self, Namespace, StoreError};
 
-const SCHEMA: &str =
-    "CREATE TABLE IF NOT EXISTS sm_meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);";
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sm_meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (name TEXT PRIMARY KEY, node_id TEXT NOT NULL UNIQUE, role BLOB NOT NULL);
+";
+const FSID: &str = "fsid";
 const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
 const STATE_FILE: &str = "state.db";
@@ -45,6 +52,8 @@ struct StoredSnapshot {
 
 struct Inner {
     namespace: Namespace,
+    /// The endpoint allow-list kept equal to registered keys plus members.
+    authorized: Option<AuthorizedKeys>,
     current: Option<StoredSnapshot>,
     receiving: Option<PathBuf>,
     snapshots_built: u64,
@@ -70,6 +79,7 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             inner: Arc::new(Mutex::new(Inner {
                 namespace,
+                authorized: None,
                 current,
                 receiving: None,
                 snapshots_built: 0,
@@ -88,6 +98,51 @@ impl StateMachineStore {
     pub fn read<T>(&self, read: impl FnOnce(&Namespace) -> T) -> T {
         read(&self.lock().namespace)
     }
+
+    /// The key registry.
+    pub fn keys(&self) -> Result<Vec<KeyEntry>, StoreError> {
+        load_keys(self.lock().namespace.connection())
+    }
+
+    /// The filesystem id, once set.
+    pub fn fsid(&self) -> Result<Option<String>, StoreError> {
+        let conn = &self.lock().namespace;
+        let bytes: Option<Vec<u8>> = conn
+            .connection()
+            .query_row("SELECT value FROM sm_meta WHERE key = ?1", [FSID], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Keeps `authorized` equal to the registered keys and the group's
+    /// members from now on.
+    pub fn keep_authorized(&self, authorized: AuthorizedKeys) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner.authorized = Some(authorized);
+        refresh_authorized(&inner)
+    }
+}
+
+/// Rewrites the allow-list from the registry and the membership.
+fn refresh_authorized(inner: &Inner) -> Result<(), StoreError> {
+    let Some(authorized) = &inner.authorized else {
+        return Ok(());
+    };
+    let conn = inner.namespace.connection();
+    let mut ids: Vec<String> = load_keys(conn)?.into_iter().map(|k| k.node_id).collect();
+    let membership: StoredMembership = read_meta(conn, MEMBERSHIP)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?
+        .unwrap_or_default();
+    ids.extend(
+        membership
+            .membership()
+            .nodes()
+            .map(|(_, node)| node.node_id.clone()),
+    );
+    authorized.replace(ids.iter().filter_map(|id| id.parse::<EndpointId>().ok()));
+    Ok(())
 }
 
 impl StateMachineStore {
@@ -183,7 +238,67 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
         Command::Namespace { op, ctx } => {
             Ok(Response::Namespace(namespace::apply_within(conn, op, ctx)?))
         }
+        Command::SetFsid(fsid) => {
+            conn.execute(
+                "INSERT OR IGNORE INTO sm_meta (key, value) VALUES (?1, ?2)",
+                params![FSID, fsid.as_bytes()],
+            )?;
+            Ok(Response::Done(Ok(())))
+        }
+        Command::AddKey(entry) => {
+            let role = encode(&entry.role).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let added = conn.execute(
+                "INSERT OR IGNORE INTO keys (name, node_id, role) VALUES (?1, ?2, ?3)",
+                params![entry.name, entry.node_id, role],
+            )?;
+            Ok(Response::Done(if added == 1 {
+                Ok(())
+            } else {
+                Err(Errno::EEXIST)
+            }))
+        }
+        Command::RemoveKey(name) => {
+            let removed = conn.execute("DELETE FROM keys WHERE name = ?1", [name])?;
+            Ok(Response::Done(if removed == 1 {
+                Ok(())
+            } else {
+                Err(Errno::ENOENT)
+            }))
+        }
     }
+}
+
+/// Whether applying `entry` can change who may connect.
+fn changes_access(entry: &Entry) -> bool {
+    matches!(
+        &entry.payload,
+        EntryPayload::Membership(_)
+            | EntryPayload::Normal(Command::AddKey(_) | Command::RemoveKey(_))
+    )
+}
+
+/// The registered keys.
+fn load_keys(conn: &Connection) -> Result<Vec<KeyEntry>, StoreError> {
+    let mut statement =
+        conn.prepare_cached("SELECT name, node_id, role FROM keys ORDER BY name")?;
+    let rows = statement.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+        ))
+    })?;
+    let mut keys = Vec::new();
+    for row in rows {
+        let (name, node_id, role) = row?;
+        let role = decode(&role).map_err(|e| StoreError::Corrupt(format!("key {name}: {e}")))?;
+        keys.push(KeyEntry {
+            name,
+            node_id,
+            role,
+        });
+    }
+    Ok(keys)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -205,7 +320,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .transaction()
             .map_err(|e| sm_error(ErrorVerb::Write, e))?;
         let mut responses = Vec::new();
+        let mut access_changed = false;
         for entry in entries {
+            access_changed |= changes_access(&entry);
             let log_id = entry.log_id;
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::None,
@@ -222,6 +339,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             responses.push(response);
         }
         tx.commit().map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        if access_changed {
+            refresh_authorized(&inner).map_err(|e| sm_error(ErrorVerb::Read, e))?;
+        }
         Ok(responses)
     }
 
@@ -260,6 +380,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .restore("main", &stored.path, None::<fn(rusqlite::backup::Progress)>)
             .map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
         replace_current(&mut inner, stored);
+        refresh_authorized(&inner).map_err(|e| sm_error(ErrorVerb::Read, e))?;
         Ok(())
     }
 

@@ -14,8 +14,9 @@ pub mod rpc;
 
 pub use endpoint::{AuthorizedKeys, Transport, TransportError, load_or_create_secret_key};
 pub use frame::{FrameError, MAX_BODY_LEN, MAX_HEADER_LEN};
+pub use iroh::protocol::Router;
 pub use iroh::{EndpointAddr, EndpointId, SecretKey};
-pub use rpc::{RpcClient, RpcError, Service, serve};
+pub use rpc::{RpcClient, RpcError, RpcProtocol, Service, serve};
 
 /// ALPN of the MDS client protocol.
 pub const ALPN_MDS: &[u8] = b"aspen/mds/1";

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use iroh::endpoint::Connection;
+use iroh::protocol::{AcceptError, ProtocolHandler, Router};
 use iroh::{EndpointAddr, EndpointId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -41,33 +42,29 @@ pub trait Service: Send + Sync + 'static {
     fn malformed(&self, error: &FrameError) -> Self::Response;
 }
 
-/// Accepts connections for `alpn` on `transport` and serves every stream
-/// with `service` until the endpoint closes.
-pub async fn serve<S: Service>(transport: Transport, alpn: &'static [u8], service: Arc<S>) {
-    while let Some(incoming) = transport.endpoint.accept().await {
-        let service = service.clone();
-        tokio::spawn(async move {
-            let connection = match incoming.await {
-                Ok(connection) => connection,
-                Err(error) => {
-                    tracing::debug!(%error, "incoming connection failed");
-                    return;
-                }
-            };
-            if connection.alpn() != alpn {
-                connection.close(VarIntCode::WRONG_PROTOCOL.into(), b"wrong protocol");
-                return;
-            }
-            serve_connection(connection, service).await;
-        });
+/// An iroh protocol handler that serves every stream of every connection
+/// with a [`Service`]; register it on a [`Router`] under its ALPN.
+pub struct RpcProtocol<S>(pub Arc<S>);
+
+impl<S> std::fmt::Debug for RpcProtocol<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RpcProtocol")
     }
 }
 
-/// QUIC close codes used by [`serve`].
-struct VarIntCode;
+impl<S: Service> ProtocolHandler for RpcProtocol<S> {
+    async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
+        serve_connection(connection, self.0.clone()).await;
+        Ok(())
+    }
+}
 
-impl VarIntCode {
-    const WRONG_PROTOCOL: u32 = 400;
+/// Serves `service` under `alpn` on `transport` until the returned router
+/// is shut down (or dropped).
+pub fn serve<S: Service>(transport: &Transport, alpn: &'static [u8], service: Arc<S>) -> Router {
+    Router::builder(transport.endpoint.clone())
+        .accept(alpn, RpcProtocol(service))
+        .spawn()
 }
 
 async fn serve_connection<S: Service>(connection: Connection, service: Arc<S>) {

@@ -1,0 +1,202 @@
+//! Raft traffic between MDS members over the transport (ALPN
+//! `aspen/raft/1`): the network openraft sends through, and the service
+//! that hands incoming messages to the local Raft. Only group members may
+//! send Raft messages.
+
+// openraft's network trait fixes the (large) error type.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use aspen_proto::transport::frame::FrameError;
+use aspen_proto::transport::{
+    ALPN_RAFT, EndpointId, RpcClient, Service, Transport, endpoint::peer_addr,
+};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::raft::{MdsNode, TypeConfig};
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRequest {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<u64>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftResponse {
+    Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// The sender is not a member, or the frame was unreadable.
+    Refused(String),
+}
+
+/// Serves Raft messages from other members.
+pub struct RaftService {
+    pub raft: Raft,
+    /// Members named in the local configuration: accepted before this node
+    /// has learnt the membership from the log (a new group, a joining node).
+    pub seed_members: Vec<EndpointId>,
+}
+
+impl RaftService {
+    fn is_member(&self, peer: &EndpointId) -> bool {
+        if self.seed_members.contains(peer) {
+            return true;
+        }
+        let peer = peer.to_string();
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics
+            .membership_config
+            .nodes()
+            .any(|(_, node)| node.node_id == peer)
+    }
+}
+
+impl Service for RaftService {
+    type Request = RaftRequest;
+    type Response = RaftResponse;
+
+    async fn call(
+        &self,
+        peer: EndpointId,
+        request: RaftRequest,
+        _body: Vec<u8>,
+    ) -> (RaftResponse, Vec<u8>) {
+        if !self.is_member(&peer) {
+            return (
+                RaftResponse::Refused(format!("{peer} is not a member")),
+                Vec::new(),
+            );
+        }
+        let response = match request {
+            RaftRequest::Append(rpc) => RaftResponse::Append(self.raft.append_entries(rpc).await),
+            RaftRequest::Vote(rpc) => RaftResponse::Vote(self.raft.vote(rpc).await),
+            RaftRequest::Snapshot(rpc) => {
+                RaftResponse::Snapshot(self.raft.install_snapshot(rpc).await)
+            }
+        };
+        (response, Vec::new())
+    }
+
+    fn malformed(&self, error: &FrameError) -> RaftResponse {
+        RaftResponse::Refused(error.to_string())
+    }
+}
+
+/// Creates a connection to each member openraft talks to.
+#[derive(Clone)]
+pub struct Network {
+    pub transport: Transport,
+}
+
+/// The link to one member.
+pub struct Peer {
+    target: u64,
+    client: Option<Arc<RpcClient>>,
+    problem: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: u64, node: &MdsNode) -> Peer {
+        match node.node_id.parse::<EndpointId>() {
+            Ok(id) => Peer {
+                target,
+                client: Some(Arc::new(RpcClient::new(
+                    self.transport.clone(),
+                    peer_addr(id, &node.addrs),
+                    ALPN_RAFT,
+                ))),
+                problem: String::new(),
+            },
+            Err(error) => Peer {
+                target,
+                client: None,
+                problem: format!("bad node id {:?}: {error}", node.node_id),
+            },
+        }
+    }
+}
+
+type RpcResult<T, E> = Result<T, RPCError<u64, MdsNode, E>>;
+
+impl Peer {
+    async fn send<E: std::error::Error>(&self, request: RaftRequest) -> RpcResult<RaftResponse, E> {
+        let Some(client) = &self.client else {
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other(self.problem.clone()),
+            )));
+        };
+        let (response, _): (RaftResponse, Vec<u8>) = client
+            .call(&request, &[])
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        match response {
+            RaftResponse::Refused(reason) => Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other(reason),
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    fn unexpected<T, E: std::error::Error>(&self) -> RpcResult<T, E> {
+        Err(RPCError::Network(NetworkError::new(
+            &std::io::Error::other("mismatched raft response"),
+        )))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>, RaftError<u64>> {
+        match self.send(RaftRequest::Append(rpc)).await? {
+            RaftResponse::Append(result) => {
+                result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => self.unexpected(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> {
+        match self.send(RaftRequest::Snapshot(rpc)).await? {
+            RaftResponse::Snapshot(result) => {
+                result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => self.unexpected(),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        _option: RPCOption,
+    ) -> RpcResult<VoteResponse<u64>, RaftError<u64>> {
+        match self.send(RaftRequest::Vote(rpc)).await? {
+            RaftResponse::Vote(result) => {
+                result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => self.unexpected(),
+        }
+    }
+}

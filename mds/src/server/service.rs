@@ -1,0 +1,220 @@
+//! The MDS client protocol (ALPN `aspen/mds/1`): mutations go through Raft
+//! on the leader; reads wait for a read index (linearizable) and read the
+//! local state; a member that is not the leader answers with who is.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aspen_proto::Errno;
+use aspen_proto::fs::Timestamp;
+use aspen_proto::mds::{MdsRequest, MdsResponse, MdsStatus, Role};
+use aspen_proto::transport::frame::FrameError;
+use aspen_proto::transport::{EndpointId, Service};
+use openraft::ChangeMembers;
+use openraft::error::{ClientWriteError, RaftError};
+
+use super::raft_net::Raft;
+use crate::namespace::{Namespace, OpContext, StoreError};
+use crate::raft::state_machine::StateMachineStore;
+use crate::raft::{Command, MdsNode, Response};
+
+/// The most entries one readdir reply carries.
+pub const MAX_READDIR_REPLY: u32 = 1024;
+
+pub struct MdsService {
+    pub raft: Raft,
+    pub state: StateMachineStore,
+    pub raft_id: u64,
+}
+
+fn now() -> Timestamp {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::new(since.as_secs() as i64, since.subsec_nanos())
+}
+
+fn not_leader<E>(error: &RaftError<u64, E>) -> Option<MdsResponse>
+where
+    E: openraft::TryAsRef<openraft::error::ForwardToLeader<u64, MdsNode>> + std::fmt::Debug,
+{
+    let forward = error.forward_to_leader::<MdsNode>()?;
+    let leader = forward.leader_id.zip(forward.leader_node.clone());
+    Some(MdsResponse::NotLeader { leader })
+}
+
+impl MdsService {
+    fn role_of(&self, peer: &EndpointId) -> Option<Role> {
+        let peer = peer.to_string();
+        let keys = self.state.keys().ok()?;
+        keys.into_iter().find(|k| k.node_id == peer).map(|k| k.role)
+    }
+
+    /// Replicates `command` and returns the state machine's answer.
+    async fn write(&self, command: Command) -> Result<Response, MdsResponse> {
+        match self.raft.client_write(command).await {
+            Ok(written) => Ok(written.data),
+            Err(error) => {
+                Err(not_leader(&error).unwrap_or_else(|| MdsResponse::Failed(error.to_string())))
+            }
+        }
+    }
+
+    /// Runs `read` once the local state is at least as new as the leader's
+    /// commit point at the time of the call.
+    async fn read<T>(
+        &self,
+        read: impl FnOnce(&Namespace) -> Result<T, StoreError>,
+        wrap: impl FnOnce(T) -> MdsResponse,
+    ) -> MdsResponse {
+        if let Err(error) = self.raft.ensure_linearizable().await {
+            return not_leader(&error).unwrap_or_else(|| MdsResponse::Failed(error.to_string()));
+        }
+        match self.state.read(read) {
+            Ok(value) => wrap(value),
+            Err(error) => MdsResponse::Failed(error.to_string()),
+        }
+    }
+
+    fn status(&self) -> MdsResponse {
+        let metrics = self.raft.metrics().borrow().clone();
+        MdsResponse::Status(MdsStatus {
+            fsid: self.state.fsid().ok().flatten().unwrap_or_default(),
+            this: self.raft_id,
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            last_applied: metrics.last_applied.map(|id| id.index),
+            members: metrics
+                .membership_config
+                .nodes()
+                .map(|(id, node)| (*id, node.clone()))
+                .collect(),
+        })
+    }
+
+    async fn admin(&self, request: MdsRequest) -> MdsResponse {
+        match request {
+            MdsRequest::AuthAdd { entry } => self.done(self.write(Command::AddKey(entry)).await),
+            MdsRequest::AuthRemove { name } => {
+                self.done(self.write(Command::RemoveKey(name)).await)
+            }
+            MdsRequest::AuthList => self.read(|_| self.state.keys(), MdsResponse::Keys).await,
+            MdsRequest::AddMember { raft_id, member } => self.add_member(raft_id, member).await,
+            MdsRequest::RemoveMember { raft_id } => {
+                let change = ChangeMembers::RemoveVoters([raft_id].into());
+                self.change_membership(self.raft.change_membership(change, false).await)
+            }
+            _ => MdsResponse::Failed("not an admin request".into()),
+        }
+    }
+
+    fn done(&self, written: Result<Response, MdsResponse>) -> MdsResponse {
+        match written {
+            Ok(Response::Done(result)) => MdsResponse::Unit(result),
+            Ok(other) => MdsResponse::Failed(format!("unexpected reply {other:?}")),
+            Err(response) => response,
+        }
+    }
+
+    fn change_membership<T>(
+        &self,
+        result: Result<T, RaftError<u64, ClientWriteError<u64, MdsNode>>>,
+    ) -> MdsResponse {
+        match result {
+            Ok(_) => MdsResponse::Unit(Ok(())),
+            Err(error) => {
+                not_leader(&error).unwrap_or_else(|| MdsResponse::Failed(error.to_string()))
+            }
+        }
+    }
+
+    /// Adds a member: as a learner first (it catches up), then as a voter.
+    async fn add_member(&self, raft_id: u64, member: MdsNode) -> MdsResponse {
+        if let Err(error) = self.raft.add_learner(raft_id, member, true).await {
+            return not_leader(&error).unwrap_or_else(|| MdsResponse::Failed(error.to_string()));
+        }
+        let change = ChangeMembers::AddVoterIds([raft_id].into());
+        self.change_membership(self.raft.change_membership(change, false).await)
+    }
+}
+
+impl Service for MdsService {
+    type Request = MdsRequest;
+    type Response = MdsResponse;
+
+    async fn call(
+        &self,
+        peer: EndpointId,
+        request: MdsRequest,
+        _body: Vec<u8>,
+    ) -> (MdsResponse, Vec<u8>) {
+        let response = match request {
+            MdsRequest::Mutate {
+                caller,
+                session,
+                op,
+            } => {
+                let ctx = OpContext {
+                    caller,
+                    now: now(),
+                    session,
+                };
+                match self.write(Command::Namespace { op, ctx }).await {
+                    Ok(Response::Namespace(result)) => MdsResponse::Reply(result),
+                    Ok(other) => MdsResponse::Failed(format!("unexpected reply {other:?}")),
+                    Err(response) => response,
+                }
+            }
+            MdsRequest::Lookup {
+                caller,
+                parent,
+                name,
+            } => {
+                self.read(|ns| ns.lookup(parent, &name, &caller), MdsResponse::Attr)
+                    .await
+            }
+            MdsRequest::GetAttr { ino } => self.read(|ns| ns.getattr(ino), MdsResponse::Attr).await,
+            MdsRequest::ReadDir {
+                caller,
+                ino,
+                offset,
+                limit,
+            } => {
+                let limit = limit.min(MAX_READDIR_REPLY) as usize;
+                self.read(
+                    |ns| ns.readdir(ino, offset, limit, &caller),
+                    MdsResponse::Entries,
+                )
+                .await
+            }
+            MdsRequest::ReadLink { ino } => {
+                self.read(|ns| ns.readlink(ino), MdsResponse::Bytes).await
+            }
+            MdsRequest::Access { caller, ino, mask } => {
+                self.read(|ns| ns.access(ino, mask, &caller), MdsResponse::Unit)
+                    .await
+            }
+            MdsRequest::GetXattr { caller, ino, name } => {
+                self.read(|ns| ns.getxattr(ino, &name, &caller), MdsResponse::Bytes)
+                    .await
+            }
+            MdsRequest::ListXattr { caller, ino } => {
+                self.read(|ns| ns.listxattr(ino, &caller), MdsResponse::Names)
+                    .await
+            }
+            MdsRequest::StatFs => self.read(|ns| ns.statfs(), MdsResponse::StatFs).await,
+            MdsRequest::Status => self.status(),
+            admin => {
+                if self.role_of(&peer) == Some(Role::Admin) {
+                    self.admin(admin).await
+                } else {
+                    MdsResponse::Unit(Err(Errno::EPERM))
+                }
+            }
+        };
+        (response, Vec::new())
+    }
+
+    fn malformed(&self, error: &FrameError) -> MdsResponse {
+        MdsResponse::Failed(format!("malformed request: {error}"))
+    }
+}

@@ -1,0 +1,280 @@
+//! A three-member MDS group in one process over real iroh endpoints on
+//! 127.0.0.1: it elects a leader, replicates, answers followers' callers
+//! with the leader's address, survives the loss of its leader, and a
+//! restarted member catches up.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::Duration;
+
+use aspen_mds::raft::Command;
+use aspen_mds::server::{MdsConfig, MdsServer, node_id};
+use aspen_proto::fs::Caller;
+use aspen_proto::mds::{
+    KeyEntry, MdsMember, MdsRequest, MdsResponse, NsOp, NsReply, Role, SessionId,
+};
+use aspen_proto::transport::{
+    ALPN_MDS, AuthorizedKeys, EndpointAddr, RpcClient, SecretKey, Transport, endpoint::peer_addr,
+};
+use aspen_proto::{FileLayout, InodeId};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn free_port() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Member {
+    config: MdsConfig,
+}
+
+async fn start(member: &Member) -> MdsServer {
+    MdsServer::start(member.config.clone()).await.unwrap()
+}
+
+fn members(dirs: &[&Path]) -> Vec<Member> {
+    let ids: Vec<_> = dirs.iter().map(|d| node_id(d).unwrap()).collect();
+    dirs.iter()
+        .enumerate()
+        .map(|(i, dir)| Member {
+            config: MdsConfig {
+                data_dir: dir.to_path_buf(),
+                listen: free_port(),
+                raft_id: i as u64 + 1,
+                peers: ids.clone(),
+            },
+        })
+        .collect()
+}
+
+async fn admin_client(servers: &[&MdsServer]) -> (Transport, SecretKey) {
+    let key = SecretKey::generate();
+    let transport = Transport::bind(
+        key.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        vec![],
+        AuthorizedKeys::default(),
+    )
+    .await
+    .unwrap();
+    let _ = servers;
+    (transport, key)
+}
+
+fn addr_of(member: &MdsMember) -> EndpointAddr {
+    peer_addr(member.node_id.parse().unwrap(), &member.addrs)
+}
+
+async fn call(client: &Transport, member: &MdsMember, request: &MdsRequest) -> MdsResponse {
+    let rpc = RpcClient::new(client.clone(), addr_of(member), ALPN_MDS);
+    let (response, _): (MdsResponse, Vec<u8>) = rpc.call(request, &[]).await.unwrap();
+    response
+}
+
+/// Sends `request` to `first`, following NotLeader answers.
+async fn call_leader(client: &Transport, first: &MdsMember, request: &MdsRequest) -> MdsResponse {
+    let mut target = first.clone();
+    for _ in 0..20 {
+        match call(client, &target, request).await {
+            MdsResponse::NotLeader {
+                leader: Some((_, leader)),
+            } => target = leader,
+            MdsResponse::NotLeader { leader: None } => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            other => return other,
+        }
+    }
+    panic!("no leader answered");
+}
+
+fn mkdir(name: &str) -> MdsRequest {
+    MdsRequest::Mutate {
+        caller: Caller::root(),
+        session: SessionId(1),
+        op: NsOp::Mkdir {
+            parent: InodeId::ROOT,
+            name: name.into(),
+            mode: 0o755,
+            umask: 0,
+        },
+    }
+}
+
+fn lookup(name: &str) -> MdsRequest {
+    MdsRequest::Lookup {
+        caller: Caller::root(),
+        parent: InodeId::ROOT,
+        name: name.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_replicate_fail_over_and_catch_up() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let paths: Vec<&Path> = dirs.iter().map(|d| d.path()).collect();
+    let members = members(&paths);
+    let mut servers = Vec::new();
+    for member in &members {
+        servers.push(Some(start(member).await));
+    }
+    let group: BTreeMap<u64, MdsMember> = servers
+        .iter()
+        .map(|s| s.as_ref().unwrap())
+        .map(|s| (s.raft_id, s.member()))
+        .collect();
+    servers[0]
+        .as_ref()
+        .unwrap()
+        .initialize(group.clone())
+        .await
+        .unwrap();
+    let leader = servers[0]
+        .as_ref()
+        .unwrap()
+        .wait_for_leader(WAIT)
+        .await
+        .unwrap();
+    let leading = servers[leader as usize - 1].as_ref().unwrap();
+
+    // Register an admin key and format, through the leader's Raft.
+    let (client, key) = admin_client(&[]).await;
+    let admin = KeyEntry {
+        name: "client.admin".into(),
+        node_id: key.public().to_string(),
+        role: Role::Admin,
+    };
+    leading.propose(Command::AddKey(admin)).await.unwrap();
+    let format = MdsRequest::Mutate {
+        caller: Caller::root(),
+        session: SessionId(1),
+        op: NsOp::Format {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            layout: FileLayout::default(),
+        },
+    };
+    let leader_member = group[&leader].clone();
+    assert!(matches!(
+        call(&client, &leader_member, &format).await,
+        MdsResponse::Reply(Ok(NsReply::Attr(_)))
+    ));
+    assert!(matches!(
+        call(&client, &leader_member, &mkdir("one")).await,
+        MdsResponse::Reply(Ok(_))
+    ));
+
+    // A follower points at the leader.
+    let follower = group.keys().find(|id| **id != leader).copied().unwrap();
+    match call(&client, &group[&follower], &mkdir("two")).await {
+        MdsResponse::NotLeader {
+            leader: Some((id, _)),
+        } => assert_eq!(id, leader),
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+
+    // Status lists the three members.
+    match call(&client, &leader_member, &MdsRequest::Status).await {
+        MdsResponse::Status(status) => {
+            assert_eq!(status.members.len(), 3);
+            assert_eq!(status.leader, Some(leader));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Lose the leader: the other two elect one and keep serving.
+    servers[leader as usize - 1]
+        .take()
+        .unwrap()
+        .shutdown()
+        .await;
+    let survivor = servers.iter().flatten().next().unwrap();
+    let new_leader = {
+        let mut found = None;
+        for _ in 0..100 {
+            let l = survivor.wait_for_leader(WAIT).await.unwrap();
+            if l != leader {
+                found = Some(l);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        found.expect("a new leader")
+    };
+    assert_ne!(new_leader, leader);
+    assert!(matches!(
+        call_leader(&client, &group[&new_leader], &mkdir("two")).await,
+        MdsResponse::Reply(Ok(_))
+    ));
+    assert!(matches!(
+        call_leader(&client, &group[&new_leader], &lookup("one")).await,
+        MdsResponse::Attr(Ok(_))
+    ));
+
+    // The old leader comes back with its data directory and catches up.
+    let returned = start(&members[leader as usize - 1]).await;
+    let mut caught_up = false;
+    for _ in 0..100 {
+        let found = returned
+            .state
+            .read(|ns| ns.lookup(InodeId::ROOT, b"two", &Caller::root()).unwrap());
+        if found.is_ok() {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(caught_up, "the restarted member replicated what it missed");
+    returned.shutdown().await;
+    for server in servers.into_iter().flatten() {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistered_clients_and_non_admins_are_kept_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let member = &members(&[dir.path()])[0];
+    let server = start(member).await;
+    server
+        .initialize(BTreeMap::from([(1, server.member())]))
+        .await
+        .unwrap();
+    server.wait_for_leader(WAIT).await.unwrap();
+    let (stranger, _) = admin_client(&[]).await;
+    let rpc = RpcClient::new(stranger.clone(), addr_of(&server.member()), ALPN_MDS);
+    let result: Result<(MdsResponse, Vec<u8>), _> = rpc.call(&MdsRequest::Status, &[]).await;
+    assert!(result.is_err(), "an unregistered node cannot connect");
+
+    let (client, key) = admin_client(&[]).await;
+    let entry = KeyEntry {
+        name: "client.user".into(),
+        node_id: key.public().to_string(),
+        role: Role::Client,
+    };
+    server
+        .propose(Command::AddKey(entry.clone()))
+        .await
+        .unwrap();
+    let add = MdsRequest::AuthAdd {
+        entry: KeyEntry {
+            name: "x".into(),
+            node_id: "y".into(),
+            role: Role::Admin,
+        },
+    };
+    assert_eq!(
+        call(&client, &server.member(), &add).await,
+        MdsResponse::Unit(Err(aspen_proto::Errno::EPERM))
+    );
+    assert!(matches!(
+        call(&client, &server.member(), &MdsRequest::Status).await,
+        MdsResponse::Status(_)
+    ));
+    server.shutdown().await;
+}

@@ -1,0 +1,269 @@
+//! The MDS protocol (ALPN `aspen/mds/1`): namespace operations and their
+//! replies, the cluster's member list, and the request and response frames
+//! clients and admin tools send to an MDS.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::errno::Errno;
+use crate::fs::{Attr, Caller, DirEntry, SetAttr, StatFs};
+use crate::ids::InodeId;
+use crate::layout::FileLayout;
+
+/// Identifies a client session (open handles belong to one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub u64);
+
+/// Identifies an open file or directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HandleId(pub u64);
+/// A namespace mutation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NsOp {
+    /// Creates the root directory of a new filesystem.
+    Format {
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        layout: FileLayout,
+    },
+    SetAttr {
+        ino: InodeId,
+        changes: SetAttr,
+    },
+    /// Regular files, FIFOs, sockets and devices; the type is in `mode`.
+    Mknod {
+        parent: InodeId,
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+        rdev: u64,
+    },
+    Mkdir {
+        parent: InodeId,
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+    },
+    Symlink {
+        parent: InodeId,
+        name: Vec<u8>,
+        target: Vec<u8>,
+    },
+    Link {
+        ino: InodeId,
+        new_parent: InodeId,
+        new_name: Vec<u8>,
+    },
+    Unlink {
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    Rmdir {
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    Rename {
+        parent: InodeId,
+        name: Vec<u8>,
+        new_parent: InodeId,
+        new_name: Vec<u8>,
+        flags: u32,
+    },
+    SetXattr {
+        ino: InodeId,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: u32,
+    },
+    RemoveXattr {
+        ino: InodeId,
+        name: Vec<u8>,
+    },
+    /// Opens an existing inode (files and directories).
+    Open {
+        ino: InodeId,
+        flags: u32,
+    },
+    /// Opens `name` in `parent`, creating a regular file if it is missing.
+    Create {
+        parent: InodeId,
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+        flags: u32,
+    },
+    Release {
+        handle: HandleId,
+    },
+    /// Releases every handle of a session (it closed or timed out).
+    EndSession {
+        session: SessionId,
+    },
+}
+
+/// What a successful mutation returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NsReply {
+    Done,
+    /// The attributes of the inode the operation created or changed.
+    Attr(Attr),
+    Opened {
+        attr: Attr,
+        handle: HandleId,
+    },
+}
+/// One member of the MDS group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdsMember {
+    /// The member's iroh node id (public key), hex.
+    pub node_id: String,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl std::fmt::Display for MdsMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at {:?}", self.node_id, self.addrs)
+    }
+}
+
+/// A request to an MDS.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MdsRequest {
+    /// A namespace change, replicated before it is answered.
+    Mutate {
+        caller: Caller,
+        session: SessionId,
+        op: NsOp,
+    },
+    Lookup {
+        caller: Caller,
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    GetAttr {
+        ino: InodeId,
+    },
+    ReadDir {
+        caller: Caller,
+        ino: InodeId,
+        offset: u64,
+        limit: u32,
+    },
+    ReadLink {
+        ino: InodeId,
+    },
+    Access {
+        caller: Caller,
+        ino: InodeId,
+        mask: u32,
+    },
+    GetXattr {
+        caller: Caller,
+        ino: InodeId,
+        name: Vec<u8>,
+    },
+    ListXattr {
+        caller: Caller,
+        ino: InodeId,
+    },
+    StatFs,
+    /// The group's health and membership.
+    Status,
+    /// Admin: register a key.
+    AuthAdd {
+        entry: KeyEntry,
+    },
+    /// Admin: unregister a key by name.
+    AuthRemove {
+        name: String,
+    },
+    /// Admin: the key registry.
+    AuthList,
+    /// Admin: add an MDS member (its key must be registered with role mds).
+    AddMember {
+        raft_id: u64,
+        member: MdsMember,
+    },
+    /// Admin: remove an MDS member.
+    RemoveMember {
+        raft_id: u64,
+    },
+}
+
+/// The group as one member sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdsStatus {
+    pub fsid: String,
+    pub this: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_applied: Option<u64>,
+    pub members: Vec<(u64, MdsMember)>,
+}
+
+/// An MDS's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MdsResponse {
+    Reply(Result<NsReply, Errno>),
+    Attr(Result<Attr, Errno>),
+    Entries(Result<Vec<DirEntry>, Errno>),
+    Bytes(Result<Vec<u8>, Errno>),
+    Names(Result<Vec<Vec<u8>>, Errno>),
+    Unit(Result<(), Errno>),
+    StatFs(StatFs),
+    Status(MdsStatus),
+    Keys(Vec<KeyEntry>),
+    /// This member cannot answer: ask the leader (if one is known).
+    NotLeader {
+        leader: Option<(u64, MdsMember)>,
+    },
+    /// The request could not be served (storage failure, malformed frame).
+    Failed(String),
+}
+
+/// What a registered key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Cluster administration (auth, membership) and everything else.
+    Admin,
+    /// An MDS group member.
+    Mds,
+    /// An object storage daemon.
+    Osd,
+    /// A filesystem client.
+    Client,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Admin => "admin",
+            Role::Mds => "mds",
+            Role::Osd => "osd",
+            Role::Client => "client",
+        })
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Role, String> {
+        match text {
+            "admin" => Ok(Role::Admin),
+            "mds" => Ok(Role::Mds),
+            "osd" => Ok(Role::Osd),
+            "client" => Ok(Role::Client),
+            other => Err(format!("unknown role {other:?} (admin, mds, osd, client)")),
+        }
+    }
+}
+
+/// One entry of the key registry: a name, the key's node id, its role.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEntry {
+    pub name: String,
+    pub node_id: String,
+    pub role: Role,
+}
