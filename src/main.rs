@@ -18,10 +18,27 @@ enum Command {
     /// Build, test and compare CRUSH maps (in the manner of crushtool).
     #[command(subcommand)]
     Crush(cmd::crush::CrushCommand),
+    /// Run or manage a metadata server (MDS).
+    Mds(cmd::mds::MdsArgs),
+    /// Manage the cluster's key registry.
+    Auth(cmd::auth::AuthArgs),
+    /// Show the cluster's health and members.
+    Status(cmd::status::StatusArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
         Command::Crush(command) => cmd::crush::run(command),
+        Command::Mds(args) => cmd::mds::run(args).await,
+        Command::Auth(args) => cmd::auth::run(args).await,
+        Command::Status(args) => cmd::status::run(args).await,
     }
 }

@@ -14,6 +14,7 @@
 //! used by clients except through the wire messages in `aspen-proto`;
 //! `fsclient` and the gateways must never depend on this crate.
 
+pub mod admin;
 pub mod namespace;
 pub mod raft;
 pub mod server;

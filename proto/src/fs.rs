@@ -127,6 +127,14 @@ impl Timestamp {
     pub const fn new(sec: i64, nsec: u32) -> Timestamp {
         Timestamp { sec, nsec }
     }
+
+    /// The current time of this machine's clock.
+    pub fn now() -> Timestamp {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp::new(since.as_secs() as i64, since.subsec_nanos())
+    }
 }
 
 /// Who is asking: the credentials every namespace operation is checked with.

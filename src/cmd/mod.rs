@@ -1,3 +1,16 @@
 //! One module per top-level subcommand.
 
+pub mod auth;
 pub mod crush;
+pub mod mds;
+pub mod status;
+
+/// Returns when the process gets SIGINT or SIGTERM.
+pub async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

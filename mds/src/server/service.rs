@@ -2,8 +2,6 @@
 //! on the leader; reads wait for a read index (linearizable) and read the
 //! local state; a member that is not the leader answers with who is.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use aspen_proto::Errno;
 use aspen_proto::fs::Timestamp;
 use aspen_proto::mds::{MdsRequest, MdsResponse, MdsStatus, Role};
@@ -24,13 +22,6 @@ pub struct MdsService {
     pub raft: Raft,
     pub state: StateMachineStore,
     pub raft_id: u64,
-}
-
-fn now() -> Timestamp {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp::new(since.as_secs() as i64, since.subsec_nanos())
 }
 
 fn not_leader<E>(error: &RaftError<u64, E>) -> Option<MdsResponse>
@@ -59,15 +50,25 @@ impl MdsService {
         }
     }
 
-    /// Runs `read` once the local state is at least as new as the leader's
+    /// Waits until the local state is at least as new as the leader's
     /// commit point at the time of the call.
+    async fn linearize(&self) -> Result<(), MdsResponse> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                Err(not_leader(&error).unwrap_or_else(|| MdsResponse::Failed(error.to_string())))
+            }
+        }
+    }
+
+    /// Runs a linearizable `read` of the namespace.
     async fn read<T>(
         &self,
         read: impl FnOnce(&Namespace) -> Result<T, StoreError>,
         wrap: impl FnOnce(T) -> MdsResponse,
     ) -> MdsResponse {
-        if let Err(error) = self.raft.ensure_linearizable().await {
-            return not_leader(&error).unwrap_or_else(|| MdsResponse::Failed(error.to_string()));
+        if let Err(response) = self.linearize().await {
+            return response;
         }
         match self.state.read(read) {
             Ok(value) => wrap(value),
@@ -97,7 +98,13 @@ impl MdsService {
             MdsRequest::AuthRemove { name } => {
                 self.done(self.write(Command::RemoveKey(name)).await)
             }
-            MdsRequest::AuthList => self.read(|_| self.state.keys(), MdsResponse::Keys).await,
+            MdsRequest::AuthList => match self.linearize().await {
+                Err(response) => response,
+                Ok(()) => self
+                    .state
+                    .keys()
+                    .map_or_else(|e| MdsResponse::Failed(e.to_string()), MdsResponse::Keys),
+            },
             MdsRequest::AddMember { raft_id, member } => self.add_member(raft_id, member).await,
             MdsRequest::RemoveMember { raft_id } => {
                 let change = ChangeMembers::RemoveVoters([raft_id].into());
@@ -155,7 +162,7 @@ impl Service for MdsService {
             } => {
                 let ctx = OpContext {
                     caller,
-                    now: now(),
+                    now: Timestamp::now(),
                     session,
                 };
                 match self.write(Command::Namespace { op, ctx }).await {

@@ -1,0 +1,315 @@
+//! Creating and growing an MDS group: what `aspen mds init`, `aspen mds`,
+//! `aspen mds join` and `aspen mds remove` do. Each member's data directory
+//! holds its key, its Raft stores and `member.json` (its Raft id, listen
+//! address and the node ids it trusts before the registry says so).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aspen_proto::FileLayout;
+use aspen_proto::cluster::{ClusterConfig, MdsClient, MemberEntry};
+use aspen_proto::fs::{Caller, Timestamp};
+use aspen_proto::mds::{KeyEntry, MdsRequest, MdsResponse, NsOp, Role, SessionId};
+use aspen_proto::transport::{
+    AuthorizedKeys, EndpointId, SecretKey, Transport, load_or_create_secret_key,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::namespace::OpContext;
+use crate::raft::Command;
+use crate::server::{MdsConfig, MdsServer, ServerError};
+
+/// How long init and join wait for a leader.
+pub const LEADER_WAIT: Duration = Duration::from_secs(30);
+pub const MEMBER_FILE: &str = "member.json";
+pub const CLUSTER_FILE: &str = "cluster.json";
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+/// Mode of the root directory of a new filesystem.
+pub const ROOT_MODE: u32 = 0o755;
+
+/// Why an admin step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("{0}")]
+    Config(String),
+    #[error("the MDS group refused: {0}")]
+    Refused(String),
+}
+
+/// What a member remembers about itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemberFile {
+    pub raft_id: u64,
+    pub listen: SocketAddr,
+    pub peers: Vec<String>,
+}
+
+fn config_error(path: &Path, e: impl std::fmt::Display) -> AdminError {
+    AdminError::Config(format!("{}: {e}", path.display()))
+}
+
+impl MemberFile {
+    pub fn load(data_dir: &Path) -> Result<MemberFile, AdminError> {
+        let path = data_dir.join(MEMBER_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| config_error(&path, e))?;
+        serde_json::from_str(&text).map_err(|e| config_error(&path, e))
+    }
+
+    pub fn save(&self, data_dir: &Path) -> Result<(), AdminError> {
+        let path = data_dir.join(MEMBER_FILE);
+        let text = serde_json::to_string_pretty(self).map_err(|e| config_error(&path, e))?;
+        std::fs::write(&path, text).map_err(|e| config_error(&path, e))
+    }
+
+    pub fn server_config(&self, data_dir: &Path) -> MdsConfig {
+        MdsConfig {
+            data_dir: data_dir.to_path_buf(),
+            listen: self.listen,
+            raft_id: self.raft_id,
+            peers: self.peers.iter().filter_map(|p| p.parse().ok()).collect(),
+        }
+    }
+}
+
+/// A new filesystem id: 16 random bytes, hex.
+fn new_fsid() -> String {
+    let bytes = SecretKey::generate().to_bytes();
+    bytes[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn propose_ok(server: &MdsServer, command: Command) -> Result<(), AdminError> {
+    match server.propose(command).await? {
+        crate::raft::Response::Done(Err(errno)) => Err(AdminError::Refused(errno.to_string())),
+        crate::raft::Response::Namespace(Err(errno)) => Err(AdminError::Refused(errno.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// Creates a one-member group in `data_dir`: the fsid, the root directory,
+/// the member's and an admin key in the registry, and `cluster.json` (which
+/// connects with `admin.key`). Returns the path of `cluster.json`.
+pub async fn init(data_dir: &Path, listen: SocketAddr) -> Result<PathBuf, AdminError> {
+    if data_dir.join(MEMBER_FILE).exists() {
+        return Err(AdminError::Config(format!(
+            "{} already holds an MDS",
+            data_dir.display()
+        )));
+    }
+    let member_file = MemberFile {
+        raft_id: 1,
+        listen,
+        peers: Vec::new(),
+    };
+    let server = MdsServer::start(member_file.server_config(data_dir)).await?;
+    let result = bootstrap(&server, data_dir).await;
+    let member = server.member();
+    server.shutdown().await;
+    let fsid = result?;
+    member_file.save(data_dir)?;
+    let cluster = ClusterConfig {
+        fsid,
+        mds: vec![MemberEntry { raft_id: 1, member }],
+        key: PathBuf::from(ADMIN_KEY_FILE),
+    };
+    let path = data_dir.join(CLUSTER_FILE);
+    cluster
+        .save(&path)
+        .map_err(|e| AdminError::Config(e.to_string()))?;
+    Ok(path)
+}
+
+async fn bootstrap(server: &MdsServer, data_dir: &Path) -> Result<String, AdminError> {
+    server
+        .initialize(BTreeMap::from([(1, server.member())]))
+        .await?;
+    server.wait_for_leader(LEADER_WAIT).await?;
+    let fsid = new_fsid();
+    let admin =
+        load_or_create_secret_key(&data_dir.join(ADMIN_KEY_FILE)).map_err(ServerError::from)?;
+    propose_ok(server, Command::SetFsid(fsid.clone())).await?;
+    let mds_key = KeyEntry {
+        name: "mds.1".into(),
+        node_id: server.member().node_id,
+        role: Role::Mds,
+    };
+    propose_ok(server, Command::AddKey(mds_key)).await?;
+    let admin_key = KeyEntry {
+        name: "client.admin".into(),
+        node_id: admin.public().to_string(),
+        role: Role::Admin,
+    };
+    propose_ok(server, Command::AddKey(admin_key)).await?;
+    let ctx = OpContext {
+        caller: Caller::root(),
+        now: Timestamp::now(),
+        session: SessionId(0),
+    };
+    let format = NsOp::Format {
+        mode: ROOT_MODE,
+        uid: 0,
+        gid: 0,
+        layout: FileLayout::default(),
+    };
+    propose_ok(server, Command::Namespace { op: format, ctx }).await?;
+    Ok(fsid)
+}
+
+/// Starts the member kept in `data_dir`.
+pub async fn run(data_dir: &Path) -> Result<MdsServer, AdminError> {
+    let member_file = MemberFile::load(data_dir)?;
+    Ok(MdsServer::start(member_file.server_config(data_dir)).await?)
+}
+
+/// A client of the group in `cluster`, with its configured key.
+pub async fn client(cluster: &ClusterConfig) -> Result<MdsClient, AdminError> {
+    let key = load_or_create_secret_key(&cluster.key).map_err(ServerError::from)?;
+    let transport = Transport::bind(
+        key,
+        "127.0.0.1:0".parse().expect("address"),
+        vec![],
+        AuthorizedKeys::default(),
+    )
+    .await
+    .map_err(ServerError::from)?;
+    Ok(MdsClient::new(
+        transport,
+        cluster.mds.iter().map(|m| m.member.clone()).collect(),
+    ))
+}
+
+async fn expect_unit(client: &MdsClient, request: MdsRequest) -> Result<(), AdminError> {
+    match client
+        .call(&request)
+        .await
+        .map_err(|e| AdminError::Refused(e.to_string()))?
+    {
+        MdsResponse::Unit(Ok(())) => Ok(()),
+        MdsResponse::Unit(Err(errno)) => Err(AdminError::Refused(errno.to_string())),
+        other => Err(AdminError::Refused(format!("{other:?}"))),
+    }
+}
+
+/// Starts a new member in `data_dir` with Raft id `raft_id` and adds it to
+/// the group of `cluster_path` (registering its key first); rewrites
+/// `cluster.json` with it. The member keeps running.
+pub async fn join(
+    data_dir: &Path,
+    listen: SocketAddr,
+    raft_id: u64,
+    cluster_path: &Path,
+) -> Result<MdsServer, AdminError> {
+    let mut cluster =
+        ClusterConfig::load(cluster_path).map_err(|e| AdminError::Config(e.to_string()))?;
+    if cluster.mds.iter().any(|m| m.raft_id == raft_id) {
+        return Err(AdminError::Config(format!(
+            "member {raft_id} already exists"
+        )));
+    }
+    let peers: Vec<String> = cluster
+        .mds
+        .iter()
+        .map(|m| m.member.node_id.clone())
+        .collect();
+    let member_file = MemberFile {
+        raft_id,
+        listen,
+        peers,
+    };
+    let server = MdsServer::start(member_file.server_config(data_dir)).await?;
+    let member = server.member();
+    let client = client(&cluster).await?;
+    let entry = KeyEntry {
+        name: format!("mds.{raft_id}"),
+        node_id: member.node_id.clone(),
+        role: Role::Mds,
+    };
+    expect_unit(&client, MdsRequest::AuthAdd { entry }).await?;
+    expect_unit(
+        &client,
+        MdsRequest::AddMember {
+            raft_id,
+            member: member.clone(),
+        },
+    )
+    .await?;
+    member_file.save(data_dir)?;
+    cluster.mds.push(MemberEntry { raft_id, member });
+    cluster
+        .save(cluster_path)
+        .map_err(|e| AdminError::Config(e.to_string()))?;
+    Ok(server)
+}
+
+/// Removes member `raft_id` from the group and from `cluster.json`.
+pub async fn remove(raft_id: u64, cluster_path: &Path) -> Result<(), AdminError> {
+    let mut cluster =
+        ClusterConfig::load(cluster_path).map_err(|e| AdminError::Config(e.to_string()))?;
+    let client = client(&cluster).await?;
+    expect_unit(&client, MdsRequest::RemoveMember { raft_id }).await?;
+    expect_unit(
+        &client,
+        MdsRequest::AuthRemove {
+            name: format!("mds.{raft_id}"),
+        },
+    )
+    .await?;
+    cluster.mds.retain(|m| m.raft_id != raft_id);
+    cluster
+        .save(cluster_path)
+        .map_err(|e| AdminError::Config(e.to_string()))
+}
+
+/// Registers `node_id` under `name` with `role`.
+pub async fn auth_add(
+    cluster: &ClusterConfig,
+    name: &str,
+    node_id: EndpointId,
+    role: Role,
+) -> Result<(), AdminError> {
+    let entry = KeyEntry {
+        name: name.to_string(),
+        node_id: node_id.to_string(),
+        role,
+    };
+    expect_unit(&client(cluster).await?, MdsRequest::AuthAdd { entry }).await
+}
+
+pub async fn auth_remove(cluster: &ClusterConfig, name: &str) -> Result<(), AdminError> {
+    expect_unit(
+        &client(cluster).await?,
+        MdsRequest::AuthRemove {
+            name: name.to_string(),
+        },
+    )
+    .await
+}
+
+pub async fn auth_list(cluster: &ClusterConfig) -> Result<Vec<KeyEntry>, AdminError> {
+    match client(cluster)
+        .await?
+        .call(&MdsRequest::AuthList)
+        .await
+        .map_err(|e| AdminError::Refused(e.to_string()))?
+    {
+        MdsResponse::Keys(keys) => Ok(keys),
+        MdsResponse::Unit(Err(errno)) => Err(AdminError::Refused(errno.to_string())),
+        other => Err(AdminError::Refused(format!("{other:?}"))),
+    }
+}
+
+/// Each member's view of the group, or why it did not answer.
+pub async fn status(
+    cluster: &ClusterConfig,
+) -> Result<Vec<(MemberEntry, Result<MdsResponse, String>)>, AdminError> {
+    let client = client(cluster).await?;
+    let mut views = Vec::new();
+    for entry in &cluster.mds {
+        let view = client.call_member(&entry.member, &MdsRequest::Status).await;
+        views.push((entry.clone(), view));
+    }
+    Ok(views)
+}

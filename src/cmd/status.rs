@@ -1,0 +1,63 @@
+//! `aspen status`: the cluster as its MDS members see it.
+
+use std::path::PathBuf;
+
+use aspen_mds::admin;
+use aspen_proto::cluster::ClusterConfig;
+use aspen_proto::mds::MdsResponse;
+use clap::Args;
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[arg(long, default_value = "cluster.json")]
+    config: PathBuf,
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let cluster = ClusterConfig::load(&args.config)?;
+    println!("fsid: {}", cluster.fsid);
+    let views = admin::status(&cluster).await?;
+    let leader = views.iter().find_map(|(_, view)| match view {
+        Ok(MdsResponse::Status(status)) => status.leader,
+        _ => None,
+    });
+    match leader {
+        Some(id) => println!("leader: mds.{id}"),
+        None => println!("leader: none (no quorum)"),
+    }
+    let up = views
+        .iter()
+        .filter(|(_, v)| matches!(v, Ok(MdsResponse::Status(_))))
+        .count();
+    println!("mds: {up} of {} members up", views.len());
+    for (entry, view) in &views {
+        match view {
+            Ok(MdsResponse::Status(status)) => println!(
+                "  mds.{} {:?}: up, term {}, applied {}",
+                entry.raft_id,
+                entry.member.addrs,
+                status.term,
+                status
+                    .last_applied
+                    .map_or("-".to_string(), |i| i.to_string())
+            ),
+            Ok(other) => println!(
+                "  mds.{} {:?}: answered {other:?}",
+                entry.raft_id, entry.member.addrs
+            ),
+            Err(problem) => println!(
+                "  mds.{} {:?}: down ({problem})",
+                entry.raft_id, entry.member.addrs
+            ),
+        }
+    }
+    println!(
+        "health: {}",
+        if leader.is_some() && up == views.len() {
+            "HEALTH_OK"
+        } else {
+            "HEALTH_WARN"
+        }
+    );
+    Ok(())
+}

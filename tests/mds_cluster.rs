@@ -1,0 +1,217 @@
+//! The MDS as an operator runs it: `aspen mds init`, three `aspen mds`
+//! processes on 127.0.0.1, `aspen auth`, `aspen status`, a kill -9 of the
+//! leader, a restart, and `aspen mds remove`.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn aspen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aspen"))
+        .args(args)
+        .output()
+        .expect("aspen runs")
+}
+
+fn ok(output: Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn free_addr() -> String {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
+}
+
+/// Daemons killed when the test ends, however it ends.
+struct Daemons(Vec<(u64, Child)>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Daemons {
+    fn spawn(&mut self, id: u64, args: &[&str], log: &Path) {
+        let log = std::fs::File::create(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_aspen"))
+            .args(args)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.0.push((id, child));
+    }
+
+    fn kill(&mut self, id: u64) {
+        let index = self.0.iter().position(|(i, _)| *i == id).unwrap();
+        let (_, mut child) = self.0.remove(index);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+}
+
+/// Retries `check` until it returns Some or the deadline passes.
+fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn status(config: &str) -> String {
+    String::from_utf8_lossy(&aspen(&["status", "--config", config]).stdout).into_owned()
+}
+
+fn leader_of(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("leader: mds."))
+        .and_then(|id| id.trim().parse().ok())
+}
+
+#[test]
+fn an_mds_group_forms_survives_kill_9_and_shrinks() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = |i: u64| -> PathBuf { root.path().join(format!("mds{i}")) };
+    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let out = ok(aspen(&[
+        "mds",
+        "init",
+        "--data",
+        dir(1).to_str().unwrap(),
+        "--listen",
+        &addrs[0],
+    ]));
+    assert!(out.contains("created a cluster"), "{out}");
+    let config = dir(1).join("cluster.json");
+    let config = config.to_str().unwrap();
+    let mut daemons = Daemons(Vec::new());
+    daemons.spawn(
+        1,
+        &["mds", "--data", dir(1).to_str().unwrap()],
+        &root.path().join("mds1.log"),
+    );
+    eventually("mds.1 to lead", || {
+        leader_of(&status(config)).filter(|l| *l == 1)
+    });
+
+    for id in [2u64, 3] {
+        let data = dir(id);
+        daemons.spawn(
+            id,
+            &[
+                "mds",
+                "join",
+                "--data",
+                data.to_str().unwrap(),
+                "--listen",
+                &addrs[id as usize - 1],
+                "--id",
+                &id.to_string(),
+                "--config",
+                config,
+            ],
+            &root.path().join(format!("mds{id}.log")),
+        );
+        eventually("the member to join", || {
+            let text = std::fs::read_to_string(config).ok()?;
+            text.contains(&format!("\"raft_id\": {id}")).then_some(())
+        });
+    }
+    let healthy = eventually("three members up", || {
+        let s = status(config);
+        (s.contains("mds: 3 of 3 members up") && s.contains("HEALTH_OK")).then_some(s)
+    });
+    assert!(healthy.contains("fsid: "), "{healthy}");
+
+    // The key registry.
+    let key = root.path().join("client.key");
+    ok(aspen(&[
+        "auth",
+        "add",
+        "client.test",
+        "--key-file",
+        key.to_str().unwrap(),
+        "--config",
+        config,
+    ]));
+    let listed = ok(aspen(&["auth", "ls", "--config", config]));
+    assert!(
+        listed.contains("client.test")
+            && listed.contains("client.admin")
+            && listed.contains("mds.3"),
+        "{listed}"
+    );
+    let duplicate = aspen(&[
+        "auth",
+        "add",
+        "client.test",
+        "--key-file",
+        key.to_str().unwrap(),
+        "--config",
+        config,
+    ]);
+    assert!(!duplicate.status.success(), "a name is registered once");
+
+    // kill -9 the leader: another member takes over and writes still work.
+    let old_leader = leader_of(&status(config)).unwrap();
+    daemons.kill(old_leader);
+    let new_leader = eventually("a new leader", || {
+        leader_of(&status(config)).filter(|l| *l != old_leader)
+    });
+    assert_ne!(new_leader, old_leader);
+    let degraded = status(config);
+    assert!(
+        degraded.contains("mds: 2 of 3 members up") && degraded.contains("HEALTH_WARN"),
+        "{degraded}"
+    );
+    ok(aspen(&["auth", "rm", "client.test", "--config", config]));
+    assert!(!ok(aspen(&["auth", "ls", "--config", config])).contains("client.test"));
+
+    // The killed member restarts from its data directory and rejoins.
+    daemons.spawn(
+        old_leader,
+        &["mds", "--data", dir(old_leader).to_str().unwrap()],
+        &root.path().join("restart.log"),
+    );
+    eventually("three members up again", || {
+        status(config)
+            .contains("mds: 3 of 3 members up")
+            .then_some(())
+    });
+
+    // Shrink back to two members.
+    let victim = (1..=3).find(|id| *id != new_leader).unwrap();
+    ok(aspen(&[
+        "mds",
+        "remove",
+        "--id",
+        &victim.to_string(),
+        "--config",
+        config,
+    ]));
+    daemons.kill(victim);
+    let after = eventually("two members", || {
+        let s = status(config);
+        s.contains("mds: 2 of 2 members up").then_some(s)
+    });
+    assert!(after.contains("HEALTH_OK"), "{after}");
+}
