@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::namespace::OpContext;
 use crate::raft::Command;
+use crate::server::sessions::SESSION_TIMEOUT;
 use crate::server::{MdsConfig, MdsServer, ServerError};
 
 /// How long init and join wait for a leader.
@@ -71,6 +72,7 @@ impl MemberFile {
             listen: self.listen,
             raft_id: self.raft_id,
             peers: self.peers.iter().filter_map(|p| p.parse().ok()).collect(),
+            session_timeout: SESSION_TIMEOUT,
         }
     }
 }

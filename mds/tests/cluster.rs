@@ -46,6 +46,7 @@ fn members(dirs: &[&Path]) -> Vec<Member> {
                 listen: free_port(),
                 raft_id: i as u64 + 1,
                 peers: ids.clone(),
+                session_timeout: Duration::from_secs(2),
             },
         })
         .collect()
@@ -276,5 +277,119 @@ async fn unregistered_clients_and_non_admins_are_kept_out() {
         call(&client, &server.member(), &MdsRequest::Status).await,
         MdsResponse::Status(_)
     ));
+    server.shutdown().await;
+}
+
+async fn registered_client(server: &MdsServer, name: &str) -> Transport {
+    let (client, key) = admin_client(&[]).await;
+    let entry = KeyEntry {
+        name: name.into(),
+        node_id: key.public().to_string(),
+        role: Role::Client,
+    };
+    server.propose(Command::AddKey(entry)).await.unwrap();
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_that_stop_renewing_end_and_release_their_handles() {
+    let dir = tempfile::tempdir().unwrap();
+    let member = &members(&[dir.path()])[0];
+    let server = start(member).await;
+    server
+        .initialize(BTreeMap::from([(1, server.member())]))
+        .await
+        .unwrap();
+    server.wait_for_leader(WAIT).await.unwrap();
+    let me = server.member();
+    let alice = registered_client(&server, "client.alice").await;
+    let mallory = registered_client(&server, "client.mallory").await;
+    let format = NsOp::Format {
+        mode: 0o777,
+        uid: 0,
+        gid: 0,
+        layout: FileLayout::default(),
+    };
+    let mutate = |session, op| MdsRequest::Mutate {
+        caller: Caller::root(),
+        session,
+        op,
+    };
+    call(&alice, &me, &mutate(SessionId(0), format)).await;
+
+    let MdsResponse::Session(session) = call(&alice, &me, &MdsRequest::OpenSession).await else {
+        panic!()
+    };
+    let create = NsOp::Create {
+        parent: InodeId::ROOT,
+        name: b"f".to_vec(),
+        mode: 0o644,
+        umask: 0,
+        flags: 2,
+    };
+    let MdsResponse::Reply(Ok(NsReply::Opened { handle, attr })) =
+        call(&alice, &me, &mutate(session, create.clone())).await
+    else {
+        panic!()
+    };
+    // Only the session's owner may use it for handles.
+    let stolen = call(&mallory, &me, &mutate(session, NsOp::Release { handle })).await;
+    assert_eq!(stolen, MdsResponse::Reply(Err(aspen_proto::Errno::EBADF)));
+    let unlink = NsOp::Unlink {
+        parent: InodeId::ROOT,
+        name: b"f".to_vec(),
+    };
+    assert!(matches!(
+        call(&alice, &me, &mutate(session, unlink)).await,
+        MdsResponse::Reply(Ok(_))
+    ));
+    let strays = || server.state.read(|ns| ns.strays().unwrap());
+    assert_eq!(strays(), vec![attr.ino]);
+
+    // Renewed for longer than the timeout: still alive.
+    for _ in 0..8 {
+        assert_eq!(
+            call(&alice, &me, &MdsRequest::RenewSession { session }).await,
+            MdsResponse::Unit(Ok(()))
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(
+        strays(),
+        vec![attr.ino],
+        "a renewed session keeps its handles"
+    );
+
+    // Silent: the leader ends it, and the unlinked file goes.
+    let mut released = false;
+    for _ in 0..50 {
+        if strays().is_empty() {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(released, "the expired session's handle was released");
+    assert_eq!(
+        server.state.read(|ns| ns.getattr(attr.ino).unwrap()),
+        Err(aspen_proto::Errno::ENOENT)
+    );
+    assert_eq!(
+        call(&alice, &me, &MdsRequest::RenewSession { session }).await,
+        MdsResponse::Unit(Err(aspen_proto::Errno::ESTALE))
+    );
+
+    // A session can also be closed by its owner (and only by it).
+    let MdsResponse::Session(second) = call(&alice, &me, &MdsRequest::OpenSession).await else {
+        panic!()
+    };
+    assert_eq!(
+        call(&mallory, &me, &MdsRequest::CloseSession { session: second }).await,
+        MdsResponse::Unit(Err(aspen_proto::Errno::ESTALE))
+    );
+    assert_eq!(
+        call(&alice, &me, &MdsRequest::CloseSession { session: second }).await,
+        MdsResponse::Unit(Ok(()))
+    );
     server.shutdown().await;
 }

@@ -171,6 +171,16 @@ pub enum MdsRequest {
     StatFs,
     /// The group's health and membership.
     Status,
+    /// Opens a client session (open handles belong to one).
+    OpenSession,
+    /// Keeps a session alive; an unrenewed session ends after the MDS's
+    /// session timeout, releasing its handles.
+    RenewSession {
+        session: SessionId,
+    },
+    CloseSession {
+        session: SessionId,
+    },
     /// Admin: register a key.
     AuthAdd {
         entry: KeyEntry,
@@ -215,6 +225,7 @@ pub enum MdsResponse {
     StatFs(StatFs),
     Status(MdsStatus),
     Keys(Vec<KeyEntry>),
+    Session(SessionId),
     /// This member cannot answer: ask the leader (if one is known).
     NotLeader {
         leader: Option<(u64, MdsMember)>,

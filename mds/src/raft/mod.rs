@@ -12,7 +12,7 @@ pub mod state_machine;
 use aspen_proto::Errno;
 use serde::{Deserialize, Serialize};
 
-use aspen_proto::mds::KeyEntry;
+use aspen_proto::mds::{KeyEntry, SessionId};
 
 use crate::namespace::{NsOp, NsReply, OpContext};
 
@@ -31,6 +31,12 @@ pub enum Command {
     AddKey(KeyEntry),
     /// Unregisters a key by name (`ENOENT` if unknown).
     RemoveKey(String),
+    /// Opens a session for the client with this node id.
+    OpenSession {
+        client: String,
+    },
+    /// Ends a session and releases its handles (`ENOENT` if unknown).
+    CloseSession(SessionId),
 }
 
 /// The state machine's answer to a [`Command`].
@@ -40,6 +46,7 @@ pub enum Response {
     None,
     Namespace(Result<NsReply, Errno>),
     Done(Result<(), Errno>),
+    Session(SessionId),
 }
 
 openraft::declare_raft_types!(

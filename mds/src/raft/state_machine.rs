@@ -20,15 +20,18 @@ use super::{
     TypeConfig, decode, encode,
 };
 use aspen_proto::Errno;
-use aspen_proto::mds::KeyEntry;
+use aspen_proto::fs::{Caller, Timestamp};
+use aspen_proto::mds::{KeyEntry, NsOp, SessionId};
 use aspen_proto::transport::{AuthorizedKeys, EndpointId};
 
-use crate::namespace::{self, Namespace, StoreError};
+use crate::namespace::{self, Namespace, OpContext, StoreError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sm_meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (name TEXT PRIMARY KEY, node_id TEXT NOT NULL UNIQUE, role BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (id INTEGER PRIMARY KEY, client TEXT NOT NULL);
 ";
+const NEXT_SESSION: &str = "next_session";
 const FSID: &str = "fsid";
 const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
@@ -102,6 +105,36 @@ impl StateMachineStore {
     /// The key registry.
     pub fn keys(&self) -> Result<Vec<KeyEntry>, StoreError> {
         load_keys(self.lock().namespace.connection())
+    }
+
+    /// Open sessions and the node id of the client that owns each.
+    pub fn sessions(&self) -> Result<Vec<(SessionId, String)>, StoreError> {
+        let inner = self.lock();
+        let mut statement = inner
+            .namespace
+            .connection()
+            .prepare_cached("SELECT id, client FROM sessions ORDER BY id")?;
+        let rows = statement.query_map([], |r| {
+            Ok((
+                SessionId(r.get::<_, i64>(0)? as u64),
+                r.get::<_, String>(1)?,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The node id of the client that owns `session`, if it is open.
+    pub fn session_owner(&self, session: SessionId) -> Result<Option<String>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .namespace
+            .connection()
+            .query_row(
+                "SELECT client FROM sessions WHERE id = ?1",
+                [session.0 as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     /// The filesystem id, once set.
@@ -265,7 +298,50 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
                 Err(Errno::ENOENT)
             }))
         }
+        Command::OpenSession { client } => {
+            let id = next_session(conn)?;
+            conn.execute(
+                "INSERT INTO sessions (id, client) VALUES (?1, ?2)",
+                params![id.0 as i64, client],
+            )?;
+            Ok(Response::Session(id))
+        }
+        Command::CloseSession(session) => {
+            let removed = conn.execute("DELETE FROM sessions WHERE id = ?1", [session.0 as i64])?;
+            if removed == 0 {
+                return Ok(Response::Done(Err(Errno::ENOENT)));
+            }
+            let end = NsOp::EndSession { session: *session };
+            let ctx = OpContext {
+                caller: Caller::root(),
+                now: Timestamp::default(),
+                session: *session,
+            };
+            namespace::apply_within(conn, &end, &ctx)?
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok(Response::Done(Ok(())))
+        }
     }
+}
+
+/// Takes the next session id (ids are never reused).
+fn next_session(conn: &Connection) -> Result<SessionId, StoreError> {
+    let current: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM sm_meta WHERE key = ?1",
+            [NEXT_SESSION],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let id = current
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(1);
+    conn.execute(
+        "INSERT INTO sm_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+        params![NEXT_SESSION, (id + 1).to_le_bytes().to_vec()],
+    )?;
+    Ok(SessionId(id))
 }
 
 /// Whether applying `entry` can change who may connect.

@@ -5,6 +5,7 @@
 
 pub mod raft_net;
 pub mod service;
+pub mod sessions;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use aspen_proto::transport::{
 };
 use raft_net::{Network, Raft, RaftService};
 use service::MdsService;
+use sessions::SessionClock;
 
 use crate::namespace::StoreError;
 use crate::raft::log_store::LogStore;
@@ -59,6 +61,8 @@ pub struct MdsConfig {
     /// Node ids allowed before the replicated registry says so (the other
     /// members, so a new group can form).
     pub peers: Vec<EndpointId>,
+    /// How long a client session lives without renewal.
+    pub session_timeout: Duration,
 }
 
 /// A running MDS.
@@ -114,15 +118,16 @@ impl MdsServer {
         for peer in &config.peers {
             seeded.allow(*peer);
         }
+        let clock = Arc::new(SessionClock::new(config.session_timeout));
+        tokio::spawn(sessions::sweep(raft.clone(), state.clone(), clock.clone()));
+        let service = MdsService {
+            raft: raft.clone(),
+            state: state.clone(),
+            raft_id: config.raft_id,
+            sessions: clock,
+        };
         let router = Router::builder(transport.endpoint.clone())
-            .accept(
-                ALPN_MDS,
-                RpcProtocol(Arc::new(MdsService {
-                    raft: raft.clone(),
-                    state: state.clone(),
-                    raft_id: config.raft_id,
-                })),
-            )
+            .accept(ALPN_MDS, RpcProtocol(Arc::new(service)))
             .accept(
                 ALPN_RAFT,
                 RpcProtocol(Arc::new(RaftService {

@@ -4,13 +4,16 @@
 
 use aspen_proto::Errno;
 use aspen_proto::fs::Timestamp;
-use aspen_proto::mds::{MdsRequest, MdsResponse, MdsStatus, Role};
+use aspen_proto::mds::{MdsRequest, MdsResponse, MdsStatus, NsOp, Role, SessionId};
 use aspen_proto::transport::frame::FrameError;
 use aspen_proto::transport::{EndpointId, Service};
 use openraft::ChangeMembers;
 use openraft::error::{ClientWriteError, RaftError};
 
+use std::sync::Arc;
+
 use super::raft_net::Raft;
+use super::sessions::SessionClock;
 use crate::namespace::{Namespace, OpContext, StoreError};
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{Command, MdsNode, Response};
@@ -22,6 +25,7 @@ pub struct MdsService {
     pub raft: Raft,
     pub state: StateMachineStore,
     pub raft_id: u64,
+    pub sessions: Arc<SessionClock>,
 }
 
 fn not_leader<E>(error: &RaftError<u64, E>) -> Option<MdsResponse>
@@ -144,6 +148,82 @@ impl MdsService {
     }
 }
 
+impl MdsService {
+    /// Whether `peer` owns the open session `session` (checked for the
+    /// operations that create or drop handles).
+    fn owns_session(&self, peer: &EndpointId, session: SessionId) -> bool {
+        let owner = self.state.session_owner(session).ok().flatten();
+        owner.is_some_and(|owner| owner == peer.to_string())
+    }
+
+    async fn mutate(
+        &self,
+        peer: &EndpointId,
+        caller: aspen_proto::fs::Caller,
+        session: SessionId,
+        op: NsOp,
+    ) -> MdsResponse {
+        let handles = matches!(
+            op,
+            NsOp::Open { .. } | NsOp::Create { .. } | NsOp::Release { .. }
+        );
+        if matches!(op, NsOp::EndSession { .. }) {
+            return MdsResponse::Reply(Err(Errno::EPERM));
+        }
+        if handles {
+            if !self.owns_session(peer, session) {
+                return MdsResponse::Reply(Err(Errno::EBADF));
+            }
+            self.sessions.touch(session);
+        }
+        let ctx = OpContext {
+            caller,
+            now: Timestamp::now(),
+            session,
+        };
+        match self.write(Command::Namespace { op, ctx }).await {
+            Ok(Response::Namespace(result)) => MdsResponse::Reply(result),
+            Ok(other) => MdsResponse::Failed(format!("unexpected reply {other:?}")),
+            Err(response) => response,
+        }
+    }
+
+    async fn session_request(&self, peer: &EndpointId, request: MdsRequest) -> MdsResponse {
+        match request {
+            MdsRequest::OpenSession => match self
+                .write(Command::OpenSession {
+                    client: peer.to_string(),
+                })
+                .await
+            {
+                Ok(Response::Session(session)) => {
+                    self.sessions.touch(session);
+                    MdsResponse::Session(session)
+                }
+                Ok(other) => MdsResponse::Failed(format!("unexpected reply {other:?}")),
+                Err(response) => response,
+            },
+            MdsRequest::RenewSession { session } => {
+                if let Err(response) = self.linearize().await {
+                    return response;
+                }
+                if !self.owns_session(peer, session) {
+                    return MdsResponse::Unit(Err(Errno::ESTALE));
+                }
+                self.sessions.touch(session);
+                MdsResponse::Unit(Ok(()))
+            }
+            MdsRequest::CloseSession { session } => {
+                if !self.owns_session(peer, session) {
+                    return MdsResponse::Unit(Err(Errno::ESTALE));
+                }
+                self.done(self.write(Command::CloseSession(session)).await)
+            }
+            _ => MdsResponse::Failed("not a session request".into()),
+        }
+    }
+}
+
 impl Service for MdsService {
     type Request = MdsRequest;
     type Response = MdsResponse;
@@ -159,18 +239,10 @@ impl Service for MdsService {
                 caller,
                 session,
                 op,
-            } => {
-                let ctx = OpContext {
-                    caller,
-                    now: Timestamp::now(),
-                    session,
-                };
-                match self.write(Command::Namespace { op, ctx }).await {
-                    Ok(Response::Namespace(result)) => MdsResponse::Reply(result),
-                    Ok(other) => MdsResponse::Failed(format!("unexpected reply {other:?}")),
-                    Err(response) => response,
-                }
-            }
+            } => self.mutate(&peer, caller, session, op).await,
+            session @ (MdsRequest::OpenSession
+            | MdsRequest::RenewSession { .. }
+            | MdsRequest::CloseSession { .. }) => self.session_request(&peer, session).await,
             MdsRequest::Lookup {
                 caller,
                 parent,
