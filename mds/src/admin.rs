@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::namespace::OpContext;
 use crate::raft::Command;
+use crate::server::monitor::{OSD_DOWN_GRACE, OSD_OUT_GRACE};
 use crate::server::sessions::SESSION_TIMEOUT;
 use crate::server::{MdsConfig, MdsServer, ServerError};
 
@@ -73,6 +74,7 @@ impl MemberFile {
             raft_id: self.raft_id,
             peers: self.peers.iter().filter_map(|p| p.parse().ok()).collect(),
             session_timeout: SESSION_TIMEOUT,
+            osd_grace: (OSD_DOWN_GRACE, OSD_OUT_GRACE),
         }
     }
 }

@@ -47,6 +47,7 @@ fn members(dirs: &[&Path]) -> Vec<Member> {
                 raft_id: i as u64 + 1,
                 peers: ids.clone(),
                 session_timeout: Duration::from_secs(2),
+                osd_grace: (Duration::from_secs(1), Duration::from_secs(2)),
             },
         })
         .collect()
@@ -281,11 +282,15 @@ async fn unregistered_clients_and_non_admins_are_kept_out() {
 }
 
 async fn registered_client(server: &MdsServer, name: &str) -> Transport {
+    registered(server, name, Role::Client).await
+}
+
+async fn registered(server: &MdsServer, name: &str, role: Role) -> Transport {
     let (client, key) = admin_client(&[]).await;
     let entry = KeyEntry {
         name: name.into(),
         node_id: key.public().to_string(),
-        role: Role::Client,
+        role,
     };
     server.propose(Command::AddKey(entry)).await.unwrap();
     client
@@ -391,5 +396,148 @@ async fn sessions_that_stop_renewing_end_and_release_their_handles() {
         call(&alice, &me, &MdsRequest::CloseSession { session: second }).await,
         MdsResponse::Unit(Ok(()))
     );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_tracks_osds_pools_and_pushes_maps() {
+    use aspen_placement::{Change, OsdId, Pool, PoolId, Weight};
+    let dir = tempfile::tempdir().unwrap();
+    let member = &members(&[dir.path()])[0];
+    let server = start(member).await;
+    server
+        .initialize(BTreeMap::from([(1, server.member())]))
+        .await
+        .unwrap();
+    server.wait_for_leader(WAIT).await.unwrap();
+    let me = server.member();
+    let admin = registered(&server, "client.admin", Role::Admin).await;
+    let osd = registered(&server, "osd.0", Role::Osd).await;
+    let impostor = registered(&server, "osd.9", Role::Osd).await;
+    let map_of = |response| match response {
+        MdsResponse::ClusterMap(map) => map,
+        other => panic!("{other:?}"),
+    };
+    let first = map_of(call(&osd, &me, &MdsRequest::GetClusterMap { newer_than: 0 }).await);
+    assert_eq!((first.osdmap.epoch().0, first.osdmap.osds().len()), (1, 0));
+
+    let boot = MdsRequest::OsdBoot {
+        osd: OsdId(0),
+        addrs: vec![free_port()],
+        host: "hostA".into(),
+        weight: Weight::ONE,
+    };
+    assert_eq!(
+        call(&impostor, &me, &boot).await,
+        MdsResponse::Unit(Err(aspen_proto::Errno::EPERM))
+    );
+    assert_eq!(call(&osd, &me, &boot).await, MdsResponse::Epoch(Ok(2)));
+    let booted = map_of(call(&osd, &me, &MdsRequest::GetClusterMap { newer_than: 1 }).await);
+    let state = booted.osdmap.osd(OsdId(0)).unwrap();
+    assert!(state.up && state.is_in);
+    assert!(booted.osdmap.crush().bucket("hostA").is_some());
+    assert_eq!(booted.addresses.len(), 1);
+
+    // A waiting map request returns as soon as the epoch moves.
+    let waiting = {
+        let (osd, me) = (osd.clone(), me.clone());
+        tokio::spawn(
+            async move { call(&osd, &me, &MdsRequest::GetClusterMap { newer_than: 2 }).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pool = Pool {
+        id: PoolId(1),
+        name: "data".into(),
+        pg_num: 64,
+        size: 1,
+        min_size: 1,
+        rule: "replicated_rule".into(),
+    };
+    let add_pool = MdsRequest::ClusterChange {
+        changes: vec![Change::AddPool { pool: pool.clone() }],
+    };
+    assert_eq!(
+        call(&admin, &me, &add_pool).await,
+        MdsResponse::Epoch(Ok(3))
+    );
+    let pushed = map_of(
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert_eq!(pushed.osdmap.epoch().0, 3);
+    assert_eq!(pushed.osdmap.pool(PoolId(1)).unwrap(), &pool);
+    let too_big = Pool {
+        id: PoolId(2),
+        name: "big".into(),
+        size: 3,
+        ..pool
+    };
+    let refused = call(
+        &admin,
+        &me,
+        &MdsRequest::ClusterChange {
+            changes: vec![Change::AddPool { pool: too_big }],
+        },
+    )
+    .await;
+    assert!(
+        matches!(&refused, MdsResponse::Epoch(Err(e)) if e.contains("asks for 3")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        call(&osd, &me, &MdsRequest::ClusterChange { changes: vec![] }).await,
+        MdsResponse::Unit(Err(aspen_proto::Errno::EPERM))
+    );
+
+    // Heartbeats keep it up; silence marks it down, then out.
+    for _ in 0..6 {
+        assert_eq!(
+            call(&osd, &me, &MdsRequest::OsdHeartbeat { osd: OsdId(0) }).await,
+            MdsResponse::Unit(Ok(()))
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(
+        server
+            .state
+            .cluster_map()
+            .unwrap()
+            .osdmap
+            .osd(OsdId(0))
+            .unwrap()
+            .up
+    );
+    let mut states = Vec::new();
+    for _ in 0..60 {
+        let state = *server
+            .state
+            .cluster_map()
+            .unwrap()
+            .osdmap
+            .osd(OsdId(0))
+            .unwrap();
+        if states.last() != Some(&(state.up, state.is_in)) {
+            states.push((state.up, state.is_in));
+        }
+        if !state.is_in {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        states,
+        vec![(true, true), (false, true), (false, false)],
+        "up, then down, then out"
+    );
+    match call(&admin, &me, &MdsRequest::Status).await {
+        MdsResponse::Status(status) => assert_eq!(
+            (status.osds, status.osds_up, status.osds_in, status.pools),
+            (1, 0, 0, 1)
+        ),
+        other => panic!("{other:?}"),
+    }
     server.shutdown().await;
 }

@@ -49,7 +49,7 @@ impl OsdState {
 
 /// One change to the OSD map.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Change {
     /// Adds an empty bucket (a host, rack, ...) inside `parent`.
     AddBucket {

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use aspen_placement::{Change, OsdId, OsdMap, Weight};
+
 use crate::errno::Errno;
 use crate::fs::{Attr, Caller, DirEntry, SetAttr, StatFs};
 use crate::ids::InodeId;
@@ -181,6 +183,27 @@ pub enum MdsRequest {
     CloseSession {
         session: SessionId,
     },
+    /// An OSD (key `osd.ID`, role osd) starts: it is added to the map if
+    /// new, marked up, and its addresses recorded.
+    OsdBoot {
+        osd: OsdId,
+        addrs: Vec<SocketAddr>,
+        host: String,
+        weight: Weight,
+    },
+    /// An OSD is alive.
+    OsdHeartbeat {
+        osd: OsdId,
+    },
+    /// The cluster map once its epoch is above `newer_than` (waits up to the
+    /// MDS's map wait, then answers with the current map).
+    GetClusterMap {
+        newer_than: u64,
+    },
+    /// Admin: change the OSD map (pools, out/in, reweight, CRUSH).
+    ClusterChange {
+        changes: Vec<Change>,
+    },
     /// Admin: register a key.
     AuthAdd {
         entry: KeyEntry,
@@ -211,6 +234,11 @@ pub struct MdsStatus {
     pub term: u64,
     pub last_applied: Option<u64>,
     pub members: Vec<(u64, MdsMember)>,
+    pub osdmap_epoch: u64,
+    pub osds: u32,
+    pub osds_up: u32,
+    pub osds_in: u32,
+    pub pools: u32,
 }
 
 /// An MDS's answer.
@@ -226,6 +254,9 @@ pub enum MdsResponse {
     Status(MdsStatus),
     Keys(Vec<KeyEntry>),
     Session(SessionId),
+    ClusterMap(ClusterMap),
+    /// The new map epoch after a change, or why the change was refused.
+    Epoch(Result<u64, String>),
     /// This member cannot answer: ask the leader (if one is known).
     NotLeader {
         leader: Option<(u64, MdsMember)>,
@@ -277,4 +308,118 @@ pub struct KeyEntry {
     pub name: String,
     pub node_id: String,
     pub role: Role,
+}
+
+/// Where an OSD listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsdAddress {
+    pub osd: OsdId,
+    pub node_id: String,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// The cluster map: the OSD map and the OSDs' addresses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterMap {
+    pub osdmap: OsdMap,
+    pub addresses: Vec<OsdAddress>,
+}
+
+impl Eq for ClusterMap {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::frame;
+    use aspen_placement::crush::CrushMap;
+    use aspen_placement::{PgId, Pool, PoolId};
+
+    /// Every message must survive the binary frame codec (postcard has no
+    /// self-describing formats: internally tagged enums would fail here).
+    #[test]
+    fn every_request_and_response_crosses_the_wire() {
+        let pool = Pool {
+            id: PoolId(1),
+            name: "p".into(),
+            pg_num: 8,
+            size: 1,
+            min_size: 1,
+            rule: "replicated_rule".into(),
+        };
+        let changes = vec![
+            Change::AddBucket {
+                name: "h".into(),
+                ty: "host".into(),
+                parent: "default".into(),
+            },
+            Change::AddOsd {
+                id: OsdId(1),
+                weight: Weight::ONE,
+                host: "h".into(),
+            },
+            Change::MarkOut { id: OsdId(1) },
+            Change::Reweight {
+                id: OsdId(1),
+                reweight: Weight::ONE,
+            },
+            Change::AddPool { pool },
+            Change::SetPgTemp {
+                pg: PgId {
+                    pool: PoolId(1),
+                    seed: 3,
+                },
+                osds: vec![OsdId(1)],
+            },
+            Change::SetCrushMap {
+                crush: CrushMap::new(),
+            },
+        ];
+        let requests = vec![
+            MdsRequest::Mutate {
+                caller: Caller::root(),
+                session: SessionId(2),
+                op: NsOp::Unlink {
+                    parent: InodeId::ROOT,
+                    name: b"x".to_vec(),
+                },
+            },
+            MdsRequest::ReadDir {
+                caller: Caller::new(1, 2, vec![3]),
+                ino: InodeId(5),
+                offset: 9,
+                limit: 10,
+            },
+            MdsRequest::OsdBoot {
+                osd: OsdId(3),
+                addrs: vec!["127.0.0.1:1".parse().unwrap()],
+                host: "h".into(),
+                weight: Weight::ONE,
+            },
+            MdsRequest::ClusterChange { changes },
+            MdsRequest::AuthAdd {
+                entry: KeyEntry {
+                    name: "n".into(),
+                    node_id: "i".into(),
+                    role: Role::Osd,
+                },
+            },
+        ];
+        for request in requests {
+            let bytes = frame::encode(&request, b"").unwrap();
+            let (back, _) = frame::decode::<MdsRequest>(&bytes).unwrap();
+            assert_eq!(back, request);
+        }
+        let map = ClusterMap {
+            osdmap: OsdMap::new(CrushMap::uniform(2, 2, Weight::ONE).unwrap()).unwrap(),
+            addresses: vec![],
+        };
+        for response in [
+            MdsResponse::ClusterMap(map),
+            MdsResponse::Epoch(Err("no".into())),
+            MdsResponse::Reply(Err(Errno::ENOENT)),
+        ] {
+            let bytes = frame::encode(&response, b"").unwrap();
+            assert_eq!(frame::decode::<MdsResponse>(&bytes).unwrap().0, response);
+        }
+    }
 }

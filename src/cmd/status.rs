@@ -30,6 +30,19 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         .filter(|(_, v)| matches!(v, Ok(MdsResponse::Status(_))))
         .count();
     println!("mds: {up} of {} members up", views.len());
+    let newest = views
+        .iter()
+        .filter_map(|(_, view)| match view {
+            Ok(MdsResponse::Status(status)) => Some(status),
+            _ => None,
+        })
+        .max_by_key(|status| status.osdmap_epoch);
+    if let Some(status) = newest {
+        println!(
+            "osd map: epoch {}, {} osds: {} up, {} in; {} pools",
+            status.osdmap_epoch, status.osds, status.osds_up, status.osds_in, status.pools
+        );
+    }
     for (entry, view) in &views {
         match view {
             Ok(MdsResponse::Status(status)) => println!(

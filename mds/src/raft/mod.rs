@@ -12,6 +12,7 @@ pub mod state_machine;
 use aspen_proto::Errno;
 use serde::{Deserialize, Serialize};
 
+use aspen_placement::{Change, OsdId, Weight};
 use aspen_proto::mds::{KeyEntry, SessionId};
 
 use crate::namespace::{NsOp, NsReply, OpContext};
@@ -37,6 +38,17 @@ pub enum Command {
     },
     /// Ends a session and releases its handles (`ENOENT` if unknown).
     CloseSession(SessionId),
+    /// Changes the OSD map (one new epoch for all of them).
+    ClusterChanges(Vec<Change>),
+    /// An OSD started: added if new (with its host bucket), marked up, its
+    /// addresses recorded.
+    OsdBoot {
+        osd: OsdId,
+        node_id: String,
+        addrs: Vec<std::net::SocketAddr>,
+        host: String,
+        weight: Weight,
+    },
 }
 
 /// The state machine's answer to a [`Command`].
@@ -47,6 +59,8 @@ pub enum Response {
     Namespace(Result<NsReply, Errno>),
     Done(Result<(), Errno>),
     Session(SessionId),
+    /// The OSD map's new epoch, or why the change was refused.
+    Epoch(Result<u64, String>),
 }
 
 openraft::declare_raft_types!(

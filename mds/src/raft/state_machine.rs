@@ -19,9 +19,11 @@ use super::{
     Command, Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig, decode, encode,
 };
+use aspen_placement::crush::{CrushMap, DEFAULT_ROOT};
+use aspen_placement::{Change, OsdMap};
 use aspen_proto::Errno;
 use aspen_proto::fs::{Caller, Timestamp};
-use aspen_proto::mds::{KeyEntry, NsOp, SessionId};
+use aspen_proto::mds::{ClusterMap, KeyEntry, NsOp, OsdAddress, SessionId};
 use aspen_proto::transport::{AuthorizedKeys, EndpointId};
 
 use crate::namespace::{self, Namespace, OpContext, StoreError};
@@ -30,7 +32,9 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sm_meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (name TEXT PRIMARY KEY, node_id TEXT NOT NULL UNIQUE, role BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (id INTEGER PRIMARY KEY, client TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS osd_addresses (osd INTEGER PRIMARY KEY, address BLOB NOT NULL);
 ";
+const OSDMAP: &str = "osdmap";
 const NEXT_SESSION: &str = "next_session";
 const FSID: &str = "fsid";
 const LAST_APPLIED: &str = "last_applied";
@@ -67,6 +71,7 @@ struct Inner {
 pub struct StateMachineStore {
     inner: Arc<Mutex<Inner>>,
     snapshot_dir: PathBuf,
+    epoch: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl StateMachineStore {
@@ -79,7 +84,9 @@ impl StateMachineStore {
         let namespace = Namespace::open(&dir.join(STATE_FILE))?;
         namespace.connection().execute_batch(SCHEMA)?;
         let current = newest_snapshot(&snapshot_dir);
+        let epoch = load_osdmap(namespace.connection())?.epoch().0;
         Ok(StateMachineStore {
+            epoch: Arc::new(tokio::sync::watch::channel(epoch).0),
             inner: Arc::new(Mutex::new(Inner {
                 namespace,
                 authorized: None,
@@ -137,6 +144,27 @@ impl StateMachineStore {
             .optional()?)
     }
 
+    /// The cluster map: the OSD map and the OSDs' addresses.
+    pub fn cluster_map(&self) -> Result<ClusterMap, StoreError> {
+        let inner = self.lock();
+        let conn = inner.namespace.connection();
+        let osdmap = load_osdmap(conn)?;
+        let mut statement =
+            conn.prepare_cached("SELECT address FROM osd_addresses ORDER BY osd")?;
+        let rows = statement.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut addresses = Vec::new();
+        for row in rows {
+            addresses
+                .push(decode(&row?).map_err(|e| StoreError::Corrupt(format!("osd address: {e}")))?);
+        }
+        Ok(ClusterMap { osdmap, addresses })
+    }
+
+    /// Follows the OSD map's epoch as entries apply.
+    pub fn watch_epoch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.epoch.subscribe()
+    }
+
     /// The filesystem id, once set.
     pub fn fsid(&self) -> Result<Option<String>, StoreError> {
         let conn = &self.lock().namespace;
@@ -147,6 +175,14 @@ impl StateMachineStore {
             })
             .optional()?;
         Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Tells map watchers about a new OSD map epoch.
+    fn publish_epoch(&self, inner: &Inner) {
+        if let Ok(map) = load_osdmap(inner.namespace.connection()) {
+            self.epoch
+                .send_if_modified(|epoch| std::mem::replace(epoch, map.epoch().0) != map.epoch().0);
+        }
     }
 
     /// Keeps `authorized` equal to the registered keys and the group's
@@ -321,7 +357,74 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             Ok(Response::Done(Ok(())))
         }
+        Command::ClusterChanges(changes) => change_map(conn, changes.clone()),
+        Command::OsdBoot {
+            osd,
+            node_id,
+            addrs,
+            host,
+            weight,
+        } => {
+            let map = load_osdmap(conn)?;
+            let mut changes = Vec::new();
+            if map.crush().bucket(host).is_none() {
+                changes.push(Change::AddBucket {
+                    name: host.clone(),
+                    ty: "host".into(),
+                    parent: DEFAULT_ROOT.into(),
+                });
+            }
+            if map.osd(*osd).is_err() {
+                changes.push(Change::AddOsd {
+                    id: *osd,
+                    weight: *weight,
+                    host: host.clone(),
+                });
+            }
+            changes.push(Change::MarkUp { id: *osd });
+            let address = OsdAddress {
+                osd: *osd,
+                node_id: node_id.clone(),
+                addrs: addrs.clone(),
+            };
+            let bytes = encode(&address).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let response = change_map(conn, changes)?;
+            if matches!(response, Response::Epoch(Ok(_))) {
+                conn.execute(
+                    "INSERT INTO osd_addresses (osd, address) VALUES (?1, ?2) ON CONFLICT (osd) DO UPDATE SET address = ?2",
+                    params![osd.0, bytes],
+                )?;
+            }
+            Ok(response)
+        }
     }
+}
+
+/// The OSD map (an empty one with the default CRUSH map before the first change).
+fn load_osdmap(conn: &Connection) -> Result<OsdMap, StoreError> {
+    let bytes: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM sm_meta WHERE key = ?1", [OSDMAP], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    match bytes {
+        Some(bytes) => decode(&bytes).map_err(|e| StoreError::Corrupt(format!("osd map: {e}"))),
+        None => OsdMap::new(CrushMap::new()).map_err(|e| StoreError::Corrupt(e.to_string())),
+    }
+}
+
+/// Applies `changes` as one new epoch; a refused change leaves the map.
+fn change_map(conn: &Connection, changes: Vec<Change>) -> Result<Response, StoreError> {
+    let (next, _) = match load_osdmap(conn)?.change(changes) {
+        Ok(changed) => changed,
+        Err(error) => return Ok(Response::Epoch(Err(error.to_string()))),
+    };
+    let bytes = encode(&next).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    conn.execute(
+        "INSERT INTO sm_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+        params![OSDMAP, bytes],
+    )?;
+    Ok(Response::Epoch(Ok(next.epoch().0)))
 }
 
 /// Takes the next session id (ids are never reused).
@@ -418,6 +521,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if access_changed {
             refresh_authorized(&inner).map_err(|e| sm_error(ErrorVerb::Read, e))?;
         }
+        self.publish_epoch(&inner);
         Ok(responses)
     }
 
@@ -457,6 +561,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
         replace_current(&mut inner, stored);
         refresh_authorized(&inner).map_err(|e| sm_error(ErrorVerb::Read, e))?;
+        self.publish_epoch(&inner);
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! a group (`initialize`) or grow it (`add_member` through the client
 //! protocol).
 
+pub mod monitor;
 pub mod raft_net;
 pub mod service;
 pub mod sessions;
@@ -18,6 +19,7 @@ use aspen_proto::transport::{
     ALPN_MDS, ALPN_RAFT, AuthorizedKeys, EndpointId, Router, RpcProtocol, Transport,
     load_or_create_secret_key,
 };
+use monitor::OsdMonitor;
 use raft_net::{Network, Raft, RaftService};
 use service::MdsService;
 use sessions::SessionClock;
@@ -63,6 +65,9 @@ pub struct MdsConfig {
     pub peers: Vec<EndpointId>,
     /// How long a client session lives without renewal.
     pub session_timeout: Duration,
+    /// How long an OSD may be silent before it is marked down, and then
+    /// down before it is marked out.
+    pub osd_grace: (Duration, Duration),
 }
 
 /// A running MDS.
@@ -120,11 +125,14 @@ impl MdsServer {
         }
         let clock = Arc::new(SessionClock::new(config.session_timeout));
         tokio::spawn(sessions::sweep(raft.clone(), state.clone(), clock.clone()));
+        let monitor = Arc::new(OsdMonitor::new(config.osd_grace.0, config.osd_grace.1));
+        tokio::spawn(monitor::sweep(raft.clone(), state.clone(), monitor.clone()));
         let service = MdsService {
             raft: raft.clone(),
             state: state.clone(),
             raft_id: config.raft_id,
             sessions: clock,
+            monitor,
         };
         let router = Router::builder(transport.endpoint.clone())
             .accept(ALPN_MDS, RpcProtocol(Arc::new(service)))

@@ -12,11 +12,13 @@ use openraft::error::{ClientWriteError, RaftError};
 
 use std::sync::Arc;
 
+use super::monitor::OsdMonitor;
 use super::raft_net::Raft;
 use super::sessions::SessionClock;
 use crate::namespace::{Namespace, OpContext, StoreError};
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{Command, MdsNode, Response};
+use std::time::Duration;
 
 /// The most entries one readdir reply carries.
 pub const MAX_READDIR_REPLY: u32 = 1024;
@@ -26,7 +28,11 @@ pub struct MdsService {
     pub state: StateMachineStore,
     pub raft_id: u64,
     pub sessions: Arc<SessionClock>,
+    pub monitor: Arc<OsdMonitor>,
 }
+
+/// How long a map request waits for a newer epoch.
+pub const MAP_WAIT: Duration = Duration::from_secs(10);
 
 fn not_leader<E>(error: &RaftError<u64, E>) -> Option<MdsResponse>
 where
@@ -82,6 +88,13 @@ impl MdsService {
 
     fn status(&self) -> MdsResponse {
         let metrics = self.raft.metrics().borrow().clone();
+        let map = match self.state.cluster_map() {
+            Ok(map) => map.osdmap,
+            Err(error) => return MdsResponse::Failed(error.to_string()),
+        };
+        let count = |keep: fn(&aspen_placement::OsdState) -> bool| {
+            map.osds().values().filter(|s| keep(s)).count() as u32
+        };
         MdsResponse::Status(MdsStatus {
             fsid: self.state.fsid().ok().flatten().unwrap_or_default(),
             this: self.raft_id,
@@ -93,7 +106,78 @@ impl MdsService {
                 .nodes()
                 .map(|(id, node)| (*id, node.clone()))
                 .collect(),
+            osdmap_epoch: map.epoch().0,
+            osds: map.osds().len() as u32,
+            osds_up: count(|s| s.up),
+            osds_in: count(|s| s.is_in),
+            pools: map.pools().count() as u32,
         })
+    }
+
+    /// Whether `peer` holds the key `osd.ID` with the osd role.
+    fn is_osd(&self, peer: &EndpointId, osd: aspen_placement::OsdId) -> bool {
+        let (name, peer) = (format!("osd.{}", osd.0), peer.to_string());
+        self.state.keys().is_ok_and(|keys| {
+            keys.iter()
+                .any(|k| k.name == name && k.node_id == peer && k.role == Role::Osd)
+        })
+    }
+
+    fn epoch_reply(&self, written: Result<Response, MdsResponse>) -> MdsResponse {
+        match written {
+            Ok(Response::Epoch(result)) => MdsResponse::Epoch(result),
+            Ok(other) => MdsResponse::Failed(format!("unexpected reply {other:?}")),
+            Err(response) => response,
+        }
+    }
+
+    async fn cluster_request(&self, peer: &EndpointId, request: MdsRequest) -> MdsResponse {
+        match request {
+            MdsRequest::OsdBoot {
+                osd,
+                addrs,
+                host,
+                weight,
+            } => {
+                if !self.is_osd(peer, osd) {
+                    return MdsResponse::Unit(Err(Errno::EPERM));
+                }
+                self.monitor.heard(osd);
+                let boot = Command::OsdBoot {
+                    osd,
+                    node_id: peer.to_string(),
+                    addrs,
+                    host,
+                    weight,
+                };
+                self.epoch_reply(self.write(boot).await)
+            }
+            MdsRequest::OsdHeartbeat { osd } => {
+                if !self.is_osd(peer, osd) {
+                    return MdsResponse::Unit(Err(Errno::EPERM));
+                }
+                if let Err(response) = self.linearize().await {
+                    return response;
+                }
+                self.monitor.heard(osd);
+                MdsResponse::Unit(Ok(()))
+            }
+            MdsRequest::GetClusterMap { newer_than } => self.wait_for_map(newer_than).await,
+            _ => MdsResponse::Failed("not a cluster request".into()),
+        }
+    }
+
+    /// The cluster map once its epoch passes `newer_than`, or after [`MAP_WAIT`].
+    async fn wait_for_map(&self, newer_than: u64) -> MdsResponse {
+        if let Err(response) = self.linearize().await {
+            return response;
+        }
+        let mut epochs = self.state.watch_epoch();
+        let _ = tokio::time::timeout(MAP_WAIT, epochs.wait_for(|epoch| *epoch > newer_than)).await;
+        match self.state.cluster_map() {
+            Ok(map) => MdsResponse::ClusterMap(map),
+            Err(error) => MdsResponse::Failed(error.to_string()),
+        }
     }
 
     async fn admin(&self, request: MdsRequest) -> MdsResponse {
@@ -101,6 +185,9 @@ impl MdsService {
             MdsRequest::AuthAdd { entry } => self.done(self.write(Command::AddKey(entry)).await),
             MdsRequest::AuthRemove { name } => {
                 self.done(self.write(Command::RemoveKey(name)).await)
+            }
+            MdsRequest::ClusterChange { changes } => {
+                self.epoch_reply(self.write(Command::ClusterChanges(changes)).await)
             }
             MdsRequest::AuthList => match self.linearize().await {
                 Err(response) => response,
@@ -281,6 +368,9 @@ impl Service for MdsService {
                     .await
             }
             MdsRequest::StatFs => self.read(|ns| ns.statfs(), MdsResponse::StatFs).await,
+            cluster @ (MdsRequest::OsdBoot { .. }
+            | MdsRequest::OsdHeartbeat { .. }
+            | MdsRequest::GetClusterMap { .. }) => self.cluster_request(&peer, cluster).await,
             MdsRequest::Status => self.status(),
             admin => {
                 if self.role_of(&peer) == Some(Role::Admin) {

@@ -1,0 +1,102 @@
+//! The monitor role, kept by the leader: when each OSD last sent a
+//! heartbeat (not replicated: a new leader gives every OSD a full grace
+//! period), and the sweep that marks silent OSDs down, and OSDs down for
+//! long enough out, through Raft.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aspen_placement::{Change, OsdId};
+use openraft::ServerState;
+
+use super::raft_net::Raft;
+use crate::raft::Command;
+use crate::raft::state_machine::StateMachineStore;
+
+/// An OSD silent this long is marked down (the default).
+pub const OSD_DOWN_GRACE: Duration = Duration::from_secs(20);
+/// An OSD down this long is marked out, and its data re-replicated (the default).
+pub const OSD_OUT_GRACE: Duration = Duration::from_secs(600);
+
+/// Heartbeat times on this member while it leads.
+pub struct OsdMonitor {
+    pub down_grace: Duration,
+    pub out_grace: Duration,
+    heard: Mutex<HashMap<OsdId, Instant>>,
+    leading_since: Mutex<Option<Instant>>,
+}
+
+impl OsdMonitor {
+    pub fn new(down_grace: Duration, out_grace: Duration) -> OsdMonitor {
+        OsdMonitor {
+            down_grace,
+            out_grace,
+            heard: Mutex::new(HashMap::new()),
+            leading_since: Mutex::new(None),
+        }
+    }
+
+    pub fn heard(&self, osd: OsdId) {
+        self.heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(osd, Instant::now());
+    }
+
+    /// How long `osd` has been silent at `now`, counting from leadership at most.
+    fn silent_for(&self, osd: OsdId, now: Instant) -> Duration {
+        let since = *self
+            .leading_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(now);
+        let heard = self
+            .heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&osd)
+            .copied();
+        now.duration_since(heard.unwrap_or(since).max(since))
+    }
+
+    fn reset(&self) {
+        self.heard.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        *self.leading_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The changes the OSD states call for at `now`.
+    fn changes(&self, map: &aspen_placement::OsdMap, now: Instant) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (id, state) in map.osds() {
+            let silent = self.silent_for(*id, now);
+            if state.up && silent > self.down_grace {
+                changes.push(Change::MarkDown { id: *id });
+            } else if !state.up && state.is_in && silent > self.down_grace + self.out_grace {
+                changes.push(Change::MarkOut { id: *id });
+            }
+        }
+        changes
+    }
+}
+
+/// Marks OSDs down and out while this member leads; runs until `raft` stops.
+pub async fn sweep(raft: Raft, state: StateMachineStore, monitor: Arc<OsdMonitor>) {
+    let period = (monitor.down_grace / 4).max(Duration::from_millis(100));
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        ticker.tick().await;
+        if raft.metrics().borrow().state != ServerState::Leader {
+            monitor.reset();
+            continue;
+        }
+        let Ok(map) = state.cluster_map() else {
+            continue;
+        };
+        let changes = monitor.changes(&map.osdmap, Instant::now());
+        if !changes.is_empty() {
+            tracing::info!(?changes, "osd states changed");
+            let _ = raft.client_write(Command::ClusterChanges(changes)).await;
+        }
+    }
+}
