@@ -22,6 +22,8 @@ enum Command {
     Mds(cmd::mds::MdsArgs),
     /// Manage the cluster's key registry.
     Auth(cmd::auth::AuthArgs),
+    /// Manage pools.
+    Pool(cmd::pool::PoolArgs),
     /// Show the cluster's health and members.
     Status(cmd::status::StatusArgs),
 }
@@ -39,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Crush(command) => cmd::crush::run(command),
         Command::Mds(args) => cmd::mds::run(args).await,
         Command::Auth(args) => cmd::auth::run(args).await,
+        Command::Pool(args) => cmd::pool::run(args).await,
         Command::Status(args) => cmd::status::run(args).await,
     }
 }

@@ -141,6 +141,20 @@ fn an_mds_group_forms_survives_kill_9_and_shrinks() {
         (s.contains("mds: 3 of 3 members up") && s.contains("HEALTH_OK")).then_some(s)
     });
     assert!(healthy.contains("fsid: "), "{healthy}");
+    assert!(
+        healthy.contains("osd map: epoch 1, 0 osds: 0 up, 0 in; 0 pools"),
+        "{healthy}"
+    );
+
+    // Pools need OSDs: with none yet, a pool is refused with the reason.
+    let refused = aspen(&["pool", "create", "data", "--config", config]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("asks for 3 distinct \"host\" buckets, but only 0"),
+        "{message}"
+    );
+    assert_eq!(ok(aspen(&["pool", "ls", "--config", config])), "");
 
     // The key registry.
     let key = root.path().join("client.key");

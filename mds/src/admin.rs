@@ -8,10 +8,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aspen_placement::{Change, Pool, PoolId};
 use aspen_proto::FileLayout;
 use aspen_proto::cluster::{ClusterConfig, MdsClient, MemberEntry};
 use aspen_proto::fs::{Caller, Timestamp};
-use aspen_proto::mds::{KeyEntry, MdsRequest, MdsResponse, NsOp, Role, SessionId};
+use aspen_proto::mds::{ClusterMap, KeyEntry, MdsRequest, MdsResponse, NsOp, Role, SessionId};
 use aspen_proto::transport::{
     AuthorizedKeys, EndpointId, SecretKey, Transport, load_or_create_secret_key,
 };
@@ -185,12 +186,17 @@ pub async fn client(cluster: &ClusterConfig) -> Result<MdsClient, AdminError> {
     ))
 }
 
-async fn expect_unit(client: &MdsClient, request: MdsRequest) -> Result<(), AdminError> {
-    match client
-        .call(&request)
-        .await
-        .map_err(|e| AdminError::Refused(e.to_string()))?
-    {
+/// Sends one request to the group's leader with a client closed afterwards.
+async fn ask(cluster: &ClusterConfig, request: MdsRequest) -> Result<MdsResponse, AdminError> {
+    let client = client(cluster).await?;
+    let response = client.call(&request).await;
+    client.close().await;
+    response.map_err(|e| AdminError::Refused(e.to_string()))
+}
+
+/// The outcome of a request answered with `Unit`.
+fn unit(response: MdsResponse) -> Result<(), AdminError> {
+    match response {
         MdsResponse::Unit(Ok(())) => Ok(()),
         MdsResponse::Unit(Err(errno)) => Err(AdminError::Refused(errno.to_string())),
         other => Err(AdminError::Refused(format!("{other:?}"))),
@@ -225,21 +231,17 @@ pub async fn join(
     };
     let server = MdsServer::start(member_file.server_config(data_dir)).await?;
     let member = server.member();
-    let client = client(&cluster).await?;
     let entry = KeyEntry {
         name: format!("mds.{raft_id}"),
         node_id: member.node_id.clone(),
         role: Role::Mds,
     };
-    expect_unit(&client, MdsRequest::AuthAdd { entry }).await?;
-    expect_unit(
-        &client,
-        MdsRequest::AddMember {
-            raft_id,
-            member: member.clone(),
-        },
-    )
-    .await?;
+    unit(ask(&cluster, MdsRequest::AuthAdd { entry }).await?)?;
+    let add = MdsRequest::AddMember {
+        raft_id,
+        member: member.clone(),
+    };
+    unit(ask(&cluster, add).await?)?;
     member_file.save(data_dir)?;
     cluster.mds.push(MemberEntry { raft_id, member });
     cluster
@@ -252,15 +254,9 @@ pub async fn join(
 pub async fn remove(raft_id: u64, cluster_path: &Path) -> Result<(), AdminError> {
     let mut cluster =
         ClusterConfig::load(cluster_path).map_err(|e| AdminError::Config(e.to_string()))?;
-    let client = client(&cluster).await?;
-    expect_unit(&client, MdsRequest::RemoveMember { raft_id }).await?;
-    expect_unit(
-        &client,
-        MdsRequest::AuthRemove {
-            name: format!("mds.{raft_id}"),
-        },
-    )
-    .await?;
+    unit(ask(&cluster, MdsRequest::RemoveMember { raft_id }).await?)?;
+    let name = format!("mds.{raft_id}");
+    unit(ask(&cluster, MdsRequest::AuthRemove { name }).await?)?;
     cluster.mds.retain(|m| m.raft_id != raft_id);
     cluster
         .save(cluster_path)
@@ -279,26 +275,16 @@ pub async fn auth_add(
         node_id: node_id.to_string(),
         role,
     };
-    expect_unit(&client(cluster).await?, MdsRequest::AuthAdd { entry }).await
+    unit(ask(cluster, MdsRequest::AuthAdd { entry }).await?)
 }
 
 pub async fn auth_remove(cluster: &ClusterConfig, name: &str) -> Result<(), AdminError> {
-    expect_unit(
-        &client(cluster).await?,
-        MdsRequest::AuthRemove {
-            name: name.to_string(),
-        },
-    )
-    .await
+    let name = name.to_string();
+    unit(ask(cluster, MdsRequest::AuthRemove { name }).await?)
 }
 
 pub async fn auth_list(cluster: &ClusterConfig) -> Result<Vec<KeyEntry>, AdminError> {
-    match client(cluster)
-        .await?
-        .call(&MdsRequest::AuthList)
-        .await
-        .map_err(|e| AdminError::Refused(e.to_string()))?
-    {
+    match ask(cluster, MdsRequest::AuthList).await? {
         MdsResponse::Keys(keys) => Ok(keys),
         MdsResponse::Unit(Err(errno)) => Err(AdminError::Refused(errno.to_string())),
         other => Err(AdminError::Refused(format!("{other:?}"))),
@@ -315,5 +301,50 @@ pub async fn status(
         let view = client.call_member(&entry.member, &MdsRequest::Status).await;
         views.push((entry.clone(), view));
     }
+    client.close().await;
     Ok(views)
+}
+
+/// The current cluster map.
+pub async fn cluster_map(cluster: &ClusterConfig) -> Result<ClusterMap, AdminError> {
+    match ask(cluster, MdsRequest::GetClusterMap { newer_than: 0 }).await? {
+        MdsResponse::ClusterMap(map) => Ok(map),
+        other => Err(AdminError::Refused(format!("{other:?}"))),
+    }
+}
+
+/// Applies `changes` to the OSD map; returns the new epoch.
+pub async fn cluster_change(
+    cluster: &ClusterConfig,
+    changes: Vec<Change>,
+) -> Result<u64, AdminError> {
+    match ask(cluster, MdsRequest::ClusterChange { changes }).await? {
+        MdsResponse::Epoch(Ok(epoch)) => Ok(epoch),
+        MdsResponse::Epoch(Err(problem)) => Err(AdminError::Refused(problem)),
+        MdsResponse::Unit(Err(errno)) => Err(AdminError::Refused(errno.to_string())),
+        other => Err(AdminError::Refused(format!("{other:?}"))),
+    }
+}
+
+/// Creates a pool with the next free id; returns it and the new epoch.
+pub async fn create_pool(
+    cluster: &ClusterConfig,
+    name: &str,
+    pg_num: u32,
+    size: usize,
+    min_size: usize,
+    rule: &str,
+) -> Result<(Pool, u64), AdminError> {
+    let map = cluster_map(cluster).await?;
+    let id = PoolId(map.osdmap.pools().map(|p| p.id.0 + 1).max().unwrap_or(1));
+    let pool = Pool {
+        id,
+        name: name.to_string(),
+        pg_num,
+        size,
+        min_size,
+        rule: rule.to_string(),
+    };
+    let epoch = cluster_change(cluster, vec![Change::AddPool { pool: pool.clone() }]).await?;
+    Ok((pool, epoch))
 }

@@ -133,6 +133,11 @@ impl MdsClient {
         Ok(client)
     }
 
+    /// Closes the client's endpoint (politely, so peers see a clean close).
+    pub async fn close(&self) {
+        self.transport.close().await;
+    }
+
     /// Sends `request` to one member, without redirects.
     pub async fn call_member(
         &self,

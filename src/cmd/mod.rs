@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod crush;
 pub mod mds;
+pub mod pool;
 pub mod status;
 
 /// Returns when the process gets SIGINT or SIGTERM.
