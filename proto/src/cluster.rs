@@ -18,7 +18,11 @@ use crate::transport::{ALPN_MDS, EndpointId, RpcClient, Transport};
 /// How many members a call tries (following redirects) before giving up.
 pub const MAX_CALL_ATTEMPTS: usize = 30;
 /// Pause before retrying when no leader is known (an election is running).
-pub const NO_LEADER_BACKOFF: Duration = Duration::from_millis(250);
+pub const NO_LEADER_BACKOFF: Duration = Duration::from_millis(100);
+/// How long one member may take to answer before the next is tried.
+pub const MEMBER_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a cluster map request may wait (the MDS holds it up to 10 s).
+pub const MAP_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A cluster configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +149,12 @@ impl MdsClient {
         request: &MdsRequest,
     ) -> Result<MdsResponse, String> {
         let client = self.client(member).await?;
-        let result: Result<(MdsResponse, Vec<u8>), _> = client.call(request, &[]).await;
+        let timeout = match request {
+            MdsRequest::GetClusterMap { .. } => MAP_REQUEST_TIMEOUT,
+            _ => MEMBER_TIMEOUT,
+        };
+        let result: Result<(MdsResponse, Vec<u8>), _> =
+            client.call_within(timeout, request, &[]).await;
         match result {
             Ok((response, _)) => Ok(response),
             Err(error) => {
@@ -157,32 +166,52 @@ impl MdsClient {
 
     /// Sends `request` to the leader.
     pub async fn call(&self, request: &MdsRequest) -> Result<MdsResponse, ClientError> {
-        let mut next = 0;
         let mut target = self.leader.lock().await.clone();
+        let mut unreachable: Vec<String> = Vec::new();
+        let mut next = 0;
         let mut last_problem = String::from("no members configured");
         for _ in 0..MAX_CALL_ATTEMPTS {
             let member = match target.take() {
                 Some(member) => member,
-                None if self.members.is_empty() => break,
-                None => {
-                    next += 1;
-                    self.members[(next - 1) % self.members.len()].clone()
-                }
+                None => match self.next_member(&mut next, &unreachable) {
+                    Some(member) => member,
+                    None => {
+                        // Everyone failed once: start over (they may be back).
+                        unreachable.clear();
+                        tokio::time::sleep(NO_LEADER_BACKOFF).await;
+                        continue;
+                    }
+                },
             };
             match self.call_member(&member, request).await {
+                // A hint at a member that just failed is stale (an election is
+                // under way): wait a little and ask around instead.
                 Ok(MdsResponse::NotLeader {
                     leader: Some((_, leader)),
-                }) => target = Some(leader),
-                Ok(MdsResponse::NotLeader { leader: None }) => {
-                    tokio::time::sleep(NO_LEADER_BACKOFF).await
-                }
+                }) if !unreachable.contains(&leader.node_id) => target = Some(leader),
+                Ok(MdsResponse::NotLeader { .. }) => tokio::time::sleep(NO_LEADER_BACKOFF).await,
                 Ok(response) => {
                     *self.leader.lock().await = Some(member);
                     return Ok(response);
                 }
-                Err(problem) => last_problem = problem,
+                Err(problem) => {
+                    last_problem = problem;
+                    unreachable.push(member.node_id);
+                }
             }
         }
         Err(ClientError::Unreachable(last_problem))
+    }
+
+    /// The next configured member, in turn, skipping those that just failed.
+    fn next_member(&self, next: &mut usize, unreachable: &[String]) -> Option<MdsMember> {
+        for _ in 0..self.members.len() {
+            let member = &self.members[*next % self.members.len()];
+            *next += 1;
+            if !unreachable.contains(&member.node_id) {
+                return Some(member.clone());
+            }
+        }
+        None
     }
 }

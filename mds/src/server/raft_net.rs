@@ -26,6 +26,11 @@ use crate::raft::{MdsNode, TypeConfig};
 
 pub type Raft = openraft::Raft<TypeConfig>;
 
+/// How long a vote or append may take before the member counts as unreachable.
+pub const RAFT_RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long one snapshot chunk may take.
+pub const SNAPSHOT_RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RaftRequest {
     Append(AppendEntriesRequest<TypeConfig>),
@@ -141,8 +146,12 @@ impl Peer {
                 &std::io::Error::other(self.problem.clone()),
             )));
         };
+        let timeout = match request {
+            RaftRequest::Snapshot(_) => SNAPSHOT_RPC_TIMEOUT,
+            _ => RAFT_RPC_TIMEOUT,
+        };
         let (response, _): (RaftResponse, Vec<u8>) = client
-            .call(&request, &[])
+            .call_within(timeout, &request, &[])
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         match response {

@@ -23,7 +23,12 @@ pub enum RpcError {
     Stream(String),
     #[error("frame: {0}")]
     Frame(#[from] FrameError),
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
+
+/// How long a call waits for its answer unless told otherwise.
+pub const DEFAULT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a server does with one request: its typed header, its body, and
 /// who sent it (the caller's authenticated node id).
@@ -126,8 +131,36 @@ impl RpcClient {
         Ok(connection)
     }
 
-    /// Sends `request` with `body` and waits for the response.
+    /// Sends `request` with `body` and waits (up to [`DEFAULT_CALL_TIMEOUT`])
+    /// for the response.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        request: &Req,
+        body: &[u8],
+    ) -> Result<(Resp, Vec<u8>), RpcError> {
+        self.call_within(DEFAULT_CALL_TIMEOUT, request, body).await
+    }
+
+    /// [`Self::call`] with its own time limit. A failed or late call drops
+    /// the connection, so the next one dials afresh (the peer may have
+    /// restarted, and a dead QUIC connection only notices at its idle timeout).
+    pub async fn call_within<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        timeout: std::time::Duration,
+        request: &Req,
+        body: &[u8],
+    ) -> Result<(Resp, Vec<u8>), RpcError> {
+        let outcome = match tokio::time::timeout(timeout, self.exchange(request, body)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(RpcError::Timeout(timeout)),
+        };
+        if outcome.is_err() {
+            *self.connection.lock().await = None;
+        }
+        outcome
+    }
+
+    async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         request: &Req,
         body: &[u8],
