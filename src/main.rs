@@ -22,6 +22,9 @@ enum Command {
     Mds(cmd::mds::MdsArgs),
     /// Manage the cluster's key registry.
     Auth(cmd::auth::AuthArgs),
+    /// Measure a running cluster.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
     /// Manage pools.
     Pool(cmd::pool::PoolArgs),
     /// Show the cluster's health and members.
@@ -41,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Crush(command) => cmd::crush::run(command),
         Command::Mds(args) => cmd::mds::run(args).await,
         Command::Auth(args) => cmd::auth::run(args).await,
+        Command::Bench(command) => cmd::bench::run(command).await,
         Command::Pool(args) => cmd::pool::run(args).await,
         Command::Status(args) => cmd::status::run(args).await,
     }

@@ -15,6 +15,7 @@
 //! `fsclient` and the gateways must never depend on this crate.
 
 pub mod admin;
+pub mod bench;
 pub mod namespace;
 pub mod raft;
 pub mod server;

@@ -1,6 +1,7 @@
 //! One module per top-level subcommand.
 
 pub mod auth;
+pub mod bench;
 pub mod crush;
 pub mod mds;
 pub mod pool;

@@ -82,6 +82,13 @@ impl StateMachineStore {
             StoreError::Corrupt(format!("creating {}: {e}", snapshot_dir.display()))
         })?;
         let namespace = Namespace::open(&dir.join(STATE_FILE))?;
+        // Applying need not wait for the disk: the Raft log is durable, and
+        // after a crash openraft re-applies from the last applied id this
+        // database kept. It is made durable before the log is purged (when
+        // a snapshot is built).
+        namespace
+            .connection()
+            .pragma_update(None, "synchronous", "NORMAL")?;
         namespace.connection().execute_batch(SCHEMA)?;
         let current = newest_snapshot(&snapshot_dir);
         let epoch = load_osdmap(namespace.connection())?.epoch().0;
@@ -621,6 +628,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 None => format!("snapshot-empty-{}", inner.snapshots_built),
             };
             let building = self.snapshot_dir.join(format!("{snapshot_id}.building"));
+            // The log up to this snapshot may be purged next: the state it
+            // covers must be on disk first.
+            inner
+                .namespace
+                .connection()
+                .execute_batch("PRAGMA wal_checkpoint(FULL)")
+                .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
             inner
                 .namespace
                 .connection()

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Metadata benchmark: creates/s, stats/s and unlinks/s of empty files with 1
+# and 3 MDS members at concurrency 1 and 16, and serial create latency
+# (p50/p99), on this machine. Appends a dated section to bench/RESULTS.md.
+#
+# Usage: bench/mds.sh            (FILES=N to change the files per run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FILES=${FILES:-5000}
+OUT=bench/out/mds
+rm -rf "$OUT" && mkdir -p "$OUT"
+cargo build --release --locked -q
+ASPEN=$PWD/target/release/aspen
+
+free_port() { python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+CONFIG=$OUT/mds1/cluster.json
+"$ASPEN" mds init --data "$OUT/mds1" --listen "127.0.0.1:$(free_port)" >/dev/null
+"$ASPEN" mds --data "$OUT/mds1" >"$OUT/mds1.log" 2>&1 & pids+=($!)
+until "$ASPEN" status --config "$CONFIG" | grep -q HEALTH_OK; do sleep 0.3; done
+
+run() { "$ASPEN" bench mds --config "$CONFIG" --files "$FILES" --concurrency "$1" | tee -a "$OUT/results.txt"; }
+run 1
+run 16
+for id in 2 3; do
+  "$ASPEN" mds join --data "$OUT/mds$id" --listen "127.0.0.1:$(free_port)" --id "$id" --config "$CONFIG" >"$OUT/mds$id.log" 2>&1 & pids+=($!)
+  until grep -q "\"raft_id\": $id" "$CONFIG"; do sleep 0.3; done
+done
+until "$ASPEN" status --config "$CONFIG" | grep -q "3 of 3 members up"; do sleep 0.3; done
+run 1
+run 16
+
+{
+  echo
+  echo "## Metadata service — $(date -u +%Y-%m-%d)"
+  echo
+  echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/Mem:/{print $2}') GiB; disk under $(df -h "$OUT" | awk 'NR==2{print $1}')."
+  echo "Command: \`FILES=$FILES bench/mds.sh\` (release build; MDS members and the client on 127.0.0.1; empty files in a fresh directory)."
+  echo
+  echo "| members | concurrency | creates/s | stats/s | unlinks/s | serial create p50 | p99 |"
+  echo "|---|---|---|---|---|---|---|"
+  sed -E 's/members ([0-9]+) files [0-9]+ concurrency ([0-9]+): creates\/s ([0-9]+) stats\/s ([0-9]+) unlinks\/s ([0-9]+) serial create p50 ([0-9.]+) ms p99 ([0-9.]+) ms/| \1 | \2 | \3 | \4 | \5 | \6 ms | \7 ms |/' "$OUT/results.txt"
+} >> bench/RESULTS.md
+echo "appended to bench/RESULTS.md"
