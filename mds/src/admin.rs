@@ -308,7 +308,7 @@ pub async fn status(
 /// The current cluster map.
 pub async fn cluster_map(cluster: &ClusterConfig) -> Result<ClusterMap, AdminError> {
     match ask(cluster, MdsRequest::GetClusterMap { newer_than: 0 }).await? {
-        MdsResponse::ClusterMap(map) => Ok(map),
+        MdsResponse::ClusterMap(map) => Ok(*map),
         other => Err(AdminError::Refused(format!("{other:?}"))),
     }
 }

@@ -415,7 +415,7 @@ async fn the_monitor_tracks_osds_pools_and_pushes_maps() {
     let osd = registered(&server, "osd.0", Role::Osd).await;
     let impostor = registered(&server, "osd.9", Role::Osd).await;
     let map_of = |response| match response {
-        MdsResponse::ClusterMap(map) => map,
+        MdsResponse::ClusterMap(map) => *map,
         other => panic!("{other:?}"),
     };
     let first = map_of(call(&osd, &me, &MdsRequest::GetClusterMap { newer_than: 0 }).await);

@@ -254,7 +254,7 @@ pub enum MdsResponse {
     Status(MdsStatus),
     Keys(Vec<KeyEntry>),
     Session(SessionId),
-    ClusterMap(ClusterMap),
+    ClusterMap(Box<ClusterMap>),
     /// The new map epoch after a change, or why the change was refused.
     Epoch(Result<u64, String>),
     /// This member cannot answer: ask the leader (if one is known).
@@ -414,7 +414,7 @@ mod tests {
             addresses: vec![],
         };
         for response in [
-            MdsResponse::ClusterMap(map),
+            MdsResponse::ClusterMap(Box::new(map)),
             MdsResponse::Epoch(Err("no".into())),
             MdsResponse::Reply(Err(Errno::ENOENT)),
         ] {

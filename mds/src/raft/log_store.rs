@@ -1,4 +1,4 @@
-//! The Raft log in SQLite: entries, the vote, the committed id and the
+//! The Raft log in SQLite: entries, the vote and the
 //! purge point. An append is acknowledged only after its transaction is
 //! durable (`synchronous = FULL`).
 
@@ -18,7 +18,6 @@ CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS log_meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 ";
 const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
 /// The log store. Clones share one database connection.
@@ -171,16 +170,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         let conn = self.lock();
         LogStore::meta(&conn, VOTE)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let conn = self.lock();
-        LogStore::set_meta(&conn, COMMITTED, &committed)
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let conn = self.lock();
-        Ok(LogStore::meta::<Option<LogId>>(&conn, COMMITTED)?.flatten())
     }
 
     async fn append<I>(

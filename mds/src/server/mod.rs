@@ -5,6 +5,7 @@
 
 pub mod monitor;
 pub mod raft_net;
+pub mod reads;
 pub mod service;
 pub mod sessions;
 
@@ -21,6 +22,7 @@ use aspen_proto::transport::{
 };
 use monitor::OsdMonitor;
 use raft_net::{Network, Raft, RaftService};
+use reads::ReadBarrier;
 use service::MdsService;
 use sessions::SessionClock;
 
@@ -133,6 +135,7 @@ impl MdsServer {
             raft_id: config.raft_id,
             sessions: clock,
             monitor,
+            reads: ReadBarrier::new(raft.clone(), service::refusal),
         };
         let router = Router::builder(transport.endpoint.clone())
             .accept(ALPN_MDS, RpcProtocol(Arc::new(service)))

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use super::monitor::OsdMonitor;
 use super::raft_net::Raft;
+use super::reads::ReadBarrier;
 use super::sessions::SessionClock;
 use crate::namespace::{Namespace, OpContext, StoreError};
 use crate::raft::state_machine::StateMachineStore;
@@ -29,10 +30,21 @@ pub struct MdsService {
     pub raft_id: u64,
     pub sessions: Arc<SessionClock>,
     pub monitor: Arc<OsdMonitor>,
+    pub reads: Arc<ReadBarrier>,
 }
 
 /// How long a map request waits for a newer epoch.
 pub const MAP_WAIT: Duration = Duration::from_secs(10);
+
+/// The reply for a request this member cannot serve because of `error`.
+pub fn refusal<E>(error: &RaftError<u64, E>) -> MdsResponse
+where
+    E: openraft::TryAsRef<openraft::error::ForwardToLeader<u64, MdsNode>>
+        + std::fmt::Debug
+        + std::fmt::Display,
+{
+    not_leader(error).unwrap_or_else(|| MdsResponse::Failed(error.to_string()))
+}
 
 fn not_leader<E>(error: &RaftError<u64, E>) -> Option<MdsResponse>
 where
@@ -63,12 +75,7 @@ impl MdsService {
     /// Waits until the local state is at least as new as the leader's
     /// commit point at the time of the call.
     async fn linearize(&self) -> Result<(), MdsResponse> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(error) => {
-                Err(not_leader(&error).unwrap_or_else(|| MdsResponse::Failed(error.to_string())))
-            }
-        }
+        self.reads.wait().await
     }
 
     /// Runs a linearizable `read` of the namespace.
@@ -175,7 +182,7 @@ impl MdsService {
         let mut epochs = self.state.watch_epoch();
         let _ = tokio::time::timeout(MAP_WAIT, epochs.wait_for(|epoch| *epoch > newer_than)).await;
         match self.state.cluster_map() {
-            Ok(map) => MdsResponse::ClusterMap(map),
+            Ok(map) => MdsResponse::ClusterMap(Box::new(map)),
             Err(error) => MdsResponse::Failed(error.to_string()),
         }
     }
