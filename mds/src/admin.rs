@@ -163,6 +163,13 @@ async fn bootstrap(server: &MdsServer, data_dir: &Path) -> Result<String, AdminE
     Ok(fsid)
 }
 
+/// Changes the address the member in `data_dir` listens on.
+pub fn set_listen(data_dir: &Path, listen: SocketAddr) -> Result<(), AdminError> {
+    let mut member_file = MemberFile::load(data_dir)?;
+    member_file.listen = listen;
+    member_file.save(data_dir)
+}
+
 /// Starts the member kept in `data_dir`.
 pub async fn run(data_dir: &Path) -> Result<MdsServer, AdminError> {
     let member_file = MemberFile::load(data_dir)?;

@@ -15,6 +15,10 @@ pub struct MdsArgs {
     /// Run the member kept in this data directory.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Listen here from now on (the other members must be told: its address
+    /// is part of the membership).
+    #[arg(long, requires = "data")]
+    listen: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -48,6 +52,9 @@ pub enum MdsCommand {
 }
 
 pub async fn run(args: MdsArgs) -> anyhow::Result<()> {
+    if let (Some(data), Some(listen)) = (&args.data, args.listen) {
+        admin::set_listen(data, listen)?;
+    }
     match (args.command, args.data) {
         (Some(MdsCommand::Init { data, listen }), _) => {
             let cluster = admin::init(&data, listen).await?;
