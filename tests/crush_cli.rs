@@ -1,28 +1,15 @@
 //! `aspen crush build|test|diff`, run as a user would: the real binary.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use aspen_placement::crush::CrushMap;
-
-fn aspen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_aspen"))
-        .args(args)
-        .output()
-        .expect("the aspen binary runs")
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
+use common::{aspen, ok as stdout};
 
 fn build(dir: &Path, name: &str, hosts: u32, per_host: u32) -> String {
-    let out = stdout(&aspen(&[
+    let out = stdout(aspen(&[
         "crush",
         "build",
         "--hosts",
@@ -37,7 +24,7 @@ fn build(dir: &Path, name: &str, hosts: u32, per_host: u32) -> String {
 
 #[test]
 fn build_writes_a_valid_map() {
-    let out = stdout(&aspen(&[
+    let out = stdout(aspen(&[
         "crush",
         "build",
         "--hosts",
@@ -55,7 +42,7 @@ fn build_writes_a_valid_map() {
 fn test_reports_utilization_and_mappings() {
     let dir = tempfile::tempdir().unwrap();
     let map = build(dir.path(), "map.json", 10, 4);
-    let out = stdout(&aspen(&[
+    let out = stdout(aspen(&[
         "crush",
         "test",
         "--map",
@@ -75,7 +62,7 @@ fn test_reports_utilization_and_mappings() {
         40
     );
 
-    let out = stdout(&aspen(&[
+    let out = stdout(aspen(&[
         "crush",
         "test",
         "--map",
@@ -96,7 +83,7 @@ fn test_reports_utilization_and_mappings() {
 #[test]
 fn test_reads_the_map_from_standard_input() {
     use std::io::Write;
-    let map = stdout(&aspen(&[
+    let map = stdout(aspen(&[
         "crush",
         "build",
         "--hosts",
@@ -116,7 +103,7 @@ fn test_reads_the_map_from_standard_input() {
         .unwrap()
         .write_all(map.as_bytes())
         .unwrap();
-    let out = stdout(&child.wait_with_output().unwrap());
+    let out = stdout(child.wait_with_output().unwrap());
     assert!(out.contains("64 mappings"), "{out}");
 }
 
@@ -125,7 +112,7 @@ fn diff_reports_movement_against_the_optimum() {
     let dir = tempfile::tempdir().unwrap();
     let old = build(dir.path(), "old.json", 10, 4);
     let new = build(dir.path(), "new.json", 11, 4);
-    let out = stdout(&aspen(&[
+    let out = stdout(aspen(&[
         "crush", "diff", &old, &new, "--size", "3", "--pgs", "20000",
     ]));
     let ratio: f64 = out

@@ -2,67 +2,12 @@
 //! processes on 127.0.0.1, `aspen auth`, `aspen status`, a kill -9 of the
 //! leader, a restart, and `aspen mds remove`.
 
-use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-fn aspen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_aspen"))
-        .args(args)
-        .output()
-        .expect("aspen runs")
-}
-
-fn ok(output: Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-fn free_addr() -> String {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
-}
-
-/// Daemons killed when the test ends, however it ends.
-struct Daemons(Vec<(u64, Child)>);
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Daemons {
-    fn spawn(&mut self, id: u64, args: &[&str], log: &Path) {
-        let log = std::fs::File::create(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_aspen"))
-            .args(args)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.0.push((id, child));
-    }
-
-    fn kill(&mut self, id: u64) {
-        let index = self.0.iter().position(|(i, _)| *i == id).unwrap();
-        let (_, mut child) = self.0.remove(index);
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-    }
-}
+use common::{Daemons, aspen, free_addr, ok};
 
 /// Retries `check` until it returns Some or the deadline passes.
 fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
@@ -103,7 +48,7 @@ fn an_mds_group_forms_survives_kill_9_and_shrinks() {
     assert!(out.contains("created a cluster"), "{out}");
     let config = dir(1).join("cluster.json");
     let config = config.to_str().unwrap();
-    let mut daemons = Daemons(Vec::new());
+    let mut daemons = Daemons::new();
     daemons.spawn(
         1,
         &["mds", "--data", dir(1).to_str().unwrap()],

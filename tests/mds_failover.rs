@@ -5,79 +5,16 @@
 //! cannot commit.
 
 use std::collections::BTreeSet;
-use std::net::UdpSocket;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
 
 use aspen_mds::admin;
 use aspen_proto::cluster::ClusterConfig;
 use aspen_proto::fs::{Caller, mode};
 use aspen_proto::mds::{MdsRequest, MdsResponse, NsOp, SessionId};
 use aspen_proto::{Errno, InodeId};
-
-fn free_addr() -> String {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
-}
-
-struct Daemons(Vec<(u64, Child)>);
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = Command::new("kill")
-                .args(["-CONT", &child.id().to_string()])
-                .status();
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Daemons {
-    fn spawn(&mut self, id: u64, args: &[&str], log: PathBuf) {
-        let log = std::fs::File::create(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_aspen"))
-            .args(args)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.0.push((id, child));
-    }
-
-    fn pid(&self, id: u64) -> u32 {
-        self.0.iter().find(|(i, _)| *i == id).unwrap().1.id()
-    }
-
-    fn kill(&mut self, id: u64) {
-        let index = self.0.iter().position(|(i, _)| *i == id).unwrap();
-        let (_, mut child) = self.0.remove(index);
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    fn signal(&self, id: u64, signal: &str) {
-        assert!(
-            Command::new("kill")
-                .args([signal, &self.pid(id).to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-}
-
-fn aspen(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_aspen"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::{Daemons, aspen, free_addr};
 
 async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
@@ -173,11 +110,11 @@ async fn kill_9_of_the_leader_under_a_stream_of_creates() {
     );
     let config_path = dir(1).join("cluster.json");
     let config = config_path.to_str().unwrap().to_string();
-    let mut daemons = Daemons(Vec::new());
+    let mut daemons = Daemons::new();
     daemons.spawn(
         1,
         &["mds", "--data", dir(1).to_str().unwrap()],
-        root.path().join("1.log"),
+        &root.path().join("1.log"),
     );
     for id in [2u64, 3] {
         let data = dir(id);
@@ -194,7 +131,7 @@ async fn kill_9_of_the_leader_under_a_stream_of_creates() {
             "--config",
             &config,
         ];
-        daemons.spawn(id, &args, root.path().join(format!("{id}.log")));
+        daemons.spawn(id, &args, &root.path().join(format!("{id}.log")));
         eventually("the member to join", || {
             let text = std::fs::read_to_string(&config_path).unwrap_or_default();
             async move { text.contains(&format!("\"raft_id\": {id}")).then_some(()) }
@@ -239,7 +176,7 @@ async fn kill_9_of_the_leader_under_a_stream_of_creates() {
     daemons.spawn(
         old_leader,
         &["mds", "--data", dir(old_leader).to_str().unwrap()],
-        root.path().join("restart.log"),
+        &root.path().join("restart.log"),
     );
     let old_member = cluster
         .mds

@@ -1,0 +1,85 @@
+//! Running `aspen` processes from tests: one-shot commands, and daemons
+//! that are killed (and resumed, if stopped) when the test ends.
+
+#![allow(dead_code)]
+
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+pub fn aspen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aspen"))
+        .args(args)
+        .output()
+        .expect("aspen runs")
+}
+
+/// The standard output of a command that must succeed.
+pub fn ok(output: Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// A free UDP address on 127.0.0.1 (for an iroh endpoint to bind).
+pub fn free_addr() -> String {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
+}
+
+/// Daemons killed when the test ends, however it ends.
+pub struct Daemons(Vec<(u64, Child)>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Daemons {
+    pub fn new() -> Daemons {
+        Daemons(Vec::new())
+    }
+
+    /// Starts `aspen ARGS` as daemon `id`, logging to `log`.
+    pub fn spawn(&mut self, id: u64, args: &[&str], log: &Path) {
+        let log = std::fs::File::create(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_aspen"))
+            .args(args)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.0.push((id, child));
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, id: u64) {
+        let index = self.0.iter().position(|(i, _)| *i == id).unwrap();
+        let (_, mut child) = self.0.remove(index);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Sends a signal (`-STOP`, `-CONT`, ...) to daemon `id`.
+    pub fn signal(&self, id: u64, signal: &str) {
+        let pid = self.0.iter().find(|(i, _)| *i == id).unwrap().1.id();
+        let sent = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status();
+        assert!(sent.unwrap().success());
+    }
+}
