@@ -22,7 +22,9 @@ use crate::namespace::OpContext;
 use crate::raft::Command;
 use crate::server::monitor::{OSD_DOWN_GRACE, OSD_OUT_GRACE};
 use crate::server::sessions::SESSION_TIMEOUT;
-use crate::server::{MdsConfig, MdsServer, ServerError};
+use crate::server::{
+    LOG_KEPT_AFTER_SNAPSHOT, MdsConfig, MdsServer, SNAPSHOT_EVERY_ENTRIES, ServerError,
+};
 
 /// How long init and join wait for a leader.
 pub const LEADER_WAIT: Duration = Duration::from_secs(30);
@@ -76,6 +78,7 @@ impl MemberFile {
             peers: self.peers.iter().filter_map(|p| p.parse().ok()).collect(),
             session_timeout: SESSION_TIMEOUT,
             osd_grace: (OSD_DOWN_GRACE, OSD_OUT_GRACE),
+            snapshots: (SNAPSHOT_EVERY_ENTRIES, LOG_KEPT_AFTER_SNAPSHOT),
         }
     }
 }

@@ -48,6 +48,7 @@ fn members(dirs: &[&Path]) -> Vec<Member> {
                 peers: ids.clone(),
                 session_timeout: Duration::from_secs(2),
                 osd_grace: (Duration::from_secs(1), Duration::from_secs(2)),
+                snapshots: (50, 0),
             },
         })
         .collect()
@@ -540,4 +541,108 @@ async fn the_monitor_tracks_osds_pools_and_pushes_maps() {
         other => panic!("{other:?}"),
     }
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_missed_purged_entries_catches_up_by_snapshot() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let paths: Vec<&Path> = dirs.iter().map(|d| d.path()).collect();
+    let members = members(&paths);
+    let mut servers = Vec::new();
+    for member in &members {
+        servers.push(Some(start(member).await));
+    }
+    let group: BTreeMap<u64, MdsMember> = servers
+        .iter()
+        .flatten()
+        .map(|s| (s.raft_id, s.member()))
+        .collect();
+    servers[0]
+        .as_ref()
+        .unwrap()
+        .initialize(group.clone())
+        .await
+        .unwrap();
+    let leader = servers[0]
+        .as_ref()
+        .unwrap()
+        .wait_for_leader(WAIT)
+        .await
+        .unwrap();
+    let (client, key) = admin_client(&[]).await;
+    let admin = KeyEntry {
+        name: "client.admin".into(),
+        node_id: key.public().to_string(),
+        role: Role::Admin,
+    };
+    servers[leader as usize - 1]
+        .as_ref()
+        .unwrap()
+        .propose(Command::AddKey(admin))
+        .await
+        .unwrap();
+    let format = MdsRequest::Mutate {
+        caller: Caller::root(),
+        session: SessionId(1),
+        op: NsOp::Format {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            layout: FileLayout::default(),
+        },
+    };
+    assert!(matches!(
+        call_leader(&client, &group[&leader], &format).await,
+        MdsResponse::Reply(Ok(_))
+    ));
+
+    // Stop a follower, then write well past a snapshot whose log is purged.
+    let lagging = group.keys().copied().find(|id| *id != leader).unwrap();
+    servers[lagging as usize - 1]
+        .take()
+        .unwrap()
+        .shutdown()
+        .await;
+    for i in 0..200 {
+        assert!(matches!(
+            call_leader(&client, &group[&leader], &mkdir(&format!("d{i}"))).await,
+            MdsResponse::Reply(Ok(_))
+        ));
+    }
+    let leading = servers[leader as usize - 1].as_ref().unwrap();
+    let purged = leading
+        .raft
+        .metrics()
+        .borrow()
+        .purged
+        .map(|id| id.index)
+        .unwrap_or(0);
+    assert!(purged > 100, "the leader purged its log up to {purged}");
+
+    // The lagging member comes back: only a snapshot can bring it up to date.
+    let returned = start(&members[lagging as usize - 1]).await;
+    let mut caught_up = false;
+    for _ in 0..100 {
+        let found = returned
+            .state
+            .read(|ns| ns.lookup(InodeId::ROOT, b"d199", &Caller::root()).unwrap());
+        if found.is_ok() {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        caught_up,
+        "the lagging member installed a snapshot and caught up"
+    );
+    let snapshot = returned.raft.metrics().borrow().snapshot;
+    assert!(
+        snapshot.is_some_and(|id| id.index >= purged),
+        "it holds a snapshot at or past {purged}: {snapshot:?}"
+    );
+    returned.shutdown().await;
+    for server in servers.into_iter().flatten() {
+        server.shutdown().await;
+    }
 }

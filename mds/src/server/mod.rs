@@ -37,6 +37,9 @@ pub const HEARTBEAT_MS: u64 = 200;
 pub const ELECTION_TIMEOUT_MS: (u64, u64) = (1_000, 2_000);
 /// Log entries between snapshots.
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 5_000;
+/// Log entries kept behind a snapshot (so a slightly lagging member catches
+/// up from the log rather than from a snapshot).
+pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 1_000;
 /// File names inside an MDS data directory.
 pub const KEY_FILE: &str = "mds.key";
 pub const LOG_FILE: &str = "raft-log.db";
@@ -70,6 +73,8 @@ pub struct MdsConfig {
     /// How long an OSD may be silent before it is marked down, and then
     /// down before it is marked out.
     pub osd_grace: (Duration, Duration),
+    /// Log entries between snapshots, and entries kept behind one.
+    pub snapshots: (u64, u64),
 }
 
 /// A running MDS.
@@ -86,13 +91,15 @@ pub fn node_id(data_dir: &Path) -> Result<EndpointId, ServerError> {
     Ok(load_or_create_secret_key(&data_dir.join(KEY_FILE))?.public())
 }
 
-fn raft_config() -> Result<Arc<openraft::Config>, ServerError> {
+fn raft_config(snapshots: (u64, u64)) -> Result<Arc<openraft::Config>, ServerError> {
     let config = openraft::Config {
         cluster_name: "aspen-mds".into(),
         heartbeat_interval: HEARTBEAT_MS,
         election_timeout_min: ELECTION_TIMEOUT_MS.0,
         election_timeout_max: ELECTION_TIMEOUT_MS.1,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshots.0),
+        max_in_snapshot_log_to_keep: snapshots.1,
+        purge_batch_size: 1,
         ..Default::default()
     };
     Ok(Arc::new(
@@ -115,9 +122,15 @@ impl MdsServer {
         let network = Network {
             transport: transport.clone(),
         };
-        let raft = Raft::new(config.raft_id, raft_config()?, network, log, state.clone())
-            .await
-            .map_err(|e| ServerError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            config.raft_id,
+            raft_config(config.snapshots)?,
+            network,
+            log,
+            state.clone(),
+        )
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
         // From here on the allow-list follows the replicated registry, plus
         // the configured peers until they appear in it.
         let seeded = transport.authorized.clone();
