@@ -646,3 +646,77 @@ async fn a_member_that_missed_purged_entries_catches_up_by_snapshot() {
         server.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_keep_serving_after_losing_two() {
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let paths: Vec<&Path> = dirs.iter().map(|d| d.path()).collect();
+    let members = members(&paths);
+    let mut servers = Vec::new();
+    for member in &members {
+        servers.push(Some(start(member).await));
+    }
+    let group: BTreeMap<u64, MdsMember> = servers
+        .iter()
+        .flatten()
+        .map(|s| (s.raft_id, s.member()))
+        .collect();
+    servers[0]
+        .as_ref()
+        .unwrap()
+        .initialize(group.clone())
+        .await
+        .unwrap();
+    let leader = servers[0]
+        .as_ref()
+        .unwrap()
+        .wait_for_leader(WAIT)
+        .await
+        .unwrap();
+    let (client, key) = admin_client(&[]).await;
+    let admin = KeyEntry {
+        name: "client.admin".into(),
+        node_id: key.public().to_string(),
+        role: Role::Admin,
+    };
+    servers[leader as usize - 1]
+        .as_ref()
+        .unwrap()
+        .propose(Command::AddKey(admin))
+        .await
+        .unwrap();
+    let format = MdsRequest::Mutate {
+        caller: Caller::root(),
+        session: SessionId(1),
+        op: NsOp::Format {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            layout: FileLayout::default(),
+        },
+    };
+    assert!(matches!(
+        call_leader(&client, &group[&leader], &format).await,
+        MdsResponse::Reply(Ok(_))
+    ));
+    assert!(matches!(
+        call_leader(&client, &group[&leader], &mkdir("before")).await,
+        MdsResponse::Reply(Ok(_))
+    ));
+
+    // Lose the leader and one more: three of five still form a majority.
+    let other = group.keys().copied().find(|id| *id != leader).unwrap();
+    for id in [leader, other] {
+        servers[id as usize - 1].take().unwrap().shutdown().await;
+    }
+    // A real client finds the new leader among the survivors.
+    let survivors =
+        aspen_proto::cluster::MdsClient::new(client.clone(), group.values().cloned().collect());
+    let made = survivors.call(&mkdir("after")).await.unwrap();
+    assert!(matches!(made, MdsResponse::Reply(Ok(_))), "{made:?}");
+    let found = survivors.call(&lookup("before")).await.unwrap();
+    assert!(matches!(found, MdsResponse::Attr(Ok(_))), "{found:?}");
+    for server in servers.into_iter().flatten() {
+        server.shutdown().await;
+    }
+}
