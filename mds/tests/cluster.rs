@@ -116,6 +116,70 @@ fn lookup(name: &str) -> MdsRequest {
     }
 }
 
+/// A formed group of `n` members in temporary directories, with a
+/// registered admin client and a formatted root.
+struct Group {
+    _dirs: Vec<tempfile::TempDir>,
+    members: Vec<Member>,
+    servers: Vec<Option<MdsServer>>,
+    group: BTreeMap<u64, MdsMember>,
+    leader: u64,
+    client: Transport,
+}
+
+async fn form_group(n: usize) -> Group {
+    let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+    let paths: Vec<&Path> = dirs.iter().map(|d| d.path()).collect();
+    let members = members(&paths);
+    let mut servers = Vec::new();
+    for member in &members {
+        servers.push(Some(start(member).await));
+    }
+    let group: BTreeMap<u64, MdsMember> = servers
+        .iter()
+        .flatten()
+        .map(|s| (s.raft_id, s.member()))
+        .collect();
+    let first = servers[0].as_ref().unwrap();
+    first.initialize(group.clone()).await.unwrap();
+    let leader = first.wait_for_leader(WAIT).await.unwrap();
+    let (client, key) = admin_client(&[]).await;
+    let admin = KeyEntry {
+        name: "client.admin".into(),
+        node_id: key.public().to_string(),
+        role: Role::Admin,
+    };
+    servers[leader as usize - 1]
+        .as_ref()
+        .unwrap()
+        .propose(Command::AddKey(admin))
+        .await
+        .unwrap();
+    let format = MdsRequest::Mutate {
+        caller: Caller::root(),
+        session: SessionId(1),
+        op: NsOp::Format {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            layout: FileLayout::default(),
+        },
+    };
+    let formatted = call_leader(&client, &group[&leader], &format).await;
+    assert!(
+        matches!(formatted, MdsResponse::Reply(Ok(NsReply::Attr(_)))),
+        "{formatted:?}"
+    );
+    Group {
+        _dirs: dirs,
+        members,
+        servers,
+        group,
+        leader,
+        client,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_replicate_fail_over_and_catch_up() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -545,56 +609,15 @@ async fn the_monitor_tracks_osds_pools_and_pushes_maps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_missed_purged_entries_catches_up_by_snapshot() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let paths: Vec<&Path> = dirs.iter().map(|d| d.path()).collect();
-    let members = members(&paths);
-    let mut servers = Vec::new();
-    for member in &members {
-        servers.push(Some(start(member).await));
-    }
-    let group: BTreeMap<u64, MdsMember> = servers
-        .iter()
-        .flatten()
-        .map(|s| (s.raft_id, s.member()))
-        .collect();
-    servers[0]
-        .as_ref()
-        .unwrap()
-        .initialize(group.clone())
-        .await
-        .unwrap();
-    let leader = servers[0]
-        .as_ref()
-        .unwrap()
-        .wait_for_leader(WAIT)
-        .await
-        .unwrap();
-    let (client, key) = admin_client(&[]).await;
-    let admin = KeyEntry {
-        name: "client.admin".into(),
-        node_id: key.public().to_string(),
-        role: Role::Admin,
-    };
-    servers[leader as usize - 1]
-        .as_ref()
-        .unwrap()
-        .propose(Command::AddKey(admin))
-        .await
-        .unwrap();
-    let format = MdsRequest::Mutate {
-        caller: Caller::root(),
-        session: SessionId(1),
-        op: NsOp::Format {
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            layout: FileLayout::default(),
-        },
-    };
-    assert!(matches!(
-        call_leader(&client, &group[&leader], &format).await,
-        MdsResponse::Reply(Ok(_))
-    ));
+    let Group {
+        members,
+        mut servers,
+        group,
+        leader,
+        client,
+        _dirs,
+        ..
+    } = form_group(3).await;
 
     // Stop a follower, then write well past a snapshot whose log is purged.
     let lagging = group.keys().copied().find(|id| *id != leader).unwrap();
@@ -649,56 +672,14 @@ async fn a_member_that_missed_purged_entries_catches_up_by_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_members_keep_serving_after_losing_two() {
-    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
-    let paths: Vec<&Path> = dirs.iter().map(|d| d.path()).collect();
-    let members = members(&paths);
-    let mut servers = Vec::new();
-    for member in &members {
-        servers.push(Some(start(member).await));
-    }
-    let group: BTreeMap<u64, MdsMember> = servers
-        .iter()
-        .flatten()
-        .map(|s| (s.raft_id, s.member()))
-        .collect();
-    servers[0]
-        .as_ref()
-        .unwrap()
-        .initialize(group.clone())
-        .await
-        .unwrap();
-    let leader = servers[0]
-        .as_ref()
-        .unwrap()
-        .wait_for_leader(WAIT)
-        .await
-        .unwrap();
-    let (client, key) = admin_client(&[]).await;
-    let admin = KeyEntry {
-        name: "client.admin".into(),
-        node_id: key.public().to_string(),
-        role: Role::Admin,
-    };
-    servers[leader as usize - 1]
-        .as_ref()
-        .unwrap()
-        .propose(Command::AddKey(admin))
-        .await
-        .unwrap();
-    let format = MdsRequest::Mutate {
-        caller: Caller::root(),
-        session: SessionId(1),
-        op: NsOp::Format {
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            layout: FileLayout::default(),
-        },
-    };
-    assert!(matches!(
-        call_leader(&client, &group[&leader], &format).await,
-        MdsResponse::Reply(Ok(_))
-    ));
+    let Group {
+        mut servers,
+        group,
+        leader,
+        client,
+        _dirs,
+        ..
+    } = form_group(5).await;
     assert!(matches!(
         call_leader(&client, &group[&leader], &mkdir("before")).await,
         MdsResponse::Reply(Ok(_))
