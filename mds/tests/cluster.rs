@@ -54,7 +54,8 @@ fn members(dirs: &[&Path]) -> Vec<Member> {
         .collect()
 }
 
-async fn admin_client(servers: &[&MdsServer]) -> (Transport, SecretKey) {
+/// A client endpoint with a new key (registered by the caller, or not at all).
+async fn new_client() -> (Transport, SecretKey) {
     let key = SecretKey::generate();
     let transport = Transport::bind(
         key.clone(),
@@ -64,8 +65,18 @@ async fn admin_client(servers: &[&MdsServer]) -> (Transport, SecretKey) {
     )
     .await
     .unwrap();
-    let _ = servers;
     (transport, key)
+}
+
+/// A one-member group in `dir`, leading.
+async fn single_member(dir: &Path) -> MdsServer {
+    let server = start(&members(&[dir])[0]).await;
+    server
+        .initialize(BTreeMap::from([(1, server.member())]))
+        .await
+        .unwrap();
+    server.wait_for_leader(WAIT).await.unwrap();
+    server
 }
 
 fn addr_of(member: &MdsMember) -> EndpointAddr {
@@ -143,7 +154,7 @@ async fn form_group(n: usize) -> Group {
     let first = servers[0].as_ref().unwrap();
     first.initialize(group.clone()).await.unwrap();
     let leader = first.wait_for_leader(WAIT).await.unwrap();
-    let (client, key) = admin_client(&[]).await;
+    let (client, key) = new_client().await;
     let admin = KeyEntry {
         name: "client.admin".into(),
         node_id: key.public().to_string(),
@@ -209,7 +220,7 @@ async fn three_members_replicate_fail_over_and_catch_up() {
     let leading = servers[leader as usize - 1].as_ref().unwrap();
 
     // Register an admin key and format, through the leader's Raft.
-    let (client, key) = admin_client(&[]).await;
+    let (client, key) = new_client().await;
     let admin = KeyEntry {
         name: "client.admin".into(),
         node_id: key.public().to_string(),
@@ -306,19 +317,13 @@ async fn three_members_replicate_fail_over_and_catch_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unregistered_clients_and_non_admins_are_kept_out() {
     let dir = tempfile::tempdir().unwrap();
-    let member = &members(&[dir.path()])[0];
-    let server = start(member).await;
-    server
-        .initialize(BTreeMap::from([(1, server.member())]))
-        .await
-        .unwrap();
-    server.wait_for_leader(WAIT).await.unwrap();
-    let (stranger, _) = admin_client(&[]).await;
+    let server = single_member(dir.path()).await;
+    let (stranger, _) = new_client().await;
     let rpc = RpcClient::new(stranger.clone(), addr_of(&server.member()), ALPN_MDS);
     let result: Result<(MdsResponse, Vec<u8>), _> = rpc.call(&MdsRequest::Status, &[]).await;
     assert!(result.is_err(), "an unregistered node cannot connect");
 
-    let (client, key) = admin_client(&[]).await;
+    let (client, key) = new_client().await;
     let entry = KeyEntry {
         name: "client.user".into(),
         node_id: key.public().to_string(),
@@ -351,7 +356,7 @@ async fn registered_client(server: &MdsServer, name: &str) -> Transport {
 }
 
 async fn registered(server: &MdsServer, name: &str, role: Role) -> Transport {
-    let (client, key) = admin_client(&[]).await;
+    let (client, key) = new_client().await;
     let entry = KeyEntry {
         name: name.into(),
         node_id: key.public().to_string(),
@@ -364,13 +369,7 @@ async fn registered(server: &MdsServer, name: &str, role: Role) -> Transport {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_that_stop_renewing_end_and_release_their_handles() {
     let dir = tempfile::tempdir().unwrap();
-    let member = &members(&[dir.path()])[0];
-    let server = start(member).await;
-    server
-        .initialize(BTreeMap::from([(1, server.member())]))
-        .await
-        .unwrap();
-    server.wait_for_leader(WAIT).await.unwrap();
+    let server = single_member(dir.path()).await;
     let me = server.member();
     let alice = registered_client(&server, "client.alice").await;
     let mallory = registered_client(&server, "client.mallory").await;
@@ -468,13 +467,7 @@ async fn sessions_that_stop_renewing_end_and_release_their_handles() {
 async fn the_monitor_tracks_osds_pools_and_pushes_maps() {
     use aspen_placement::{Change, OsdId, Pool, PoolId, Weight};
     let dir = tempfile::tempdir().unwrap();
-    let member = &members(&[dir.path()])[0];
-    let server = start(member).await;
-    server
-        .initialize(BTreeMap::from([(1, server.member())]))
-        .await
-        .unwrap();
-    server.wait_for_leader(WAIT).await.unwrap();
+    let server = single_member(dir.path()).await;
     let me = server.member();
     let admin = registered(&server, "client.admin", Role::Admin).await;
     let osd = registered(&server, "osd.0", Role::Osd).await;

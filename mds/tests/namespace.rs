@@ -329,17 +329,7 @@ fn setattr_rules() {
         },
     )
     .unwrap();
-    assert_eq!(
-        fs.setattr(
-            &user(5),
-            file.ino,
-            SetAttr {
-                size: Some(10),
-                ..Default::default()
-            }
-        ),
-        Err(Errno::EACCES)
-    );
+    assert_eq!(fs.truncate(&user(5), file.ino, 10), Err(Errno::EACCES));
     let grown = fs
         .setattr(
             &user(5),
@@ -354,29 +344,9 @@ fn setattr_rules() {
     assert_eq!(grown.size, 10);
     assert_eq!(grown.mtime, grown.ctime);
     let dir = fs.mkdir(&root(), ROOT, "d", 0o755).unwrap();
-    assert_eq!(
-        fs.setattr(
-            &root(),
-            dir.ino,
-            SetAttr {
-                size: Some(0),
-                ..Default::default()
-            }
-        ),
-        Err(Errno::EISDIR)
-    );
+    assert_eq!(fs.truncate(&root(), dir.ino, 0), Err(Errno::EISDIR));
     let fifo = fs.mknod(&root(), ROOT, "p", mode::S_IFIFO | 0o666).unwrap();
-    assert_eq!(
-        fs.setattr(
-            &root(),
-            fifo.ino,
-            SetAttr {
-                size: Some(0),
-                ..Default::default()
-            }
-        ),
-        Err(Errno::EINVAL)
-    );
+    assert_eq!(fs.truncate(&root(), fifo.ino, 0), Err(Errno::EINVAL));
     // Times: explicit values only by the owner; "now" by anyone who may write.
     let at = TimeSet::At(Timestamp::new(42, 7));
     assert_eq!(
@@ -535,15 +505,7 @@ fn an_open_unlinked_file_stays_until_its_last_release() {
     let (file, handle) = fs
         .create(&root(), ROOT, "f", 0o644, open_flags::O_RDWR)
         .unwrap();
-    fs.setattr(
-        &root(),
-        file.ino,
-        SetAttr {
-            size: Some(5 << 20),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    fs.truncate(&root(), file.ino, 5 << 20).unwrap();
     let second = fs.open(&root(), file.ino, open_flags::O_RDONLY).unwrap();
     fs.unlink(&root(), ROOT, "f").unwrap();
     assert_eq!(fs.lookup(&root(), ROOT, "f"), Err(Errno::ENOENT));
@@ -572,33 +534,9 @@ fn an_open_unlinked_file_stays_until_its_last_release() {
 fn truncation_queues_a_purge_of_the_tail() {
     let mut fs = Fs::new();
     let file = fs.mknod(&root(), ROOT, "f", 0o644).unwrap();
-    fs.setattr(
-        &root(),
-        file.ino,
-        SetAttr {
-            size: Some(9 << 20),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    fs.setattr(
-        &root(),
-        file.ino,
-        SetAttr {
-            size: Some(1 << 20),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    fs.setattr(
-        &root(),
-        file.ino,
-        SetAttr {
-            size: Some(2 << 20),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    fs.truncate(&root(), file.ino, 9 << 20).unwrap();
+    fs.truncate(&root(), file.ino, 1 << 20).unwrap();
+    fs.truncate(&root(), file.ino, 2 << 20).unwrap();
     let handle = fs
         .open(
             &root(),

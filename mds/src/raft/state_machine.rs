@@ -184,7 +184,7 @@ impl StateMachineStore {
         Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
-    /// Tells map watchers about a new OSD map epoch.
+    /// Tells map watchers the OSD map epoch of a restored snapshot.
     fn publish_epoch(&self, inner: &Inner) {
         if let Ok(map) = load_osdmap(inner.namespace.connection()) {
             self.epoch
@@ -528,7 +528,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if access_changed {
             refresh_authorized(&inner).map_err(|e| sm_error(ErrorVerb::Read, e))?;
         }
-        self.publish_epoch(&inner);
+        let new_epoch = responses.iter().rev().find_map(|response| match response {
+            Response::Epoch(Ok(epoch)) => Some(*epoch),
+            _ => None,
+        });
+        if let Some(epoch) = new_epoch {
+            self.epoch.send_replace(epoch);
+        }
         Ok(responses)
     }
 

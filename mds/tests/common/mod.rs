@@ -177,6 +177,15 @@ impl Fs {
         Fs::attr(self.op(c, NsOp::SetAttr { ino, changes }))
     }
 
+    /// Sets the size as `truncate(2)` does.
+    pub fn truncate(&mut self, c: &Caller, ino: InodeId, size: u64) -> Result<Attr, Errno> {
+        let changes = SetAttr {
+            size: Some(size),
+            ..SetAttr::default()
+        };
+        self.setattr(c, ino, changes)
+    }
+
     pub fn open(&mut self, c: &Caller, ino: InodeId, flags: u32) -> Result<HandleId, Errno> {
         match self.op(c, NsOp::Open { ino, flags })? {
             NsReply::Opened { handle, .. } => Ok(handle),

@@ -150,11 +150,7 @@ impl Transport {
 
     /// How peers reach this endpoint.
     pub fn addr(&self) -> EndpointAddr {
-        self.local_addrs()
-            .into_iter()
-            .fold(EndpointAddr::new(self.id()), |addr, socket| {
-                addr.with_ip_addr(socket)
-            })
+        peer_addr(self.id(), &self.local_addrs())
     }
 
     pub async fn connect(
