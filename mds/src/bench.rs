@@ -138,6 +138,7 @@ pub async fn run(
         latencies.push(started.elapsed());
     }
     latencies.sort();
+    client.close().await;
     Ok(MetadataReport {
         files,
         concurrency,

@@ -19,3 +19,4 @@ pub mod bench;
 pub mod namespace;
 pub mod raft;
 pub mod server;
+mod sql;

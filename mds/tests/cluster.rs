@@ -694,3 +694,66 @@ async fn five_members_keep_serving_after_losing_two() {
         server.shutdown().await;
     }
 }
+
+/// Concurrent writes travel in shared batches, yet each caller gets its
+/// own answer: creating the same names twice at once gives each name one
+/// success and one `EEXIST`, and every follower ends with the same tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_batched_and_answered_one_by_one() {
+    let group = form_group(3).await;
+    let leader = group.group[&group.leader].clone();
+    let rpc = std::sync::Arc::new(RpcClient::new(
+        group.client.clone(),
+        addr_of(&leader),
+        ALPN_MDS,
+    ));
+    const NAMES: usize = 48;
+    let tasks: Vec<_> = (0..2 * NAMES)
+        .map(|i| {
+            let rpc = rpc.clone();
+            tokio::spawn(async move {
+                let request = mkdir(&format!("d{}", i % NAMES));
+                let (response, _): (MdsResponse, Vec<u8>) = rpc.call(&request, &[]).await.unwrap();
+                (i % NAMES, response)
+            })
+        })
+        .collect();
+    let mut outcomes: BTreeMap<usize, Vec<MdsResponse>> = BTreeMap::new();
+    for task in tasks {
+        let (name, response) = task.await.unwrap();
+        outcomes.entry(name).or_default().push(response);
+    }
+    for (name, responses) in &outcomes {
+        let created = responses
+            .iter()
+            .filter(|r| matches!(r, MdsResponse::Reply(Ok(NsReply::Attr(_)))))
+            .count();
+        let exists = responses
+            .iter()
+            .filter(|r| matches!(r, MdsResponse::Reply(Err(aspen_proto::Errno::EEXIST))))
+            .count();
+        assert_eq!((created, exists), (1, 1), "d{name}: {responses:?}");
+    }
+    let committed = group.servers[group.leader as usize - 1]
+        .as_ref()
+        .unwrap()
+        .raft
+        .metrics()
+        .borrow()
+        .last_log_index;
+    for server in group.servers.iter().flatten() {
+        server
+            .raft
+            .wait(Some(WAIT))
+            .applied_index_at_least(committed, "all writes applied")
+            .await
+            .unwrap();
+        let entries = server
+            .state
+            .read(|ns| ns.readdir(InodeId::ROOT, 0, 4 * NAMES, &Caller::root()))
+            .unwrap()
+            .unwrap();
+        // `.` and `..` besides the names.
+        assert_eq!(entries.len(), NAMES + 2, "member {}", server.raft_id);
+    }
+}

@@ -25,6 +25,7 @@ mod xattr;
 
 use std::path::Path;
 
+use crate::sql::CachedStatements;
 use aspen_proto::fs::{Attr, Caller, DirEntry, StatFs, Timestamp};
 pub use aspen_proto::mds::{HandleId, NsOp, NsReply, SessionId};
 use aspen_proto::{Errno, InodeId};
@@ -105,6 +106,7 @@ impl Namespace {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(store::SCHEMA)?;
+        conn.set_prepared_statement_cache_capacity(crate::sql::STATEMENT_CACHE_CAPACITY);
         Ok(Namespace { conn })
     }
 
@@ -240,14 +242,15 @@ pub(crate) fn apply_within(
     op: &NsOp,
     ctx: &OpContext,
 ) -> Result<Result<NsReply, Errno>, StoreError> {
-    conn.execute_batch("SAVEPOINT ns_op")?;
+    conn.execute_cached("SAVEPOINT ns_op", [])?;
     match split(dispatch(conn, op, ctx)) {
         Ok(Ok(reply)) => {
-            conn.execute_batch("RELEASE ns_op")?;
+            conn.execute_cached("RELEASE ns_op", [])?;
             Ok(Ok(reply))
         }
         outcome => {
-            conn.execute_batch("ROLLBACK TO ns_op; RELEASE ns_op")?;
+            conn.execute_cached("ROLLBACK TO ns_op", [])?;
+            conn.execute_cached("RELEASE ns_op", [])?;
             outcome
         }
     }

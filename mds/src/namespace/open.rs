@@ -7,6 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::store::{self, NEXT_HANDLE};
 use super::{HandleId, NsReply, OpContext, OpResult, SessionId, create, perm};
+use crate::sql::CachedStatements;
 
 /// The access an open asks for.
 fn access_mask(flags: u32) -> u32 {
@@ -52,7 +53,7 @@ fn register(conn: &Connection, ctx: &OpContext, mut attr: Attr, flags: u32) -> O
         store::save(conn, &attr)?;
     }
     let handle = HandleId(store::next_counter(conn, NEXT_HANDLE)?);
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO handles (handle, session, ino, flags) VALUES (?1, ?2, ?3, ?4)",
         params![
             handle.0 as i64,
@@ -103,7 +104,7 @@ pub(super) fn create(
 /// Drops a handle; the session that opened it must release it.
 pub(super) fn release(conn: &Connection, ctx: &OpContext, handle: HandleId) -> OpResult<()> {
     let row: Option<(i64, i64)> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT session, ino FROM handles WHERE handle = ?1",
             [handle.0 as i64],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -113,7 +114,7 @@ pub(super) fn release(conn: &Connection, ctx: &OpContext, handle: HandleId) -> O
     if session as u64 != ctx.session.0 {
         return Err(Errno::EBADF.into());
     }
-    conn.execute("DELETE FROM handles WHERE handle = ?1", [handle.0 as i64])?;
+    conn.execute_cached("DELETE FROM handles WHERE handle = ?1", [handle.0 as i64])?;
     forget_if_stray(conn, InodeId(ino as u64))
 }
 
@@ -123,7 +124,7 @@ pub(super) fn end_session(conn: &Connection, session: SessionId) -> OpResult<()>
     let inodes: Vec<i64> = statement
         .query_map([session.0 as i64], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    conn.execute("DELETE FROM handles WHERE session = ?1", [session.0 as i64])?;
+    conn.execute_cached("DELETE FROM handles WHERE session = ?1", [session.0 as i64])?;
     for ino in inodes {
         forget_if_stray(conn, InodeId(ino as u64))?;
     }

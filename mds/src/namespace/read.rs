@@ -8,6 +8,7 @@ use rusqlite::Connection;
 
 use super::store;
 use super::{OpResult, perm};
+use crate::sql::CachedStatements;
 
 /// The most entries one readdir returns.
 pub const MAX_READDIR_ENTRIES: usize = 1024;
@@ -96,7 +97,7 @@ pub(super) fn access(conn: &Connection, ino: InodeId, mask: u32, caller: &Caller
 
 /// Inode counts; space figures come from the cluster map (0 until OSDs report).
 pub(super) fn statfs(conn: &Connection) -> OpResult<StatFs> {
-    let files: i64 = conn.query_row("SELECT COUNT(*) FROM inodes", [], |r| r.get(0))?;
+    let files: i64 = conn.query_row_cached("SELECT COUNT(*) FROM inodes", [], |r| r.get(0))?;
     Ok(StatFs {
         block_size: 4096,
         files: files as u64,

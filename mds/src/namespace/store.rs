@@ -7,6 +7,7 @@ use aspen_proto::{Errno, FileLayout, InodeId};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::OpResult;
+use crate::sql::CachedStatements;
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -129,7 +130,7 @@ fn attr_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Attr, Strin
 pub(crate) fn load(conn: &Connection, ino: InodeId) -> OpResult<Attr> {
     let sql = format!("SELECT {ATTR_COLUMNS} FROM inodes WHERE ino = ?1");
     let row = conn
-        .query_row(&sql, [ino.0 as i64], attr_from_row)
+        .query_row_cached(&sql, [ino.0 as i64], attr_from_row)
         .optional()?;
     match row {
         None => Err(Errno::ENOENT.into()),
@@ -140,7 +141,7 @@ pub(crate) fn load(conn: &Connection, ino: InodeId) -> OpResult<Attr> {
 
 /// Inserts a new inode; `parent` is set for directories.
 pub(crate) fn insert(conn: &Connection, attr: &Attr, parent: Option<InodeId>) -> OpResult<()> {
-    conn.execute(
+    conn.execute_cached(
         &format!("INSERT INTO inodes ({ATTR_COLUMNS}, parent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
         params![
             attr.ino.0 as i64, kind_code(attr.kind), attr.perm, attr.nlink, attr.uid, attr.gid,
@@ -154,7 +155,7 @@ pub(crate) fn insert(conn: &Connection, attr: &Attr, parent: Option<InodeId>) ->
 
 /// Writes back every attribute of an existing inode.
 pub(crate) fn save(conn: &Connection, attr: &Attr) -> OpResult<()> {
-    conn.execute(
+    conn.execute_cached(
         "UPDATE inodes SET perm = ?2, nlink = ?3, uid = ?4, gid = ?5, size = ?6, \
          atime_sec = ?7, atime_nsec = ?8, mtime_sec = ?9, mtime_nsec = ?10, \
          ctime_sec = ?11, ctime_nsec = ?12, high_water = MAX(high_water, ?6) WHERE ino = ?1",
@@ -179,10 +180,10 @@ pub(crate) fn save(conn: &Connection, attr: &Attr) -> OpResult<()> {
 /// Takes the next value of a `meta` counter.
 pub(crate) fn next_counter(conn: &Connection, key: &str) -> OpResult<u64> {
     let value: i64 = conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .query_row_cached("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()?
         .unwrap_or(1);
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
         params![key, value + 1],
     )?;
@@ -191,7 +192,7 @@ pub(crate) fn next_counter(conn: &Connection, key: &str) -> OpResult<u64> {
 
 /// Sets a `meta` counter's next value.
 pub(crate) fn set_counter(conn: &Connection, key: &str, value: u64) -> OpResult<()> {
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
         params![key, value as i64],
     )?;
@@ -201,7 +202,7 @@ pub(crate) fn set_counter(conn: &Connection, key: &str, value: u64) -> OpResult<
 /// The inode a name in `dir` points to.
 pub(crate) fn lookup(conn: &Connection, dir: InodeId, name: &[u8]) -> OpResult<Option<InodeId>> {
     let ino: Option<i64> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT ino FROM dentries WHERE parent = ?1 AND name = ?2",
             params![dir.0 as i64, name],
             |r| r.get(0),
@@ -217,12 +218,12 @@ pub(crate) fn add_entry(
     name: &[u8],
     ino: InodeId,
 ) -> OpResult<()> {
-    let offset: i64 = conn.query_row(
+    let offset: i64 = conn.query_row_cached(
         "UPDATE inodes SET next_offset = next_offset + 1 WHERE ino = ?1 RETURNING next_offset - 1",
         [dir.0 as i64],
         |r| r.get(0),
     )?;
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO dentries (parent, name, ino, offset) VALUES (?1, ?2, ?3, ?4)",
         params![dir.0 as i64, name, ino.0 as i64, offset],
     )?;
@@ -230,7 +231,7 @@ pub(crate) fn add_entry(
 }
 
 pub(crate) fn remove_entry(conn: &Connection, dir: InodeId, name: &[u8]) -> OpResult<()> {
-    conn.execute(
+    conn.execute_cached(
         "DELETE FROM dentries WHERE parent = ?1 AND name = ?2",
         params![dir.0 as i64, name],
     )?;
@@ -244,7 +245,7 @@ pub(crate) fn repoint_entry(
     name: &[u8],
     ino: InodeId,
 ) -> OpResult<()> {
-    conn.execute(
+    conn.execute_cached(
         "UPDATE dentries SET ino = ?3 WHERE parent = ?1 AND name = ?2",
         params![dir.0 as i64, name, ino.0 as i64],
     )?;
@@ -253,7 +254,7 @@ pub(crate) fn repoint_entry(
 
 pub(crate) fn is_empty_dir(conn: &Connection, dir: InodeId) -> OpResult<bool> {
     let any: Option<i64> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT 1 FROM dentries WHERE parent = ?1 LIMIT 1",
             [dir.0 as i64],
             |r| r.get(0),
@@ -264,7 +265,7 @@ pub(crate) fn is_empty_dir(conn: &Connection, dir: InodeId) -> OpResult<bool> {
 
 /// The parent of a directory.
 pub(crate) fn dir_parent(conn: &Connection, dir: InodeId) -> OpResult<InodeId> {
-    let parent: Option<i64> = conn.query_row(
+    let parent: Option<i64> = conn.query_row_cached(
         "SELECT parent FROM inodes WHERE ino = ?1",
         [dir.0 as i64],
         |r| r.get(0),
@@ -275,7 +276,7 @@ pub(crate) fn dir_parent(conn: &Connection, dir: InodeId) -> OpResult<InodeId> {
 }
 
 pub(crate) fn set_dir_parent(conn: &Connection, dir: InodeId, parent: InodeId) -> OpResult<()> {
-    conn.execute(
+    conn.execute_cached(
         "UPDATE inodes SET parent = ?2 WHERE ino = ?1",
         params![dir.0 as i64, parent.0 as i64],
     )?;
@@ -304,7 +305,7 @@ pub(crate) fn entries_after(
 
 pub(crate) fn symlink_target(conn: &Connection, ino: InodeId) -> OpResult<Vec<u8>> {
     let target: Option<Vec<u8>> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT target FROM symlinks WHERE ino = ?1",
             [ino.0 as i64],
             |r| r.get(0),
@@ -314,7 +315,7 @@ pub(crate) fn symlink_target(conn: &Connection, ino: InodeId) -> OpResult<Vec<u8
 }
 
 pub(crate) fn set_symlink_target(conn: &Connection, ino: InodeId, target: &[u8]) -> OpResult<()> {
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO symlinks (ino, target) VALUES (?1, ?2)",
         params![ino.0 as i64, target],
     )?;
@@ -322,7 +323,7 @@ pub(crate) fn set_symlink_target(conn: &Connection, ino: InodeId, target: &[u8])
 }
 
 pub(crate) fn open_handles(conn: &Connection, ino: InodeId) -> OpResult<u64> {
-    let count: i64 = conn.query_row(
+    let count: i64 = conn.query_row_cached(
         "SELECT COUNT(*) FROM handles WHERE ino = ?1",
         [ino.0 as i64],
         |r| r.get(0),
@@ -332,19 +333,19 @@ pub(crate) fn open_handles(conn: &Connection, ino: InodeId) -> OpResult<u64> {
 
 /// Queues the removal of file data at or beyond `keep_size`.
 pub(crate) fn queue_purge(conn: &Connection, attr: &Attr, keep_size: u64) -> OpResult<()> {
-    let high_water: i64 = conn.query_row(
+    let high_water: i64 = conn.query_row_cached(
         "SELECT high_water FROM inodes WHERE ino = ?1",
         [attr.ino.0 as i64],
         |r| r.get(0),
     )?;
     let old_size = (high_water as u64).max(attr.size);
     if old_size > keep_size {
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO purge_queue (ino, object_size, keep_size, old_size) VALUES (?1, ?2, ?3, ?4)",
             params![attr.ino.0 as i64, attr.layout.object_size() as i64, keep_size as i64, old_size as i64],
         )?;
     }
-    conn.execute(
+    conn.execute_cached(
         "UPDATE inodes SET high_water = ?2 WHERE ino = ?1",
         params![attr.ino.0 as i64, keep_size as i64],
     )?;
@@ -358,7 +359,7 @@ pub(crate) fn release_if_unlinked(conn: &Connection, attr: &Attr) -> OpResult<()
         return Ok(());
     }
     if open_handles(conn, attr.ino)? > 0 {
-        conn.execute(
+        conn.execute_cached(
             "INSERT OR IGNORE INTO strays (ino) VALUES (?1)",
             [attr.ino.0 as i64],
         )?;
@@ -368,9 +369,9 @@ pub(crate) fn release_if_unlinked(conn: &Connection, attr: &Attr) -> OpResult<()
         queue_purge(conn, attr, 0)?;
     }
     let ino = attr.ino.0 as i64;
-    conn.execute("DELETE FROM strays WHERE ino = ?1", [ino])?;
-    conn.execute("DELETE FROM xattrs WHERE ino = ?1", [ino])?;
-    conn.execute("DELETE FROM symlinks WHERE ino = ?1", [ino])?;
-    conn.execute("DELETE FROM inodes WHERE ino = ?1", [ino])?;
+    conn.execute_cached("DELETE FROM strays WHERE ino = ?1", [ino])?;
+    conn.execute_cached("DELETE FROM xattrs WHERE ino = ?1", [ino])?;
+    conn.execute_cached("DELETE FROM symlinks WHERE ino = ?1", [ino])?;
+    conn.execute_cached("DELETE FROM inodes WHERE ino = ?1", [ino])?;
     Ok(())
 }

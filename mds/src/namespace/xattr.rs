@@ -14,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::store;
 use super::{OpContext, OpResult, perm};
+use crate::sql::CachedStatements;
 
 /// The most bytes of names and values one inode may hold.
 pub const MAX_XATTR_BYTES_PER_INODE: usize = 1 << 20;
@@ -68,7 +69,7 @@ fn check(attr: &Attr, caller: &Caller, namespace: Namespace, write: bool) -> OpR
 
 fn stored(conn: &Connection, ino: InodeId, name: &[u8]) -> OpResult<Option<Vec<u8>>> {
     Ok(conn
-        .query_row(
+        .query_row_cached(
             "SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2",
             params![ino.0 as i64, name],
             |r| r.get(0),
@@ -77,7 +78,7 @@ fn stored(conn: &Connection, ino: InodeId, name: &[u8]) -> OpResult<Option<Vec<u
 }
 
 fn bytes_used(conn: &Connection, ino: InodeId) -> OpResult<usize> {
-    let used: i64 = conn.query_row(
+    let used: i64 = conn.query_row_cached(
         "SELECT COALESCE(SUM(LENGTH(name) + LENGTH(value)), 0) FROM xattrs WHERE ino = ?1",
         [ino.0 as i64],
         |r| r.get(0),
@@ -113,7 +114,7 @@ pub(super) fn set(
     if bytes_used(conn, ino)? - freed + name.len() + value.len() > MAX_XATTR_BYTES_PER_INODE {
         return Err(Errno::ENOSPC.into());
     }
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3) \
          ON CONFLICT (ino, name) DO UPDATE SET value = ?3",
         params![ino.0 as i64, name, value],
@@ -131,7 +132,7 @@ pub(super) fn remove(
     let namespace = namespace_of(name)?;
     let mut attr = store::load(conn, ino)?;
     check(&attr, &ctx.caller, namespace, true)?;
-    let removed = conn.execute(
+    let removed = conn.execute_cached(
         "DELETE FROM xattrs WHERE ino = ?1 AND name = ?2",
         params![ino.0 as i64, name],
     )?;

@@ -1,10 +1,22 @@
-//! The Raft log in SQLite: entries, the vote and the
-//! purge point. An append is acknowledged only after its transaction is
-//! durable (`synchronous = FULL`).
+//! The Raft log in SQLite: entries, the vote and the purge point.
+//!
+//! Appends are group-committed. An append commits its transaction without
+//! waiting for the disk (`synchronous = OFF`), so the entries are readable
+//! at once and Raft can go on, and hands its completion callback to the
+//! flusher thread. The flusher fsyncs the write-ahead log once for every
+//! append queued meanwhile, and only then reports them durable. The vote,
+//! truncation and purge are synced before they return.
+//!
+//! Because SQLite does not sync at `synchronous = OFF`, checkpoints are ours
+//! too: automatic checkpoints are off, and the flusher checkpoints under the
+//! connection lock and fsyncs the database file before any later write can
+//! restart (overwrite) the write-ahead log.
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -12,6 +24,7 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, S
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Entry, LogId, StorageError, TypeConfig, Vote, decode, encode};
+use crate::sql::CachedStatements;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
@@ -20,10 +33,33 @@ CREATE TABLE IF NOT EXISTS log_meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 const VOTE: &str = "vote";
 const LAST_PURGED: &str = "last_purged";
 
-/// The log store. Clones share one database connection.
+/// Log entries appended between two checkpoints of the write-ahead log.
+const CHECKPOINT_EVERY_ENTRIES: usize = 4096;
+
+/// The log store. Clones share one database connection and one flusher.
 #[derive(Clone)]
 pub struct LogStore {
     conn: Arc<Mutex<Connection>>,
+    files: Arc<DurableFiles>,
+    flusher: Sender<PendingFlush>,
+}
+
+/// The files whose sync makes a commit durable.
+struct DurableFiles {
+    wal: File,
+    database: File,
+}
+
+impl DurableFiles {
+    fn sync_wal(&self) -> std::io::Result<()> {
+        self.wal.sync_data()
+    }
+}
+
+/// An append waiting for the write-ahead log to reach the disk.
+struct PendingFlush {
+    entries: usize,
+    callback: LogFlushed<TypeConfig>,
 }
 
 fn io_error(
@@ -44,26 +80,48 @@ fn write_error(error: impl std::error::Error + 'static) -> StorageError {
 
 impl LogStore {
     pub fn open(path: &Path) -> Result<LogStore, rusqlite::Error> {
-        LogStore::with_connection(Connection::open(path)?)
-    }
-
-    pub fn open_in_memory() -> Result<LogStore, rusqlite::Error> {
-        LogStore::with_connection(Connection::open_in_memory()?)
-    }
-
-    fn with_connection(conn: Connection) -> Result<LogStore, rusqlite::Error> {
+        let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "synchronous", "OFF")?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.execute_batch(SCHEMA)?;
+        conn.set_prepared_statement_cache_capacity(crate::sql::STATEMENT_CACHE_CAPACITY);
+        let open_error = |e: std::io::Error| {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some(e.to_string()),
+            )
+        };
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push("-wal");
+        let files = Arc::new(DurableFiles {
+            wal: File::open(&wal_path).map_err(open_error)?,
+            database: File::open(path).map_err(open_error)?,
+        });
+        // Whatever an earlier run left unsynced is synced before it counts.
+        files.sync_wal().map_err(open_error)?;
+        let conn = Arc::new(Mutex::new(conn));
+        let (flusher, pending) = channel();
+        let (thread_conn, thread_files) = (conn.clone(), files.clone());
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || run_flusher(&thread_conn, &thread_files, &pending))
+            .map_err(open_error)?;
         Ok(LogStore {
-            conn: Arc::new(Mutex::new(conn)),
+            conn,
+            files,
+            flusher,
         })
     }
 
+    /// Makes every committed write durable, for operations that must be
+    /// durable when they return.
+    fn sync_now(&self) -> Result<(), StorageError> {
+        self.files.sync_wal().map_err(write_error)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.conn)
     }
 
     fn meta<T: for<'de> serde::Deserialize<'de>>(
@@ -71,7 +129,7 @@ impl LogStore {
         key: &str,
     ) -> Result<Option<T>, StorageError> {
         let bytes: Option<Vec<u8>> = conn
-            .query_row("SELECT value FROM log_meta WHERE key = ?1", [key], |r| {
+            .query_row_cached("SELECT value FROM log_meta WHERE key = ?1", [key], |r| {
                 r.get(0)
             })
             .optional()
@@ -85,7 +143,7 @@ impl LogStore {
         value: &T,
     ) -> Result<(), StorageError> {
         let bytes = encode(value).map_err(write_error)?;
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO log_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
             params![key, bytes],
         )
@@ -95,7 +153,7 @@ impl LogStore {
 
     fn last_entry_id(conn: &Connection) -> Result<Option<LogId>, StorageError> {
         let bytes: Option<Vec<u8>> = conn
-            .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| {
+            .query_row_cached("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| {
                 r.get(0)
             })
             .optional()
@@ -103,6 +161,49 @@ impl LogStore {
         let entry: Option<Entry> = bytes.map(|b| decode(&b).map_err(read_error)).transpose()?;
         Ok(entry.map(|e| e.log_id))
     }
+}
+
+fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The flusher thread: one fsync for every append queued meanwhile, then a
+/// checkpoint when enough entries went by. Ends when every store is dropped,
+/// after a last checkpoint.
+fn run_flusher(conn: &Mutex<Connection>, files: &DurableFiles, pending: &Receiver<PendingFlush>) {
+    let mut since_checkpoint = 0;
+    while let Ok(first) = pending.recv() {
+        let batch: Vec<PendingFlush> = std::iter::once(first).chain(pending.try_iter()).collect();
+        let synced = files.sync_wal();
+        since_checkpoint += batch.iter().map(|p| p.entries).sum::<usize>();
+        for flush in batch {
+            let result = match &synced {
+                Ok(()) => Ok(()),
+                Err(error) => Err(std::io::Error::new(error.kind(), error.to_string())),
+            };
+            flush.callback.log_io_completed(result);
+        }
+        if synced.is_ok() && since_checkpoint >= CHECKPOINT_EVERY_ENTRIES {
+            match checkpoint(conn, files) {
+                Ok(()) => since_checkpoint = 0,
+                Err(error) => tracing::warn!(%error, "raft log checkpoint failed"),
+            }
+        }
+    }
+    // SQLite checkpoints on close without syncing at `synchronous = OFF`:
+    // leave nothing for it to copy.
+    if let Err(error) = checkpoint(conn, files) {
+        tracing::warn!(%error, "raft log final checkpoint failed");
+    }
+}
+
+/// Copies the write-ahead log into the database and syncs it, holding the
+/// connection so no write restarts the log before the copy is durable.
+fn checkpoint(conn: &Mutex<Connection>, files: &DurableFiles) -> Result<(), String> {
+    let conn = lock(conn);
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        .map_err(|e| e.to_string())?;
+    files.database.sync_data().map_err(|e| e.to_string())
 }
 
 /// The inclusive index range a `RangeBounds` names (`None` when empty).
@@ -162,9 +263,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let conn = self.lock();
-        LogStore::set_meta(&conn, VOTE, vote)
-            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, AnyError::new(&e)))
+        {
+            let conn = self.lock();
+            LogStore::set_meta(&conn, VOTE, vote)
+                .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, AnyError::new(&e)))?;
+        }
+        self.sync_now()
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -181,22 +285,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let mut count = 0;
         let result = {
             let mut conn = self.lock();
             let tx = conn.transaction().map_err(write_error)?;
             for entry in entries {
                 let bytes = encode(&entry).map_err(write_error)?;
-                tx.execute(
+                tx.execute_cached(
                     "INSERT OR REPLACE INTO log (idx, entry) VALUES (?1, ?2)",
                     params![entry.log_id.index as i64, bytes],
                 )
                 .map_err(write_error)?;
+                count += 1;
             }
             tx.commit()
         };
         match result {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                let flush = PendingFlush {
+                    entries: count,
+                    callback,
+                };
+                if let Err(unsent) = self.flusher.send(flush) {
+                    // The flusher is gone only if it panicked: sync here.
+                    let synced = self.files.sync_wal();
+                    unsent.0.callback.log_io_completed(synced);
+                }
                 Ok(())
             }
             Err(error) => {
@@ -208,17 +322,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let conn = self.lock();
-        conn.execute("DELETE FROM log WHERE idx >= ?1", [log_id.index as i64])
+        conn.execute_cached("DELETE FROM log WHERE idx >= ?1", [log_id.index as i64])
             .map_err(write_error)?;
-        Ok(())
+        drop(conn);
+        self.sync_now()
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(write_error)?;
         LogStore::set_meta(&tx, LAST_PURGED, &log_id)?;
-        tx.execute("DELETE FROM log WHERE idx <= ?1", [log_id.index as i64])
+        tx.execute_cached("DELETE FROM log WHERE idx <= ?1", [log_id.index as i64])
             .map_err(write_error)?;
-        tx.commit().map_err(write_error)
+        tx.commit().map_err(write_error)?;
+        drop(conn);
+        self.sync_now()
     }
 }

@@ -49,6 +49,20 @@ pub enum Command {
         host: String,
         weight: Weight,
     },
+    /// Commands of concurrent clients, applied in order in one log entry;
+    /// each succeeds or fails on its own.
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// Whether applying this changes who may connect.
+    pub(crate) fn changes_access(&self) -> bool {
+        match self {
+            Command::AddKey(_) | Command::RemoveKey(_) => true,
+            Command::Batch(commands) => commands.iter().any(Command::changes_access),
+            _ => false,
+        }
+    }
 }
 
 /// The state machine's answer to a [`Command`].
@@ -61,6 +75,8 @@ pub enum Response {
     Session(SessionId),
     /// The OSD map's new epoch, or why the change was refused.
     Epoch(Result<u64, String>),
+    /// The answers to a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
 }
 
 openraft::declare_raft_types!(

@@ -27,6 +27,7 @@ use aspen_proto::mds::{ClusterMap, KeyEntry, NsOp, OsdAddress, SessionId};
 use aspen_proto::transport::{AuthorizedKeys, EndpointId};
 
 use crate::namespace::{self, Namespace, OpContext, StoreError};
+use crate::sql::CachedStatements;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sm_meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -143,7 +144,7 @@ impl StateMachineStore {
         Ok(inner
             .namespace
             .connection()
-            .query_row(
+            .query_row_cached(
                 "SELECT client FROM sessions WHERE id = ?1",
                 [session.0 as i64],
                 |r| r.get(0),
@@ -177,7 +178,7 @@ impl StateMachineStore {
         let conn = &self.lock().namespace;
         let bytes: Option<Vec<u8>> = conn
             .connection()
-            .query_row("SELECT value FROM sm_meta WHERE key = ?1", [FSID], |r| {
+            .query_row_cached("SELECT value FROM sm_meta WHERE key = ?1", [FSID], |r| {
                 r.get(0)
             })
             .optional()?;
@@ -278,7 +279,7 @@ fn read_meta<T: for<'de> serde::Deserialize<'de>>(
     key: &str,
 ) -> Result<Option<T>, StorageError> {
     let bytes: Option<Vec<u8>> = conn
-        .query_row("SELECT value FROM sm_meta WHERE key = ?1", [key], |r| {
+        .query_row_cached("SELECT value FROM sm_meta WHERE key = ?1", [key], |r| {
             r.get(0)
         })
         .optional()
@@ -294,7 +295,7 @@ fn write_meta<T: serde::Serialize>(
     value: &T,
 ) -> Result<(), StorageError> {
     let bytes = encode(value).map_err(|e| sm_error(ErrorVerb::Write, e))?;
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO sm_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
         params![key, bytes],
     )
@@ -314,8 +315,13 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
         Command::Namespace { op, ctx } => {
             Ok(Response::Namespace(namespace::apply_within(conn, op, ctx)?))
         }
+        Command::Batch(commands) => commands
+            .iter()
+            .map(|command| apply_command(conn, command))
+            .collect::<Result<_, _>>()
+            .map(Response::Batch),
         Command::SetFsid(fsid) => {
-            conn.execute(
+            conn.execute_cached(
                 "INSERT OR IGNORE INTO sm_meta (key, value) VALUES (?1, ?2)",
                 params![FSID, fsid.as_bytes()],
             )?;
@@ -323,7 +329,7 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
         }
         Command::AddKey(entry) => {
             let role = encode(&entry.role).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let added = conn.execute(
+            let added = conn.execute_cached(
                 "INSERT OR IGNORE INTO keys (name, node_id, role) VALUES (?1, ?2, ?3)",
                 params![entry.name, entry.node_id, role],
             )?;
@@ -334,7 +340,7 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
             }))
         }
         Command::RemoveKey(name) => {
-            let removed = conn.execute("DELETE FROM keys WHERE name = ?1", [name])?;
+            let removed = conn.execute_cached("DELETE FROM keys WHERE name = ?1", [name])?;
             Ok(Response::Done(if removed == 1 {
                 Ok(())
             } else {
@@ -343,14 +349,15 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
         }
         Command::OpenSession { client } => {
             let id = next_session(conn)?;
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO sessions (id, client) VALUES (?1, ?2)",
                 params![id.0 as i64, client],
             )?;
             Ok(Response::Session(id))
         }
         Command::CloseSession(session) => {
-            let removed = conn.execute("DELETE FROM sessions WHERE id = ?1", [session.0 as i64])?;
+            let removed =
+                conn.execute_cached("DELETE FROM sessions WHERE id = ?1", [session.0 as i64])?;
             if removed == 0 {
                 return Ok(Response::Done(Err(Errno::ENOENT)));
             }
@@ -397,7 +404,7 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
             let bytes = encode(&address).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let response = change_map(conn, changes)?;
             if matches!(response, Response::Epoch(Ok(_))) {
-                conn.execute(
+                conn.execute_cached(
                     "INSERT INTO osd_addresses (osd, address) VALUES (?1, ?2) ON CONFLICT (osd) DO UPDATE SET address = ?2",
                     params![osd.0, bytes],
                 )?;
@@ -410,7 +417,7 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
 /// The OSD map (an empty one with the default CRUSH map before the first change).
 fn load_osdmap(conn: &Connection) -> Result<OsdMap, StoreError> {
     let bytes: Option<Vec<u8>> = conn
-        .query_row("SELECT value FROM sm_meta WHERE key = ?1", [OSDMAP], |r| {
+        .query_row_cached("SELECT value FROM sm_meta WHERE key = ?1", [OSDMAP], |r| {
             r.get(0)
         })
         .optional()?;
@@ -427,7 +434,7 @@ fn change_map(conn: &Connection, changes: Vec<Change>) -> Result<Response, Store
         Err(error) => return Ok(Response::Epoch(Err(error.to_string()))),
     };
     let bytes = encode(&next).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO sm_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
         params![OSDMAP, bytes],
     )?;
@@ -437,7 +444,7 @@ fn change_map(conn: &Connection, changes: Vec<Change>) -> Result<Response, Store
 /// Takes the next session id (ids are never reused).
 fn next_session(conn: &Connection) -> Result<SessionId, StoreError> {
     let current: Option<Vec<u8>> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT value FROM sm_meta WHERE key = ?1",
             [NEXT_SESSION],
             |r| r.get(0),
@@ -447,7 +454,7 @@ fn next_session(conn: &Connection) -> Result<SessionId, StoreError> {
         .and_then(|b| b.try_into().ok())
         .map(u64::from_le_bytes)
         .unwrap_or(1);
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO sm_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
         params![NEXT_SESSION, (id + 1).to_le_bytes().to_vec()],
     )?;
@@ -456,11 +463,11 @@ fn next_session(conn: &Connection) -> Result<SessionId, StoreError> {
 
 /// Whether applying `entry` can change who may connect.
 fn changes_access(entry: &Entry) -> bool {
-    matches!(
-        &entry.payload,
-        EntryPayload::Membership(_)
-            | EntryPayload::Normal(Command::AddKey(_) | Command::RemoveKey(_))
-    )
+    match &entry.payload {
+        EntryPayload::Membership(_) => true,
+        EntryPayload::Normal(command) => command.changes_access(),
+        EntryPayload::Blank => false,
+    }
 }
 
 /// The registered keys.

@@ -8,6 +8,7 @@ pub mod raft_net;
 pub mod reads;
 pub mod service;
 pub mod sessions;
+pub mod writes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use raft_net::{Network, Raft, RaftService};
 use reads::ReadBarrier;
 use service::MdsService;
 use sessions::SessionClock;
+use writes::WriteBatcher;
 
 use crate::namespace::StoreError;
 use crate::raft::log_store::LogStore;
@@ -119,9 +121,7 @@ impl MdsServer {
         let transport = Transport::bind(secret, config.listen, alpns, authorized).await?;
         let log = LogStore::open(&config.data_dir.join(LOG_FILE))?;
         let state = StateMachineStore::open(&config.data_dir)?;
-        let network = Network {
-            transport: transport.clone(),
-        };
+        let network = Network::new(transport.clone());
         let raft = Raft::new(
             config.raft_id,
             raft_config(config.snapshots)?,
@@ -149,6 +149,7 @@ impl MdsServer {
             sessions: clock,
             monitor,
             reads: ReadBarrier::new(raft.clone(), service::refusal),
+            writes: WriteBatcher::new(raft.clone()),
         };
         let router = Router::builder(transport.endpoint.clone())
             .accept(ALPN_MDS, RpcProtocol(Arc::new(service)))

@@ -6,7 +6,8 @@
 // openraft's network trait fixes the (large) error type.
 #![allow(clippy::result_large_err)]
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use aspen_proto::transport::frame::FrameError;
 use aspen_proto::transport::{
@@ -31,11 +32,31 @@ pub const RAFT_RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// How long one snapshot chunk may take.
 pub const SNAPSHOT_RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// A Raft message. It travels in the frame's body, not its header: log
+/// entries and snapshot chunks are larger than a header may be.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RaftRequest {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<u64>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// The frame header of a Raft message: which kind the body holds.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftCall {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RaftRequest {
+    fn call(&self) -> RaftCall {
+        match self {
+            RaftRequest::Append(_) => RaftCall::Append,
+            RaftRequest::Vote(_) => RaftCall::Vote,
+            RaftRequest::Snapshot(_) => RaftCall::Snapshot,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,14 +92,14 @@ impl RaftService {
 }
 
 impl Service for RaftService {
-    type Request = RaftRequest;
+    type Request = RaftCall;
     type Response = RaftResponse;
 
     async fn call(
         &self,
         peer: EndpointId,
-        request: RaftRequest,
-        _body: Vec<u8>,
+        _call: RaftCall,
+        body: Vec<u8>,
     ) -> (RaftResponse, Vec<u8>) {
         if !self.is_member(&peer) {
             return (
@@ -86,6 +107,10 @@ impl Service for RaftService {
                 Vec::new(),
             );
         }
+        let request = match postcard::from_bytes::<RaftRequest>(&body) {
+            Ok(request) => request,
+            Err(error) => return (RaftResponse::Refused(error.to_string()), Vec::new()),
+        };
         let response = match request {
             RaftRequest::Append(rpc) => RaftResponse::Append(self.raft.append_entries(rpc).await),
             RaftRequest::Vote(rpc) => RaftResponse::Vote(self.raft.vote(rpc).await),
@@ -101,10 +126,41 @@ impl Service for RaftService {
     }
 }
 
-/// Creates a connection to each member openraft talks to.
+/// Hands openraft a link to each member. Links are cached per member:
+/// openraft asks for a fresh one for every leadership check of a read, and
+/// a new QUIC connection per read would cost a handshake each time.
 #[derive(Clone)]
 pub struct Network {
-    pub transport: Transport,
+    transport: Transport,
+    links: Arc<Mutex<Links>>,
+}
+
+/// Each member's address as last seen, and the client dialling it.
+type Links = HashMap<u64, (MdsNode, Arc<RpcClient>)>;
+
+impl Network {
+    pub fn new(transport: Transport) -> Network {
+        Network {
+            transport,
+            links: Arc::default(),
+        }
+    }
+
+    fn link(&self, target: u64, node: &MdsNode, id: EndpointId) -> Arc<RpcClient> {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, client)) = links.get(&target)
+            && known == node
+        {
+            return client.clone();
+        }
+        let client = Arc::new(RpcClient::new(
+            self.transport.clone(),
+            peer_addr(id, &node.addrs),
+            ALPN_RAFT,
+        ));
+        links.insert(target, (node.clone(), client.clone()));
+        client
+    }
 }
 
 /// The link to one member.
@@ -121,11 +177,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         match node.node_id.parse::<EndpointId>() {
             Ok(id) => Peer {
                 target,
-                client: Some(Arc::new(RpcClient::new(
-                    self.transport.clone(),
-                    peer_addr(id, &node.addrs),
-                    ALPN_RAFT,
-                ))),
+                client: Some(self.link(target, node, id)),
                 problem: String::new(),
             },
             Err(error) => Peer {
@@ -150,8 +202,10 @@ impl Peer {
             RaftRequest::Snapshot(_) => SNAPSHOT_RPC_TIMEOUT,
             _ => RAFT_RPC_TIMEOUT,
         };
+        let body =
+            postcard::to_stdvec(&request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let (response, _): (RaftResponse, Vec<u8>) = client
-            .call_within(timeout, &request, &[])
+            .call_within(timeout, &request.call(), &body)
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         match response {

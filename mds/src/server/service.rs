@@ -16,6 +16,7 @@ use super::monitor::OsdMonitor;
 use super::raft_net::Raft;
 use super::reads::ReadBarrier;
 use super::sessions::SessionClock;
+use super::writes::WriteBatcher;
 use crate::namespace::{Namespace, OpContext, StoreError};
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{Command, MdsNode, Response};
@@ -31,6 +32,7 @@ pub struct MdsService {
     pub sessions: Arc<SessionClock>,
     pub monitor: Arc<OsdMonitor>,
     pub reads: Arc<ReadBarrier>,
+    pub writes: Arc<WriteBatcher>,
 }
 
 /// How long a map request waits for a newer epoch.
@@ -275,7 +277,7 @@ impl MdsService {
             now: Timestamp::now(),
             session,
         };
-        match self.write(Command::Namespace { op, ctx }).await {
+        match self.writes.write(Command::Namespace { op, ctx }).await {
             Ok(Response::Namespace(result)) => MdsResponse::Reply(result),
             Ok(other) => MdsResponse::Failed(format!("unexpected reply {other:?}")),
             Err(response) => response,
