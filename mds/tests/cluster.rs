@@ -484,6 +484,7 @@ async fn the_monitor_tracks_osds_pools_and_pushes_maps() {
         addrs: vec![free_port()],
         host: "hostA".into(),
         weight: Weight::ONE,
+        capacity: 1 << 30,
     };
     assert_eq!(
         call(&impostor, &me, &boot).await,
@@ -553,10 +554,33 @@ async fn the_monitor_tracks_osds_pools_and_pushes_maps() {
     // Heartbeats keep it up; silence marks it down, then out.
     for _ in 0..6 {
         assert_eq!(
-            call(&osd, &me, &MdsRequest::OsdHeartbeat { osd: OsdId(0) }).await,
+            call(
+                &osd,
+                &me,
+                &MdsRequest::OsdHeartbeat {
+                    osd: OsdId(0),
+                    used: 256 << 20
+                }
+            )
+            .await,
             MdsResponse::Unit(Ok(()))
         );
         tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // Space: the capacity it registered, the usage it reports, divided by
+    // the pool's replica count (1 here), in 4 KiB blocks.
+    match call(&admin, &me, &MdsRequest::StatFs).await {
+        MdsResponse::StatFs(statfs) => assert_eq!(
+            (statfs.blocks, statfs.blocks_free),
+            ((1 << 30) / 4096, (768 << 20) / 4096)
+        ),
+        other => panic!("{other:?}"),
+    }
+    match call(&admin, &me, &MdsRequest::Status).await {
+        MdsResponse::Status(status) => {
+            assert_eq!((status.capacity, status.used), (1 << 30, 256 << 20))
+        }
+        other => panic!("{other:?}"),
     }
     assert!(
         server
@@ -592,8 +616,15 @@ async fn the_monitor_tracks_osds_pools_and_pushes_maps() {
     );
     match call(&admin, &me, &MdsRequest::Status).await {
         MdsResponse::Status(status) => assert_eq!(
-            (status.osds, status.osds_up, status.osds_in, status.pools),
-            (1, 0, 0, 1)
+            (
+                status.osds,
+                status.osds_up,
+                status.osds_in,
+                status.pools,
+                status.capacity
+            ),
+            (1, 0, 0, 1, 0),
+            "an OSD that is out counts for no space"
         ),
         other => panic!("{other:?}"),
     }

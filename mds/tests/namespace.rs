@@ -3,7 +3,8 @@
 
 mod common;
 
-use aspen_mds::namespace::{Namespace, NsOp, SessionId};
+use aspen_mds::namespace::{Namespace, NsOp, NsReply, SessionId};
+use aspen_proto::acl::{self, AclEntry, PosixAcl, tag};
 use aspen_proto::fs::{
     Caller, FileType, SetAttr, TimeSet, Timestamp, mode, open_flags, rename_flags, xattr_flags,
 };
@@ -745,4 +746,273 @@ fn the_namespace_persists_across_reopen() {
         Err(Errno::EEXIST),
         "format happens once"
     );
+}
+
+fn acl_xattr(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let entries = entries
+        .iter()
+        .map(|&(tag, perm, id)| AclEntry { tag, perm, id })
+        .collect();
+    PosixAcl::new(entries).unwrap().to_xattr()
+}
+
+fn set_xattr(
+    fs: &mut Fs,
+    c: &Caller,
+    ino: InodeId,
+    name: &[u8],
+    value: Vec<u8>,
+) -> Result<(), Errno> {
+    fs.op(
+        c,
+        NsOp::SetXattr {
+            ino,
+            name: name.to_vec(),
+            value,
+            flags: 0,
+        },
+    )
+    .map(drop)
+}
+
+const NONE: u32 = u32::MAX;
+
+#[test]
+fn an_access_acl_grants_named_users_and_groups_and_tracks_the_mode() {
+    let mut fs = Fs::new();
+    let file = fs.mknod(&user(1000), ROOT, "f", 0o600).unwrap();
+    let acl = acl_xattr(&[
+        (tag::USER_OBJ, 6, NONE),
+        (tag::USER, 4, 2000),
+        (tag::GROUP_OBJ, 0, NONE),
+        (tag::GROUP, 6, 3000),
+        (tag::MASK, 6, NONE),
+        (tag::OTHER, 0, NONE),
+    ]);
+    assert_eq!(
+        set_xattr(
+            &mut fs,
+            &user(1001),
+            file.ino,
+            acl::XATTR_ACCESS,
+            acl.clone()
+        ),
+        Err(Errno::EPERM),
+        "only the owner sets an ACL"
+    );
+    set_xattr(
+        &mut fs,
+        &user(1000),
+        file.ino,
+        acl::XATTR_ACCESS,
+        acl.clone(),
+    )
+    .unwrap();
+    let after = fs.getattr(file.ino).unwrap();
+    assert_eq!(after.perm, 0o660, "the group bits are the mask");
+    assert!(after.ctime > file.ctime);
+    assert_eq!(
+        fs.ns
+            .getxattr(file.ino, acl::XATTR_ACCESS, &user(5))
+            .unwrap(),
+        Ok(acl)
+    );
+    assert_eq!(
+        fs.ns.listxattr(file.ino, &user(5)).unwrap(),
+        Ok(vec![acl::XATTR_ACCESS.to_vec()])
+    );
+    let read = aspen_proto::fs::access::R_OK;
+    let write = aspen_proto::fs::access::W_OK;
+    assert_eq!(fs.ns.access(file.ino, read, &user(2000)).unwrap(), Ok(()));
+    assert_eq!(
+        fs.ns.access(file.ino, write, &user(2000)).unwrap(),
+        Err(Errno::EACCES)
+    );
+    let in_group = Caller::new(4000, 4000, vec![3000]);
+    assert_eq!(
+        fs.ns.access(file.ino, read | write, &in_group).unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        fs.ns.access(file.ino, read, &user(4001)).unwrap(),
+        Err(Errno::EACCES)
+    );
+    // chmod g-w narrows the mask, and with it the named entries.
+    let chmod = SetAttr {
+        mode: Some(0o640),
+        ..SetAttr::default()
+    };
+    fs.setattr(&user(1000), file.ino, chmod).unwrap();
+    assert_eq!(
+        fs.ns.access(file.ino, write, &in_group).unwrap(),
+        Err(Errno::EACCES)
+    );
+    // chmod g-rwx: the ACL is not consulted at all.
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    fs.setattr(&user(1000), file.ino, chmod).unwrap();
+    assert_eq!(
+        fs.ns.access(file.ino, read, &user(2000)).unwrap(),
+        Err(Errno::EACCES)
+    );
+    // A minimal ACL is just a mode: it sets the bits and is not kept.
+    let minimal = acl_xattr(&[
+        (tag::USER_OBJ, 7, NONE),
+        (tag::GROUP_OBJ, 5, NONE),
+        (tag::OTHER, 4, NONE),
+    ]);
+    set_xattr(&mut fs, &user(1000), file.ino, acl::XATTR_ACCESS, minimal).unwrap();
+    let after = fs.getattr(file.ino).unwrap();
+    assert_eq!((after.perm, after.acl), (0o754, None));
+    assert_eq!(
+        fs.ns
+            .getxattr(file.ino, acl::XATTR_ACCESS, &user(5))
+            .unwrap(),
+        Err(Errno::ENODATA)
+    );
+}
+
+#[test]
+fn malformed_acls_and_misplaced_defaults_get_linux_errnos() {
+    let mut fs = Fs::new();
+    let file = fs.mknod(&user(1000), ROOT, "f", 0o644).unwrap();
+    let needs_mask = acl_bytes_unchecked(&[
+        (tag::USER_OBJ, 7, NONE),
+        (tag::USER, 7, 5),
+        (tag::GROUP_OBJ, 7, NONE),
+        (tag::OTHER, 7, NONE),
+    ]);
+    assert_eq!(
+        set_xattr(
+            &mut fs,
+            &user(1000),
+            file.ino,
+            acl::XATTR_ACCESS,
+            needs_mask
+        ),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        set_xattr(
+            &mut fs,
+            &user(1000),
+            file.ino,
+            acl::XATTR_ACCESS,
+            vec![2, 0, 0]
+        ),
+        Err(Errno::EINVAL)
+    );
+    let default = acl_xattr(&[
+        (tag::USER_OBJ, 7, NONE),
+        (tag::GROUP_OBJ, 5, NONE),
+        (tag::OTHER, 0, NONE),
+    ]);
+    assert_eq!(
+        set_xattr(&mut fs, &user(1000), file.ino, acl::XATTR_DEFAULT, default),
+        Err(Errno::EACCES),
+        "default ACLs are for directories"
+    );
+    assert_eq!(
+        set_xattr(&mut fs, &user(1000), file.ino, acl::XATTR_DEFAULT, vec![]),
+        Ok(()),
+        "removing a file's default ACL is a no-op"
+    );
+}
+
+fn acl_bytes_unchecked(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut bytes = acl::XATTR_VERSION.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        bytes.extend_from_slice(&tag.to_le_bytes());
+        bytes.extend_from_slice(&perm.to_le_bytes());
+        bytes.extend_from_slice(&id.to_le_bytes());
+    }
+    bytes
+}
+
+#[test]
+fn new_inodes_inherit_a_default_acl_instead_of_the_umask() {
+    let mut fs = Fs::new();
+    let dir = fs.mkdir(&user(1000), ROOT, "d", 0o755).unwrap();
+    let default = acl_xattr(&[
+        (tag::USER_OBJ, 7, NONE),
+        (tag::USER, 7, 2000),
+        (tag::GROUP_OBJ, 5, NONE),
+        (tag::MASK, 7, NONE),
+        (tag::OTHER, 0, NONE),
+    ]);
+    set_xattr(
+        &mut fs,
+        &user(1000),
+        dir.ino,
+        acl::XATTR_DEFAULT,
+        default.clone(),
+    )
+    .unwrap();
+    let create = |fs: &mut Fs, name: &str, kind: u32, mode: u32| {
+        let op = if kind == mode::S_IFDIR {
+            NsOp::Mkdir {
+                parent: dir.ino,
+                name: name.into(),
+                mode,
+                umask: 0o077,
+            }
+        } else {
+            NsOp::Mknod {
+                parent: dir.ino,
+                name: name.into(),
+                mode: kind | mode,
+                umask: 0o077,
+                rdev: 0,
+            }
+        };
+        match fs.op(&user(1000), op).unwrap() {
+            NsReply::Attr(attr) => attr,
+            other => panic!("{other:?}"),
+        }
+    };
+    let file = create(&mut fs, "f", mode::S_IFREG, 0o664);
+    // The umask (077) is ignored; the mask is limited to the mode's group bits.
+    assert_eq!(file.perm, 0o660);
+    assert!(file.acl.is_some());
+    assert_eq!(
+        fs.ns
+            .access(file.ino, aspen_proto::fs::access::W_OK, &user(2000))
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        fs.ns
+            .getxattr(file.ino, acl::XATTR_DEFAULT, &user(1000))
+            .unwrap(),
+        Err(Errno::ENODATA),
+        "files get no default ACL"
+    );
+    let sub = create(&mut fs, "sub", mode::S_IFDIR, 0o777);
+    assert_eq!(sub.perm, 0o770);
+    assert_eq!(
+        fs.ns
+            .getxattr(sub.ino, acl::XATTR_DEFAULT, &user(1000))
+            .unwrap(),
+        Ok(default),
+        "directories pass the default ACL on"
+    );
+    // Without a default ACL the umask applies as before.
+    let plain = fs
+        .op(
+            &user(1000),
+            NsOp::Mknod {
+                parent: ROOT,
+                name: "plain".into(),
+                mode: mode::S_IFREG | 0o666,
+                umask: 0o022,
+                rdev: 0,
+            },
+        )
+        .unwrap();
+    match plain {
+        NsReply::Attr(attr) => assert_eq!((attr.perm, attr.acl), (0o644, None)),
+        other => panic!("{other:?}"),
+    }
 }

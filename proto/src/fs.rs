@@ -194,6 +194,9 @@ pub struct Attr {
     pub rdev: u64,
     pub generation: u64,
     pub layout: FileLayout,
+    /// The access ACL, when it says more than `perm` (whose group bits are
+    /// then the ACL's mask).
+    pub acl: Option<crate::acl::PosixAcl>,
 }
 
 impl Attr {

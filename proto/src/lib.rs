@@ -12,6 +12,7 @@
 //! re-exports) and below every daemon and client crate. It must never depend
 //! on `mds`, `osd`, `fsclient` or the gateways.
 
+pub mod acl;
 pub mod cluster;
 pub mod errno;
 pub mod fs;

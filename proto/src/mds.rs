@@ -190,10 +190,13 @@ pub enum MdsRequest {
         addrs: Vec<SocketAddr>,
         host: String,
         weight: Weight,
+        /// Bytes the OSD's store may hold.
+        capacity: u64,
     },
-    /// An OSD is alive.
+    /// An OSD is alive, and holds `used` bytes.
     OsdHeartbeat {
         osd: OsdId,
+        used: u64,
     },
     /// The cluster map once its epoch is above `newer_than` (waits up to the
     /// MDS's map wait, then answers with the current map).
@@ -239,6 +242,10 @@ pub struct MdsStatus {
     pub osds_up: u32,
     pub osds_in: u32,
     pub pools: u32,
+    /// Raw bytes the OSDs that are in may hold, and hold now (as their
+    /// heartbeats last said).
+    pub capacity: u64,
+    pub used: u64,
 }
 
 /// An MDS's answer.
@@ -310,12 +317,14 @@ pub struct KeyEntry {
     pub role: Role,
 }
 
-/// Where an OSD listens.
+/// Where an OSD listens, and the capacity it registered with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OsdAddress {
     pub osd: OsdId,
     pub node_id: String,
     pub addrs: Vec<SocketAddr>,
+    /// Bytes its store may hold.
+    pub capacity: u64,
 }
 
 /// The cluster map: the OSD map and the OSDs' addresses.
@@ -394,6 +403,7 @@ mod tests {
                 addrs: vec!["127.0.0.1:1".parse().unwrap()],
                 host: "h".into(),
                 weight: Weight::ONE,
+                capacity: 1 << 40,
             },
             MdsRequest::ClusterChange { changes },
             MdsRequest::AuthAdd {

@@ -43,6 +43,18 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             status.osdmap_epoch, status.osds, status.osds_up, status.osds_in, status.pools
         );
     }
+    // Usage is reported to the leader only.
+    let leading = views.iter().find_map(|(_, view)| match view {
+        Ok(MdsResponse::Status(status)) if status.leader == Some(status.this) => Some(status),
+        _ => None,
+    });
+    if let Some(status) = leading {
+        println!(
+            "space: {} used of {} raw",
+            human_bytes(status.used),
+            human_bytes(status.capacity)
+        );
+    }
     for (entry, view) in &views {
         match view {
             Ok(MdsResponse::Status(status)) => println!(
@@ -73,4 +85,16 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// Bytes in binary units, one decimal.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }

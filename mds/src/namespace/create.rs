@@ -1,11 +1,12 @@
 //! Creating names: format (the root), mknod, mkdir, symlink and link.
 
+use aspen_proto::acl::PosixAcl;
 use aspen_proto::fs::{Attr, FileType, MAX_NLINK, MAX_SYMLINK_LEN, mode, validate_name};
 use aspen_proto::{Errno, FileLayout, InodeId};
 use rusqlite::Connection;
 
 use super::store::{self, NEXT_GENERATION, NEXT_INO};
-use super::{NsReply, OpContext, OpResult, perm, touch_dir};
+use super::{NsReply, OpContext, OpResult, perm, touch_dir, xattr};
 
 /// Creates the root directory; fails with `EEXIST` once formatted.
 pub(super) fn format(
@@ -33,6 +34,7 @@ pub(super) fn format(
         rdev: 0,
         generation: store::next_counter(conn, NEXT_GENERATION)?,
         layout,
+        acl: None,
     };
     store::insert(conn, &root, Some(InodeId::ROOT))?;
     store::set_counter(conn, NEXT_INO, InodeId::ROOT.0 + 1)?;
@@ -54,7 +56,45 @@ fn check_create(conn: &Connection, ctx: &OpContext, parent: &Attr, name: &[u8]) 
     Ok(())
 }
 
-/// Makes a new inode of `kind` named `name` in `parent`.
+/// The mode a new inode gets: `requested` under the umask, or, in a
+/// directory with a default ACL, under that ACL instead (no umask) with the
+/// access ACL it inherits; a new directory also inherits the default ACL.
+struct Inherited {
+    perm: u32,
+    acl: Option<PosixAcl>,
+    default_acl: Option<PosixAcl>,
+}
+
+fn inherit(
+    conn: &Connection,
+    parent: &Attr,
+    kind: FileType,
+    requested: u32,
+    umask: u32,
+) -> OpResult<Inherited> {
+    let default_acl = match kind {
+        FileType::Symlink => None,
+        _ => xattr::default_acl(conn, parent.ino)?,
+    };
+    let Some(default_acl) = default_acl else {
+        return Ok(Inherited {
+            perm: requested & !umask,
+            acl: None,
+            default_acl: None,
+        });
+    };
+    let mut acl = default_acl.clone();
+    let perm = acl.create_masq(requested);
+    Ok(Inherited {
+        perm,
+        acl: (!acl.is_minimal()).then_some(acl),
+        default_acl: (kind == FileType::Directory).then_some(default_acl),
+    })
+}
+
+/// Makes a new inode of `kind` named `name` in `parent`, with the
+/// `requested` mode bits (before the umask).
+#[allow(clippy::too_many_arguments)]
 fn make(
     conn: &Connection,
     ctx: &OpContext,
@@ -62,6 +102,7 @@ fn make(
     name: &[u8],
     kind: FileType,
     requested: u32,
+    umask: u32,
     rdev: u64,
 ) -> OpResult<Attr> {
     let mut parent = store::load(conn, parent_ino)?;
@@ -69,7 +110,8 @@ fn make(
     if kind == FileType::Directory && parent.nlink >= MAX_NLINK {
         return Err(Errno::EMLINK.into());
     }
-    let (uid, gid, perm_bits) = perm::new_inode_owner(&parent, &ctx.caller, kind, requested);
+    let inherited = inherit(conn, &parent, kind, requested, umask)?;
+    let (uid, gid, perm_bits) = perm::new_inode_owner(&parent, &ctx.caller, kind, inherited.perm);
     let attr = Attr {
         ino: InodeId(store::next_counter(conn, NEXT_INO)?),
         kind,
@@ -84,9 +126,13 @@ fn make(
         rdev,
         generation: store::next_counter(conn, NEXT_GENERATION)?,
         layout: parent.layout,
+        acl: inherited.acl,
     };
     let dir_parent = (kind == FileType::Directory).then_some(parent.ino);
     store::insert(conn, &attr, dir_parent)?;
+    if let Some(default_acl) = &inherited.default_acl {
+        xattr::set_default_acl(conn, attr.ino, default_acl)?;
+    }
     store::add_entry(conn, parent.ino, name, attr.ino)?;
     if kind == FileType::Directory {
         parent.nlink += 1;
@@ -126,7 +172,8 @@ pub(super) fn mknod(
         parent,
         name,
         kind,
-        mode_bits & !umask & mode::PERMISSIONS,
+        mode_bits & mode::PERMISSIONS,
+        umask,
         rdev,
     )
 }
@@ -139,8 +186,17 @@ pub(super) fn mkdir(
     mode_bits: u32,
     umask: u32,
 ) -> OpResult<Attr> {
-    let requested = mode_bits & !umask & (0o777 | mode::S_ISVTX);
-    make(conn, ctx, parent, name, FileType::Directory, requested, 0)
+    let requested = mode_bits & (0o777 | mode::S_ISVTX);
+    make(
+        conn,
+        ctx,
+        parent,
+        name,
+        FileType::Directory,
+        requested,
+        umask,
+        0,
+    )
 }
 
 pub(super) fn symlink(
@@ -156,7 +212,7 @@ pub(super) fn symlink(
     if target.is_empty() || target.contains(&0) {
         return Err(Errno::ENOENT.into());
     }
-    let mut attr = make(conn, ctx, parent, name, FileType::Symlink, 0o777, 0)?;
+    let mut attr = make(conn, ctx, parent, name, FileType::Symlink, 0o777, 0, 0)?;
     store::set_symlink_target(conn, attr.ino, target)?;
     attr.size = target.len() as u64;
     store::save(conn, &attr)?;

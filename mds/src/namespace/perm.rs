@@ -1,9 +1,9 @@
 //! Permission rules, as Linux applies them on ext4: owner/group/other
-//! bits, root's exceptions, the sticky bit, and what chmod, chown and
+//! bits and POSIX ACLs, root's exceptions, the sticky bit, and what chmod, chown and
 //! creation do to setuid/setgid. Pure functions over attributes.
 
-use aspen_proto::Errno;
 use aspen_proto::fs::{Attr, Caller, FileType, access, mode};
+use aspen_proto::{Errno, acl};
 
 /// Whether `caller` may access `attr` for `mask` (a combination of
 /// `R_OK`, `W_OK`, `X_OK`). Root may do anything but execute a file that
@@ -14,9 +14,13 @@ pub fn allowed(attr: &Attr, caller: &Caller, mask: u32) -> bool {
         let any_exec = attr.perm & 0o111 != 0 || attr.kind == FileType::Directory;
         return !needs_exec || any_exec;
     }
-    let granted = if caller.uid == attr.uid {
-        (attr.perm >> 6) & 0o7
-    } else if caller.in_group(attr.gid) {
+    if caller.uid == attr.uid {
+        return (attr.perm >> 6) & mask == mask;
+    }
+    if let Some(acl) = attr.acl.as_ref().filter(|_| acl::consulted(attr.perm)) {
+        return acl.permits(attr.gid, caller, mask);
+    }
+    let granted = if caller.in_group(attr.gid) {
         (attr.perm >> 3) & 0o7
     } else {
         attr.perm & 0o7
@@ -159,6 +163,7 @@ mod tests {
             rdev: 0,
             generation: 1,
             layout: Default::default(),
+            acl: None,
         }
     }
 

@@ -63,6 +63,10 @@ pub(super) fn setattr(
     }
     if let Some(mode) = changes.mode {
         attr.perm = perm::chmod_bits(&attr, caller, mode);
+        let perm = attr.perm;
+        if let Some(acl) = &mut attr.acl {
+            acl.chmod(perm);
+        }
     }
     if changes.uid.is_some() || changes.gid.is_some() {
         attr.uid = changes.uid.unwrap_or(attr.uid);

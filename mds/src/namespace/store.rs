@@ -2,6 +2,7 @@
 //! entries, symlink targets, xattrs, open handles, strays and the purge
 //! queue. Everything here runs inside the caller's transaction.
 
+use aspen_proto::acl::PosixAcl;
 use aspen_proto::fs::{Attr, FileType, Timestamp};
 use aspen_proto::{Errno, FileLayout, InodeId};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -25,6 +26,8 @@ CREATE TABLE IF NOT EXISTS inodes (
     rdev INTEGER NOT NULL,
     generation INTEGER NOT NULL,
     object_size INTEGER NOT NULL,
+    -- the access ACL (xattr format) when it says more than perm
+    acl BLOB,
     -- directories: the parent directory (the root: itself)
     parent INTEGER,
     -- directories: the readdir offset the next entry gets
@@ -96,7 +99,7 @@ fn kind_from_code(code: i64) -> Option<FileType> {
 }
 
 const ATTR_COLUMNS: &str = "ino, kind, perm, nlink, uid, gid, size, atime_sec, atime_nsec, \
-    mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, rdev, generation, object_size";
+    mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, rdev, generation, object_size, acl";
 
 fn attr_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Attr, String>> {
     let ino: i64 = row.get(0)?;
@@ -108,6 +111,13 @@ fn attr_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Attr, Strin
     };
     let Ok(layout) = FileLayout::new(row.get::<_, i64>(15)? as u64) else {
         return Ok(Err(format!("inode {ino} has a bad layout")));
+    };
+    let acl = match row.get::<_, Option<Vec<u8>>>(16)? {
+        None => None,
+        Some(bytes) => match PosixAcl::from_xattr(&bytes) {
+            Ok(acl) => acl,
+            Err(_) => return Ok(Err(format!("inode {ino} has a bad ACL"))),
+        },
     };
     Ok(Ok(Attr {
         ino: InodeId(ino as u64),
@@ -123,6 +133,7 @@ fn attr_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Attr, Strin
         rdev: row.get::<_, i64>(13)? as u64,
         generation: row.get::<_, i64>(14)? as u64,
         layout,
+        acl,
     }))
 }
 
@@ -142,12 +153,12 @@ pub(crate) fn load(conn: &Connection, ino: InodeId) -> OpResult<Attr> {
 /// Inserts a new inode; `parent` is set for directories.
 pub(crate) fn insert(conn: &Connection, attr: &Attr, parent: Option<InodeId>) -> OpResult<()> {
     conn.execute_cached(
-        &format!("INSERT INTO inodes ({ATTR_COLUMNS}, parent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
+        &format!("INSERT INTO inodes ({ATTR_COLUMNS}, parent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"),
         params![
             attr.ino.0 as i64, kind_code(attr.kind), attr.perm, attr.nlink, attr.uid, attr.gid,
             attr.size as i64, attr.atime.sec, attr.atime.nsec, attr.mtime.sec, attr.mtime.nsec,
             attr.ctime.sec, attr.ctime.nsec, attr.rdev as i64, attr.generation as i64,
-            attr.layout.object_size() as i64, parent.map(|p| p.0 as i64),
+            attr.layout.object_size() as i64, acl_column(attr), parent.map(|p| p.0 as i64),
         ],
     )?;
     Ok(())
@@ -158,7 +169,8 @@ pub(crate) fn save(conn: &Connection, attr: &Attr) -> OpResult<()> {
     conn.execute_cached(
         "UPDATE inodes SET perm = ?2, nlink = ?3, uid = ?4, gid = ?5, size = ?6, \
          atime_sec = ?7, atime_nsec = ?8, mtime_sec = ?9, mtime_nsec = ?10, \
-         ctime_sec = ?11, ctime_nsec = ?12, high_water = MAX(high_water, ?6) WHERE ino = ?1",
+         ctime_sec = ?11, ctime_nsec = ?12, acl = ?13, high_water = MAX(high_water, ?6) \
+         WHERE ino = ?1",
         params![
             attr.ino.0 as i64,
             attr.perm,
@@ -172,9 +184,14 @@ pub(crate) fn save(conn: &Connection, attr: &Attr) -> OpResult<()> {
             attr.mtime.nsec,
             attr.ctime.sec,
             attr.ctime.nsec,
+            acl_column(attr),
         ],
     )?;
     Ok(())
+}
+
+fn acl_column(attr: &Attr) -> Option<Vec<u8>> {
+    attr.acl.as_ref().map(PosixAcl::to_xattr)
 }
 
 /// Takes the next value of a `meta` counter.

@@ -2,10 +2,12 @@
 //! namespaces with Linux's permission rules, `XATTR_CREATE` and
 //! `XATTR_REPLACE`, and size limits.
 //!
-//! POSIX ACLs (`system.posix_acl_*`) are answered with `EOPNOTSUPP`, as a
-//! filesystem mounted without ACL support does, until permission checks
-//! honour them.
+//! POSIX ACLs travel as the `system.posix_acl_access` and
+//! `system.posix_acl_default` xattrs, as on ext4: the access ACL lives on
+//! the inode beside the mode (dropped when the mode says it all), the
+//! default ACL of a directory is a stored xattr that creation inherits.
 
+use aspen_proto::acl::{self, PosixAcl};
 use aspen_proto::fs::{
     Attr, Caller, FileType, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, access, mode, xattr_flags,
 };
@@ -97,10 +99,13 @@ pub(super) fn set(
     if flags & !(xattr_flags::XATTR_CREATE | xattr_flags::XATTR_REPLACE) != 0 {
         return Err(Errno::EINVAL.into());
     }
-    let namespace = namespace_of(name)?;
     if value.len() > MAX_XATTR_VALUE_LEN {
         return Err(Errno::E2BIG.into());
     }
+    if let Some(kind) = AclKind::of(name) {
+        return set_acl(conn, ctx, ino, kind, value);
+    }
+    let namespace = namespace_of(name)?;
     let mut attr = store::load(conn, ino)?;
     check(&attr, &ctx.caller, namespace, true)?;
     let existing = stored(conn, ino, name)?;
@@ -129,6 +134,9 @@ pub(super) fn remove(
     ino: InodeId,
     name: &[u8],
 ) -> OpResult<()> {
+    if let Some(kind) = AclKind::of(name) {
+        return set_acl(conn, ctx, ino, kind, &[]);
+    }
     let namespace = namespace_of(name)?;
     let mut attr = store::load(conn, ino)?;
     check(&attr, &ctx.caller, namespace, true)?;
@@ -149,6 +157,14 @@ pub(super) fn get(
     name: &[u8],
     caller: &Caller,
 ) -> OpResult<Vec<u8>> {
+    if let Some(kind) = AclKind::of(name) {
+        let attr = store::load(conn, ino)?;
+        let acl = match kind {
+            AclKind::Access => attr.acl,
+            AclKind::Default => default_acl(conn, ino)?,
+        };
+        return Ok(acl.ok_or(Errno::ENODATA)?.to_xattr());
+    }
     let namespace = namespace_of(name)?;
     let attr = store::load(conn, ino)?;
     check(&attr, caller, namespace, false)?;
@@ -157,11 +173,14 @@ pub(super) fn get(
 
 /// The names a caller may see: `trusted.` ones only for root.
 pub(super) fn list(conn: &Connection, ino: InodeId, caller: &Caller) -> OpResult<Vec<Vec<u8>>> {
-    store::load(conn, ino)?;
+    let attr = store::load(conn, ino)?;
     let mut statement =
         conn.prepare_cached("SELECT name FROM xattrs WHERE ino = ?1 ORDER BY name")?;
     let names = statement.query_map([ino.0 as i64], |r| r.get::<_, Vec<u8>>(0))?;
     let mut visible = Vec::new();
+    if attr.acl.is_some() {
+        visible.push(acl::XATTR_ACCESS.to_vec());
+    }
     for name in names {
         let name = name?;
         if caller.is_root() || !name.starts_with(b"trusted.") {
@@ -169,4 +188,81 @@ pub(super) fn list(conn: &Connection, ino: InodeId, caller: &Caller) -> OpResult
         }
     }
     Ok(visible)
+}
+
+/// Which ACL an xattr name stands for.
+#[derive(Clone, Copy, PartialEq)]
+enum AclKind {
+    Access,
+    Default,
+}
+
+impl AclKind {
+    fn of(name: &[u8]) -> Option<AclKind> {
+        match name {
+            acl::XATTR_ACCESS => Some(AclKind::Access),
+            acl::XATTR_DEFAULT => Some(AclKind::Default),
+            _ => None,
+        }
+    }
+}
+
+/// Sets (or, with an empty value, removes) an ACL, in the order of Linux's
+/// `set_posix_acl`: parse, a default ACL only on directories, owner only,
+/// validate; an access ACL rewrites the mode's rwx bits.
+fn set_acl(
+    conn: &Connection,
+    ctx: &OpContext,
+    ino: InodeId,
+    kind: AclKind,
+    value: &[u8],
+) -> OpResult<()> {
+    let entries = acl::parse_xattr(value)?;
+    let mut attr = store::load(conn, ino)?;
+    if kind == AclKind::Default && attr.kind != FileType::Directory {
+        return match entries {
+            Some(_) => Err(Errno::EACCES.into()),
+            None => Ok(()),
+        };
+    }
+    perm::check_owner(&attr, &ctx.caller)?;
+    let new_acl = entries.map(PosixAcl::new).transpose()?;
+    match (kind, new_acl) {
+        (AclKind::Access, Some(new_acl)) => {
+            attr.perm = (attr.perm & !0o777) | new_acl.mode_bits();
+            if !ctx.caller.is_root() && !ctx.caller.in_group(attr.gid) {
+                attr.perm &= !mode::S_ISGID;
+            }
+            attr.acl = (!new_acl.is_minimal()).then_some(new_acl);
+        }
+        (AclKind::Access, None) => attr.acl = None,
+        (AclKind::Default, Some(new_acl)) => set_default_acl(conn, ino, &new_acl)?,
+        (AclKind::Default, None) => {
+            conn.execute_cached(
+                "DELETE FROM xattrs WHERE ino = ?1 AND name = ?2",
+                params![ino.0 as i64, acl::XATTR_DEFAULT],
+            )?;
+        }
+    }
+    attr.ctime = ctx.now;
+    store::save(conn, &attr)
+}
+
+/// A directory's default ACL.
+pub(super) fn default_acl(conn: &Connection, dir: InodeId) -> OpResult<Option<PosixAcl>> {
+    let Some(bytes) = stored(conn, dir, acl::XATTR_DEFAULT)? else {
+        return Ok(None);
+    };
+    PosixAcl::from_xattr(&bytes).map_err(|_| {
+        super::StoreError::Corrupt(format!("inode {} has a bad default ACL", dir.0)).into()
+    })
+}
+
+pub(super) fn set_default_acl(conn: &Connection, dir: InodeId, default: &PosixAcl) -> OpResult<()> {
+    conn.execute_cached(
+        "INSERT INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (ino, name) DO UPDATE SET value = ?3",
+        params![dir.0 as i64, acl::XATTR_DEFAULT, default.to_xattr()],
+    )?;
+    Ok(())
 }

@@ -48,6 +48,7 @@ pub enum Command {
         addrs: Vec<std::net::SocketAddr>,
         host: String,
         weight: Weight,
+        capacity: u64,
     },
     /// Commands of concurrent clients, applied in order in one log entry;
     /// each succeeds or fails on its own.

@@ -378,6 +378,7 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
             addrs,
             host,
             weight,
+            capacity,
         } => {
             let map = load_osdmap(conn)?;
             let mut changes = Vec::new();
@@ -400,6 +401,7 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
                 osd: *osd,
                 node_id: node_id.clone(),
                 addrs: addrs.clone(),
+                capacity: *capacity,
             };
             let bytes = encode(&address).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let response = change_map(conn, changes)?;

@@ -24,6 +24,8 @@ pub struct OsdMonitor {
     pub down_grace: Duration,
     pub out_grace: Duration,
     heard: Mutex<HashMap<OsdId, Instant>>,
+    /// Bytes each OSD said it holds in its last heartbeat.
+    used: Mutex<HashMap<OsdId, u64>>,
     leading_since: Mutex<Option<Instant>>,
 }
 
@@ -33,15 +35,29 @@ impl OsdMonitor {
             down_grace,
             out_grace,
             heard: Mutex::new(HashMap::new()),
+            used: Mutex::new(HashMap::new()),
             leading_since: Mutex::new(None),
         }
     }
 
-    pub fn heard(&self, osd: OsdId) {
+    /// Records a sign of life from `osd`, with the bytes it holds if it said.
+    pub fn heard(&self, osd: OsdId, used: Option<u64>) {
         self.heard
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(osd, Instant::now());
+        if let Some(used) = used {
+            self.used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(osd, used);
+        }
+    }
+
+    /// The bytes `osds` last said they hold.
+    pub fn used(&self, osds: impl Iterator<Item = OsdId>) -> u64 {
+        let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        osds.filter_map(|osd| used.get(&osd)).sum()
     }
 
     /// How long `osd` has been silent at `now`, counting from leadership at most.

@@ -104,6 +104,10 @@ impl MdsService {
         let count = |keep: fn(&aspen_placement::OsdState) -> bool| {
             map.osds().values().filter(|s| keep(s)).count() as u32
         };
+        let (capacity, used) = match self.raw_space() {
+            Ok(space) => space,
+            Err(error) => return MdsResponse::Failed(error.to_string()),
+        };
         MdsResponse::Status(MdsStatus {
             fsid: self.state.fsid().ok().flatten().unwrap_or_default(),
             this: self.raft_id,
@@ -120,7 +124,48 @@ impl MdsService {
             osds_up: count(|s| s.up),
             osds_in: count(|s| s.is_in),
             pools: map.pools().count() as u32,
+            capacity,
+            used,
         })
+    }
+
+    /// Raw bytes the OSDs that are in may hold and hold.
+    fn raw_space(&self) -> Result<(u64, u64), StoreError> {
+        let cluster = self.state.cluster_map()?;
+        let counted: Vec<_> = cluster
+            .addresses
+            .iter()
+            .filter(|a| cluster.osdmap.osds().get(&a.osd).is_some_and(|s| s.is_in))
+            .collect();
+        let capacity = counted.iter().map(|a| a.capacity).sum();
+        let used = self.monitor.used(counted.iter().map(|a| a.osd));
+        Ok((capacity, used))
+    }
+
+    /// statfs: the namespace's inode counts, and the space the OSDs have
+    /// divided by the largest pool's replica count (what a client can
+    /// still write).
+    async fn statfs(&self) -> MdsResponse {
+        let mut statfs = match self.read(|ns| ns.statfs(), MdsResponse::StatFs).await {
+            MdsResponse::StatFs(statfs) => statfs,
+            other => return other,
+        };
+        let (capacity, used) = match self.raw_space() {
+            Ok(space) => space,
+            Err(error) => return MdsResponse::Failed(error.to_string()),
+        };
+        let copies = self
+            .state
+            .cluster_map()
+            .ok()
+            .and_then(|c| c.osdmap.pools().map(|p| p.size as u64).max())
+            .unwrap_or(1)
+            .max(1);
+        let block = u64::from(statfs.block_size);
+        statfs.blocks = capacity / copies / block;
+        statfs.blocks_free = capacity.saturating_sub(used) / copies / block;
+        statfs.blocks_available = statfs.blocks_free;
+        MdsResponse::StatFs(statfs)
     }
 
     /// Whether `peer` holds the key `osd.ID` with the osd role.
@@ -147,28 +192,30 @@ impl MdsService {
                 addrs,
                 host,
                 weight,
+                capacity,
             } => {
                 if !self.is_osd(peer, osd) {
                     return MdsResponse::Unit(Err(Errno::EPERM));
                 }
-                self.monitor.heard(osd);
+                self.monitor.heard(osd, None);
                 let boot = Command::OsdBoot {
                     osd,
                     node_id: peer.to_string(),
                     addrs,
                     host,
                     weight,
+                    capacity,
                 };
                 self.epoch_reply(self.write(boot).await)
             }
-            MdsRequest::OsdHeartbeat { osd } => {
+            MdsRequest::OsdHeartbeat { osd, used } => {
                 if !self.is_osd(peer, osd) {
                     return MdsResponse::Unit(Err(Errno::EPERM));
                 }
                 if let Err(response) = self.linearize().await {
                     return response;
                 }
-                self.monitor.heard(osd);
+                self.monitor.heard(osd, Some(used));
                 MdsResponse::Unit(Ok(()))
             }
             MdsRequest::GetClusterMap { newer_than } => self.wait_for_map(newer_than).await,
@@ -376,7 +423,7 @@ impl Service for MdsService {
                 self.read(|ns| ns.listxattr(ino, &caller), MdsResponse::Names)
                     .await
             }
-            MdsRequest::StatFs => self.read(|ns| ns.statfs(), MdsResponse::StatFs).await,
+            MdsRequest::StatFs => self.statfs().await,
             cluster @ (MdsRequest::OsdBoot { .. }
             | MdsRequest::OsdHeartbeat { .. }
             | MdsRequest::GetClusterMap { .. }) => self.cluster_request(&peer, cluster).await,
