@@ -1,6 +1,7 @@
-//! Prepared-statement reuse for the MDS's SQLite stores. Parsing SQL was
-//! the largest single cost of a metadata write, so every statement on a hot
-//! path goes through the connection's statement cache.
+//! What the MDS's SQLite stores share: prepared-statement reuse (parsing
+//! SQL was the largest single cost of a metadata write, so every statement
+//! on a hot path goes through the connection's statement cache) and durable
+//! checkpoints for connections that commit without syncing.
 
 use rusqlite::{Connection, Params, Row};
 
@@ -32,4 +33,16 @@ impl CachedStatements for Connection {
     ) -> rusqlite::Result<T> {
         self.prepare_cached(sql)?.query_row(params, map)
     }
+}
+
+/// Copies the write-ahead log into the database, durably, on a connection
+/// that otherwise runs at `synchronous = OFF`: for the checkpoint SQLite
+/// runs at `NORMAL`, so it syncs the log before copying (a crash mid-copy
+/// recovers from the log) and the database after (the log may then be
+/// reused). Automatic checkpoints must be off on such a connection.
+pub(crate) fn durable_checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    conn.pragma_update(None, "synchronous", "OFF")?;
+    copied
 }

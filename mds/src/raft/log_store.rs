@@ -8,9 +8,9 @@
 //! truncation and purge are synced before they return.
 //!
 //! Because SQLite does not sync at `synchronous = OFF`, checkpoints are ours
-//! too: automatic checkpoints are off, and the flusher checkpoints under the
-//! connection lock and fsyncs the database file before any later write can
-//! restart (overwrite) the write-ahead log.
+//! too: automatic checkpoints are off, and the flusher runs a durable
+//! checkpoint ([`crate::sql::durable_checkpoint`]) under the connection lock
+//! every [`CHECKPOINT_EVERY_ENTRIES`].
 
 use std::fmt::Debug;
 use std::fs::File;
@@ -24,7 +24,7 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, S
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Entry, LogId, StorageError, TypeConfig, Vote, decode, encode};
-use crate::sql::CachedStatements;
+use crate::sql::{CachedStatements, durable_checkpoint};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
@@ -40,20 +40,8 @@ const CHECKPOINT_EVERY_ENTRIES: usize = 4096;
 #[derive(Clone)]
 pub struct LogStore {
     conn: Arc<Mutex<Connection>>,
-    files: Arc<DurableFiles>,
+    wal: Arc<File>,
     flusher: Sender<PendingFlush>,
-}
-
-/// The files whose sync makes a commit durable.
-struct DurableFiles {
-    wal: File,
-    database: File,
-}
-
-impl DurableFiles {
-    fn sync_wal(&self) -> std::io::Result<()> {
-        self.wal.sync_data()
-    }
 }
 
 /// An append waiting for the write-ahead log to reach the disk.
@@ -94,30 +82,23 @@ impl LogStore {
         };
         let mut wal_path = path.as_os_str().to_owned();
         wal_path.push("-wal");
-        let files = Arc::new(DurableFiles {
-            wal: File::open(&wal_path).map_err(open_error)?,
-            database: File::open(path).map_err(open_error)?,
-        });
+        let wal = Arc::new(File::open(&wal_path).map_err(open_error)?);
         // Whatever an earlier run left unsynced is synced before it counts.
-        files.sync_wal().map_err(open_error)?;
+        wal.sync_data().map_err(open_error)?;
         let conn = Arc::new(Mutex::new(conn));
         let (flusher, pending) = channel();
-        let (thread_conn, thread_files) = (conn.clone(), files.clone());
+        let (thread_conn, thread_wal) = (conn.clone(), wal.clone());
         std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || run_flusher(&thread_conn, &thread_files, &pending))
+            .spawn(move || run_flusher(&thread_conn, &thread_wal, &pending))
             .map_err(open_error)?;
-        Ok(LogStore {
-            conn,
-            files,
-            flusher,
-        })
+        Ok(LogStore { conn, wal, flusher })
     }
 
     /// Makes every committed write durable, for operations that must be
     /// durable when they return.
     fn sync_now(&self) -> Result<(), StorageError> {
-        self.files.sync_wal().map_err(write_error)
+        self.wal.sync_data().map_err(write_error)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -170,11 +151,11 @@ fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
 /// The flusher thread: one fsync for every append queued meanwhile, then a
 /// checkpoint when enough entries went by. Ends when every store is dropped,
 /// after a last checkpoint.
-fn run_flusher(conn: &Mutex<Connection>, files: &DurableFiles, pending: &Receiver<PendingFlush>) {
+fn run_flusher(conn: &Mutex<Connection>, wal: &File, pending: &Receiver<PendingFlush>) {
     let mut since_checkpoint = 0;
     while let Ok(first) = pending.recv() {
         let batch: Vec<PendingFlush> = std::iter::once(first).chain(pending.try_iter()).collect();
-        let synced = files.sync_wal();
+        let synced = wal.sync_data();
         since_checkpoint += batch.iter().map(|p| p.entries).sum::<usize>();
         for flush in batch {
             let result = match &synced {
@@ -184,7 +165,7 @@ fn run_flusher(conn: &Mutex<Connection>, files: &DurableFiles, pending: &Receive
             flush.callback.log_io_completed(result);
         }
         if synced.is_ok() && since_checkpoint >= CHECKPOINT_EVERY_ENTRIES {
-            match checkpoint(conn, files) {
+            match durable_checkpoint(&lock(conn)) {
                 Ok(()) => since_checkpoint = 0,
                 Err(error) => tracing::warn!(%error, "raft log checkpoint failed"),
             }
@@ -192,18 +173,9 @@ fn run_flusher(conn: &Mutex<Connection>, files: &DurableFiles, pending: &Receive
     }
     // SQLite checkpoints on close without syncing at `synchronous = OFF`:
     // leave nothing for it to copy.
-    if let Err(error) = checkpoint(conn, files) {
+    if let Err(error) = durable_checkpoint(&lock(conn)) {
         tracing::warn!(%error, "raft log final checkpoint failed");
     }
-}
-
-/// Copies the write-ahead log into the database and syncs it, holding the
-/// connection so no write restarts the log before the copy is durable.
-fn checkpoint(conn: &Mutex<Connection>, files: &DurableFiles) -> Result<(), String> {
-    let conn = lock(conn);
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-        .map_err(|e| e.to_string())?;
-    files.database.sync_data().map_err(|e| e.to_string())
 }
 
 /// The inclusive index range a `RangeBounds` names (`None` when empty).
@@ -308,7 +280,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 };
                 if let Err(unsent) = self.flusher.send(flush) {
                     // The flusher is gone only if it panicked: sync here.
-                    let synced = self.files.sync_wal();
+                    let synced = self.wal.sync_data();
                     unsent.0.callback.log_io_completed(synced);
                 }
                 Ok(())

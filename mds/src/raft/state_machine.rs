@@ -27,7 +27,7 @@ use aspen_proto::mds::{ClusterMap, KeyEntry, NsOp, OsdAddress, SessionId};
 use aspen_proto::transport::{AuthorizedKeys, EndpointId};
 
 use crate::namespace::{self, Namespace, OpContext, StoreError};
-use crate::sql::CachedStatements;
+use crate::sql::{CachedStatements, durable_checkpoint};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sm_meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -65,7 +65,12 @@ struct Inner {
     current: Option<StoredSnapshot>,
     receiving: Option<PathBuf>,
     snapshots_built: u64,
+    /// Log entries applied since the last durable checkpoint.
+    applied_since_checkpoint: u64,
 }
+
+/// Applied log entries between two durable checkpoints of the database.
+pub const CHECKPOINT_EVERY_ENTRIES: u64 = 1024;
 
 /// The state machine store. Clones share the database.
 #[derive(Clone)]
@@ -85,11 +90,14 @@ impl StateMachineStore {
         let namespace = Namespace::open(&dir.join(STATE_FILE))?;
         // Applying need not wait for the disk: the Raft log is durable, and
         // after a crash openraft re-applies from the last applied id this
-        // database kept. It is made durable before the log is purged (when
-        // a snapshot is built).
+        // database kept. Durable checkpoints bound how far back that is, and
+        // one runs before a snapshot lets the log be purged.
         namespace
             .connection()
-            .pragma_update(None, "synchronous", "NORMAL")?;
+            .pragma_update(None, "synchronous", "OFF")?;
+        namespace
+            .connection()
+            .pragma_update(None, "wal_autocheckpoint", 0)?;
         namespace.connection().execute_batch(SCHEMA)?;
         let current = newest_snapshot(&snapshot_dir);
         let epoch = load_osdmap(namespace.connection())?.epoch().0;
@@ -101,6 +109,7 @@ impl StateMachineStore {
                 current,
                 receiving: None,
                 snapshots_built: 0,
+                applied_since_checkpoint: 0,
             })),
             snapshot_dir,
         })
@@ -534,6 +543,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             responses.push(response);
         }
         tx.commit().map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        inner.applied_since_checkpoint += responses.len() as u64;
+        if inner.applied_since_checkpoint >= CHECKPOINT_EVERY_ENTRIES {
+            durable_checkpoint(inner.namespace.connection())
+                .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            inner.applied_since_checkpoint = 0;
+        }
         if access_changed {
             refresh_authorized(&inner).map_err(|e| sm_error(ErrorVerb::Read, e))?;
         }
@@ -581,6 +596,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .connection_mut()
             .restore("main", &stored.path, None::<fn(rusqlite::backup::Progress)>)
             .map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
+        // The log behind the snapshot may be purged next.
+        durable_checkpoint(inner.namespace.connection())
+            .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+        inner.applied_since_checkpoint = 0;
         replace_current(&mut inner, stored);
         refresh_authorized(&inner).map_err(|e| sm_error(ErrorVerb::Read, e))?;
         self.publish_epoch(&inner);
@@ -645,11 +664,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             let building = self.snapshot_dir.join(format!("{snapshot_id}.building"));
             // The log up to this snapshot may be purged next: the state it
             // covers must be on disk first.
-            inner
-                .namespace
-                .connection()
-                .execute_batch("PRAGMA wal_checkpoint(FULL)")
+            durable_checkpoint(inner.namespace.connection())
                 .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+            inner.applied_since_checkpoint = 0;
             inner
                 .namespace
                 .connection()
