@@ -49,6 +49,7 @@ fn create(name: &str) -> MdsRequest {
     MdsRequest::Mutate {
         caller: Caller::root(),
         session: SessionId(0),
+        request: 0,
         op,
     }
 }

@@ -162,7 +162,15 @@ async fn bootstrap(server: &MdsServer, data_dir: &Path) -> Result<String, AdminE
         gid: 0,
         layout: FileLayout::default(),
     };
-    propose_ok(server, Command::Namespace { op: format, ctx }).await?;
+    propose_ok(
+        server,
+        Command::Namespace {
+            op: format,
+            ctx,
+            request: 0,
+        },
+    )
+    .await?;
     Ok(fsid)
 }
 

@@ -36,6 +36,7 @@ fn request(phase: Phase, dir: InodeId, name: &str) -> MdsRequest {
         Phase::Create => MdsRequest::Mutate {
             caller,
             session: SessionId(0),
+            request: 0,
             op: NsOp::Mknod {
                 parent: dir,
                 name,
@@ -52,6 +53,7 @@ fn request(phase: Phase, dir: InodeId, name: &str) -> MdsRequest {
         Phase::Unlink => MdsRequest::Mutate {
             caller,
             session: SessionId(0),
+            request: 0,
             op: NsOp::Unlink { parent: dir, name },
         },
     }
@@ -111,6 +113,7 @@ pub async fn run(
     let mkdir = MdsRequest::Mutate {
         caller: Caller::root(),
         session: SessionId(0),
+        request: 0,
         op: NsOp::Mkdir {
             parent: InodeId::ROOT,
             name: name.as_bytes().to_vec(),

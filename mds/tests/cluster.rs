@@ -110,6 +110,7 @@ fn mkdir(name: &str) -> MdsRequest {
     MdsRequest::Mutate {
         caller: Caller::root(),
         session: SessionId(1),
+        request: 0,
         op: NsOp::Mkdir {
             parent: InodeId::ROOT,
             name: name.into(),
@@ -169,6 +170,7 @@ async fn form_group(n: usize) -> Group {
     let format = MdsRequest::Mutate {
         caller: Caller::root(),
         session: SessionId(1),
+        request: 0,
         op: NsOp::Format {
             mode: 0o755,
             uid: 0,
@@ -230,6 +232,7 @@ async fn three_members_replicate_fail_over_and_catch_up() {
     let format = MdsRequest::Mutate {
         caller: Caller::root(),
         session: SessionId(1),
+        request: 0,
         op: NsOp::Format {
             mode: 0o755,
             uid: 0,
@@ -382,6 +385,7 @@ async fn sessions_that_stop_renewing_end_and_release_their_handles() {
     let mutate = |session, op| MdsRequest::Mutate {
         caller: Caller::root(),
         session,
+        request: 0,
         op,
     };
     call(&alice, &me, &mutate(SessionId(0), format)).await;
@@ -787,4 +791,69 @@ async fn concurrent_writes_are_batched_and_answered_one_by_one() {
         // `.` and `..` besides the names.
         assert_eq!(entries.len(), NAMES + 2, "member {}", server.raft_id);
     }
+}
+
+/// A retried mutation (same session, same request id) gets the first
+/// reply instead of being applied twice; only the session's owner may use
+/// its request ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_mutations_are_answered_from_the_reply_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = single_member(dir.path()).await;
+    let me = server.member();
+    let alice = registered_client(&server, "client.alice").await;
+    let mallory = registered_client(&server, "client.mallory").await;
+    let mutate = |session, request, op| MdsRequest::Mutate {
+        caller: Caller::root(),
+        session,
+        request,
+        op,
+    };
+    let format = NsOp::Format {
+        mode: 0o777,
+        uid: 0,
+        gid: 0,
+        layout: FileLayout::default(),
+    };
+    call(&alice, &me, &mutate(SessionId(0), 0, format)).await;
+    let MdsResponse::Session(session) = call(&alice, &me, &MdsRequest::OpenSession).await else {
+        panic!()
+    };
+    let mkdir = NsOp::Mkdir {
+        parent: InodeId::ROOT,
+        name: b"d".to_vec(),
+        mode: 0o755,
+        umask: 0,
+    };
+    let first = call(&alice, &me, &mutate(session, 1, mkdir.clone())).await;
+    assert!(
+        matches!(first, MdsResponse::Reply(Ok(NsReply::Attr(_)))),
+        "{first:?}"
+    );
+    let retry = call(&alice, &me, &mutate(session, 1, mkdir.clone())).await;
+    assert_eq!(retry, first, "a retry gets the first reply");
+    assert_eq!(
+        call(&alice, &me, &mutate(session, 2, mkdir.clone())).await,
+        MdsResponse::Reply(Err(aspen_proto::Errno::EEXIST)),
+        "a new request id is a new mutation"
+    );
+    assert_eq!(
+        call(&mallory, &me, &mutate(session, 1, mkdir.clone())).await,
+        MdsResponse::Reply(Err(aspen_proto::Errno::EBADF)),
+        "another client cannot use the session's ids"
+    );
+    let unlink = NsOp::Rmdir {
+        parent: InodeId::ROOT,
+        name: b"d".to_vec(),
+    };
+    assert_eq!(
+        call(&alice, &me, &mutate(session, 3, unlink.clone())).await,
+        MdsResponse::Reply(Ok(NsReply::Done))
+    );
+    assert_eq!(
+        call(&alice, &me, &mutate(session, 3, unlink)).await,
+        MdsResponse::Reply(Ok(NsReply::Done)),
+        "a retried rmdir does not say ENOENT"
+    );
+    server.shutdown().await;
 }

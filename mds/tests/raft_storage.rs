@@ -37,7 +37,11 @@ fn entry(index: u64, op: NsOp) -> Entry {
     };
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
-        payload: EntryPayload::Normal(Command::Namespace { op, ctx }),
+        payload: EntryPayload::Normal(Command::Namespace {
+            op,
+            ctx,
+            request: 0,
+        }),
     }
 }
 

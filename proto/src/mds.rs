@@ -137,6 +137,10 @@ pub enum MdsRequest {
     Mutate {
         caller: Caller,
         session: SessionId,
+        /// The client's id for this mutation in its session, so a retry is
+        /// answered with the first reply instead of applied twice (0: no
+        /// such protection, for callers without a session).
+        request: u64,
         op: NsOp,
     },
     Lookup {
@@ -387,6 +391,7 @@ mod tests {
             MdsRequest::Mutate {
                 caller: Caller::root(),
                 session: SessionId(2),
+                request: 0,
                 op: NsOp::Unlink {
                     parent: InodeId::ROOT,
                     name: b"x".to_vec(),

@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod log_store;
+pub mod replies;
 pub mod state_machine;
 
 use aspen_proto::Errno;
@@ -25,6 +26,9 @@ pub enum Command {
     Namespace {
         op: NsOp,
         ctx: OpContext,
+        /// The client's request id in `ctx.session` (0: none), for
+        /// answering retries from the reply cache.
+        request: u64,
     },
     /// Names the filesystem; only the first one counts.
     SetFsid(String),
@@ -33,9 +37,7 @@ pub enum Command {
     /// Unregisters a key by name (`ENOENT` if unknown).
     RemoveKey(String),
     /// Opens a session for the client with this node id.
-    OpenSession {
-        client: String,
-    },
+    OpenSession { client: String },
     /// Ends a session and releases its handles (`ENOENT` if unknown).
     CloseSession(SessionId),
     /// Changes the OSD map (one new epoch for all of them).

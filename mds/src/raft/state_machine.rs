@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     Command, Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig, decode, encode,
+    TypeConfig, decode, encode, replies,
 };
 use aspen_placement::crush::{CrushMap, DEFAULT_ROOT};
 use aspen_placement::{Change, OsdMap};
@@ -99,6 +99,7 @@ impl StateMachineStore {
             .connection()
             .pragma_update(None, "wal_autocheckpoint", 0)?;
         namespace.connection().execute_batch(SCHEMA)?;
+        namespace.connection().execute_batch(replies::SCHEMA)?;
         let current = newest_snapshot(&snapshot_dir);
         let epoch = load_osdmap(namespace.connection())?.epoch().0;
         Ok(StateMachineStore {
@@ -321,8 +322,16 @@ fn applied(conn: &Connection) -> Result<(Option<LogId>, StoredMembership), Stora
 /// Applies one command inside the batch transaction.
 fn apply_command(conn: &Connection, command: &Command) -> Result<Response, StoreError> {
     match command {
-        Command::Namespace { op, ctx } => {
-            Ok(Response::Namespace(namespace::apply_within(conn, op, ctx)?))
+        Command::Namespace { op, ctx, request } => {
+            let cached = *request != 0;
+            if cached && let Some(reply) = replies::recall(conn, ctx.session, *request)? {
+                return Ok(Response::Namespace(reply));
+            }
+            let reply = namespace::apply_within(conn, op, ctx)?;
+            if cached {
+                replies::remember(conn, ctx.session, *request, &reply)?;
+            }
+            Ok(Response::Namespace(reply))
         }
         Command::Batch(commands) => commands
             .iter()
@@ -378,6 +387,7 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
             };
             namespace::apply_within(conn, &end, &ctx)?
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            replies::forget(conn, *session)?;
             Ok(Response::Done(Ok(())))
         }
         Command::ClusterChanges(changes) => change_map(conn, changes.clone()),

@@ -299,11 +299,13 @@ impl MdsService {
         owner.is_some_and(|owner| owner == peer.to_string())
     }
 
+    /// A namespace mutation; `(session, request)` name it for the reply
+    /// cache when `request` is not 0.
     async fn mutate(
         &self,
         peer: &EndpointId,
         caller: aspen_proto::fs::Caller,
-        session: SessionId,
+        (session, request): (SessionId, u64),
         op: NsOp,
     ) -> MdsResponse {
         let handles = matches!(
@@ -313,7 +315,7 @@ impl MdsService {
         if matches!(op, NsOp::EndSession { .. }) {
             return MdsResponse::Reply(Err(Errno::EPERM));
         }
-        if handles {
+        if handles || request != 0 {
             if !self.owns_session(peer, session) {
                 return MdsResponse::Reply(Err(Errno::EBADF));
             }
@@ -324,7 +326,11 @@ impl MdsService {
             now: Timestamp::now(),
             session,
         };
-        match self.writes.write(Command::Namespace { op, ctx }).await {
+        match self
+            .writes
+            .write(Command::Namespace { op, ctx, request })
+            .await
+        {
             Ok(Response::Namespace(result)) => MdsResponse::Reply(result),
             Ok(other) => MdsResponse::Failed(format!("unexpected reply {other:?}")),
             Err(response) => response,
@@ -381,8 +387,9 @@ impl Service for MdsService {
             MdsRequest::Mutate {
                 caller,
                 session,
+                request,
                 op,
-            } => self.mutate(&peer, caller, session, op).await,
+            } => self.mutate(&peer, caller, (session, request), op).await,
             session @ (MdsRequest::OpenSession
             | MdsRequest::RenewSession { .. }
             | MdsRequest::CloseSession { .. }) => self.session_request(&peer, session).await,
