@@ -1,0 +1,334 @@
+//! Content chunks addressed by their BLAKE3 hash. Small chunks (at most
+//! [`INLINE_MAX`]) are kept inline in SQLite, so a small write costs one
+//! log sync; larger ones are appended to segment files (written once,
+//! sequentially, whatever the write pattern). The chunk index and
+//! reference counts live in SQLite, in the object store's database, so a
+//! chunk and the extents naming it change in one transaction.
+//!
+//! Every read re-hashes the whole chunk and refuses bytes that do not match
+//! its name. Chunks are at most [`MAX_CHUNK`] bytes, so that costs little.
+//! Space comes back in two steps: chunks no extent references leave the
+//! index ([`ContentStore::drop_unreferenced`]), and segments whose live
+//! bytes fell below [`COMPACT_BELOW_LIVE`] are rewritten
+//! ([`ContentStore::compact`]); a segment file is deleted only once every
+//! live chunk it held is durable elsewhere.
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::extents::ChunkId;
+use crate::store::StoreError;
+
+/// The largest chunk: a write is cut into chunks of at most this size, and
+/// a read verifies whole chunks.
+pub const MAX_CHUNK: usize = 64 * 1024;
+/// Chunks up to this size are stored inline in the database.
+pub const INLINE_MAX: usize = 16 * 1024;
+/// The segment number of inline chunks.
+const INLINE: i64 = 0;
+/// A segment stops taking appends once it is this large.
+pub const SEGMENT_TARGET_BYTES: u64 = 256 * 1024 * 1024;
+/// A sealed segment whose live bytes are below this fraction of what it
+/// holds is rewritten by compaction.
+pub const COMPACT_BELOW_LIVE: f64 = 0.5;
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS chunks (
+    id BLOB PRIMARY KEY,
+    segment INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    len INTEGER NOT NULL,
+    refs INTEGER NOT NULL,
+    -- the bytes of an inline chunk (segment 0)
+    data BLOB
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_by_segment ON chunks (segment);
+CREATE INDEX IF NOT EXISTS unreferenced_chunks ON chunks (refs) WHERE refs = 0;
+CREATE TABLE IF NOT EXISTS segments (
+    id INTEGER PRIMARY KEY,
+    written INTEGER NOT NULL,
+    live INTEGER NOT NULL
+);
+";
+
+/// Where a chunk's bytes are.
+#[derive(Clone, Copy, Debug)]
+struct Location {
+    segment: i64,
+    offset: u64,
+    len: u64,
+}
+
+/// The segment files of one store and the one appends go to.
+pub struct ContentStore {
+    dir: PathBuf,
+    active: Option<(i64, File, u64)>,
+    /// Segments written since the last [`ContentStore::sync`].
+    dirty: BTreeSet<i64>,
+}
+
+fn io(error: std::io::Error) -> StoreError {
+    StoreError::Io(error.to_string())
+}
+
+impl ContentStore {
+    pub fn open(dir: &Path) -> Result<ContentStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        Ok(ContentStore {
+            dir: dir.to_path_buf(),
+            active: None,
+            dirty: BTreeSet::new(),
+        })
+    }
+
+    fn segment_path(&self, segment: i64) -> PathBuf {
+        self.dir.join(format!("{segment:010}.seg"))
+    }
+
+    /// The segment appends go to, starting a new one when the current one
+    /// is full (or on the first append after opening: segments are never
+    /// appended to across restarts, so a torn tail is never built upon).
+    fn active(&mut self, conn: &Connection) -> Result<&mut (i64, File, u64), StoreError> {
+        let full = self
+            .active
+            .as_ref()
+            .is_none_or(|(_, _, len)| *len >= SEGMENT_TARGET_BYTES);
+        if full {
+            let next: i64 =
+                conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM segments", [], |r| {
+                    r.get(0)
+                })?;
+            conn.execute(
+                "INSERT INTO segments (id, written, live) VALUES (?1, 0, 0)",
+                [next],
+            )?;
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(self.segment_path(next))
+                .map_err(io)?;
+            self.active = Some((next, file, 0));
+        }
+        Ok(self.active.as_mut().expect("set above"))
+    }
+
+    /// Stores `bytes` (at most [`MAX_CHUNK`]) unless a chunk with the same
+    /// content exists; its id. The chunk has no references until extents
+    /// take them ([`ContentStore::add_refs`]).
+    pub fn put(&mut self, conn: &Connection, bytes: &[u8]) -> Result<ChunkId, StoreError> {
+        if bytes.len() > MAX_CHUNK {
+            return Err(StoreError::Invalid(format!(
+                "a chunk of {} bytes is over {MAX_CHUNK}",
+                bytes.len()
+            )));
+        }
+        let id: ChunkId = *blake3::hash(bytes).as_bytes();
+        if self.locate(conn, &id)?.is_some() {
+            return Ok(id);
+        }
+        if bytes.len() <= INLINE_MAX {
+            conn.prepare_cached(
+                "INSERT INTO chunks (id, segment, offset, len, refs, data) VALUES (?1, ?2, 0, ?3, 0, ?4)",
+            )?
+            .execute(params![&id[..], INLINE, bytes.len() as i64, bytes])?;
+            return Ok(id);
+        }
+        let (segment, file, len) = self.active(conn)?;
+        let (segment, offset) = (*segment, *len);
+        file.write_all_at(bytes, offset).map_err(io)?;
+        *len += bytes.len() as u64;
+        self.dirty.insert(segment);
+        conn.prepare_cached(
+            "INSERT INTO chunks (id, segment, offset, len, refs) VALUES (?1, ?2, ?3, ?4, 0)",
+        )?
+        .execute(params![&id[..], segment, offset as i64, bytes.len() as i64])?;
+        conn.prepare_cached("UPDATE segments SET written = written + ?2 WHERE id = ?1")?
+            .execute(params![segment, bytes.len() as i64])?;
+        Ok(id)
+    }
+
+    fn locate(&self, conn: &Connection, id: &ChunkId) -> Result<Option<Location>, StoreError> {
+        Ok(conn
+            .prepare_cached("SELECT segment, offset, len FROM chunks WHERE id = ?1")?
+            .query_row([&id[..]], |r| {
+                Ok(Location {
+                    segment: r.get(0)?,
+                    offset: r.get::<_, i64>(1)? as u64,
+                    len: r.get::<_, i64>(2)? as u64,
+                })
+            })
+            .optional()?)
+    }
+
+    /// The whole chunk, verified against its id.
+    pub fn get(&self, conn: &Connection, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+        let location = self
+            .locate(conn, id)?
+            .ok_or_else(|| StoreError::Corrupt(format!("chunk {} is missing", hex(id))))?;
+        let bytes = if location.segment == INLINE {
+            conn.prepare_cached("SELECT data FROM chunks WHERE id = ?1")?
+                .query_row([&id[..]], |r| r.get::<_, Option<Vec<u8>>>(0))?
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("inline chunk {} has no data", hex(id)))
+                })?
+        } else {
+            let file = File::open(self.segment_path(location.segment)).map_err(io)?;
+            let mut bytes = vec![0; location.len as usize];
+            file.read_exact_at(&mut bytes, location.offset)
+                .map_err(|e| StoreError::Corrupt(format!("chunk {}: {e}", hex(id))))?;
+            bytes
+        };
+        if blake3::hash(&bytes).as_bytes() != id {
+            return Err(StoreError::Corrupt(format!(
+                "chunk {} does not match its hash",
+                hex(id)
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Adjusts reference counts (one per extent naming a chunk).
+    pub fn add_refs(
+        &self,
+        conn: &Connection,
+        ids: &[ChunkId],
+        delta: i64,
+    ) -> Result<(), StoreError> {
+        let mut update = conn.prepare_cached("UPDATE chunks SET refs = refs + ?2 WHERE id = ?1")?;
+        let mut live = conn.prepare_cached(
+            "UPDATE segments SET live = live + ?2 * (SELECT len FROM chunks WHERE id = ?1) \
+             WHERE id = (SELECT segment FROM chunks WHERE id = ?1)",
+        )?;
+        for id in ids {
+            let before: i64 = conn
+                .prepare_cached("SELECT refs FROM chunks WHERE id = ?1")?
+                .query_row([&id[..]], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| StoreError::Corrupt(format!("chunk {} is missing", hex(id))))?;
+            let after = before + delta;
+            if after < 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "chunk {} would have {after} references",
+                    hex(id)
+                )));
+            }
+            update.execute(params![&id[..], delta])?;
+            // A chunk counts as live bytes while anything references it.
+            match (before, after) {
+                (0, a) if a > 0 => live.execute(params![&id[..], 1])?,
+                (b, 0) if b > 0 => live.execute(params![&id[..], -1])?,
+                _ => 0,
+            };
+        }
+        Ok(())
+    }
+
+    /// Forgets chunks nothing references (their bytes stay in their segment
+    /// until compaction rewrites it).
+    pub fn drop_unreferenced(&self, conn: &Connection) -> Result<u64, StoreError> {
+        Ok(conn.execute("DELETE FROM chunks WHERE refs = 0", [])? as u64)
+    }
+
+    /// Segments written since the last sync.
+    pub fn take_dirty(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.dirty).into_iter().collect()
+    }
+
+    /// Marks segments dirty again (after a failed sync).
+    pub fn restore_dirty(&mut self, segments: &[i64]) {
+        self.dirty.extend(segments);
+    }
+
+    /// The files of `segments`, to sync without holding the store.
+    pub fn segment_files(&self, segments: &[i64]) -> Vec<PathBuf> {
+        segments.iter().map(|s| self.segment_path(*s)).collect()
+    }
+
+    /// Sealed segments worth rewriting: mostly dead bytes.
+    pub fn compactable(&self, conn: &Connection) -> Result<Vec<i64>, StoreError> {
+        let active = self.active.as_ref().map_or(-1, |(id, _, _)| *id);
+        let mut statement = conn.prepare_cached(
+            "SELECT id FROM segments WHERE id != ?1 AND written > 0 \
+             AND CAST(live AS REAL) < ?2 * written ORDER BY id",
+        )?;
+        let ids = statement
+            .query_map(params![active, COMPACT_BELOW_LIVE], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(ids)
+    }
+
+    /// Copies the live chunks of `segment` to the active segment and
+    /// repoints them; the old file may be deleted once this is durable
+    /// ([`ContentStore::remove_segment`]).
+    pub fn compact(&mut self, conn: &Connection, segment: i64) -> Result<u64, StoreError> {
+        let live: Vec<Vec<u8>> = conn
+            .prepare_cached("SELECT id FROM chunks WHERE segment = ?1")?
+            .query_map([segment], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut moved = 0;
+        for raw in live {
+            let id: ChunkId = raw
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("a chunk id is not 32 bytes".into()))?;
+            let bytes = self.get(conn, &id)?;
+            let (target, file, len) = self.active(conn)?;
+            let (target, offset) = (*target, *len);
+            file.write_all_at(&bytes, offset).map_err(io)?;
+            *len += bytes.len() as u64;
+            self.dirty.insert(target);
+            let refs: i64 =
+                conn.query_row("SELECT refs FROM chunks WHERE id = ?1", [&id[..]], |r| {
+                    r.get(0)
+                })?;
+            conn.execute(
+                "UPDATE chunks SET segment = ?2, offset = ?3 WHERE id = ?1",
+                params![&id[..], target, offset as i64],
+            )?;
+            let live_bytes = if refs > 0 { bytes.len() as i64 } else { 0 };
+            conn.execute(
+                "UPDATE segments SET written = written + ?2, live = live + ?3 WHERE id = ?1",
+                params![target, bytes.len() as i64, live_bytes],
+            )?;
+            moved += bytes.len() as u64;
+        }
+        conn.execute("DELETE FROM segments WHERE id = ?1", [segment])?;
+        Ok(moved)
+    }
+
+    /// Deletes a compacted segment's file.
+    pub fn remove_segment(&self, segment: i64) -> Result<(), StoreError> {
+        match std::fs::remove_file(self.segment_path(segment)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The path of a segment file (for tests that damage one).
+    pub fn segment_file(&self, segment: i64) -> PathBuf {
+        self.segment_path(segment)
+    }
+}
+
+pub(crate) fn hex(id: &ChunkId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Makes the bytes of segment `files` durable (a file compaction already
+/// removed needs nothing).
+pub fn sync_files(files: &[PathBuf]) -> Result<(), StoreError> {
+    for path in files {
+        match File::open(path) {
+            Ok(file) => file.sync_data().map_err(io)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! The Aspen object storage daemon (OSD).
+//!
+//! Built in layers, each testable alone:
+//!
+//! - [`extents`]: the pure extent map of one object (which byte ranges are
+//!   backed by which stored content), with the reference changes each
+//!   operation makes.
+//! - [`content`]: content addressed by BLAKE3, appended to segment files and
+//!   indexed in SQLite, verified on every read, reference counted and
+//!   reclaimed by segment compaction.
+//! - [`store`]: the local object store: objects in pools (named by inode
+//!   and object number, or free-form), their sizes, versions, attributes and
+//!   extent maps in SQLite over the content store; durable when an
+//!   operation returns.
+//!
+//! # Boundary
+//! The OSD depends on `aspen-proto` (wire types, transport) and
+//! `aspen-placement` (PGs, the OSD map). It must never depend on the MDS
+//! crate: the MDS is reached only through the messages in `aspen-proto`.
+
+pub mod content;
+pub mod extents;
+pub mod store;

@@ -1,0 +1,596 @@
+//! The local object store of one OSD: objects in pools, each with a size,
+//! a version, a modification time, small attributes and an extent map over
+//! the [`ContentStore`]. All metadata is in one SQLite database.
+//!
+//! Durable when an operation returns: a mutation commits without waiting
+//! for the disk, then waits for a group sync that covers it: the segment
+//! files it wrote first, then the database's write-ahead log. Concurrent
+//! callers share one sync. Checkpoints are durable too (the log is synced
+//! before the copy, the database after).
+//!
+//! Reads check every chunk against its hash: a damaged byte is an error,
+//! never returned.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aspen_placement::PgId;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::content::{self, ContentStore, MAX_CHUNK};
+use crate::extents::{ChunkId, Extent, ExtentMap, ReadPiece, RefChange};
+
+/// The longest object name.
+pub const MAX_NAME_LEN: usize = 1024;
+/// The largest object (offset + length of any write).
+pub const MAX_OBJECT_SIZE: u64 = 1 << 40;
+/// The longest read one call returns.
+pub const MAX_READ_LEN: u64 = 64 * 1024 * 1024;
+/// Attribute limits per object.
+pub const MAX_ATTR_NAME_LEN: usize = 255;
+pub const MAX_ATTR_VALUE_LEN: usize = 64 * 1024;
+/// Commits between two durable checkpoints of the database.
+pub const CHECKPOINT_EVERY_COMMITS: u64 = 2048;
+
+const DATABASE: &str = "objects.db";
+const SEGMENTS: &str = "segments";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS objects (
+    id INTEGER PRIMARY KEY,
+    pool INTEGER NOT NULL,
+    pg INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    UNIQUE (pool, name)
+);
+CREATE INDEX IF NOT EXISTS objects_by_pg ON objects (pool, pg, name);
+CREATE TABLE IF NOT EXISTS extents (
+    object INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    len INTEGER NOT NULL,
+    chunk BLOB NOT NULL,
+    chunk_offset INTEGER NOT NULL,
+    PRIMARY KEY (object, offset)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attrs (
+    object INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (object, name)
+) WITHOUT ROWID;
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("i/o: {0}")]
+    Io(String),
+    /// Stored bytes or metadata are damaged (a read never returns them).
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+    #[error("no such object")]
+    NotFound,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// An object: its pool and PG (from placement) and its name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    pub pg: PgId,
+    pub name: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectStat {
+    pub size: u64,
+    /// Bumped by every change to the object.
+    pub version: u64,
+    /// Nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+}
+
+struct Inner {
+    conn: Connection,
+    content: ContentStore,
+    committed: u64,
+    since_checkpoint: u64,
+}
+
+#[derive(Default)]
+struct SyncState {
+    synced: u64,
+    syncing: bool,
+}
+
+/// The object store. Share it behind an `Arc`; every method blocks (call
+/// it from a blocking thread in async code).
+pub struct ObjectStore {
+    inner: Mutex<Inner>,
+    wal: File,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn io(error: std::io::Error) -> StoreError {
+    StoreError::Io(error.to_string())
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn chunk_id(raw: Vec<u8>) -> Result<ChunkId, StoreError> {
+    raw.try_into()
+        .map_err(|_| StoreError::Corrupt("a chunk id is not 32 bytes".into()))
+}
+
+fn check_key(key: &ObjectKey) -> Result<(), StoreError> {
+    if key.name.is_empty() || key.name.len() > MAX_NAME_LEN {
+        return Err(StoreError::Invalid(format!(
+            "object names are 1..={MAX_NAME_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_range(offset: u64, len: u64) -> Result<u64, StoreError> {
+    offset
+        .checked_add(len)
+        .filter(|end| *end <= MAX_OBJECT_SIZE)
+        .ok_or_else(|| StoreError::Invalid(format!("objects end at {MAX_OBJECT_SIZE} bytes")))
+}
+
+/// Copies the write-ahead log into the database durably (see the module
+/// doc): SQLite syncs at `NORMAL` for the checkpoint only.
+fn durable_checkpoint(conn: &Connection) -> Result<(), StoreError> {
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    conn.pragma_update(None, "synchronous", "OFF")?;
+    Ok(copied?)
+}
+
+impl ObjectStore {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<ObjectStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let path = dir.join(DATABASE);
+        let conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "OFF")?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(content::SCHEMA)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let mut wal_path = path.into_os_string();
+        wal_path.push("-wal");
+        let wal = File::open(&wal_path).map_err(io)?;
+        // Whatever an earlier run left unsynced is synced before it counts.
+        wal.sync_data().map_err(io)?;
+        let content = ContentStore::open(&dir.join(SEGMENTS))?;
+        Ok(ObjectStore {
+            inner: Mutex::new(Inner {
+                conn,
+                content,
+                committed: 0,
+                since_checkpoint: 0,
+            }),
+            wal,
+            sync: Mutex::new(SyncState::default()),
+            synced: Condvar::new(),
+        })
+    }
+
+    /// Runs `change` in one transaction and returns once it is durable.
+    fn mutate<T>(
+        &self,
+        change: impl FnOnce(&Connection, &mut ContentStore) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let (value, ticket) = {
+            let mut inner = lock(&self.inner);
+            let Inner { conn, content, .. } = &mut *inner;
+            let tx = conn.unchecked_transaction()?;
+            let value = change(&tx, content)?;
+            tx.commit()?;
+            inner.committed += 1;
+            inner.since_checkpoint += 1;
+            if inner.since_checkpoint >= CHECKPOINT_EVERY_COMMITS {
+                self.checkpoint(&mut inner)?;
+            }
+            (value, inner.committed)
+        };
+        self.make_durable(ticket)?;
+        Ok(value)
+    }
+
+    fn checkpoint(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        // The chunks the log names must be durable before the log is copied.
+        let dirty = inner.content.take_dirty();
+        if let Err(error) = content::sync_files(&inner.content.segment_files(&dirty)) {
+            inner.content.restore_dirty(&dirty);
+            return Err(error);
+        }
+        durable_checkpoint(&inner.conn)?;
+        inner.since_checkpoint = 0;
+        Ok(())
+    }
+
+    /// Waits until commit `ticket` is durable, syncing if nobody else is.
+    fn make_durable(&self, ticket: u64) -> Result<(), StoreError> {
+        let mut state = lock(&self.sync);
+        while state.synced < ticket {
+            if state.syncing {
+                state = self
+                    .synced
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                continue;
+            }
+            state.syncing = true;
+            drop(state);
+            let outcome = self.sync_committed();
+            state = lock(&self.sync);
+            state.syncing = false;
+            if let Ok(target) = outcome {
+                state.synced = state.synced.max(target);
+            }
+            self.synced.notify_all();
+            outcome?;
+        }
+        Ok(())
+    }
+
+    /// Syncs everything committed so far: segments, then the log. Returns
+    /// the last commit covered.
+    fn sync_committed(&self) -> Result<u64, StoreError> {
+        let (target, dirty, files) = {
+            let mut inner = lock(&self.inner);
+            let dirty = inner.content.take_dirty();
+            let files = inner.content.segment_files(&dirty);
+            (inner.committed, dirty, files)
+        };
+        if let Err(error) = content::sync_files(&files) {
+            // Put them back so a later sync retries them.
+            lock(&self.inner).content.restore_dirty(&dirty);
+            return Err(error);
+        }
+        self.wal.sync_data().map_err(io)?;
+        Ok(target)
+    }
+
+    fn object_id(conn: &Connection, key: &ObjectKey) -> Result<Option<(i64, u64)>, StoreError> {
+        Ok(conn
+            .prepare_cached("SELECT id, size FROM objects WHERE pool = ?1 AND name = ?2")?
+            .query_row(params![key.pg.pool.0, key.name], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .optional()?)
+    }
+
+    fn object_or_create(conn: &Connection, key: &ObjectKey) -> Result<(i64, u64), StoreError> {
+        if let Some(found) = ObjectStore::object_id(conn, key)? {
+            return Ok(found);
+        }
+        conn.prepare_cached(
+            "INSERT INTO objects (pool, pg, name, size, version, mtime_ns) VALUES (?1, ?2, ?3, 0, 0, ?4)",
+        )?
+        .execute(params![key.pg.pool.0, key.pg.seed, key.name, now_ns()])?;
+        Ok((conn.last_insert_rowid(), 0))
+    }
+
+    /// The extents of `object` overlapping `[start, end)`.
+    fn load_extents(
+        conn: &Connection,
+        object: i64,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Extent>, StoreError> {
+        let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+        let mut statement = conn.prepare_cached(
+            "SELECT offset, len, chunk, chunk_offset FROM extents WHERE object = ?1 AND offset < ?3 \
+             AND offset >= COALESCE((SELECT MAX(offset) FROM extents WHERE object = ?1 AND offset <= ?2), 0) \
+             ORDER BY offset",
+        )?;
+        let rows = statement.query_map(params![object, clamp(start), clamp(end)], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, i64>(3)? as u64,
+            ))
+        })?;
+        let mut extents = Vec::new();
+        for row in rows {
+            let (offset, len, chunk, chunk_offset) = row?;
+            if offset + len > start {
+                extents.push(Extent {
+                    offset,
+                    len,
+                    chunk: chunk_id(chunk)?,
+                    chunk_offset,
+                });
+            }
+        }
+        Ok(extents)
+    }
+
+    /// Applies `edit` to the extents of `object` in `[start, end)` and
+    /// stores the result, keeping chunk references right.
+    fn edit_extents(
+        conn: &Connection,
+        content: &ContentStore,
+        object: i64,
+        (start, end): (u64, u64),
+        edit: impl FnOnce(&mut ExtentMap) -> RefChange,
+    ) -> Result<(), StoreError> {
+        let loaded = ObjectStore::load_extents(conn, object, start, end)?;
+        let mut map = ExtentMap::from_extents(loaded.iter().copied());
+        let change = edit(&mut map);
+        let mut delete =
+            conn.prepare_cached("DELETE FROM extents WHERE object = ?1 AND offset = ?2")?;
+        for old in &loaded {
+            delete.execute(params![object, old.offset as i64])?;
+        }
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO extents (object, offset, len, chunk, chunk_offset) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for extent in map.extents() {
+            insert.execute(params![
+                object,
+                extent.offset as i64,
+                extent.len as i64,
+                &extent.chunk[..],
+                extent.chunk_offset as i64
+            ])?;
+        }
+        content.add_refs(conn, &change.added, 1)?;
+        content.add_refs(conn, &change.removed, -1)?;
+        Ok(())
+    }
+
+    fn touch(conn: &Connection, object: i64, size: u64) -> Result<ObjectStat, StoreError> {
+        let mtime_ns = now_ns();
+        let version: i64 = conn
+            .prepare_cached(
+                "UPDATE objects SET size = ?2, version = version + 1, mtime_ns = ?3 WHERE id = ?1 RETURNING version",
+            )?
+            .query_row(params![object, size as i64, mtime_ns], |r| r.get(0))?;
+        Ok(ObjectStat {
+            size,
+            version: version as u64,
+            mtime_ns,
+        })
+    }
+
+    /// Writes `data` at `offset`, creating the object if needed.
+    pub fn write(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<ObjectStat, StoreError> {
+        check_key(key)?;
+        let end = check_range(offset, data.len() as u64)?;
+        self.mutate(|conn, content| {
+            let (object, size) = ObjectStore::object_or_create(conn, key)?;
+            let mut pieces = Vec::new();
+            for (index, piece) in data.chunks(MAX_CHUNK).enumerate() {
+                let chunk = content.put(conn, piece)?;
+                pieces.push(Extent {
+                    offset: offset + (index * MAX_CHUNK) as u64,
+                    len: piece.len() as u64,
+                    chunk,
+                    chunk_offset: 0,
+                });
+            }
+            ObjectStore::edit_extents(conn, content, object, (offset, end), |map| {
+                let mut change = RefChange::default();
+                for piece in pieces {
+                    let step = map.write(piece);
+                    change.added.extend(step.added);
+                    change.removed.extend(step.removed);
+                }
+                change
+            })?;
+            ObjectStore::touch(conn, object, size.max(end))
+        })
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the object;
+    /// holes read as zeros).
+    pub fn read(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        check_key(key)?;
+        if len > MAX_READ_LEN {
+            return Err(StoreError::Invalid(format!(
+                "reads are at most {MAX_READ_LEN} bytes"
+            )));
+        }
+        let inner = lock(&self.inner);
+        let (object, size) =
+            ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
+        let end = offset.saturating_add(len).min(size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let map =
+            ExtentMap::from_extents(ObjectStore::load_extents(&inner.conn, object, offset, end)?);
+        let mut bytes = Vec::with_capacity((end - offset) as usize);
+        for piece in map.read(offset, end - offset) {
+            match piece {
+                ReadPiece::Hole { len } => bytes.resize(bytes.len() + len as usize, 0),
+                ReadPiece::Data {
+                    chunk,
+                    chunk_offset,
+                    len,
+                } => {
+                    let whole = inner.content.get(&inner.conn, &chunk)?;
+                    let range = chunk_offset as usize..(chunk_offset + len) as usize;
+                    let part = whole.get(range).ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "an extent runs past chunk {}",
+                            content::hex(&chunk)
+                        ))
+                    })?;
+                    bytes.extend_from_slice(part);
+                }
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Sets the size, dropping data beyond it (creating the object if needed).
+    pub fn truncate(&self, key: &ObjectKey, size: u64) -> Result<ObjectStat, StoreError> {
+        check_key(key)?;
+        check_range(size, 0)?;
+        self.mutate(|conn, content| {
+            let (object, _) = ObjectStore::object_or_create(conn, key)?;
+            ObjectStore::edit_extents(conn, content, object, (size, u64::MAX), |map| {
+                map.truncate(size)
+            })?;
+            ObjectStore::touch(conn, object, size)
+        })
+    }
+
+    /// Makes `[offset, offset + len)` a hole; the size does not change.
+    pub fn zero(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<ObjectStat, StoreError> {
+        check_key(key)?;
+        let end = check_range(offset, len)?;
+        self.mutate(|conn, content| {
+            let (object, size) = ObjectStore::object_id(conn, key)?.ok_or(StoreError::NotFound)?;
+            ObjectStore::edit_extents(conn, content, object, (offset, end), |map| {
+                map.clear(offset, end)
+            })?;
+            ObjectStore::touch(conn, object, size)
+        })
+    }
+
+    /// Deletes the object with its data and attributes.
+    pub fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        check_key(key)?;
+        self.mutate(|conn, content| {
+            let (object, _) = ObjectStore::object_id(conn, key)?.ok_or(StoreError::NotFound)?;
+            ObjectStore::edit_extents(conn, content, object, (0, u64::MAX), |map| {
+                map.clear(0, u64::MAX)
+            })?;
+            conn.execute("DELETE FROM attrs WHERE object = ?1", [object])?;
+            conn.execute("DELETE FROM objects WHERE id = ?1", [object])?;
+            Ok(())
+        })
+    }
+
+    pub fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectStat>, StoreError> {
+        let inner = lock(&self.inner);
+        Ok(inner
+            .conn
+            .prepare_cached(
+                "SELECT size, version, mtime_ns FROM objects WHERE pool = ?1 AND name = ?2",
+            )?
+            .query_row(params![key.pg.pool.0, key.name], |r| {
+                Ok(ObjectStat {
+                    size: r.get::<_, i64>(0)? as u64,
+                    version: r.get::<_, i64>(1)? as u64,
+                    mtime_ns: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// The names of the objects in `pg`, in order.
+    pub fn list(&self, pg: PgId) -> Result<Vec<Vec<u8>>, StoreError> {
+        let inner = lock(&self.inner);
+        let mut statement = inner
+            .conn
+            .prepare_cached("SELECT name FROM objects WHERE pool = ?1 AND pg = ?2 ORDER BY name")?;
+        let names = statement
+            .query_map(params![pg.pool.0, pg.seed], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(names)
+    }
+
+    pub fn set_attr(&self, key: &ObjectKey, name: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        check_key(key)?;
+        if name.is_empty() || name.len() > MAX_ATTR_NAME_LEN || value.len() > MAX_ATTR_VALUE_LEN {
+            return Err(StoreError::Invalid(format!(
+                "attribute names are 1..={MAX_ATTR_NAME_LEN} bytes, values at most {MAX_ATTR_VALUE_LEN}"
+            )));
+        }
+        self.mutate(|conn, _| {
+            let (object, size) = ObjectStore::object_id(conn, key)?.ok_or(StoreError::NotFound)?;
+            conn.prepare_cached(
+                "INSERT INTO attrs (object, name, value) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (object, name) DO UPDATE SET value = ?3",
+            )?
+            .execute(params![object, name, value])?;
+            ObjectStore::touch(conn, object, size)?;
+            Ok(())
+        })
+    }
+
+    pub fn get_attr(&self, key: &ObjectKey, name: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let inner = lock(&self.inner);
+        let (object, _) = ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
+        inner
+            .conn
+            .prepare_cached("SELECT value FROM attrs WHERE object = ?1 AND name = ?2")?
+            .query_row(params![object, name], |r| r.get(0))
+            .optional()?
+            .ok_or(StoreError::NoAttr)
+    }
+
+    /// Reclaims space: forgets unreferenced chunks and rewrites segments
+    /// that are mostly dead, deleting their files once the rewrite is
+    /// durable. Returns the bytes moved.
+    pub fn collect_garbage(&self) -> Result<u64, StoreError> {
+        let (moved, emptied) = {
+            let mut inner = lock(&self.inner);
+            let Inner { conn, content, .. } = &mut *inner;
+            let tx = conn.unchecked_transaction()?;
+            content.drop_unreferenced(&tx)?;
+            let emptied = content.compactable(&tx)?;
+            let mut moved = 0;
+            for segment in &emptied {
+                moved += content.compact(&tx, *segment)?;
+            }
+            tx.commit()?;
+            inner.committed += 1;
+            (moved, emptied)
+        };
+        let ticket = lock(&self.inner).committed;
+        self.make_durable(ticket)?;
+        let inner = lock(&self.inner);
+        for segment in emptied {
+            inner.content.remove_segment(segment)?;
+        }
+        Ok(moved)
+    }
+
+    /// The segment file holding the first data byte of `key` (for tests
+    /// that damage stored content).
+    pub fn segment_of(&self, key: &ObjectKey) -> Result<std::path::PathBuf, StoreError> {
+        let inner = lock(&self.inner);
+        let (object, _) = ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
+        let segment: i64 = inner.conn.query_row(
+            "SELECT c.segment FROM extents e JOIN chunks c ON c.id = e.chunk \
+             WHERE e.object = ?1 ORDER BY e.offset LIMIT 1",
+            [object],
+            |r| r.get(0),
+        )?;
+        Ok(inner.content.segment_file(segment))
+    }
+}
