@@ -12,6 +12,8 @@
 //!   and object number, or free-form), their sizes, versions, attributes and
 //!   extent maps in SQLite over the content store; durable when an
 //!   operation returns.
+//! - [`pglog`]: each PG's log of mutations, written in the same transaction
+//!   as the mutation.
 //!
 //! # Boundary
 //! The OSD depends on `aspen-proto` (wire types, transport) and
@@ -20,4 +22,5 @@
 
 pub mod content;
 pub mod extents;
+pub mod pglog;
 pub mod store;

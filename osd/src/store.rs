@@ -19,8 +19,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aspen_placement::PgId;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use aspen_proto::osd::{LogEntry, LogVersion, ObjectOp};
+
 use crate::content::{self, ContentStore, MAX_CHUNK};
 use crate::extents::{ChunkId, Extent, ExtentMap, ReadPiece, RefChange};
+use crate::pglog;
 
 /// The longest object name.
 pub const MAX_NAME_LEN: usize = 1024;
@@ -177,6 +180,7 @@ impl ObjectStore {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(content::SCHEMA)?;
+        conn.execute_batch(pglog::SCHEMA)?;
         conn.set_prepared_statement_cache_capacity(64);
         let mut wal_path = path.into_os_string();
         wal_path.push("-wal");
@@ -385,31 +389,68 @@ impl ObjectStore {
         offset: u64,
         data: &[u8],
     ) -> Result<ObjectStat, StoreError> {
-        check_key(key)?;
-        let end = check_range(offset, data.len() as u64)?;
+        self.mutate(|conn, content| write_in(conn, content, key, offset, data))
+    }
+
+    /// Sets the size, dropping data beyond it (creating the object if needed).
+    pub fn truncate(&self, key: &ObjectKey, size: u64) -> Result<ObjectStat, StoreError> {
+        self.mutate(|conn, content| truncate_in(conn, content, key, size))
+    }
+
+    /// Makes `[offset, offset + len)` a hole; the size does not change.
+    pub fn zero(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<ObjectStat, StoreError> {
+        self.mutate(|conn, content| zero_in(conn, content, key, offset, len))
+    }
+
+    /// Deletes the object with its data and attributes.
+    pub fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        self.mutate(|conn, content| delete_in(conn, content, key))
+    }
+
+    pub fn set_attr(&self, key: &ObjectKey, name: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.mutate(|conn, _| set_attr_in(conn, key, name, value).map(drop))
+    }
+
+    /// Applies a logged mutation of `key` and appends it to its PG's log, in
+    /// one transaction: both or neither. `data` is a write's bytes. Returns
+    /// the object's state after (`None` after a delete).
+    pub fn apply_logged(
+        &self,
+        key: &ObjectKey,
+        entry: &LogEntry,
+        data: &[u8],
+    ) -> Result<Option<ObjectStat>, StoreError> {
         self.mutate(|conn, content| {
-            let (object, size) = ObjectStore::object_or_create(conn, key)?;
-            let mut pieces = Vec::new();
-            for (index, piece) in data.chunks(MAX_CHUNK).enumerate() {
-                let chunk = content.put(conn, piece)?;
-                pieces.push(Extent {
-                    offset: offset + (index * MAX_CHUNK) as u64,
-                    len: piece.len() as u64,
-                    chunk,
-                    chunk_offset: 0,
-                });
-            }
-            ObjectStore::edit_extents(conn, content, object, (offset, end), |map| {
-                let mut change = RefChange::default();
-                for piece in pieces {
-                    let step = map.write(piece);
-                    change.added.extend(step.added);
-                    change.removed.extend(step.removed);
+            let stat = match &entry.op {
+                ObjectOp::Write { offset } => Some(write_in(conn, content, key, *offset, data)?),
+                ObjectOp::Truncate { size } => Some(truncate_in(conn, content, key, *size)?),
+                ObjectOp::Zero { offset, len } => Some(zero_in(conn, content, key, *offset, *len)?),
+                ObjectOp::Delete => {
+                    delete_in(conn, content, key)?;
+                    None
                 }
-                change
-            })?;
-            ObjectStore::touch(conn, object, size.max(end))
+                ObjectOp::SetAttr { name, value } => Some(set_attr_in(conn, key, name, value)?),
+                other => {
+                    return Err(StoreError::Invalid(format!("{other:?} is not a mutation")));
+                }
+            };
+            pglog::append(conn, key.pg, entry)?;
+            Ok(stat)
         })
+    }
+
+    /// The newest position in `pg`'s log.
+    pub fn pg_last(&self, pg: PgId) -> Result<LogVersion, StoreError> {
+        pglog::last(&lock(&self.inner).conn, pg)
+    }
+
+    /// `pg`'s log entries after `after`.
+    pub fn pg_entries_after(
+        &self,
+        pg: PgId,
+        after: LogVersion,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        pglog::entries_after(&lock(&self.inner).conn, pg, after)
     }
 
     /// Reads up to `len` bytes at `offset` (fewer at the end of the object;
@@ -454,46 +495,6 @@ impl ObjectStore {
         Ok(bytes)
     }
 
-    /// Sets the size, dropping data beyond it (creating the object if needed).
-    pub fn truncate(&self, key: &ObjectKey, size: u64) -> Result<ObjectStat, StoreError> {
-        check_key(key)?;
-        check_range(size, 0)?;
-        self.mutate(|conn, content| {
-            let (object, _) = ObjectStore::object_or_create(conn, key)?;
-            ObjectStore::edit_extents(conn, content, object, (size, u64::MAX), |map| {
-                map.truncate(size)
-            })?;
-            ObjectStore::touch(conn, object, size)
-        })
-    }
-
-    /// Makes `[offset, offset + len)` a hole; the size does not change.
-    pub fn zero(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<ObjectStat, StoreError> {
-        check_key(key)?;
-        let end = check_range(offset, len)?;
-        self.mutate(|conn, content| {
-            let (object, size) = ObjectStore::object_id(conn, key)?.ok_or(StoreError::NotFound)?;
-            ObjectStore::edit_extents(conn, content, object, (offset, end), |map| {
-                map.clear(offset, end)
-            })?;
-            ObjectStore::touch(conn, object, size)
-        })
-    }
-
-    /// Deletes the object with its data and attributes.
-    pub fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
-        check_key(key)?;
-        self.mutate(|conn, content| {
-            let (object, _) = ObjectStore::object_id(conn, key)?.ok_or(StoreError::NotFound)?;
-            ObjectStore::edit_extents(conn, content, object, (0, u64::MAX), |map| {
-                map.clear(0, u64::MAX)
-            })?;
-            conn.execute("DELETE FROM attrs WHERE object = ?1", [object])?;
-            conn.execute("DELETE FROM objects WHERE id = ?1", [object])?;
-            Ok(())
-        })
-    }
-
     pub fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectStat>, StoreError> {
         let inner = lock(&self.inner);
         Ok(inner
@@ -521,25 +522,6 @@ impl ObjectStore {
             .query_map(params![pg.pool.0, pg.seed], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         Ok(names)
-    }
-
-    pub fn set_attr(&self, key: &ObjectKey, name: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        check_key(key)?;
-        if name.is_empty() || name.len() > MAX_ATTR_NAME_LEN || value.len() > MAX_ATTR_VALUE_LEN {
-            return Err(StoreError::Invalid(format!(
-                "attribute names are 1..={MAX_ATTR_NAME_LEN} bytes, values at most {MAX_ATTR_VALUE_LEN}"
-            )));
-        }
-        self.mutate(|conn, _| {
-            let (object, size) = ObjectStore::object_id(conn, key)?.ok_or(StoreError::NotFound)?;
-            conn.prepare_cached(
-                "INSERT INTO attrs (object, name, value) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (object, name) DO UPDATE SET value = ?3",
-            )?
-            .execute(params![object, name, value])?;
-            ObjectStore::touch(conn, object, size)?;
-            Ok(())
-        })
     }
 
     pub fn get_attr(&self, key: &ObjectKey, name: &[u8]) -> Result<Vec<u8>, StoreError> {
@@ -593,4 +575,103 @@ impl ObjectStore {
         )?;
         Ok(inner.content.segment_file(segment))
     }
+}
+
+fn write_in(
+    conn: &Connection,
+    content: &mut ContentStore,
+    key: &ObjectKey,
+    offset: u64,
+    data: &[u8],
+) -> Result<ObjectStat, StoreError> {
+    check_key(key)?;
+    let end = check_range(offset, data.len() as u64)?;
+    let (object, size) = ObjectStore::object_or_create(conn, key)?;
+    let mut pieces = Vec::new();
+    for (index, piece) in data.chunks(MAX_CHUNK).enumerate() {
+        let chunk = content.put(conn, piece)?;
+        pieces.push(Extent {
+            offset: offset + (index * MAX_CHUNK) as u64,
+            len: piece.len() as u64,
+            chunk,
+            chunk_offset: 0,
+        });
+    }
+    ObjectStore::edit_extents(conn, content, object, (offset, end), |map| {
+        let mut change = RefChange::default();
+        for piece in pieces {
+            let step = map.write(piece);
+            change.added.extend(step.added);
+            change.removed.extend(step.removed);
+        }
+        change
+    })?;
+    ObjectStore::touch(conn, object, size.max(end))
+}
+
+fn truncate_in(
+    conn: &Connection,
+    content: &mut ContentStore,
+    key: &ObjectKey,
+    size: u64,
+) -> Result<ObjectStat, StoreError> {
+    check_key(key)?;
+    check_range(size, 0)?;
+    let (object, _) = ObjectStore::object_or_create(conn, key)?;
+    ObjectStore::edit_extents(conn, content, object, (size, u64::MAX), |map| {
+        map.truncate(size)
+    })?;
+    ObjectStore::touch(conn, object, size)
+}
+
+fn zero_in(
+    conn: &Connection,
+    content: &mut ContentStore,
+    key: &ObjectKey,
+    offset: u64,
+    len: u64,
+) -> Result<ObjectStat, StoreError> {
+    check_key(key)?;
+    let end = check_range(offset, len)?;
+    let (object, size) = ObjectStore::object_id(conn, key)?.ok_or(StoreError::NotFound)?;
+    ObjectStore::edit_extents(conn, content, object, (offset, end), |map| {
+        map.clear(offset, end)
+    })?;
+    ObjectStore::touch(conn, object, size)
+}
+
+fn delete_in(
+    conn: &Connection,
+    content: &mut ContentStore,
+    key: &ObjectKey,
+) -> Result<(), StoreError> {
+    check_key(key)?;
+    let (object, _) = ObjectStore::object_id(conn, key)?.ok_or(StoreError::NotFound)?;
+    ObjectStore::edit_extents(conn, content, object, (0, u64::MAX), |map| {
+        map.clear(0, u64::MAX)
+    })?;
+    conn.execute("DELETE FROM attrs WHERE object = ?1", [object])?;
+    conn.execute("DELETE FROM objects WHERE id = ?1", [object])?;
+    Ok(())
+}
+
+fn set_attr_in(
+    conn: &Connection,
+    key: &ObjectKey,
+    name: &[u8],
+    value: &[u8],
+) -> Result<ObjectStat, StoreError> {
+    check_key(key)?;
+    if name.is_empty() || name.len() > MAX_ATTR_NAME_LEN || value.len() > MAX_ATTR_VALUE_LEN {
+        return Err(StoreError::Invalid(format!(
+            "attribute names are 1..={MAX_ATTR_NAME_LEN} bytes, values at most {MAX_ATTR_VALUE_LEN}"
+        )));
+    }
+    let (object, size) = ObjectStore::object_id(conn, key)?.ok_or(StoreError::NotFound)?;
+    conn.prepare_cached(
+        "INSERT INTO attrs (object, name, value) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (object, name) DO UPDATE SET value = ?3",
+    )?
+    .execute(params![object, name, value])?;
+    ObjectStore::touch(conn, object, size)
 }

@@ -213,3 +213,41 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn logged_mutations_and_the_pg_log_commit_together() {
+    use aspen_proto::osd::{LogEntry, LogVersion, ObjectOp};
+    let dir = tempfile::tempdir().unwrap();
+    let store = ObjectStore::open(dir.path()).unwrap();
+    let k = key("logged");
+    let at = |version| LogVersion { epoch: 3, version };
+    let entry = |version, op| LogEntry {
+        at: at(version),
+        object: k.name.clone(),
+        op,
+    };
+    store
+        .apply_logged(&k, &entry(1, ObjectOp::Write { offset: 0 }), b"hello")
+        .unwrap();
+    store
+        .apply_logged(&k, &entry(2, ObjectOp::Truncate { size: 4 }), b"")
+        .unwrap();
+    assert_eq!(store.read(&k, 0, 10).unwrap(), b"hell".to_vec());
+    assert_eq!(store.pg_last(k.pg).unwrap(), at(2));
+    // An op that fails logs nothing; an entry not after the last changes nothing.
+    let missing = ObjectKey {
+        name: b"missing".to_vec(),
+        ..k.clone()
+    };
+    assert!(matches!(
+        store.apply_logged(&missing, &entry(3, ObjectOp::Delete), b""),
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.apply_logged(&k, &entry(2, ObjectOp::Write { offset: 0 }), b"J"),
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(store.read(&k, 0, 10).unwrap(), b"hell".to_vec());
+    let entries = store.pg_entries_after(k.pg, at(1)).unwrap();
+    assert_eq!(entries, vec![entry(2, ObjectOp::Truncate { size: 4 })]);
+}

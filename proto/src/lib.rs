@@ -19,6 +19,7 @@ pub mod fs;
 pub mod ids;
 pub mod layout;
 pub mod mds;
+pub mod osd;
 pub mod transport;
 
 pub use aspen_placement::{Epoch, OsdId, PgId, PoolId};

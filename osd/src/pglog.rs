@@ -1,0 +1,109 @@
+//! The PG log: every mutation of a PG's objects, in the order its primary
+//! gave them ([`LogVersion`]), stored in the object store's database in the
+//! same transaction as the mutation itself. Peering compares logs to find
+//! what a member missed; recovery replays or copies it. Each PG keeps its
+//! last [`KEPT_ENTRIES`]; a member further behind is backfilled.
+
+use aspen_placement::PgId;
+use aspen_proto::osd::{LogEntry, LogVersion, ObjectOp};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::store::StoreError;
+
+/// Log entries each PG keeps.
+pub const KEPT_ENTRIES: u64 = 3000;
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS pglog (
+    pool INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    object BLOB NOT NULL,
+    op BLOB NOT NULL,
+    PRIMARY KEY (pool, seed, version)
+) WITHOUT ROWID;
+";
+
+fn corrupt(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(error.to_string())
+}
+
+/// The newest entry's position in `pg` (zero when the log is empty).
+pub(crate) fn last(conn: &Connection, pg: PgId) -> Result<LogVersion, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT epoch, version FROM pglog WHERE pool = ?1 AND seed = ?2 ORDER BY version DESC LIMIT 1",
+        )?
+        .query_row(params![pg.pool.0, pg.seed], |r| {
+            Ok(LogVersion {
+                epoch: r.get::<_, i64>(0)? as u64,
+                version: r.get::<_, i64>(1)? as u64,
+            })
+        })
+        .optional()?
+        .unwrap_or_default())
+}
+
+/// Appends `entry` (its version must follow the log's last) and trims the
+/// oldest entries beyond [`KEPT_ENTRIES`].
+pub(crate) fn append(conn: &Connection, pg: PgId, entry: &LogEntry) -> Result<(), StoreError> {
+    let newest = last(conn, pg)?;
+    if entry.at <= newest {
+        return Err(StoreError::Invalid(format!(
+            "log entry {:?} is not after {newest:?}",
+            entry.at
+        )));
+    }
+    let op = postcard::to_stdvec(&entry.op).map_err(corrupt)?;
+    conn.prepare_cached(
+        "INSERT INTO pglog (pool, seed, version, epoch, object, op) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        pg.pool.0,
+        pg.seed,
+        entry.at.version as i64,
+        entry.at.epoch as i64,
+        entry.object,
+        op
+    ])?;
+    conn.prepare_cached("DELETE FROM pglog WHERE pool = ?1 AND seed = ?2 AND version <= ?3")?
+        .execute(params![
+            pg.pool.0,
+            pg.seed,
+            entry.at.version.saturating_sub(KEPT_ENTRIES) as i64
+        ])?;
+    Ok(())
+}
+
+/// The entries of `pg` after `after`, oldest first.
+pub(crate) fn entries_after(
+    conn: &Connection,
+    pg: PgId,
+    after: LogVersion,
+) -> Result<Vec<LogEntry>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT epoch, version, object, op FROM pglog WHERE pool = ?1 AND seed = ?2 AND version > ?3 ORDER BY version",
+    )?;
+    let rows = statement.query_map(params![pg.pool.0, pg.seed, after.version as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+            r.get::<_, Vec<u8>>(3)?,
+        ))
+    })?;
+    let mut entries = Vec::new();
+    for row in rows {
+        let (epoch, version, object, op) = row?;
+        entries.push(LogEntry {
+            at: LogVersion {
+                epoch: epoch as u64,
+                version: version as u64,
+            },
+            object,
+            op: postcard::from_bytes::<ObjectOp>(&op).map_err(corrupt)?,
+        });
+    }
+    Ok(entries)
+}

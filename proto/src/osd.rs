@@ -1,0 +1,223 @@
+//! The OSD protocol (ALPN `aspen/osd/1`): object operations a client sends
+//! to a PG's primary, and the replication messages the primary sends to
+//! the other members of the acting set. Written bytes and read bytes travel
+//! in the frame body.
+
+use aspen_placement::{PgId, PoolId};
+use serde::{Deserialize, Serialize};
+
+/// The longest object name an OSD accepts.
+pub const MAX_OBJECT_NAME_LEN: usize = 1024;
+/// The most bytes one read or write carries.
+pub const MAX_IO_LEN: u64 = 64 * 1024 * 1024;
+/// Attribute limits.
+pub const MAX_ATTR_NAME_LEN: usize = 255;
+pub const MAX_ATTR_VALUE_LEN: usize = 64 * 1024;
+
+/// An object: its pool and its name (file data objects are named by
+/// [`crate::ObjectId::name`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub pool: PoolId,
+    pub name: Vec<u8>,
+}
+
+/// One operation on one object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectOp {
+    /// Writes the frame body at `offset`.
+    Write {
+        offset: u64,
+    },
+    Read {
+        offset: u64,
+        len: u64,
+    },
+    Truncate {
+        size: u64,
+    },
+    /// Makes a range a hole; the size does not change.
+    Zero {
+        offset: u64,
+        len: u64,
+    },
+    Delete,
+    Stat,
+    SetAttr {
+        name: Vec<u8>,
+        value: Vec<u8>,
+    },
+    GetAttr {
+        name: Vec<u8>,
+    },
+}
+
+impl ObjectOp {
+    /// Whether the op changes the object (and so is ordered in the PG log
+    /// and replicated).
+    pub fn is_mutation(&self) -> bool {
+        !matches!(
+            self,
+            ObjectOp::Read { .. } | ObjectOp::Stat | ObjectOp::GetAttr { .. }
+        )
+    }
+
+    /// Checks the bounds an OSD enforces before acting on the op;
+    /// `body_len` is the length of the frame body.
+    pub fn validate(&self, body_len: usize) -> Result<(), OsdError> {
+        let invalid = |why: &str| Err(OsdError::Invalid(why.to_string()));
+        match self {
+            ObjectOp::Write { offset } => {
+                if body_len as u64 > MAX_IO_LEN {
+                    return invalid("a write is at most 64 MiB");
+                }
+                if offset.checked_add(body_len as u64).is_none() {
+                    return invalid("the write ends past the largest offset");
+                }
+            }
+            ObjectOp::Read { len, .. } if *len > MAX_IO_LEN => {
+                return invalid("a read is at most 64 MiB");
+            }
+            ObjectOp::SetAttr { name, value }
+                if name.is_empty()
+                    || name.len() > MAX_ATTR_NAME_LEN
+                    || value.len() > MAX_ATTR_VALUE_LEN =>
+            {
+                return invalid("attribute name or value too long");
+            }
+            ObjectOp::GetAttr { name } if name.is_empty() || name.len() > MAX_ATTR_NAME_LEN => {
+                return invalid("attribute name too long");
+            }
+            _ => {}
+        }
+        if !self.carries_body() && body_len != 0 {
+            return invalid("only a write carries data");
+        }
+        Ok(())
+    }
+
+    fn carries_body(&self) -> bool {
+        matches!(self, ObjectOp::Write { .. })
+    }
+}
+
+/// A position in a PG's log: the map epoch the primary wrote it in and a
+/// version that grows by one per logged op.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct LogVersion {
+    pub epoch: u64,
+    pub version: u64,
+}
+
+/// One logged mutation: where it sits in the PG log and what it did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub at: LogVersion,
+    pub object: Vec<u8>,
+    pub op: ObjectOp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OsdRequest {
+    /// A client's operation, for the primary of the object's PG; `epoch`
+    /// is the OSD map epoch the client chose the primary with.
+    Op {
+        object: ObjectRef,
+        epoch: u64,
+        op: ObjectOp,
+    },
+    /// Primary to replica: apply this logged mutation (a write's bytes in
+    /// the body).
+    Replicate {
+        pg: PgId,
+        epoch: u64,
+        entry: LogEntry,
+    },
+    /// The names of a PG's objects.
+    ListPg { pg: PgId },
+}
+
+/// What a stat reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    pub size: u64,
+    pub version: u64,
+    pub mtime_ns: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum OsdError {
+    #[error("no such object")]
+    NotFound,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// Stored data failed its check; nothing wrong was returned.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error("i/o error: {0}")]
+    Io(String),
+    /// Fewer acting members than the pool's min_size, or a replica failed:
+    /// the op was not acknowledged; retry later.
+    #[error("placement group unavailable: {0}")]
+    Unavailable(String),
+    /// This OSD is not the primary at its map `epoch` (or is behind the
+    /// caller's): refresh the map and resend.
+    #[error("not the primary at epoch {epoch}")]
+    NotPrimary { epoch: u64 },
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OsdResponse {
+    /// A mutation is durable on every acting member.
+    Done(ObjectInfo),
+    /// Read bytes are in the body.
+    Data,
+    Stat(Option<ObjectInfo>),
+    Attr(Vec<u8>),
+    Names(Vec<Vec<u8>>),
+    /// A replica applied the entry.
+    Replicated,
+    Failed(OsdError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_are_bounded_before_use() {
+        assert!(ObjectOp::Write { offset: 0 }.validate(10).is_ok());
+        assert!(ObjectOp::Write { offset: u64::MAX }.validate(10).is_err());
+        assert!(
+            ObjectOp::Read {
+                offset: 0,
+                len: MAX_IO_LEN + 1
+            }
+            .validate(0)
+            .is_err()
+        );
+        assert!(
+            ObjectOp::Delete.validate(1).is_err(),
+            "only writes carry data"
+        );
+        let long = vec![b'x'; MAX_ATTR_NAME_LEN + 1];
+        assert!(ObjectOp::GetAttr { name: long }.validate(0).is_err());
+        assert!(ObjectOp::Stat.validate(0).is_ok());
+        assert!(!ObjectOp::Stat.is_mutation());
+        assert!(ObjectOp::Zero { offset: 0, len: 1 }.is_mutation());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = postcard::from_bytes::<OsdRequest>(&bytes);
+            let _ = postcard::from_bytes::<OsdResponse>(&bytes);
+        }
+    }
+}
