@@ -20,6 +20,8 @@ enum Command {
     Crush(cmd::crush::CrushCommand),
     /// Run or manage a metadata server (MDS).
     Mds(cmd::mds::MdsArgs),
+    /// Run or manage an object storage daemon (OSD).
+    Osd(cmd::osd::OsdArgs),
     /// Manage the cluster's key registry.
     Auth(cmd::auth::AuthArgs),
     /// Measure a running cluster.
@@ -43,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crush(command) => cmd::crush::run(command),
         Command::Mds(args) => cmd::mds::run(args).await,
+        Command::Osd(args) => cmd::osd::run(args).await,
         Command::Auth(args) => cmd::auth::run(args).await,
         Command::Bench(command) => cmd::bench::run(command).await,
         Command::Pool(args) => cmd::pool::run(args).await,

@@ -14,13 +14,19 @@
 //!   operation returns.
 //! - [`pglog`]: each PG's log of mutations, written in the same transaction
 //!   as the mutation.
+//! - [`server`]: the daemon: boot, heartbeats, map following, and the
+//!   protocol service (primary ordering and replication, replica apply).
+//! - [`client`]: the object client others use (object -> PG -> primary,
+//!   retries across map changes).
 //!
 //! # Boundary
 //! The OSD depends on `aspen-proto` (wire types, transport) and
 //! `aspen-placement` (PGs, the OSD map). It must never depend on the MDS
 //! crate: the MDS is reached only through the messages in `aspen-proto`.
 
+pub mod client;
 pub mod content;
 pub mod extents;
 pub mod pglog;
+pub mod server;
 pub mod store;

@@ -439,6 +439,18 @@ impl ObjectStore {
         })
     }
 
+    /// Bytes of content stored (segments as written, inline chunks).
+    pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        let inner = lock(&self.inner);
+        let used: i64 = inner.conn.query_row(
+            "SELECT (SELECT COALESCE(SUM(written), 0) FROM segments) \
+             + (SELECT COALESCE(SUM(len), 0) FROM chunks WHERE segment = 0)",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(used as u64)
+    }
+
     /// The newest position in `pg`'s log.
     pub fn pg_last(&self, pg: PgId) -> Result<LogVersion, StoreError> {
         pglog::last(&lock(&self.inner).conn, pg)

@@ -331,11 +331,20 @@ pub struct OsdAddress {
     pub capacity: u64,
 }
 
-/// The cluster map: the OSD map and the OSDs' addresses.
+/// The cluster map: the OSD map, the OSDs' addresses, and the registered
+/// keys (public node ids and roles: whom OSDs let connect).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClusterMap {
     pub osdmap: OsdMap,
     pub addresses: Vec<OsdAddress>,
+    pub keys: Vec<KeyEntry>,
+}
+
+impl ClusterMap {
+    /// Where OSD `osd` listens.
+    pub fn address(&self, osd: OsdId) -> Option<&OsdAddress> {
+        self.addresses.iter().find(|a| a.osd == osd)
+    }
 }
 
 impl Eq for ClusterMap {}
@@ -427,6 +436,7 @@ mod tests {
         let map = ClusterMap {
             osdmap: OsdMap::new(CrushMap::uniform(2, 2, Weight::ONE).unwrap()).unwrap(),
             addresses: vec![],
+            keys: vec![],
         };
         for response in [
             MdsResponse::ClusterMap(Box::new(map)),

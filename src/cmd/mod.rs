@@ -4,6 +4,7 @@ pub mod auth;
 pub mod bench;
 pub mod crush;
 pub mod mds;
+pub mod osd;
 pub mod pool;
 pub mod status;
 

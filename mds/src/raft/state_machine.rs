@@ -175,7 +175,12 @@ impl StateMachineStore {
             addresses
                 .push(decode(&row?).map_err(|e| StoreError::Corrupt(format!("osd address: {e}")))?);
         }
-        Ok(ClusterMap { osdmap, addresses })
+        let keys = load_keys(conn)?;
+        Ok(ClusterMap {
+            osdmap,
+            addresses,
+            keys,
+        })
     }
 
     /// Follows the OSD map's epoch as entries apply.

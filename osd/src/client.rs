@@ -1,0 +1,283 @@
+//! The object client, used by the MDS (purges) and fsclient (file data):
+//! it maps an object to its PG and the PG's acting primary with the
+//! current cluster map, sends the operation there, and when the answer is
+//! "not primary", the primary is unreachable or the PG is unavailable, it
+//! fetches a newer map and retries, for at most [`OP_DEADLINE`].
+//!
+//! Public API only: nothing here depends on the OSD's server internals.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aspen_placement::{OsdId, PoolId};
+use aspen_proto::cluster::MdsClient;
+use aspen_proto::mds::{ClusterMap, MdsRequest, MdsResponse};
+use aspen_proto::osd::{ObjectInfo, ObjectOp, ObjectRef, OsdError, OsdRequest, OsdResponse};
+use aspen_proto::transport::endpoint::peer_addr;
+use aspen_proto::transport::{ALPN_OSD, EndpointId, RpcClient, Transport};
+use tokio::sync::Mutex;
+
+/// How long one operation keeps retrying through map changes.
+pub const OP_DEADLINE: Duration = Duration::from_secs(60);
+/// How long one attempt at one OSD may take.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pause before retrying when the map has not changed.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The OSD answered with an error that retrying does not fix.
+    #[error(transparent)]
+    Osd(#[from] OsdError),
+    #[error("gave up after {0:?}: {1}")]
+    Timeout(Duration, String),
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+}
+
+pub struct ObjectClient {
+    transport: Transport,
+    mds: Arc<MdsClient>,
+    map: Mutex<Arc<ClusterMap>>,
+    links: Mutex<HashMap<OsdId, (String, Arc<RpcClient>)>>,
+}
+
+impl ObjectClient {
+    /// A client that learns maps from `mds` (sends on `transport`).
+    pub async fn new(
+        transport: Transport,
+        mds: Arc<MdsClient>,
+    ) -> Result<ObjectClient, ClientError> {
+        let map = fetch_map(&mds, 0).await?;
+        Ok(ObjectClient {
+            transport,
+            mds,
+            map: Mutex::new(Arc::new(map)),
+            links: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub async fn map(&self) -> Arc<ClusterMap> {
+        self.map.lock().await.clone()
+    }
+
+    /// Waits for a map newer than the one held (the MDS answers at once if
+    /// there is one, and after its long-poll wait otherwise).
+    async fn refresh(&self, seen: u64) -> Result<(), ClientError> {
+        let map = fetch_map(&self.mds, seen).await?;
+        let mut held = self.map.lock().await;
+        if map.osdmap.epoch() > held.osdmap.epoch() {
+            *held = Arc::new(map);
+        }
+        Ok(())
+    }
+
+    async fn link(&self, map: &ClusterMap, osd: OsdId) -> Result<Arc<RpcClient>, String> {
+        let address = map
+            .address(osd)
+            .ok_or(format!("osd.{} has no address", osd.0))?;
+        let mut links = self.links.lock().await;
+        if let Some((node, client)) = links.get(&osd)
+            && *node == address.node_id
+        {
+            return Ok(client.clone());
+        }
+        let id: EndpointId = address
+            .node_id
+            .parse()
+            .map_err(|_| format!("osd.{} has a bad node id", osd.0))?;
+        let client = Arc::new(RpcClient::new(
+            self.transport.clone(),
+            peer_addr(id, &address.addrs),
+            ALPN_OSD,
+        ));
+        links.insert(osd, (address.node_id.clone(), client.clone()));
+        Ok(client)
+    }
+
+    /// Sends one operation to the object's primary, following map changes.
+    pub async fn op(
+        &self,
+        object: &ObjectRef,
+        op: ObjectOp,
+        body: &[u8],
+    ) -> Result<(OsdResponse, Vec<u8>), ClientError> {
+        let started = Instant::now();
+        let mut problem;
+        loop {
+            let map = self.map().await;
+            let epoch = map.osdmap.epoch().0;
+            problem = match self.attempt(&map, object, &op, body).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(OsdError::NotPrimary { epoch: theirs })) => {
+                    format!("not the primary at epoch {theirs}")
+                }
+                Ok(Err(OsdError::Unavailable(why))) => why,
+                Ok(Err(final_error)) => return Err(final_error.into()),
+                Err(unreachable) => unreachable,
+            };
+            if started.elapsed() > OP_DEADLINE {
+                return Err(ClientError::Timeout(OP_DEADLINE, problem));
+            }
+            let before = self.map().await.osdmap.epoch().0;
+            tokio::time::sleep(RETRY_PAUSE).await;
+            if before == epoch {
+                self.refresh(epoch).await?;
+            }
+        }
+    }
+
+    /// One try: `Err` when the primary could not be reached.
+    async fn attempt(
+        &self,
+        map: &ClusterMap,
+        object: &ObjectRef,
+        op: &ObjectOp,
+        body: &[u8],
+    ) -> Result<Result<(OsdResponse, Vec<u8>), OsdError>, String> {
+        let pg = map
+            .osdmap
+            .object_pg(object.pool, &object.name)
+            .map_err(|e| e.to_string())?;
+        let primary = map
+            .osdmap
+            .pg_mapping(pg)
+            .map_err(|e| e.to_string())?
+            .acting_primary
+            .ok_or(format!("{pg:?} has no primary"))?;
+        let client = self.link(map, primary).await?;
+        let request = OsdRequest::Op {
+            object: object.clone(),
+            epoch: map.osdmap.epoch().0,
+            op: op.clone(),
+        };
+        match client
+            .call_within::<_, OsdResponse>(ATTEMPT_TIMEOUT, &request, body)
+            .await
+        {
+            Ok((OsdResponse::Failed(error), _)) => Ok(Err(error)),
+            Ok(answer) => Ok(Ok(answer)),
+            Err(error) => Err(format!("osd.{}: {error}", primary.0)),
+        }
+    }
+
+    fn object(pool: PoolId, name: &[u8]) -> ObjectRef {
+        ObjectRef {
+            pool,
+            name: name.to_vec(),
+        }
+    }
+
+    async fn mutation(
+        &self,
+        pool: PoolId,
+        name: &[u8],
+        op: ObjectOp,
+        body: &[u8],
+    ) -> Result<ObjectInfo, ClientError> {
+        match self.op(&ObjectClient::object(pool, name), op, body).await? {
+            (OsdResponse::Done(info), _) => Ok(info),
+            (other, _) => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn write(
+        &self,
+        pool: PoolId,
+        name: &[u8],
+        offset: u64,
+        data: &[u8],
+    ) -> Result<ObjectInfo, ClientError> {
+        self.mutation(pool, name, ObjectOp::Write { offset }, data)
+            .await
+    }
+
+    pub async fn truncate(
+        &self,
+        pool: PoolId,
+        name: &[u8],
+        size: u64,
+    ) -> Result<ObjectInfo, ClientError> {
+        self.mutation(pool, name, ObjectOp::Truncate { size }, &[])
+            .await
+    }
+
+    pub async fn zero(
+        &self,
+        pool: PoolId,
+        name: &[u8],
+        offset: u64,
+        len: u64,
+    ) -> Result<ObjectInfo, ClientError> {
+        self.mutation(pool, name, ObjectOp::Zero { offset, len }, &[])
+            .await
+    }
+
+    pub async fn delete(&self, pool: PoolId, name: &[u8]) -> Result<(), ClientError> {
+        self.mutation(pool, name, ObjectOp::Delete, &[])
+            .await
+            .map(drop)
+    }
+
+    /// Up to `len` bytes at `offset` (fewer at the end; holes are zeros).
+    pub async fn read(
+        &self,
+        pool: PoolId,
+        name: &[u8],
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        match self
+            .op(
+                &ObjectClient::object(pool, name),
+                ObjectOp::Read { offset, len },
+                &[],
+            )
+            .await?
+        {
+            (OsdResponse::Data, bytes) => Ok(bytes),
+            (other, _) => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn stat(&self, pool: PoolId, name: &[u8]) -> Result<Option<ObjectInfo>, ClientError> {
+        match self
+            .op(&ObjectClient::object(pool, name), ObjectOp::Stat, &[])
+            .await?
+        {
+            (OsdResponse::Stat(info), _) => Ok(info),
+            (other, _) => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The objects OSD `osd` holds for `pg` (to check where data lives).
+    pub async fn list_pg(
+        &self,
+        osd: OsdId,
+        pg: aspen_placement::PgId,
+    ) -> Result<Vec<Vec<u8>>, ClientError> {
+        let map = self.map().await;
+        let client = self
+            .link(&map, osd)
+            .await
+            .map_err(ClientError::Unexpected)?;
+        match client
+            .call::<_, OsdResponse>(&OsdRequest::ListPg { pg }, &[])
+            .await
+        {
+            Ok((OsdResponse::Names(names), _)) => Ok(names),
+            Ok((OsdResponse::Failed(error), _)) => Err(error.into()),
+            Ok((other, _)) => Err(ClientError::Unexpected(format!("{other:?}"))),
+            Err(error) => Err(ClientError::Unexpected(error.to_string())),
+        }
+    }
+}
+
+async fn fetch_map(mds: &MdsClient, newer_than: u64) -> Result<ClusterMap, ClientError> {
+    match mds.call(&MdsRequest::GetClusterMap { newer_than }).await {
+        Ok(MdsResponse::ClusterMap(map)) => Ok(*map),
+        Ok(other) => Err(ClientError::Unexpected(format!("{other:?}"))),
+        Err(error) => Err(ClientError::Unexpected(error.to_string())),
+    }
+}

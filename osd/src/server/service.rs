@@ -1,0 +1,341 @@
+//! The OSD protocol service. As a PG's primary it checks the caller's map
+//! epoch, orders each mutation in the PG log (one at a time per PG),
+//! applies it locally and on every other acting member at once, and
+//! acknowledges only when all of them have it durable (and never with fewer
+//! acting members than the pool's min_size). As a replica it applies what
+//! the PG's primary sends, in log order. Reads are served by the primary.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aspen_placement::{OsdId, PgId, PgMapping};
+use aspen_proto::mds::ClusterMap;
+use aspen_proto::osd::{
+    LogEntry, LogVersion, MAX_OBJECT_NAME_LEN, ObjectInfo, ObjectOp, ObjectRef, OsdError,
+    OsdRequest, OsdResponse,
+};
+use aspen_proto::transport::endpoint::peer_addr;
+use aspen_proto::transport::{ALPN_OSD, EndpointId, FrameError, RpcClient, Service, Transport};
+use tokio::sync::watch;
+
+use crate::store::{ObjectKey, ObjectStat, ObjectStore, StoreError};
+
+/// How long a request naming a newer map epoch waits for this OSD to
+/// learn it.
+pub const MAP_CATCH_UP: Duration = Duration::from_secs(5);
+/// How long a replica may take to apply one entry.
+pub const REPLICATE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct OsdService {
+    id: OsdId,
+    transport: Transport,
+    store: Arc<ObjectStore>,
+    maps: watch::Receiver<Arc<ClusterMap>>,
+    /// One mutation at a time per PG, so log order is apply order.
+    pg_locks: Mutex<HashMap<PgId, Arc<tokio::sync::Mutex<()>>>>,
+    links: Mutex<HashMap<OsdId, (String, Arc<RpcClient>)>>,
+}
+
+fn failed(error: OsdError) -> (OsdResponse, Vec<u8>) {
+    (OsdResponse::Failed(error), Vec::new())
+}
+
+impl From<StoreError> for OsdError {
+    fn from(error: StoreError) -> OsdError {
+        match error {
+            StoreError::NotFound => OsdError::NotFound,
+            StoreError::NoAttr => OsdError::NoAttr,
+            StoreError::Invalid(why) => OsdError::Invalid(why),
+            StoreError::Corrupt(why) => OsdError::Corrupt(why),
+            other => OsdError::Io(other.to_string()),
+        }
+    }
+}
+
+fn info(stat: ObjectStat) -> ObjectInfo {
+    ObjectInfo {
+        size: stat.size,
+        version: stat.version,
+        mtime_ns: stat.mtime_ns,
+    }
+}
+
+/// Runs a store call on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, OsdError> {
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => result.map_err(OsdError::from),
+        Err(error) => Err(OsdError::Io(error.to_string())),
+    }
+}
+
+impl OsdService {
+    pub fn new(
+        id: OsdId,
+        transport: Transport,
+        store: Arc<ObjectStore>,
+        maps: watch::Receiver<Arc<ClusterMap>>,
+    ) -> OsdService {
+        OsdService {
+            id,
+            transport,
+            store,
+            maps,
+            pg_locks: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The current map, after waiting (a bounded time) for `epoch`.
+    async fn map_at_least(&self, epoch: u64) -> Arc<ClusterMap> {
+        let mut maps = self.maps.clone();
+        let _ = tokio::time::timeout(
+            MAP_CATCH_UP,
+            maps.wait_for(|map| map.osdmap.epoch().0 >= epoch),
+        )
+        .await;
+        self.maps.borrow().clone()
+    }
+
+    fn pg_lock(&self, pg: PgId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.pg_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(pg).or_default().clone()
+    }
+
+    /// The RPC client for OSD `osd` at the address `map` gives it.
+    fn link(&self, map: &ClusterMap, osd: OsdId) -> Result<Arc<RpcClient>, OsdError> {
+        let address = map
+            .address(osd)
+            .ok_or_else(|| OsdError::Unavailable(format!("osd.{} has no address", osd.0)))?;
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((node, client)) = links.get(&osd)
+            && *node == address.node_id
+        {
+            return Ok(client.clone());
+        }
+        let id: EndpointId = address
+            .node_id
+            .parse()
+            .map_err(|_| OsdError::Unavailable(format!("osd.{} has a bad node id", osd.0)))?;
+        let client = Arc::new(RpcClient::new(
+            self.transport.clone(),
+            peer_addr(id, &address.addrs),
+            ALPN_OSD,
+        ));
+        links.insert(osd, (address.node_id.clone(), client.clone()));
+        Ok(client)
+    }
+
+    async fn op(
+        &self,
+        object: ObjectRef,
+        epoch: u64,
+        op: ObjectOp,
+        body: Vec<u8>,
+    ) -> (OsdResponse, Vec<u8>) {
+        if let Err(error) = op.validate(body.len()) {
+            return failed(error);
+        }
+        if object.name.is_empty() || object.name.len() > MAX_OBJECT_NAME_LEN {
+            return failed(OsdError::Invalid("bad object name length".into()));
+        }
+        let map = self.map_at_least(epoch).await;
+        let map_epoch = map.osdmap.epoch().0;
+        let Ok(pg) = map.osdmap.object_pg(object.pool, &object.name) else {
+            return failed(OsdError::Invalid(format!("no pool {}", object.pool.0)));
+        };
+        let Ok(mapping) = map.osdmap.pg_mapping(pg) else {
+            return failed(OsdError::Unavailable(format!("no mapping for {pg:?}")));
+        };
+        if mapping.acting_primary != Some(self.id) {
+            return failed(OsdError::NotPrimary { epoch: map_epoch });
+        }
+        let key = ObjectKey {
+            pg,
+            name: object.name,
+        };
+        if op.is_mutation() {
+            match self.mutate(&map, mapping, key, op, body).await {
+                Ok(stat) => (OsdResponse::Done(stat), Vec::new()),
+                Err(error) => failed(error),
+            }
+        } else {
+            self.read(key, op).await.unwrap_or_else(failed)
+        }
+    }
+
+    async fn read(&self, key: ObjectKey, op: ObjectOp) -> Result<(OsdResponse, Vec<u8>), OsdError> {
+        let store = self.store.clone();
+        match op {
+            ObjectOp::Read { offset, len } => {
+                let bytes = blocking(move || store.read(&key, offset, len)).await?;
+                Ok((OsdResponse::Data, bytes))
+            }
+            ObjectOp::Stat => {
+                let stat = blocking(move || store.stat(&key)).await?;
+                Ok((OsdResponse::Stat(stat.map(info)), Vec::new()))
+            }
+            ObjectOp::GetAttr { name } => {
+                let value = blocking(move || store.get_attr(&key, &name)).await?;
+                Ok((OsdResponse::Attr(value), Vec::new()))
+            }
+            other => Err(OsdError::Invalid(format!("{other:?} is not a read"))),
+        }
+    }
+
+    /// Orders `op` in the PG log and makes it durable on every acting member.
+    async fn mutate(
+        &self,
+        map: &ClusterMap,
+        mapping: PgMapping,
+        key: ObjectKey,
+        op: ObjectOp,
+        body: Vec<u8>,
+    ) -> Result<ObjectInfo, OsdError> {
+        let pg = key.pg;
+        let pool = map
+            .osdmap
+            .pool(pg.pool)
+            .map_err(|e| OsdError::Invalid(e.to_string()))?;
+        let acting: Vec<OsdId> = mapping.acting.iter().flatten().copied().collect();
+        if acting.len() < pool.min_size {
+            return Err(OsdError::Unavailable(format!(
+                "{} of min_size {} acting",
+                acting.len(),
+                pool.min_size
+            )));
+        }
+        let lock = self.pg_lock(pg);
+        let _ordered = lock.lock().await;
+        let store = self.store.clone();
+        let last = blocking(move || store.pg_last(pg)).await?;
+        let entry = LogEntry {
+            at: LogVersion {
+                epoch: map.osdmap.epoch().0,
+                version: last.version + 1,
+            },
+            object: key.name.clone(),
+            op,
+        };
+        let body = Arc::new(body);
+        let mut replicas = tokio::task::JoinSet::new();
+        for osd in acting.iter().copied().filter(|osd| *osd != self.id) {
+            let client = self.link(map, osd)?;
+            let request = OsdRequest::Replicate {
+                pg,
+                epoch: entry.at.epoch,
+                entry: entry.clone(),
+            };
+            let body = body.clone();
+            replicas.spawn(async move {
+                let answer = client
+                    .call_within::<_, OsdResponse>(REPLICATE_TIMEOUT, &request, &body)
+                    .await;
+                match answer {
+                    Ok((OsdResponse::Replicated, _)) => Ok(()),
+                    Ok((OsdResponse::Failed(error), _)) => Err(format!("osd.{}: {error}", osd.0)),
+                    Ok((other, _)) => Err(format!("osd.{}: unexpected {other:?}", osd.0)),
+                    Err(error) => Err(format!("osd.{}: {error}", osd.0)),
+                }
+            });
+        }
+        let store = self.store.clone();
+        let local_entry = entry.clone();
+        let local = blocking(move || store.apply_logged(&key, &local_entry, &body)).await;
+        let mut problems = Vec::new();
+        while let Some(done) = replicas.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(problem)) => problems.push(problem),
+                Err(error) => problems.push(error.to_string()),
+            }
+        }
+        let stat = local?;
+        if !problems.is_empty() {
+            return Err(OsdError::Unavailable(problems.join("; ")));
+        }
+        Ok(stat.map(info).unwrap_or(ObjectInfo {
+            size: 0,
+            version: entry.at.version,
+            mtime_ns: 0,
+        }))
+    }
+
+    /// Applies an entry the PG's primary sent.
+    async fn replicate(
+        &self,
+        peer: EndpointId,
+        pg: PgId,
+        epoch: u64,
+        entry: LogEntry,
+        body: Vec<u8>,
+    ) -> Result<(), OsdError> {
+        if let ObjectOp::Write { .. } = entry.op {
+            entry.op.validate(body.len())?;
+        }
+        let map = self.map_at_least(epoch).await;
+        let mapping = map
+            .osdmap
+            .pg_mapping(pg)
+            .map_err(|e| OsdError::Refused(e.to_string()))?;
+        let primary = mapping.acting_primary.and_then(|p| map.address(p));
+        if primary.map(|a| a.node_id.as_str()) != Some(peer.to_string().as_str()) {
+            return Err(OsdError::Refused(format!(
+                "{peer} is not the primary of {pg:?}"
+            )));
+        }
+        if !mapping.acting.contains(&Some(self.id)) {
+            return Err(OsdError::Refused(format!("not acting for {pg:?}")));
+        }
+        let lock = self.pg_lock(pg);
+        let _ordered = lock.lock().await;
+        let store = self.store.clone();
+        let last = blocking(move || store.pg_last(pg)).await?;
+        if entry.at <= last {
+            // A resend of something already applied.
+            return Ok(());
+        }
+        let key = ObjectKey {
+            pg,
+            name: entry.object.clone(),
+        };
+        let store = self.store.clone();
+        blocking(move || store.apply_logged(&key, &entry, &body)).await?;
+        Ok(())
+    }
+}
+
+impl Service for OsdService {
+    type Request = OsdRequest;
+    type Response = OsdResponse;
+
+    async fn call(
+        &self,
+        peer: EndpointId,
+        request: OsdRequest,
+        body: Vec<u8>,
+    ) -> (OsdResponse, Vec<u8>) {
+        match request {
+            OsdRequest::Op { object, epoch, op } => self.op(object, epoch, op, body).await,
+            OsdRequest::Replicate { pg, epoch, entry } => {
+                match self.replicate(peer, pg, epoch, entry, body).await {
+                    Ok(()) => (OsdResponse::Replicated, Vec::new()),
+                    Err(error) => failed(error),
+                }
+            }
+            OsdRequest::ListPg { pg } => {
+                let store = self.store.clone();
+                match blocking(move || store.list(pg)).await {
+                    Ok(names) => (OsdResponse::Names(names), Vec::new()),
+                    Err(error) => failed(error),
+                }
+            }
+        }
+    }
+
+    fn malformed(&self, error: &FrameError) -> OsdResponse {
+        OsdResponse::Failed(OsdError::Refused(error.to_string()))
+    }
+}

@@ -1,0 +1,195 @@
+//! OSDs as an operator runs them: one MDS and three `aspen osd` processes
+//! on 127.0.0.1, a pool of size 3; objects written through the object
+//! client read back intact, live on every member of their PG's acting set,
+//! and spread over all OSDs.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aspen_osd::client::ObjectClient;
+use aspen_placement::{OsdId, PoolId};
+use aspen_proto::cluster::{ClusterConfig, MdsClient};
+use aspen_proto::transport::{AuthorizedKeys, Transport, load_or_create_secret_key};
+use common::{Daemons, aspen, free_addr, ok};
+
+fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Bytes that differ by object and position.
+fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn object_client(config: &str) -> ObjectClient {
+    let cluster = ClusterConfig::load(std::path::Path::new(config)).unwrap();
+    let key = load_or_create_secret_key(&cluster.key).unwrap();
+    let transport = Transport::bind(
+        key,
+        "127.0.0.1:0".parse().unwrap(),
+        vec![],
+        AuthorizedKeys::default(),
+    )
+    .await
+    .unwrap();
+    let mds = Arc::new(MdsClient::new(
+        transport.clone(),
+        cluster.mds.iter().map(|m| m.member.clone()).collect(),
+    ));
+    ObjectClient::new(transport, mds).await.unwrap()
+}
+
+#[test]
+fn three_osds_replicate_objects_of_a_size_3_pool() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = |name: &str| -> PathBuf { root.path().join(name) };
+    let mds = dir("mds");
+    ok(aspen(&[
+        "mds",
+        "init",
+        "--data",
+        mds.to_str().unwrap(),
+        "--listen",
+        &free_addr(),
+    ]));
+    let config = mds.join("cluster.json");
+    let config = config.to_str().unwrap();
+    let mut daemons = Daemons::new();
+    daemons.spawn(
+        0,
+        &["mds", "--data", mds.to_str().unwrap()],
+        &dir("mds.log"),
+    );
+    eventually("the MDS to lead", || {
+        let out =
+            String::from_utf8_lossy(&aspen(&["status", "--config", config]).stdout).into_owned();
+        out.contains("HEALTH_OK").then_some(())
+    });
+    for id in 0..3u64 {
+        let data = dir(&format!("osd{id}"));
+        let out = ok(aspen(&[
+            "osd",
+            "add",
+            "--data",
+            data.to_str().unwrap(),
+            "--id",
+            &id.to_string(),
+            "--config",
+            config,
+            "--host",
+            &format!("host{id}"),
+            "--listen",
+            &free_addr(),
+        ]));
+        assert!(out.contains(&format!("osd.{id} created")), "{out}");
+        daemons.spawn(
+            id + 1,
+            &["osd", "--data", data.to_str().unwrap()],
+            &dir(&format!("osd{id}.log")),
+        );
+    }
+    eventually("three OSDs up and in", || {
+        let out =
+            String::from_utf8_lossy(&aspen(&["status", "--config", config]).stdout).into_owned();
+        out.contains("3 osds: 3 up, 3 in").then_some(())
+    });
+    // A pool can be placed once there are hosts for its three copies.
+    ok(aspen(&[
+        "pool",
+        "create",
+        "data",
+        "--pg-num",
+        "32",
+        "--size",
+        "3",
+        "--min-size",
+        "2",
+        "--config",
+        config,
+    ]));
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = object_client(config).await;
+        let pool = PoolId(1);
+        let mut written = Vec::new();
+        for n in 0..60u64 {
+            let name = format!("{n:x}.00000000").into_bytes();
+            let len = [1usize << 10, 70 << 10, 1 << 20][n as usize % 3];
+            let offset = (n % 4) * 4096;
+            let data = payload(n, len);
+            let info = client.write(pool, &name, offset, &data).await.unwrap();
+            assert_eq!(info.size, offset + len as u64);
+            written.push((name, offset, data));
+        }
+        for (name, offset, data) in &written {
+            let back = client
+                .read(pool, name, 0, offset + data.len() as u64)
+                .await
+                .unwrap();
+            assert!(back[..*offset as usize].iter().all(|b| *b == 0));
+            assert_eq!(
+                &back[*offset as usize..],
+                &data[..],
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+        // Each object lives on every member of its PG's acting set, and the
+        // objects are spread over all three OSDs as primaries.
+        let map = client.map().await;
+        let mut primaries = BTreeSet::new();
+        for (name, _, _) in &written {
+            let pg = map.osdmap.object_pg(pool, name).unwrap();
+            let mapping = map.osdmap.pg_mapping(pg).unwrap();
+            let acting: Vec<OsdId> = mapping.acting.iter().flatten().copied().collect();
+            assert_eq!(acting.len(), 3);
+            primaries.insert(mapping.acting_primary.unwrap());
+            for osd in acting {
+                let names = client.list_pg(osd, pg).await.unwrap();
+                assert!(
+                    names.contains(name),
+                    "osd.{} lacks an object of {pg:?}",
+                    osd.0
+                );
+            }
+        }
+        assert_eq!(primaries.len(), 3, "every OSD is primary for some objects");
+        // Truncate, punch and delete go through the PG log too.
+        let (name, _, _) = &written[2];
+        client.truncate(pool, name, 100).await.unwrap();
+        client.zero(pool, name, 0, 50).await.unwrap();
+        let back = client.read(pool, name, 0, 1000).await.unwrap();
+        assert_eq!(back.len(), 100);
+        assert!(back[..50].iter().all(|b| *b == 0));
+        client.delete(pool, name).await.unwrap();
+        assert_eq!(client.stat(pool, name).await.unwrap(), None);
+        assert!(matches!(
+            client.read(pool, name, 0, 10).await,
+            Err(aspen_osd::client::ClientError::Osd(
+                aspen_proto::osd::OsdError::NotFound
+            ))
+        ));
+    });
+    let status = ok(aspen(&["status", "--config", config]));
+    assert!(status.contains("space:"), "{status}");
+}
