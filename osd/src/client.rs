@@ -104,26 +104,45 @@ impl ObjectClient {
         body: &[u8],
     ) -> Result<(OsdResponse, Vec<u8>), ClientError> {
         let started = Instant::now();
-        let mut problem;
         loop {
             let map = self.map().await;
             let epoch = map.osdmap.epoch().0;
-            problem = match self.attempt(&map, object, &op, body).await {
+            // Whether a newer map is what the retry needs (a PG that is
+            // peering just needs time).
+            let (problem, needs_map) = match self.attempt(&map, object, &op, body).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(OsdError::NotPrimary { epoch: theirs })) => {
-                    format!("not the primary at epoch {theirs}")
+                    (format!("not the primary at epoch {theirs}"), true)
                 }
-                Ok(Err(OsdError::Unavailable(why))) => why,
+                Ok(Err(OsdError::Unavailable(why))) => (why, false),
                 Ok(Err(final_error)) => return Err(final_error.into()),
-                Err(unreachable) => unreachable,
+                Err(unreachable) => (unreachable, true),
             };
             if started.elapsed() > OP_DEADLINE {
                 return Err(ClientError::Timeout(OP_DEADLINE, problem));
             }
-            let before = self.map().await.osdmap.epoch().0;
             tokio::time::sleep(RETRY_PAUSE).await;
-            if before == epoch {
+            if needs_map {
                 self.refresh(epoch).await?;
+            } else {
+                // A failed replica is marked down by a newer map: take it
+                // if there is one, without waiting for it.
+                self.refresh_if_newer().await;
+            }
+        }
+    }
+
+    /// Takes a newer map if the MDS has one now.
+    pub async fn refresh_map(&self) {
+        self.refresh_if_newer().await
+    }
+
+    async fn refresh_if_newer(&self) {
+        let epoch = self.map().await.osdmap.epoch().0;
+        if let Ok(Ok(map)) = tokio::time::timeout(RETRY_PAUSE, fetch_map(&self.mds, epoch)).await {
+            let mut held = self.map.lock().await;
+            if map.osdmap.epoch() > held.osdmap.epoch() {
+                *held = Arc::new(map);
             }
         }
     }

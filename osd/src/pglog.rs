@@ -23,18 +23,40 @@ CREATE TABLE IF NOT EXISTS pglog (
     op BLOB NOT NULL,
     PRIMARY KEY (pool, seed, version)
 ) WITHOUT ROWID;
+-- each PG's newest position (kept when the log is trimmed or recovered)
+CREATE TABLE IF NOT EXISTS pgs (
+    pool INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (pool, seed)
+) WITHOUT ROWID;
 ";
 
 fn corrupt(error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(error.to_string())
 }
 
-/// The newest entry's position in `pg` (zero when the log is empty).
+/// Sets `pg`'s newest position (after recovery made this member equal to
+/// one that is there).
+pub(crate) fn set_last(conn: &Connection, pg: PgId, at: LogVersion) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO pgs (pool, seed, epoch, version) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (pool, seed) DO UPDATE SET epoch = ?3, version = ?4",
+    )?
+    .execute(params![
+        pg.pool.0,
+        pg.seed,
+        at.epoch as i64,
+        at.version as i64
+    ])?;
+    Ok(())
+}
+
+/// The newest position in `pg` (zero before anything was logged).
 pub(crate) fn last(conn: &Connection, pg: PgId) -> Result<LogVersion, StoreError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT epoch, version FROM pglog WHERE pool = ?1 AND seed = ?2 ORDER BY version DESC LIMIT 1",
-        )?
+        .prepare_cached("SELECT epoch, version FROM pgs WHERE pool = ?1 AND seed = ?2")?
         .query_row(params![pg.pool.0, pg.seed], |r| {
             Ok(LogVersion {
                 epoch: r.get::<_, i64>(0)? as u64,
@@ -67,6 +89,7 @@ pub(crate) fn append(conn: &Connection, pg: PgId, entry: &LogEntry) -> Result<()
         entry.object,
         op
     ])?;
+    set_last(conn, pg, entry.at)?;
     conn.prepare_cached("DELETE FROM pglog WHERE pool = ?1 AND seed = ?2 AND version <= ?3")?
         .execute(params![
             pg.pool.0,

@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aspen_placement::PgId;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use aspen_proto::osd::{LogEntry, LogVersion, ObjectOp};
+use aspen_proto::osd::{LogEntry, LogVersion, ObjectCopy, ObjectOp};
 
 use crate::content::{self, ContentStore, MAX_CHUNK};
 use crate::extents::{ChunkId, Extent, ExtentMap, ReadPiece, RefChange};
@@ -49,6 +49,9 @@ CREATE TABLE IF NOT EXISTS objects (
     size INTEGER NOT NULL,
     version INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
+    -- the PG log position of the last logged change (recovery compares these)
+    at_epoch INTEGER NOT NULL DEFAULT 0,
+    at_version INTEGER NOT NULL DEFAULT 0,
     UNIQUE (pool, name)
 );
 CREATE INDEX IF NOT EXISTS objects_by_pg ON objects (pool, pg, name);
@@ -435,6 +438,9 @@ impl ObjectStore {
                 }
             };
             pglog::append(conn, key.pg, entry)?;
+            if stat.is_some() {
+                set_logged_at(conn, key, entry.at)?;
+            }
             Ok(stat)
         })
     }
@@ -449,6 +455,97 @@ impl ObjectStore {
             |r| r.get(0),
         )?;
         Ok(used as u64)
+    }
+
+    /// Every object of `pg` with the log position of its last change.
+    pub fn pg_objects(&self, pg: PgId) -> Result<Vec<(Vec<u8>, LogVersion)>, StoreError> {
+        let inner = lock(&self.inner);
+        let mut statement = inner.conn.prepare_cached(
+            "SELECT name, at_epoch, at_version FROM objects WHERE pool = ?1 AND pg = ?2 ORDER BY name",
+        )?;
+        let rows = statement.query_map(params![pg.pool.0, pg.seed], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                LogVersion {
+                    epoch: r.get::<_, i64>(1)? as u64,
+                    version: r.get::<_, i64>(2)? as u64,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A whole object as recovery copies it: its bytes, size, attributes
+    /// and last logged position (`None` if it does not exist).
+    pub fn object_state(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<Option<(ObjectCopy, Vec<u8>)>, StoreError> {
+        let Some(stat) = self.stat(key)? else {
+            return Ok(None);
+        };
+        let data = self.read(key, 0, stat.size)?;
+        let inner = lock(&self.inner);
+        let (object, _) = ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
+        let at = inner.conn.query_row(
+            "SELECT at_epoch, at_version FROM objects WHERE id = ?1",
+            [object],
+            |r| {
+                Ok(LogVersion {
+                    epoch: r.get::<_, i64>(0)? as u64,
+                    version: r.get::<_, i64>(1)? as u64,
+                })
+            },
+        )?;
+        let mut statement = inner
+            .conn
+            .prepare_cached("SELECT name, value FROM attrs WHERE object = ?1 ORDER BY name")?;
+        let attrs = statement
+            .query_map([object], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(Some((
+            ObjectCopy {
+                size: stat.size,
+                attrs,
+                at,
+            },
+            data,
+        )))
+    }
+
+    /// Replaces `key` with a copy (or deletes it, for `None`), in one
+    /// transaction. `data` is the whole object's bytes.
+    pub fn install_object(
+        &self,
+        key: &ObjectKey,
+        state: Option<&ObjectCopy>,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        self.mutate(|conn, content| {
+            if ObjectStore::object_id(conn, key)?.is_some() {
+                delete_in(conn, content, key)?;
+            }
+            let Some(state) = state else {
+                return Ok(());
+            };
+            if data.len() as u64 > state.size {
+                return Err(StoreError::Invalid(
+                    "more data than the object's size".into(),
+                ));
+            }
+            write_in(conn, content, key, 0, data)?;
+            truncate_in(conn, content, key, state.size)?;
+            for (name, value) in &state.attrs {
+                set_attr_in(conn, key, name, value)?;
+            }
+            set_logged_at(conn, key, state.at)
+        })
+    }
+
+    /// Sets `pg`'s newest log position (once recovery made this member
+    /// equal to the authoritative one).
+    pub fn set_pg_last(&self, pg: PgId, at: LogVersion) -> Result<(), StoreError> {
+        self.mutate(|conn, _| pglog::set_last(conn, pg, at))
     }
 
     /// The newest position in `pg`'s log.
@@ -686,4 +783,17 @@ fn set_attr_in(
     )?
     .execute(params![object, name, value])?;
     ObjectStore::touch(conn, object, size)
+}
+
+fn set_logged_at(conn: &Connection, key: &ObjectKey, at: LogVersion) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE objects SET at_epoch = ?3, at_version = ?4 WHERE pool = ?1 AND name = ?2",
+    )?
+    .execute(params![
+        key.pg.pool.0,
+        key.name,
+        at.epoch as i64,
+        at.version as i64
+    ])?;
+    Ok(())
 }

@@ -137,6 +137,37 @@ pub enum OsdRequest {
     },
     /// The names of a PG's objects.
     ListPg { pg: PgId },
+    /// Peering: this member's newest log position for `pg` and, in the
+    /// body, its objects with the log position of each one's last change
+    /// (postcard `Vec<(name, LogVersion)>`).
+    PgObjects { pg: PgId },
+    /// Recovery: a whole object (bytes in the body).
+    GetObject { pg: PgId, name: Vec<u8> },
+    /// Recovery, from the PG's primary at `epoch`: replace the object with
+    /// this copy (bytes in the body, BLAKE3 `hash` of them), or delete it
+    /// (`copy` None).
+    PutObject {
+        pg: PgId,
+        epoch: u64,
+        name: Vec<u8>,
+        copy: Option<ObjectCopy>,
+        hash: [u8; 32],
+    },
+    /// Recovery is complete on this member: its log position becomes `last`.
+    Recovered {
+        pg: PgId,
+        epoch: u64,
+        last: LogVersion,
+    },
+}
+
+/// What recovery copies besides an object's bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectCopy {
+    pub size: u64,
+    pub attrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The PG log position of the object's last change.
+    pub at: LogVersion,
 }
 
 /// What a stat reports.
@@ -181,8 +212,18 @@ pub enum OsdResponse {
     Stat(Option<ObjectInfo>),
     Attr(Vec<u8>),
     Names(Vec<Vec<u8>>),
-    /// A replica applied the entry.
+    /// A replica applied the entry (or a recovery step).
     Replicated,
+    /// A member's newest log position (its objects in the body).
+    PgObjects {
+        last: LogVersion,
+    },
+    /// A whole object (bytes in the body, with their BLAKE3 hash), or
+    /// `None` if it does not exist.
+    Object {
+        copy: Option<ObjectCopy>,
+        hash: [u8; 32],
+    },
     Failed(OsdError),
 }
 

@@ -5,6 +5,7 @@
 //! each new cluster map, and keeps the endpoint's allow-list equal to the
 //! registered keys).
 
+mod peering;
 mod service;
 
 use std::net::SocketAddr;
@@ -136,8 +137,9 @@ impl OsdServer {
             store.clone(),
             maps.clone(),
         ));
-        let router = serve(&transport, ALPN_OSD, service);
+        let router = serve(&transport, ALPN_OSD, service.clone());
         let tasks = vec![
+            tokio::spawn(peering::peer_loop(service, maps.clone())),
             tokio::spawn(follow_maps(mds.clone(), publish, authorized)),
             tokio::spawn(heartbeat(mds, id, store.clone())),
         ];

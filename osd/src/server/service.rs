@@ -28,13 +28,17 @@ pub const MAP_CATCH_UP: Duration = Duration::from_secs(5);
 pub const REPLICATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct OsdService {
-    id: OsdId,
+    pub(super) id: OsdId,
     transport: Transport,
-    store: Arc<ObjectStore>,
-    maps: watch::Receiver<Arc<ClusterMap>>,
-    /// One mutation at a time per PG, so log order is apply order.
+    pub(super) store: Arc<ObjectStore>,
+    pub(super) maps: watch::Receiver<Arc<ClusterMap>>,
+    /// One mutation (or recovery) at a time per PG, so log order is apply
+    /// order.
     pg_locks: Mutex<HashMap<PgId, Arc<tokio::sync::Mutex<()>>>>,
     links: Mutex<HashMap<OsdId, (String, Arc<RpcClient>)>>,
+    /// The PGs this OSD leads and the acting set it last recovered each
+    /// for: a PG serves only while its acting set is still that one.
+    active: Mutex<HashMap<PgId, Vec<OsdId>>>,
 }
 
 fn failed(error: OsdError) -> (OsdResponse, Vec<u8>) {
@@ -62,7 +66,7 @@ fn info(stat: ObjectStat) -> ObjectInfo {
 }
 
 /// Runs a store call on a blocking thread.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     call: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, OsdError> {
     match tokio::task::spawn_blocking(call).await {
@@ -85,7 +89,50 @@ impl OsdService {
             maps,
             pg_locks: Mutex::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub(super) fn is_active(&self, pg: PgId, acting: &[OsdId]) -> bool {
+        let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        active.get(&pg).is_some_and(|recovered| recovered == acting)
+    }
+
+    pub(super) fn set_active(&self, pg: PgId, acting: Vec<OsdId>) {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        active.insert(pg, acting);
+    }
+
+    /// Forgets PGs this OSD no longer leads (leading one again means
+    /// peering it again).
+    pub(super) fn forget_all_but(&self, leading: &[PgId]) {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        active.retain(|pg, _| leading.contains(pg));
+    }
+
+    /// Refuses a replication or recovery step unless `peer` is `pg`'s
+    /// primary at `epoch` and this OSD is acting for it.
+    pub(super) async fn check_from_primary(
+        &self,
+        peer: &EndpointId,
+        pg: PgId,
+        epoch: u64,
+    ) -> Result<(), OsdError> {
+        let map = self.map_at_least(epoch).await;
+        let mapping = map
+            .osdmap
+            .pg_mapping(pg)
+            .map_err(|e| OsdError::Refused(e.to_string()))?;
+        let primary = mapping.acting_primary.and_then(|p| map.address(p));
+        if primary.map(|a| a.node_id.as_str()) != Some(peer.to_string().as_str()) {
+            return Err(OsdError::Refused(format!(
+                "{peer} is not the primary of {pg:?}"
+            )));
+        }
+        if !mapping.acting.contains(&Some(self.id)) {
+            return Err(OsdError::Refused(format!("not acting for {pg:?}")));
+        }
+        Ok(())
     }
 
     /// The current map, after waiting (a bounded time) for `epoch`.
@@ -99,13 +146,13 @@ impl OsdService {
         self.maps.borrow().clone()
     }
 
-    fn pg_lock(&self, pg: PgId) -> Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn pg_lock(&self, pg: PgId) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.pg_locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(pg).or_default().clone()
     }
 
     /// The RPC client for OSD `osd` at the address `map` gives it.
-    fn link(&self, map: &ClusterMap, osd: OsdId) -> Result<Arc<RpcClient>, OsdError> {
+    pub(super) fn link(&self, map: &ClusterMap, osd: OsdId) -> Result<Arc<RpcClient>, OsdError> {
         let address = map
             .address(osd)
             .ok_or_else(|| OsdError::Unavailable(format!("osd.{} has no address", osd.0)))?;
@@ -151,6 +198,10 @@ impl OsdService {
         };
         if mapping.acting_primary != Some(self.id) {
             return failed(OsdError::NotPrimary { epoch: map_epoch });
+        }
+        let acting: Vec<OsdId> = mapping.acting.iter().flatten().copied().collect();
+        if !self.is_active(pg, &acting) {
+            return failed(OsdError::Unavailable(format!("{pg:?} is peering")));
         }
         let key = ObjectKey {
             pg,
@@ -209,6 +260,9 @@ impl OsdService {
         }
         let lock = self.pg_lock(pg);
         let _ordered = lock.lock().await;
+        if !self.is_active(pg, &acting) {
+            return Err(OsdError::Unavailable(format!("{pg:?} is peering")));
+        }
         let store = self.store.clone();
         let last = blocking(move || store.pg_last(pg)).await?;
         let entry = LogEntry {
@@ -275,20 +329,7 @@ impl OsdService {
         if let ObjectOp::Write { .. } = entry.op {
             entry.op.validate(body.len())?;
         }
-        let map = self.map_at_least(epoch).await;
-        let mapping = map
-            .osdmap
-            .pg_mapping(pg)
-            .map_err(|e| OsdError::Refused(e.to_string()))?;
-        let primary = mapping.acting_primary.and_then(|p| map.address(p));
-        if primary.map(|a| a.node_id.as_str()) != Some(peer.to_string().as_str()) {
-            return Err(OsdError::Refused(format!(
-                "{peer} is not the primary of {pg:?}"
-            )));
-        }
-        if !mapping.acting.contains(&Some(self.id)) {
-            return Err(OsdError::Refused(format!("not acting for {pg:?}")));
-        }
+        self.check_from_primary(&peer, pg, epoch).await?;
         let lock = self.pg_lock(pg);
         let _ordered = lock.lock().await;
         let store = self.store.clone();
@@ -325,6 +366,10 @@ impl Service for OsdService {
                     Err(error) => failed(error),
                 }
             }
+            recovery @ (OsdRequest::PgObjects { .. }
+            | OsdRequest::GetObject { .. }
+            | OsdRequest::PutObject { .. }
+            | OsdRequest::Recovered { .. }) => self.recovery_request(peer, recovery, body).await,
             OsdRequest::ListPg { pg } => {
                 let store = self.store.clone();
                 match blocking(move || store.list(pg)).await {

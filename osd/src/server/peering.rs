@@ -1,0 +1,341 @@
+//! Peering and recovery. For every PG it is primary of, an OSD makes the
+//! acting set agree before it serves the PG: it asks each member for its
+//! newest log position and its objects (each with the log position of its
+//! last change); the member with the newest position is authoritative;
+//! every other member gets each object it lacks or holds at another
+//! position copied from the authoritative one (verified by BLAKE3 on
+//! arrival), loses objects the authoritative one does not have, and takes
+//! its log position. A PG serves reads and writes only once this finished
+//! for its current acting set; until then clients are told to retry.
+//!
+//! Recovery copies whole objects, so a member that missed writes, a new
+//! member (backfill) and a member holding writes that were never
+//! acknowledged (rolled back) are all brought to the same state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aspen_placement::{OsdId, PgId};
+use aspen_proto::mds::{ClusterMap, Role};
+use aspen_proto::osd::{LogVersion, ObjectCopy, OsdError, OsdRequest, OsdResponse};
+use aspen_proto::transport::EndpointId;
+use tokio::sync::watch;
+
+use super::service::{OsdService, blocking};
+use crate::store::ObjectKey;
+
+/// How long to wait before retrying a PG whose recovery failed (a member
+/// unreachable until the MDS marks it down).
+pub const PEERING_RETRY: Duration = Duration::from_secs(1);
+/// How long one recovery step at one member may take.
+pub const RECOVERY_STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+type Objects = Vec<(Vec<u8>, LogVersion)>;
+
+fn hash(bytes: &[u8]) -> [u8; 32] {
+    *blake3::hash(bytes).as_bytes()
+}
+
+impl OsdService {
+    /// The PGs this OSD leads whose acting set it has not recovered yet.
+    fn pgs_to_peer(&self, map: &ClusterMap) -> Vec<(PgId, Vec<OsdId>)> {
+        let mut pending = Vec::new();
+        let mut leading = Vec::new();
+        for pool in map.osdmap.pools() {
+            for pg in pool.pgs() {
+                let Ok(mapping) = map.osdmap.pg_mapping(pg) else {
+                    continue;
+                };
+                if mapping.acting_primary != Some(self.id) {
+                    continue;
+                }
+                let acting: Vec<OsdId> = mapping.acting.iter().flatten().copied().collect();
+                leading.push(pg);
+                if !self.is_active(pg, &acting) {
+                    pending.push((pg, acting));
+                }
+            }
+        }
+        self.forget_all_but(&leading);
+        pending
+    }
+
+    /// A member's newest log position and objects.
+    async fn member_objects(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        osd: OsdId,
+    ) -> Result<(LogVersion, Objects), OsdError> {
+        if osd == self.id {
+            let store = self.store.clone();
+            return blocking(move || Ok((store.pg_last(pg)?, store.pg_objects(pg)?))).await;
+        }
+        let client = self.link(map, osd)?;
+        match client
+            .call_within::<_, OsdResponse>(
+                RECOVERY_STEP_TIMEOUT,
+                &OsdRequest::PgObjects { pg },
+                &[],
+            )
+            .await
+        {
+            Ok((OsdResponse::PgObjects { last }, body)) => {
+                let objects =
+                    postcard::from_bytes(&body).map_err(|e| OsdError::Corrupt(e.to_string()))?;
+                Ok((last, objects))
+            }
+            Ok((OsdResponse::Failed(error), _)) => Err(error),
+            Ok((other, _)) => Err(OsdError::Unavailable(format!("osd.{}: {other:?}", osd.0))),
+            Err(error) => Err(OsdError::Unavailable(format!("osd.{}: {error}", osd.0))),
+        }
+    }
+
+    /// A whole object from member `osd`.
+    async fn fetch(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        osd: OsdId,
+        name: &[u8],
+    ) -> Result<(Option<ObjectCopy>, Vec<u8>), OsdError> {
+        if osd == self.id {
+            let store = self.store.clone();
+            let key = ObjectKey {
+                pg,
+                name: name.to_vec(),
+            };
+            let state = blocking(move || store.object_state(&key)).await?;
+            return Ok(match state {
+                Some((copy, data)) => (Some(copy), data),
+                None => (None, Vec::new()),
+            });
+        }
+        let client = self.link(map, osd)?;
+        let request = OsdRequest::GetObject {
+            pg,
+            name: name.to_vec(),
+        };
+        match client
+            .call_within::<_, OsdResponse>(RECOVERY_STEP_TIMEOUT, &request, &[])
+            .await
+        {
+            Ok((OsdResponse::Object { copy, hash: sent }, body)) => {
+                if hash(&body) != sent {
+                    return Err(OsdError::Corrupt(format!(
+                        "a copy from osd.{} failed its hash",
+                        osd.0
+                    )));
+                }
+                Ok((copy, body))
+            }
+            Ok((OsdResponse::Failed(error), _)) => Err(error),
+            Ok((other, _)) => Err(OsdError::Unavailable(format!("osd.{}: {other:?}", osd.0))),
+            Err(error) => Err(OsdError::Unavailable(format!("osd.{}: {error}", osd.0))),
+        }
+    }
+
+    /// Installs a copy (or a deletion) of an object on member `osd`.
+    async fn install(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        osd: OsdId,
+        name: &[u8],
+        (copy, data): (Option<ObjectCopy>, Vec<u8>),
+    ) -> Result<(), OsdError> {
+        if osd == self.id {
+            let store = self.store.clone();
+            let key = ObjectKey {
+                pg,
+                name: name.to_vec(),
+            };
+            return blocking(move || store.install_object(&key, copy.as_ref(), &data)).await;
+        }
+        let request = OsdRequest::PutObject {
+            pg,
+            epoch: map.osdmap.epoch().0,
+            name: name.to_vec(),
+            copy,
+            hash: hash(&data),
+        };
+        self.step(map, osd, &request, &data).await
+    }
+
+    async fn step(
+        &self,
+        map: &ClusterMap,
+        osd: OsdId,
+        request: &OsdRequest,
+        body: &[u8],
+    ) -> Result<(), OsdError> {
+        let client = self.link(map, osd)?;
+        match client
+            .call_within::<_, OsdResponse>(RECOVERY_STEP_TIMEOUT, request, body)
+            .await
+        {
+            Ok((OsdResponse::Replicated, _)) => Ok(()),
+            Ok((OsdResponse::Failed(error), _)) => Err(error),
+            Ok((other, _)) => Err(OsdError::Unavailable(format!("osd.{}: {other:?}", osd.0))),
+            Err(error) => Err(OsdError::Unavailable(format!("osd.{}: {error}", osd.0))),
+        }
+    }
+
+    /// Makes every member of `acting` equal to the most up-to-date one.
+    async fn recover(&self, map: &ClusterMap, pg: PgId, acting: &[OsdId]) -> Result<(), OsdError> {
+        let lock = self.pg_lock(pg);
+        let _ordered = lock.lock().await;
+        let mut members = Vec::new();
+        for osd in acting {
+            members.push((*osd, self.member_objects(map, pg, *osd).await?));
+        }
+        let Some((authority, (newest, wanted))) = members
+            .iter()
+            .max_by_key(|(osd, (last, _))| (*last, *osd == self.id))
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let wanted: HashMap<Vec<u8>, LogVersion> = wanted.into_iter().collect();
+        for (osd, (last, held)) in members {
+            if osd == authority {
+                continue;
+            }
+            let held: HashMap<Vec<u8>, LogVersion> = held.into_iter().collect();
+            let stale = wanted
+                .iter()
+                .filter(|(name, at)| held.get(*name) != Some(at))
+                .map(|(n, _)| n);
+            let extra = held.keys().filter(|name| !wanted.contains_key(*name));
+            for name in stale.chain(extra) {
+                let copy = self.fetch(map, pg, authority, name).await?;
+                self.install(map, pg, osd, name, copy).await?;
+            }
+            if last != newest {
+                if osd == self.id {
+                    let store = self.store.clone();
+                    blocking(move || store.set_pg_last(pg, newest)).await?;
+                } else {
+                    let request = OsdRequest::Recovered {
+                        pg,
+                        epoch: map.osdmap.epoch().0,
+                        last: newest,
+                    };
+                    self.step(map, osd, &request, &[]).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn peer_is_osd(map: &ClusterMap, peer: &EndpointId) -> bool {
+        let peer = peer.to_string();
+        map.keys
+            .iter()
+            .any(|k| k.node_id == peer && k.role == Role::Osd)
+    }
+
+    /// Serves the recovery requests other OSDs send.
+    pub(super) async fn recovery_request(
+        &self,
+        peer: EndpointId,
+        request: OsdRequest,
+        body: Vec<u8>,
+    ) -> (OsdResponse, Vec<u8>) {
+        match self.answer_recovery(peer, request, body).await {
+            Ok(answer) => answer,
+            Err(error) => (OsdResponse::Failed(error), Vec::new()),
+        }
+    }
+
+    async fn answer_recovery(
+        &self,
+        peer: EndpointId,
+        request: OsdRequest,
+        body: Vec<u8>,
+    ) -> Result<(OsdResponse, Vec<u8>), OsdError> {
+        let map = self.maps.borrow().clone();
+        if !OsdService::peer_is_osd(&map, &peer) {
+            return Err(OsdError::Refused(format!("{peer} is not an OSD")));
+        }
+        let store = self.store.clone();
+        match request {
+            OsdRequest::PgObjects { pg } => {
+                let (last, objects) =
+                    blocking(move || Ok((store.pg_last(pg)?, store.pg_objects(pg)?))).await?;
+                let body =
+                    postcard::to_stdvec(&objects).map_err(|e| OsdError::Io(e.to_string()))?;
+                Ok((OsdResponse::PgObjects { last }, body))
+            }
+            OsdRequest::GetObject { pg, name } => {
+                let key = ObjectKey { pg, name };
+                let state = blocking(move || store.object_state(&key)).await?;
+                let (copy, data) = match state {
+                    Some((copy, data)) => (Some(copy), data),
+                    None => (None, Vec::new()),
+                };
+                Ok((
+                    OsdResponse::Object {
+                        copy,
+                        hash: hash(&data),
+                    },
+                    data,
+                ))
+            }
+            OsdRequest::PutObject {
+                pg,
+                epoch,
+                name,
+                copy,
+                hash: sent,
+            } => {
+                self.check_from_primary(&peer, pg, epoch).await?;
+                if hash(&body) != sent {
+                    return Err(OsdError::Corrupt(
+                        "the copy failed its hash in transit".into(),
+                    ));
+                }
+                let lock = self.pg_lock(pg);
+                let _ordered = lock.lock().await;
+                let key = ObjectKey { pg, name };
+                blocking(move || store.install_object(&key, copy.as_ref(), &body)).await?;
+                Ok((OsdResponse::Replicated, Vec::new()))
+            }
+            OsdRequest::Recovered { pg, epoch, last } => {
+                self.check_from_primary(&peer, pg, epoch).await?;
+                blocking(move || store.set_pg_last(pg, last)).await?;
+                Ok((OsdResponse::Replicated, Vec::new()))
+            }
+            other => Err(OsdError::Invalid(format!(
+                "{other:?} is not a recovery request"
+            ))),
+        }
+    }
+}
+
+/// Peers every PG this OSD leads whenever the map changes, retrying the
+/// ones that failed.
+pub async fn peer_loop(service: Arc<OsdService>, mut maps: watch::Receiver<Arc<ClusterMap>>) {
+    loop {
+        let map = maps.borrow_and_update().clone();
+        let mut failed = false;
+        for (pg, acting) in service.pgs_to_peer(&map) {
+            if maps.has_changed().unwrap_or(true) {
+                break;
+            }
+            match service.recover(&map, pg, &acting).await {
+                Ok(()) => service.set_active(pg, acting),
+                Err(error) => {
+                    tracing::warn!(?pg, %error, "recovery failed; will retry");
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            let _ = tokio::time::timeout(PEERING_RETRY, maps.changed()).await;
+        } else if maps.changed().await.is_err() {
+            return;
+        }
+    }
+}
