@@ -22,6 +22,8 @@ enum Command {
     Mds(cmd::mds::MdsArgs),
     /// Run or manage an object storage daemon (OSD).
     Osd(cmd::osd::OsdArgs),
+    /// Placement groups: states, scrub and repair.
+    Pg(cmd::pg::PgArgs),
     /// Manage the cluster's key registry.
     Auth(cmd::auth::AuthArgs),
     /// Measure a running cluster.
@@ -46,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Crush(command) => cmd::crush::run(command),
         Command::Mds(args) => cmd::mds::run(args).await,
         Command::Osd(args) => cmd::osd::run(args).await,
+        Command::Pg(args) => cmd::pg::run(args).await,
         Command::Auth(args) => cmd::auth::run(args).await,
         Command::Bench(command) => cmd::bench::run(command).await,
         Command::Pool(args) => cmd::pool::run(args).await,

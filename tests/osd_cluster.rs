@@ -209,6 +209,10 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
     });
     let status = ok(aspen(&["status", "--config", config]));
     assert!(status.contains("3 osds: 2 up"), "{status}");
+    eventually("degraded PGs", || {
+        let pgs = ok(aspen(&["pg", "ls", "--config", config]));
+        pgs.contains("active+degraded").then_some(())
+    });
     daemons.spawn(
         2,
         &["osd", "--data", dir("osd1").to_str().unwrap()],
@@ -252,7 +256,8 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
         for (name, data) in &late {
             assert_eq!(&client.read(pool, name, 0, 1 << 20).await.unwrap(), data);
         }
-        // Writes acknowledged before the kill are intact too.
+        // Writes acknowledged before the kill are intact too, and every PG
+        // is clean again.
         for n in [0u64, 1, 3, 4, 5] {
             let name = format!("{n:x}.00000000").into_bytes();
             let len = [1usize << 10, 70 << 10, 1 << 20][n as usize % 3];
@@ -261,4 +266,72 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
             assert_eq!(&back[offset as usize..], &payload(n, len)[..]);
         }
     });
+    eventually("every PG active+clean", || {
+        let status = ok(aspen(&["status", "--config", config]));
+        status.contains("pgs: 32: 32 active+clean").then_some(())
+    });
+
+    // A flipped byte on one member: never returned, found by a deep scrub,
+    // fixed by repair.
+    runtime.block_on(async {
+        let client = object_client(config).await;
+        let pool = PoolId(1);
+        let name = b"scrub.00000000".to_vec();
+        let data = payload(999, 100 << 10);
+        client.write(pool, &name, 0, &data).await.unwrap();
+        let map = client.map().await;
+        let pg = map.osdmap.object_pg(pool, &name).unwrap();
+        let mapping = map.osdmap.pg_mapping(pg).unwrap();
+        let primary = mapping.acting_primary.unwrap();
+        let replica = mapping
+            .acting
+            .iter()
+            .flatten()
+            .copied()
+            .find(|o| *o != primary)
+            .unwrap();
+        flip_a_byte_of(&dir(&format!("osd{}", replica.0)), &data[50_000..50_064]);
+        assert_eq!(client.read(pool, &name, 0, 200 << 10).await.unwrap(), data);
+        let pg_name = pg.to_string();
+        let found = ok(aspen(&["pg", "deep-scrub", &pg_name, "--config", config]));
+        assert!(found.contains("1 inconsistent"), "{found}");
+        assert!(
+            found.contains(&format!("differs on osd.{}", replica.0))
+                || found.contains("unreadable"),
+            "{found}"
+        );
+        eventually("the PG reported inconsistent", || {
+            let pgs = ok(aspen(&["pg", "ls", "--config", config]));
+            pgs.lines()
+                .any(|l| l.starts_with(&format!("{pg_name} ")) && l.contains("inconsistent"))
+                .then_some(())
+        });
+        let repaired = ok(aspen(&["pg", "repair", &pg_name, "--config", config]));
+        assert!(repaired.contains("1 repaired"), "{repaired}");
+        let clean = ok(aspen(&["pg", "deep-scrub", &pg_name, "--config", config]));
+        assert!(clean.contains("0 inconsistent"), "{clean}");
+        // Damage on the primary: the read fails rather than return it.
+        flip_a_byte_of(&dir(&format!("osd{}", primary.0)), &data[10_000..10_064]);
+        match client.read(pool, &name, 0, 200 << 10).await {
+            Err(aspen_osd::client::ClientError::Osd(aspen_proto::osd::OsdError::Corrupt(_))) => {}
+            other => panic!("a damaged primary copy must not be returned: {other:?}"),
+        }
+        ok(aspen(&["pg", "repair", &pg_name, "--config", config]));
+        assert_eq!(client.read(pool, &name, 0, 200 << 10).await.unwrap(), data);
+    });
+}
+
+/// Flips one byte of the first place `needle` is stored in an OSD's segments.
+fn flip_a_byte_of(osd_dir: &std::path::Path, needle: &[u8]) {
+    let segments = osd_dir.join("store").join("segments");
+    for entry in std::fs::read_dir(&segments).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+            bytes[at + 7] ^= 0x20;
+            std::fs::write(&path, bytes).unwrap();
+            return;
+        }
+    }
+    panic!("the bytes are in no segment of {}", osd_dir.display());
 }

@@ -12,7 +12,9 @@ use aspen_placement::{Change, Pool, PoolId};
 use aspen_proto::FileLayout;
 use aspen_proto::cluster::{ClusterConfig, MdsClient, MemberEntry};
 use aspen_proto::fs::{Caller, Timestamp};
-use aspen_proto::mds::{ClusterMap, KeyEntry, MdsRequest, MdsResponse, NsOp, Role, SessionId};
+use aspen_proto::mds::{
+    ClusterMap, KeyEntry, MdsRequest, MdsResponse, NsOp, PgStat, Role, SessionId,
+};
 use aspen_proto::transport::{
     AuthorizedKeys, EndpointId, SecretKey, Transport, load_or_create_secret_key,
 };
@@ -324,6 +326,14 @@ pub async fn status(
 }
 
 /// The current cluster map.
+/// Every PG with its state.
+pub async fn pg_stats(cluster: &ClusterConfig) -> Result<Vec<PgStat>, AdminError> {
+    match ask(cluster, MdsRequest::PgStats).await? {
+        MdsResponse::PgStats(stats) => Ok(stats),
+        other => Err(AdminError::Refused(format!("{other:?}"))),
+    }
+}
+
 pub async fn cluster_map(cluster: &ClusterConfig) -> Result<ClusterMap, AdminError> {
     match ask(cluster, MdsRequest::GetClusterMap { newer_than: 0 }).await? {
         MdsResponse::ClusterMap(map) => Ok(*map),

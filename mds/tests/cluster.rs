@@ -563,7 +563,8 @@ async fn the_monitor_tracks_osds_pools_and_pushes_maps() {
                 &me,
                 &MdsRequest::OsdHeartbeat {
                     osd: OsdId(0),
-                    used: 256 << 20
+                    used: 256 << 20,
+                    pgs: vec![],
                 }
             )
             .await,

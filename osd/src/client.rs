@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use aspen_placement::{OsdId, PoolId};
 use aspen_proto::cluster::MdsClient;
 use aspen_proto::mds::{ClusterMap, MdsRequest, MdsResponse};
-use aspen_proto::osd::{ObjectInfo, ObjectOp, ObjectRef, OsdError, OsdRequest, OsdResponse};
+use aspen_proto::osd::{
+    ObjectInfo, ObjectOp, ObjectRef, OsdError, OsdRequest, OsdResponse, ScrubReport,
+};
 use aspen_proto::transport::endpoint::peer_addr;
 use aspen_proto::transport::{ALPN_OSD, EndpointId, RpcClient, Transport};
 use tokio::sync::Mutex;
@@ -22,6 +24,8 @@ use tokio::sync::Mutex;
 pub const OP_DEADLINE: Duration = Duration::from_secs(60);
 /// How long one attempt at one OSD may take.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a scrub may take.
+pub const SCRUB_TIMEOUT: Duration = Duration::from_secs(600);
 /// The pause before retrying when the map has not changed.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
@@ -267,6 +271,36 @@ impl ObjectClient {
         {
             (OsdResponse::Stat(info), _) => Ok(info),
             (other, _) => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Scrubs `pg` at its primary (admin keys only), repairing when asked.
+    pub async fn scrub(
+        &self,
+        pg: aspen_placement::PgId,
+        deep: bool,
+        repair: bool,
+    ) -> Result<ScrubReport, ClientError> {
+        let map = self.map().await;
+        let primary = map
+            .osdmap
+            .pg_mapping(pg)
+            .map_err(|e| ClientError::Unexpected(e.to_string()))?
+            .acting_primary
+            .ok_or_else(|| ClientError::Unexpected(format!("{pg:?} has no primary")))?;
+        let client = self
+            .link(&map, primary)
+            .await
+            .map_err(ClientError::Unexpected)?;
+        let request = OsdRequest::Scrub { pg, deep, repair };
+        match client
+            .call_within::<_, OsdResponse>(SCRUB_TIMEOUT, &request, &[])
+            .await
+        {
+            Ok((OsdResponse::Scrubbed(report), _)) => Ok(report),
+            Ok((OsdResponse::Failed(error), _)) => Err(error.into()),
+            Ok((other, _)) => Err(ClientError::Unexpected(format!("{other:?}"))),
+            Err(error) => Err(ClientError::Unexpected(error.to_string())),
         }
     }
 

@@ -121,7 +121,16 @@ impl ContentStore {
     /// Stores `bytes` (at most [`MAX_CHUNK`]) unless a chunk with the same
     /// content exists; its id. The chunk has no references until extents
     /// take them ([`ContentStore::add_refs`]).
-    pub fn put(&mut self, conn: &Connection, bytes: &[u8]) -> Result<ChunkId, StoreError> {
+    ///
+    /// With `verify_existing` (recovery and repair installing a known-good
+    /// copy), an existing chunk with that id is read back first, and if its
+    /// stored bytes are damaged they are replaced by these.
+    pub fn put(
+        &mut self,
+        conn: &Connection,
+        bytes: &[u8],
+        verify_existing: bool,
+    ) -> Result<ChunkId, StoreError> {
         if bytes.len() > MAX_CHUNK {
             return Err(StoreError::Invalid(format!(
                 "a chunk of {} bytes is over {MAX_CHUNK}",
@@ -129,7 +138,10 @@ impl ContentStore {
             )));
         }
         let id: ChunkId = *blake3::hash(bytes).as_bytes();
-        if self.locate(conn, &id)?.is_some() {
+        if let Some(location) = self.locate(conn, &id)? {
+            if verify_existing && matches!(self.get(conn, &id), Err(StoreError::Corrupt(_))) {
+                self.rewrite(conn, &id, location, bytes)?;
+            }
             return Ok(id);
         }
         if bytes.len() <= INLINE_MAX {
@@ -151,6 +163,47 @@ impl ContentStore {
         conn.prepare_cached("UPDATE segments SET written = written + ?2 WHERE id = ?1")?
             .execute(params![segment, bytes.len() as i64])?;
         Ok(id)
+    }
+
+    /// Stores good bytes for a chunk whose stored copy is damaged, and
+    /// points the index at them.
+    fn rewrite(
+        &mut self,
+        conn: &Connection,
+        id: &ChunkId,
+        old: Location,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        if old.segment == INLINE {
+            conn.execute(
+                "UPDATE chunks SET data = ?2 WHERE id = ?1",
+                params![&id[..], bytes],
+            )?;
+            return Ok(());
+        }
+        let (segment, file, len) = self.active(conn)?;
+        let (segment, offset) = (*segment, *len);
+        file.write_all_at(bytes, offset).map_err(io)?;
+        *len += bytes.len() as u64;
+        self.dirty.insert(segment);
+        let refs: i64 =
+            conn.query_row("SELECT refs FROM chunks WHERE id = ?1", [&id[..]], |r| {
+                r.get(0)
+            })?;
+        let live = if refs > 0 { bytes.len() as i64 } else { 0 };
+        conn.execute(
+            "UPDATE segments SET live = live - ?2 WHERE id = ?1",
+            params![old.segment, live],
+        )?;
+        conn.execute(
+            "UPDATE segments SET written = written + ?2, live = live + ?3 WHERE id = ?1",
+            params![segment, bytes.len() as i64, live],
+        )?;
+        conn.execute(
+            "UPDATE chunks SET segment = ?2, offset = ?3 WHERE id = ?1",
+            params![&id[..], segment, offset as i64],
+        )?;
+        Ok(())
     }
 
     fn locate(&self, conn: &Connection, id: &ChunkId) -> Result<Option<Location>, StoreError> {

@@ -392,7 +392,7 @@ impl ObjectStore {
         offset: u64,
         data: &[u8],
     ) -> Result<ObjectStat, StoreError> {
-        self.mutate(|conn, content| write_in(conn, content, key, offset, data))
+        self.mutate(|conn, content| write_in(conn, content, key, offset, data, false))
     }
 
     /// Sets the size, dropping data beyond it (creating the object if needed).
@@ -425,7 +425,9 @@ impl ObjectStore {
     ) -> Result<Option<ObjectStat>, StoreError> {
         self.mutate(|conn, content| {
             let stat = match &entry.op {
-                ObjectOp::Write { offset } => Some(write_in(conn, content, key, *offset, data)?),
+                ObjectOp::Write { offset } => {
+                    Some(write_in(conn, content, key, *offset, data, false)?)
+                }
                 ObjectOp::Truncate { size } => Some(truncate_in(conn, content, key, *size)?),
                 ObjectOp::Zero { offset, len } => Some(zero_in(conn, content, key, *offset, *len)?),
                 ObjectOp::Delete => {
@@ -473,6 +475,17 @@ impl ObjectStore {
             ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many objects `pg` holds here.
+    pub fn pg_object_count(&self, pg: PgId) -> Result<u64, StoreError> {
+        let inner = lock(&self.inner);
+        let count: i64 = inner.conn.query_row(
+            "SELECT COUNT(*) FROM objects WHERE pool = ?1 AND pg = ?2",
+            params![pg.pool.0, pg.seed],
+            |r| r.get(0),
+        )?;
+        Ok(count as u64)
     }
 
     /// A whole object as recovery copies it: its bytes, size, attributes
@@ -533,7 +546,8 @@ impl ObjectStore {
                     "more data than the object's size".into(),
                 ));
             }
-            write_in(conn, content, key, 0, data)?;
+            // A known-good copy: it also replaces damaged stored chunks.
+            write_in(conn, content, key, 0, data, true)?;
             truncate_in(conn, content, key, state.size)?;
             for (name, value) in &state.attrs {
                 set_attr_in(conn, key, name, value)?;
@@ -692,13 +706,14 @@ fn write_in(
     key: &ObjectKey,
     offset: u64,
     data: &[u8],
+    verify_existing: bool,
 ) -> Result<ObjectStat, StoreError> {
     check_key(key)?;
     let end = check_range(offset, data.len() as u64)?;
     let (object, size) = ObjectStore::object_or_create(conn, key)?;
     let mut pieces = Vec::new();
     for (index, piece) in data.chunks(MAX_CHUNK).enumerate() {
-        let chunk = content.put(conn, piece)?;
+        let chunk = content.put(conn, piece, verify_existing)?;
         pieces.push(Extent {
             offset: offset + (index * MAX_CHUNK) as u64,
             len: piece.len() as u64,

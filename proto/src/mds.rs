@@ -201,7 +201,12 @@ pub enum MdsRequest {
     OsdHeartbeat {
         osd: OsdId,
         used: u64,
+        /// The state of each PG it leads (at most [`crate::osd::MAX_PG_REPORTS`]).
+        pgs: Vec<crate::osd::PgReport>,
     },
+    /// Every PG with its state (from its primary's last report), up and
+    /// acting sets.
+    PgStats,
     /// The cluster map once its epoch is above `newer_than` (waits up to the
     /// MDS's map wait, then answers with the current map).
     GetClusterMap {
@@ -250,6 +255,8 @@ pub struct MdsStatus {
     /// heartbeats last said).
     pub capacity: u64,
     pub used: u64,
+    /// How many PGs are in each state (`active+clean`: 128, ...).
+    pub pg_states: Vec<(String, u32)>,
 }
 
 /// An MDS's answer.
@@ -272,8 +279,21 @@ pub enum MdsResponse {
     NotLeader {
         leader: Option<(u64, MdsMember)>,
     },
+    PgStats(Vec<PgStat>),
     /// The request could not be served (storage failure, malformed frame).
     Failed(String),
+}
+
+/// One PG as `aspen pg ls` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgStat {
+    pub pg: aspen_placement::PgId,
+    /// `active+clean`, ...; `down` without a primary; `unknown` before the
+    /// primary reported.
+    pub state: String,
+    pub up: Vec<Option<OsdId>>,
+    pub acting: Vec<Option<OsdId>>,
+    pub objects: u64,
 }
 
 /// What a registered key may do.

@@ -159,6 +159,12 @@ pub enum OsdRequest {
         epoch: u64,
         last: LogVersion,
     },
+    /// Admin, to a PG's primary: compare the members' copies (`deep`:
+    /// re-read and hash every byte), and with `repair` rewrite the bad ones.
+    Scrub { pg: PgId, deep: bool, repair: bool },
+    /// Primary to member: this member's objects for a scrub (postcard
+    /// `Vec<ScrubEntry>` in the answer's body).
+    ScrubObjects { pg: PgId, deep: bool },
 }
 
 /// What recovery copies besides an object's bytes.
@@ -203,6 +209,88 @@ pub enum OsdError {
     Refused(String),
 }
 
+/// The most PG reports one heartbeat carries.
+pub const MAX_PG_REPORTS: usize = 65_536;
+
+/// A PG's state as its primary sees it, in Ceph's words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgFlags {
+    /// Members are being compared; the PG does not serve yet.
+    pub peering: bool,
+    /// Serving reads and writes.
+    pub active: bool,
+    /// Active with as many copies as the pool asks for, where CRUSH wants them.
+    pub clean: bool,
+    /// Fewer acting members than the pool's size.
+    pub degraded: bool,
+    /// Copying objects a member missed.
+    pub recovering: bool,
+    /// Copying every object to a new member.
+    pub backfilling: bool,
+    /// The acting set differs from CRUSH's choice (up set).
+    pub remapped: bool,
+    /// A scrub found copies that disagree.
+    pub inconsistent: bool,
+}
+
+impl PgFlags {
+    /// `active+clean`, `peering+recovering`, ...
+    pub fn describe(&self) -> String {
+        let names = [
+            (self.peering, "peering"),
+            (self.active, "active"),
+            (self.clean, "clean"),
+            (self.degraded, "degraded"),
+            (self.recovering, "recovering"),
+            (self.backfilling, "backfilling"),
+            (self.remapped, "remapped"),
+            (self.inconsistent, "inconsistent"),
+        ];
+        let set: Vec<&str> = names
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
+        if set.is_empty() {
+            "unknown".into()
+        } else {
+            set.join("+")
+        }
+    }
+}
+
+/// What a primary reports about one PG it leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgReport {
+    pub pg: PgId,
+    /// The map epoch the report is for.
+    pub epoch: u64,
+    pub flags: PgFlags,
+    pub objects: u64,
+}
+
+/// What a scrub found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubReport {
+    pub objects: u64,
+    /// Objects whose copies disagree (or could not be read), with what
+    /// was wrong.
+    pub inconsistent: Vec<(Vec<u8>, String)>,
+    /// Copies rewritten from the good one (repair only).
+    pub repaired: u64,
+}
+
+/// One object as a scrub compares it on one member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubEntry {
+    pub name: Vec<u8>,
+    pub at: LogVersion,
+    pub size: u64,
+    /// BLAKE3 of the object's bytes (deep scrub), or why they could not
+    /// be read.
+    pub digest: Option<Result<[u8; 32], String>>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OsdResponse {
     /// A mutation is durable on every acting member.
@@ -224,6 +312,9 @@ pub enum OsdResponse {
         copy: Option<ObjectCopy>,
         hash: [u8; 32],
     },
+    Scrubbed(ScrubReport),
+    /// A member's scrub entries are in the body.
+    ScrubObjects,
     Failed(OsdError),
 }
 

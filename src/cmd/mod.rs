@@ -5,6 +5,7 @@ pub mod bench;
 pub mod crush;
 pub mod mds;
 pub mod osd;
+pub mod pg;
 pub mod pool;
 pub mod status;
 

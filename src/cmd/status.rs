@@ -54,6 +54,15 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             human_bytes(status.used),
             human_bytes(status.capacity)
         );
+        if !status.pg_states.is_empty() {
+            let total: u32 = status.pg_states.iter().map(|(_, n)| n).sum();
+            let states: Vec<String> = status
+                .pg_states
+                .iter()
+                .map(|(state, n)| format!("{n} {state}"))
+                .collect();
+            println!("pgs: {total}: {}", states.join(", "));
+        }
     }
     for (entry, view) in &views {
         match view {

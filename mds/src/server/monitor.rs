@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aspen_placement::{Change, OsdId};
+use aspen_placement::{Change, OsdId, PgId};
+use aspen_proto::osd::PgReport;
 use openraft::ServerState;
 
 use super::raft_net::Raft;
@@ -26,6 +27,8 @@ pub struct OsdMonitor {
     heard: Mutex<HashMap<OsdId, Instant>>,
     /// Bytes each OSD said it holds in its last heartbeat.
     used: Mutex<HashMap<OsdId, u64>>,
+    /// The last state each PG's reporting primary gave.
+    pgs: Mutex<HashMap<PgId, (OsdId, PgReport)>>,
     leading_since: Mutex<Option<Instant>>,
 }
 
@@ -36,6 +39,7 @@ impl OsdMonitor {
             out_grace,
             heard: Mutex::new(HashMap::new()),
             used: Mutex::new(HashMap::new()),
+            pgs: Mutex::new(HashMap::new()),
             leading_since: Mutex::new(None),
         }
     }
@@ -52,6 +56,22 @@ impl OsdMonitor {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(osd, used);
         }
+    }
+
+    /// Records the PG states a primary reported.
+    pub fn pg_reports(&self, osd: OsdId, reports: Vec<PgReport>) {
+        let mut pgs = self.pgs.lock().unwrap_or_else(|p| p.into_inner());
+        for report in reports {
+            pgs.insert(report.pg, (osd, report));
+        }
+    }
+
+    /// The last report on `pg` from `primary`.
+    pub fn pg_report(&self, pg: PgId, primary: OsdId) -> Option<PgReport> {
+        let pgs = self.pgs.lock().unwrap_or_else(|p| p.into_inner());
+        pgs.get(&pg)
+            .filter(|(from, _)| *from == primary)
+            .map(|(_, report)| *report)
     }
 
     /// The bytes `osds` last said they hold.

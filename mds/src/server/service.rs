@@ -4,7 +4,7 @@
 
 use aspen_proto::Errno;
 use aspen_proto::fs::Timestamp;
-use aspen_proto::mds::{MdsRequest, MdsResponse, MdsStatus, NsOp, Role, SessionId};
+use aspen_proto::mds::{MdsRequest, MdsResponse, MdsStatus, NsOp, PgStat, Role, SessionId};
 use aspen_proto::transport::frame::FrameError;
 use aspen_proto::transport::{EndpointId, Service};
 use openraft::ChangeMembers;
@@ -126,7 +126,46 @@ impl MdsService {
             pools: map.pools().count() as u32,
             capacity,
             used,
+            pg_states: self.pg_state_counts(),
         })
+    }
+
+    fn pg_state_counts(&self) -> Vec<(String, u32)> {
+        let mut counts = std::collections::BTreeMap::new();
+        for stat in self.pg_stats().unwrap_or_default() {
+            *counts.entry(stat.state).or_insert(0) += 1;
+        }
+        counts.into_iter().collect()
+    }
+
+    /// Every PG's state: its primary's last report for the current acting
+    /// set, `down` without a primary, `unknown` before a report.
+    fn pg_stats(&self) -> Result<Vec<PgStat>, StoreError> {
+        let map = self.state.cluster_map()?.osdmap;
+        let mut stats = Vec::new();
+        for pool in map.pools() {
+            for pg in pool.pgs() {
+                let Ok(mapping) = map.pg_mapping(pg) else {
+                    continue;
+                };
+                let report = mapping
+                    .acting_primary
+                    .and_then(|primary| self.monitor.pg_report(pg, primary));
+                let state = match (mapping.acting_primary, report) {
+                    (None, _) => "down".to_string(),
+                    (Some(_), None) => "unknown".to_string(),
+                    (Some(_), Some(report)) => report.flags.describe(),
+                };
+                stats.push(PgStat {
+                    pg,
+                    state,
+                    up: mapping.up,
+                    acting: mapping.acting,
+                    objects: report.map_or(0, |r| r.objects),
+                });
+            }
+        }
+        Ok(stats)
     }
 
     /// Raw bytes the OSDs that are in may hold and hold.
@@ -208,14 +247,18 @@ impl MdsService {
                 };
                 self.epoch_reply(self.write(boot).await)
             }
-            MdsRequest::OsdHeartbeat { osd, used } => {
+            MdsRequest::OsdHeartbeat { osd, used, pgs } => {
                 if !self.is_osd(peer, osd) {
                     return MdsResponse::Unit(Err(Errno::EPERM));
+                }
+                if pgs.len() > aspen_proto::osd::MAX_PG_REPORTS {
+                    return MdsResponse::Failed("too many PG reports".into());
                 }
                 if let Err(response) = self.linearize().await {
                     return response;
                 }
                 self.monitor.heard(osd, Some(used));
+                self.monitor.pg_reports(osd, pgs);
                 MdsResponse::Unit(Ok(()))
             }
             MdsRequest::GetClusterMap { newer_than } => self.wait_for_map(newer_than).await,
@@ -435,6 +478,10 @@ impl Service for MdsService {
             | MdsRequest::OsdHeartbeat { .. }
             | MdsRequest::GetClusterMap { .. }) => self.cluster_request(&peer, cluster).await,
             MdsRequest::Status => self.status(),
+            MdsRequest::PgStats => match self.pg_stats() {
+                Ok(stats) => MdsResponse::PgStats(stats),
+                Err(error) => MdsResponse::Failed(error.to_string()),
+            },
             admin => {
                 if self.role_of(&peer) == Some(Role::Admin) {
                     self.admin(admin).await

@@ -6,6 +6,7 @@
 //! registered keys).
 
 mod peering;
+mod scrub;
 mod service;
 
 use std::net::SocketAddr;
@@ -138,10 +139,11 @@ impl OsdServer {
             maps.clone(),
         ));
         let router = serve(&transport, ALPN_OSD, service.clone());
+        let service_for_reports = service.clone();
         let tasks = vec![
             tokio::spawn(peering::peer_loop(service, maps.clone())),
             tokio::spawn(follow_maps(mds.clone(), publish, authorized)),
-            tokio::spawn(heartbeat(mds, id, store.clone())),
+            tokio::spawn(heartbeat(mds, id, store.clone(), service_for_reports)),
         ];
         Ok(OsdServer {
             id,
@@ -221,18 +223,27 @@ async fn follow_maps(
     }
 }
 
-async fn heartbeat(mds: Arc<MdsClient>, id: OsdId, store: Arc<ObjectStore>) {
+async fn heartbeat(
+    mds: Arc<MdsClient>,
+    id: OsdId,
+    store: Arc<ObjectStore>,
+    service: Arc<OsdService>,
+) {
     loop {
         tokio::time::sleep(HEARTBEAT_INTERVAL).await;
-        let used = {
+        let (used, pgs) = {
             let store = store.clone();
-            tokio::task::spawn_blocking(move || store.used_bytes())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(0)
+            let service = service.clone();
+            tokio::task::spawn_blocking(move || {
+                (store.used_bytes().unwrap_or(0), service.pg_reports())
+            })
+            .await
+            .unwrap_or_default()
         };
-        if let Err(error) = mds.call(&MdsRequest::OsdHeartbeat { osd: id, used }).await {
+        if let Err(error) = mds
+            .call(&MdsRequest::OsdHeartbeat { osd: id, used, pgs })
+            .await
+        {
             tracing::warn!(%error, "heartbeat");
         }
     }

@@ -93,7 +93,7 @@ impl OsdService {
     }
 
     /// A whole object from member `osd`.
-    async fn fetch(
+    pub(super) async fn fetch(
         &self,
         map: &ClusterMap,
         pg: PgId,
@@ -137,7 +137,7 @@ impl OsdService {
     }
 
     /// Installs a copy (or a deletion) of an object on member `osd`.
-    async fn install(
+    pub(super) async fn install(
         &self,
         map: &ClusterMap,
         pg: PgId,
@@ -198,6 +198,24 @@ impl OsdService {
             return Ok(());
         };
         let wanted: HashMap<Vec<u8>, LogVersion> = wanted.into_iter().collect();
+        let outcome = self
+            .bring_up_to_date(map, pg, (authority, newest, &wanted), members)
+            .await;
+        self.recovering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pg);
+        outcome
+    }
+
+    /// Copies to every member what it lacks next to the authority.
+    async fn bring_up_to_date(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        (authority, newest, wanted): (OsdId, LogVersion, &HashMap<Vec<u8>, LogVersion>),
+        members: Vec<(OsdId, (LogVersion, Objects))>,
+    ) -> Result<(), OsdError> {
         for (osd, (last, held)) in members {
             if osd == authority {
                 continue;
@@ -208,7 +226,16 @@ impl OsdService {
                 .filter(|(name, at)| held.get(*name) != Some(at))
                 .map(|(n, _)| n);
             let extra = held.keys().filter(|name| !wanted.contains_key(*name));
-            for name in stale.chain(extra) {
+            let names: Vec<&Vec<u8>> = stale.chain(extra).collect();
+            if !names.is_empty() {
+                // A member with no log at all is being filled from scratch.
+                let backfill = last == LogVersion::default();
+                self.recovering
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(pg, backfill);
+            }
+            for name in names {
                 let copy = self.fetch(map, pg, authority, name).await?;
                 self.install(map, pg, osd, name, copy).await?;
             }

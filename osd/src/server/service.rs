@@ -13,7 +13,7 @@ use aspen_placement::{OsdId, PgId, PgMapping};
 use aspen_proto::mds::ClusterMap;
 use aspen_proto::osd::{
     LogEntry, LogVersion, MAX_OBJECT_NAME_LEN, ObjectInfo, ObjectOp, ObjectRef, OsdError,
-    OsdRequest, OsdResponse,
+    OsdRequest, OsdResponse, PgFlags, PgReport,
 };
 use aspen_proto::transport::endpoint::peer_addr;
 use aspen_proto::transport::{ALPN_OSD, EndpointId, FrameError, RpcClient, Service, Transport};
@@ -39,6 +39,10 @@ pub struct OsdService {
     /// The PGs this OSD leads and the acting set it last recovered each
     /// for: a PG serves only while its acting set is still that one.
     active: Mutex<HashMap<PgId, Vec<OsdId>>>,
+    /// PGs being recovered now (true: a member is being backfilled).
+    pub(super) recovering: Mutex<HashMap<PgId, bool>>,
+    /// PGs whose last scrub found disagreeing copies.
+    pub(super) inconsistent: Mutex<std::collections::HashSet<PgId>>,
 }
 
 fn failed(error: OsdError) -> (OsdResponse, Vec<u8>) {
@@ -90,7 +94,59 @@ impl OsdService {
             pg_locks: Mutex::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
+            recovering: Mutex::new(HashMap::new()),
+            inconsistent: Mutex::new(std::collections::HashSet::new()),
         }
+    }
+
+    /// The state of every PG this OSD leads, for its heartbeat (blocks on
+    /// the store: call from a blocking thread).
+    pub fn pg_reports(&self) -> Vec<PgReport> {
+        let map = self.maps.borrow().clone();
+        let epoch = map.osdmap.epoch().0;
+        let recovering = self
+            .recovering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let inconsistent = self
+            .inconsistent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut reports = Vec::new();
+        for pool in map.osdmap.pools() {
+            for pg in pool.pgs() {
+                let Ok(mapping) = map.osdmap.pg_mapping(pg) else {
+                    continue;
+                };
+                if mapping.acting_primary != Some(self.id) {
+                    continue;
+                }
+                let acting: Vec<OsdId> = mapping.acting.iter().flatten().copied().collect();
+                let active = self.is_active(pg, &acting);
+                let remapped = mapping.acting != mapping.up;
+                let degraded = acting.len() < pool.size;
+                let flags = PgFlags {
+                    peering: !active,
+                    active,
+                    clean: active && !degraded && !remapped && !inconsistent.contains(&pg),
+                    degraded: active && degraded,
+                    recovering: recovering.get(&pg) == Some(&false),
+                    backfilling: recovering.get(&pg) == Some(&true),
+                    remapped,
+                    inconsistent: inconsistent.contains(&pg),
+                };
+                let objects = self.store.pg_object_count(pg).unwrap_or(0);
+                reports.push(PgReport {
+                    pg,
+                    epoch,
+                    flags,
+                    objects,
+                });
+            }
+        }
+        reports
     }
 
     pub(super) fn is_active(&self, pg: PgId, acting: &[OsdId]) -> bool {
@@ -370,6 +426,9 @@ impl Service for OsdService {
             | OsdRequest::GetObject { .. }
             | OsdRequest::PutObject { .. }
             | OsdRequest::Recovered { .. }) => self.recovery_request(peer, recovery, body).await,
+            scrub @ (OsdRequest::Scrub { .. } | OsdRequest::ScrubObjects { .. }) => {
+                self.scrub_request(peer, scrub).await
+            }
             OsdRequest::ListPg { pg } => {
                 let store = self.store.clone();
                 match blocking(move || store.list(pg)).await {
