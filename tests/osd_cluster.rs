@@ -7,13 +7,11 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aspen_osd::client::ObjectClient;
 use aspen_placement::{OsdId, PoolId};
-use aspen_proto::cluster::{ClusterConfig, MdsClient};
-use aspen_proto::transport::{AuthorizedKeys, Transport, load_or_create_secret_key};
+use aspen_proto::cluster::ClusterConfig;
 use common::{Daemons, aspen, free_addr, ok};
 
 fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
@@ -42,20 +40,7 @@ fn payload(seed: u64, len: usize) -> Vec<u8> {
 
 async fn object_client(config: &str) -> ObjectClient {
     let cluster = ClusterConfig::load(std::path::Path::new(config)).unwrap();
-    let key = load_or_create_secret_key(&cluster.key).unwrap();
-    let transport = Transport::bind(
-        key,
-        "127.0.0.1:0".parse().unwrap(),
-        vec![],
-        AuthorizedKeys::default(),
-    )
-    .await
-    .unwrap();
-    let mds = Arc::new(MdsClient::new(
-        transport.clone(),
-        cluster.mds.iter().map(|m| m.member.clone()).collect(),
-    ));
-    ObjectClient::new(transport, mds).await.unwrap()
+    ObjectClient::connect(&cluster).await.unwrap()
 }
 
 #[test]

@@ -11,13 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aspen_placement::{OsdId, PoolId};
-use aspen_proto::cluster::MdsClient;
+use aspen_proto::cluster::{ClusterConfig, MdsClient};
 use aspen_proto::mds::{ClusterMap, MdsRequest, MdsResponse};
 use aspen_proto::osd::{
     ObjectInfo, ObjectOp, ObjectRef, OsdError, OsdRequest, OsdResponse, ScrubReport,
 };
 use aspen_proto::transport::endpoint::peer_addr;
-use aspen_proto::transport::{ALPN_OSD, EndpointId, RpcClient, Transport};
+use aspen_proto::transport::{
+    ALPN_OSD, AuthorizedKeys, EndpointId, RpcClient, Transport, load_or_create_secret_key,
+};
 use tokio::sync::Mutex;
 
 /// How long one operation keeps retrying through map changes.
@@ -60,6 +62,26 @@ impl ObjectClient {
             map: Mutex::new(Arc::new(map)),
             links: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A client with the key and MDS members `cluster.json` names.
+    pub async fn connect(cluster: &ClusterConfig) -> Result<ObjectClient, ClientError> {
+        let key = load_or_create_secret_key(&cluster.key)
+            .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let transport = Transport::bind(key, any_port, vec![], AuthorizedKeys::default())
+            .await
+            .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        let mds = Arc::new(MdsClient::new(
+            transport.clone(),
+            cluster.mds.iter().map(|m| m.member.clone()).collect(),
+        ));
+        ObjectClient::new(transport, mds).await
+    }
+
+    /// Closes the client's endpoint.
+    pub async fn close(&self) {
+        self.transport.close().await;
     }
 
     pub async fn map(&self) -> Arc<ClusterMap> {

@@ -24,6 +24,7 @@
 //! `aspen-placement` (PGs, the OSD map). It must never depend on the MDS
 //! crate: the MDS is reached only through the messages in `aspen-proto`.
 
+pub mod bench;
 pub mod client;
 pub mod content;
 pub mod extents;

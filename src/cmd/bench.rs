@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use aspen_mds::{admin, bench};
+use aspen_osd::client::ObjectClient;
 use aspen_proto::cluster::ClusterConfig;
 use clap::{Args, Subcommand};
 
@@ -10,6 +11,25 @@ use clap::{Args, Subcommand};
 pub enum BenchCommand {
     /// Creates, stats and unlinks of empty files; serial create latency.
     Mds(MdsBenchArgs),
+    /// 4 MiB object writes and reads, 4 KiB random writes and reads.
+    Osd(OsdBenchArgs),
+}
+
+#[derive(Args)]
+pub struct OsdBenchArgs {
+    #[arg(long, default_value = "cluster.json")]
+    config: PathBuf,
+    /// The pool to write in.
+    #[arg(long, default_value = "data")]
+    pool: String,
+    /// 4 MiB objects to write and read.
+    #[arg(long, default_value_t = 64)]
+    objects: usize,
+    /// 4 KiB operations per random workload.
+    #[arg(long, default_value_t = 4000)]
+    small_ops: usize,
+    #[arg(long, default_value_t = 16)]
+    depth: usize,
 }
 
 #[derive(Args)]
@@ -24,6 +44,32 @@ pub struct MdsBenchArgs {
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
+        BenchCommand::Osd(args) => {
+            let cluster = ClusterConfig::load(&args.config)?;
+            let client = std::sync::Arc::new(ObjectClient::connect(&cluster).await?);
+            let pool = client
+                .map()
+                .await
+                .osdmap
+                .pool_by_name(&args.pool)
+                .map(|p| p.id)
+                .ok_or_else(|| anyhow::anyhow!("no pool {:?}", args.pool))?;
+            let results = aspen_osd::bench::run(
+                client.clone(),
+                pool,
+                args.objects,
+                args.small_ops,
+                args.depth.max(1),
+            )
+            .await?;
+            for result in results {
+                println!(
+                    "{}, depth {}: {:.0} ops/s {:.1} MiB/s",
+                    result.workload, result.depth, result.ops_per_sec, result.mib_per_sec
+                );
+            }
+            client.close().await;
+        }
         BenchCommand::Mds(args) => {
             let cluster = ClusterConfig::load(&args.config)?;
             let client = admin::client(&cluster).await?;

@@ -2,13 +2,11 @@
 //! and scrubbing them.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use aspen_mds::admin;
 use aspen_osd::client::ObjectClient;
 use aspen_placement::PgId;
-use aspen_proto::cluster::{ClusterConfig, MdsClient};
-use aspen_proto::transport::{AuthorizedKeys, Transport, load_or_create_secret_key};
+use aspen_proto::cluster::ClusterConfig;
 use clap::{Args, Subcommand};
 
 #[derive(Args)]
@@ -69,19 +67,7 @@ async fn scrub(cluster: &ClusterConfig, pg: &str, deep: bool, repair: bool) -> a
     let pg: PgId = pg
         .parse()
         .map_err(|e| anyhow::anyhow!("bad PG id {pg:?}: {e}"))?;
-    let key = load_or_create_secret_key(&cluster.key)?;
-    let transport = Transport::bind(
-        key,
-        "127.0.0.1:0".parse()?,
-        vec![],
-        AuthorizedKeys::default(),
-    )
-    .await?;
-    let mds = Arc::new(MdsClient::new(
-        transport.clone(),
-        cluster.mds.iter().map(|m| m.member.clone()).collect(),
-    ));
-    let client = ObjectClient::new(transport.clone(), mds).await?;
+    let client = ObjectClient::connect(cluster).await?;
     let report = client.scrub(pg, deep, repair).await?;
     println!(
         "{pg}: {} objects, {} inconsistent, {} repaired",
@@ -92,6 +78,6 @@ async fn scrub(cluster: &ClusterConfig, pg: &str, deep: bool, repair: bool) -> a
     for (name, problem) in &report.inconsistent {
         println!("  {}: {problem}", String::from_utf8_lossy(name));
     }
-    transport.close().await;
+    client.close().await;
     Ok(())
 }
