@@ -423,27 +423,24 @@ impl ObjectStore {
         entry: &LogEntry,
         data: &[u8],
     ) -> Result<Option<ObjectStat>, StoreError> {
+        self.mutate(|conn, content| apply_entry_in(conn, content, key, entry, data))
+    }
+
+    /// A replica's apply: like [`ObjectStore::apply_logged`], unless the
+    /// PG log already reaches `entry` (a resend), in which case nothing
+    /// changes. Whether it applied.
+    pub fn apply_replicated(
+        &self,
+        key: &ObjectKey,
+        entry: &LogEntry,
+        data: &[u8],
+    ) -> Result<bool, StoreError> {
         self.mutate(|conn, content| {
-            let stat = match &entry.op {
-                ObjectOp::Write { offset } => {
-                    Some(write_in(conn, content, key, *offset, data, false)?)
-                }
-                ObjectOp::Truncate { size } => Some(truncate_in(conn, content, key, *size)?),
-                ObjectOp::Zero { offset, len } => Some(zero_in(conn, content, key, *offset, *len)?),
-                ObjectOp::Delete => {
-                    delete_in(conn, content, key)?;
-                    None
-                }
-                ObjectOp::SetAttr { name, value } => Some(set_attr_in(conn, key, name, value)?),
-                other => {
-                    return Err(StoreError::Invalid(format!("{other:?} is not a mutation")));
-                }
-            };
-            pglog::append(conn, key.pg, entry)?;
-            if stat.is_some() {
-                set_logged_at(conn, key, entry.at)?;
+            if entry.at <= pglog::last(conn, key.pg)? {
+                return Ok(false);
             }
-            Ok(stat)
+            apply_entry_in(conn, content, key, entry, data)?;
+            Ok(true)
         })
     }
 
@@ -811,4 +808,30 @@ fn set_logged_at(conn: &Connection, key: &ObjectKey, at: LogVersion) -> Result<(
         at.version as i64
     ])?;
     Ok(())
+}
+
+/// Applies a logged mutation and appends it to its PG's log.
+fn apply_entry_in(
+    conn: &Connection,
+    content: &mut ContentStore,
+    key: &ObjectKey,
+    entry: &LogEntry,
+    data: &[u8],
+) -> Result<Option<ObjectStat>, StoreError> {
+    let stat = match &entry.op {
+        ObjectOp::Write { offset } => Some(write_in(conn, content, key, *offset, data, false)?),
+        ObjectOp::Truncate { size } => Some(truncate_in(conn, content, key, *size)?),
+        ObjectOp::Zero { offset, len } => Some(zero_in(conn, content, key, *offset, *len)?),
+        ObjectOp::Delete => {
+            delete_in(conn, content, key)?;
+            None
+        }
+        ObjectOp::SetAttr { name, value } => Some(set_attr_in(conn, key, name, value)?),
+        other => return Err(StoreError::Invalid(format!("{other:?} is not a mutation"))),
+    };
+    pglog::append(conn, key.pg, entry)?;
+    if stat.is_some() {
+        set_logged_at(conn, key, entry.at)?;
+    }
+    Ok(stat)
 }

@@ -205,6 +205,7 @@ impl OsdService {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&pg);
+        self.set_newest(pg, None);
         outcome
     }
 
@@ -361,8 +362,11 @@ pub async fn peer_loop(service: Arc<OsdService>, mut maps: watch::Receiver<Arc<C
         }
         if failed {
             let _ = tokio::time::timeout(PEERING_RETRY, maps.changed()).await;
-        } else if maps.changed().await.is_err() {
-            return;
+            continue;
+        }
+        tokio::select! {
+            changed = maps.changed() => if changed.is_err() { return },
+            _ = service.repeer.notified() => {}
         }
     }
 }

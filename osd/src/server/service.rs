@@ -39,6 +39,12 @@ pub struct OsdService {
     /// The PGs this OSD leads and the acting set it last recovered each
     /// for: a PG serves only while its acting set is still that one.
     active: Mutex<HashMap<PgId, Vec<OsdId>>>,
+    /// The newest log position of PGs this OSD leads, kept under the PG
+    /// lock after each logged op (recovery forgets it).
+    newest: Mutex<HashMap<PgId, LogVersion>>,
+    /// Wakes the peering loop when a PG needs peering without a map change
+    /// (a replica failed an op).
+    pub(super) repeer: tokio::sync::Notify,
     /// PGs being recovered now (true: a member is being backfilled).
     pub(super) recovering: Mutex<HashMap<PgId, bool>>,
     /// PGs whose last scrub found disagreeing copies.
@@ -94,6 +100,8 @@ impl OsdService {
             pg_locks: Mutex::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
+            newest: Mutex::new(HashMap::new()),
+            repeer: tokio::sync::Notify::new(),
             recovering: Mutex::new(HashMap::new()),
             inconsistent: Mutex::new(std::collections::HashSet::new()),
         }
@@ -147,6 +155,30 @@ impl OsdService {
             }
         }
         reports
+    }
+
+    /// `pg`'s newest log position (call under the PG lock).
+    async fn last_logged(&self, pg: PgId) -> Result<LogVersion, OsdError> {
+        let known = self
+            .newest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pg)
+            .copied();
+        if let Some(last) = known {
+            return Ok(last);
+        }
+        let store = self.store.clone();
+        blocking(move || store.pg_last(pg)).await
+    }
+
+    /// Records (`Some`) or forgets `pg`'s newest log position.
+    pub(super) fn set_newest(&self, pg: PgId, newest: Option<LogVersion>) {
+        let mut known = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        match newest {
+            Some(at) => known.insert(pg, at),
+            None => known.remove(&pg),
+        };
     }
 
     pub(super) fn is_active(&self, pg: PgId, acting: &[OsdId]) -> bool {
@@ -319,8 +351,7 @@ impl OsdService {
         if !self.is_active(pg, &acting) {
             return Err(OsdError::Unavailable(format!("{pg:?} is peering")));
         }
-        let store = self.store.clone();
-        let last = blocking(move || store.pg_last(pg)).await?;
+        let last = self.last_logged(pg).await?;
         let entry = LogEntry {
             at: LogVersion {
                 epoch: map.osdmap.epoch().0,
@@ -362,8 +393,16 @@ impl OsdService {
                 Err(error) => problems.push(error.to_string()),
             }
         }
+        self.set_newest(pg, local.is_ok().then_some(entry.at));
         let stat = local?;
         if !problems.is_empty() {
+            // A member may now lack this entry: peer again before the
+            // next op, so no member falls silently behind.
+            self.active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&pg);
+            self.repeer.notify_one();
             return Err(OsdError::Unavailable(problems.join("; ")));
         }
         Ok(stat.map(info).unwrap_or(ObjectInfo {
@@ -388,18 +427,13 @@ impl OsdService {
         self.check_from_primary(&peer, pg, epoch).await?;
         let lock = self.pg_lock(pg);
         let _ordered = lock.lock().await;
-        let store = self.store.clone();
-        let last = blocking(move || store.pg_last(pg)).await?;
-        if entry.at <= last {
-            // A resend of something already applied.
-            return Ok(());
-        }
         let key = ObjectKey {
             pg,
             name: entry.object.clone(),
         };
         let store = self.store.clone();
-        blocking(move || store.apply_logged(&key, &entry, &body)).await?;
+        // A resend of something already applied changes nothing.
+        blocking(move || store.apply_replicated(&key, &entry, &body)).await?;
         Ok(())
     }
 }
