@@ -7,20 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${FILES:-5000}
-OUT=bench/out/mds
-rm -rf "$OUT" && mkdir -p "$OUT"
-cargo build --release --locked -q
-ASPEN=$PWD/target/release/aspen
-
-free_port() { python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
+source bench/lib.sh mds
 CONFIG=$OUT/mds1/cluster.json
-"$ASPEN" mds init --data "$OUT/mds1" --listen "127.0.0.1:$(free_port)" >/dev/null
-"$ASPEN" mds --data "$OUT/mds1" >"$OUT/mds1.log" 2>&1 & pids+=($!)
-until "$ASPEN" status --config "$CONFIG" | grep -q HEALTH_OK; do sleep 0.3; done
+start_mds mds1
 
 run() { "$ASPEN" bench mds --config "$CONFIG" --files "$FILES" --concurrency "$1" | tee -a "$OUT/results.txt"; }
 run 1

@@ -10,21 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OBJECTS=${OBJECTS:-64}
 SMALL_OPS=${SMALL_OPS:-4000}
-OUT=$PWD/bench/out/osd
-rm -rf "$OUT" && mkdir -p "$OUT"
 command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
-cargo build --release --locked -q
-ASPEN=$PWD/target/release/aspen
-
-free_port() { python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
+source bench/lib.sh osd
 CONFIG=$OUT/mds/cluster.json
-"$ASPEN" mds init --data "$OUT/mds" --listen "127.0.0.1:$(free_port)" >/dev/null
-"$ASPEN" mds --data "$OUT/mds" >"$OUT/mds.log" 2>&1 & pids+=($!)
-until "$ASPEN" status --config "$CONFIG" 2>/dev/null | grep -q HEALTH_OK; do sleep 0.3; done
+start_mds mds
 for id in 0 1 2; do
   "$ASPEN" osd add --data "$OUT/osd$id" --id $id --host "host$id" --config "$CONFIG" --listen "127.0.0.1:$(free_port)" >/dev/null
   "$ASPEN" osd --data "$OUT/osd$id" >"$OUT/osd$id.log" 2>&1 & pids+=($!)

@@ -5,21 +5,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
-use common::{Daemons, aspen, free_addr, ok};
-
-/// Retries `check` until it returns Some or the deadline passes.
-fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
+use common::{Daemons, aspen, eventually, free_addr, ok};
 
 fn status(config: &str) -> String {
     String::from_utf8_lossy(&aspen(&["status", "--config", config]).stdout).into_owned()
@@ -54,7 +41,7 @@ fn an_mds_group_forms_survives_kill_9_and_shrinks() {
         &["mds", "--data", dir(1).to_str().unwrap()],
         &root.path().join("mds1.log"),
     );
-    eventually("mds.1 to lead", || {
+    eventually("mds.1 to lead", 60, || {
         leader_of(&status(config)).filter(|l| *l == 1)
     });
 
@@ -76,12 +63,12 @@ fn an_mds_group_forms_survives_kill_9_and_shrinks() {
             ],
             &root.path().join(format!("mds{id}.log")),
         );
-        eventually("the member to join", || {
+        eventually("the member to join", 60, || {
             let text = std::fs::read_to_string(config).ok()?;
             text.contains(&format!("\"raft_id\": {id}")).then_some(())
         });
     }
-    let healthy = eventually("three members up", || {
+    let healthy = eventually("three members up", 60, || {
         let s = status(config);
         (s.contains("mds: 3 of 3 members up") && s.contains("HEALTH_OK")).then_some(s)
     });
@@ -133,7 +120,7 @@ fn an_mds_group_forms_survives_kill_9_and_shrinks() {
     // kill -9 the leader: another member takes over and writes still work.
     let old_leader = leader_of(&status(config)).unwrap();
     daemons.kill(old_leader);
-    let new_leader = eventually("a new leader", || {
+    let new_leader = eventually("a new leader", 60, || {
         leader_of(&status(config)).filter(|l| *l != old_leader)
     });
     assert_ne!(new_leader, old_leader);
@@ -151,7 +138,7 @@ fn an_mds_group_forms_survives_kill_9_and_shrinks() {
         &["mds", "--data", dir(old_leader).to_str().unwrap()],
         &root.path().join("restart.log"),
     );
-    eventually("three members up again", || {
+    eventually("three members up again", 60, || {
         status(config)
             .contains("mds: 3 of 3 members up")
             .then_some(())
@@ -168,7 +155,7 @@ fn an_mds_group_forms_survives_kill_9_and_shrinks() {
         config,
     ]));
     daemons.kill(victim);
-    let after = eventually("two members", || {
+    let after = eventually("two members", 60, || {
         let s = status(config);
         s.contains("mds: 2 of 2 members up").then_some(s)
     });

@@ -9,34 +9,11 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use aspen_osd::bench::pattern as payload;
 use aspen_osd::client::ObjectClient;
 use aspen_placement::{OsdId, PoolId};
 use aspen_proto::cluster::ClusterConfig;
-use common::{Daemons, aspen, free_addr, ok};
-
-fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-/// Bytes that differ by object and position.
-fn payload(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use common::{Daemons, aspen, eventually, free_addr, ok};
 
 async fn object_client(config: &str) -> ObjectClient {
     let cluster = ClusterConfig::load(std::path::Path::new(config)).unwrap();
@@ -64,7 +41,7 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
         &["mds", "--data", mds.to_str().unwrap()],
         &dir("mds.log"),
     );
-    eventually("the MDS to lead", || {
+    eventually("the MDS to lead", 60, || {
         let out =
             String::from_utf8_lossy(&aspen(&["status", "--config", config]).stdout).into_owned();
         out.contains("HEALTH_OK").then_some(())
@@ -92,7 +69,7 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
             &dir(&format!("osd{id}.log")),
         );
     }
-    eventually("three OSDs up and in", || {
+    eventually("three OSDs up and in", 60, || {
         let out =
             String::from_utf8_lossy(&aspen(&["status", "--config", config]).stdout).into_owned();
         out.contains("3 osds: 3 up, 3 in").then_some(())
@@ -194,7 +171,7 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
     });
     let status = ok(aspen(&["status", "--config", config]));
     assert!(status.contains("3 osds: 2 up"), "{status}");
-    eventually("degraded PGs", || {
+    eventually("degraded PGs", 60, || {
         let pgs = ok(aspen(&["pg", "ls", "--config", config]));
         pgs.contains("active+degraded").then_some(())
     });
@@ -203,7 +180,7 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
         &["osd", "--data", dir("osd1").to_str().unwrap()],
         &dir("osd1-restarted.log"),
     );
-    eventually("osd.1 back up", || {
+    eventually("osd.1 back up", 60, || {
         let out =
             String::from_utf8_lossy(&aspen(&["status", "--config", config]).stdout).into_owned();
         out.contains("3 osds: 3 up, 3 in").then_some(())
@@ -251,7 +228,7 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
             assert_eq!(&back[offset as usize..], &payload(n, len)[..]);
         }
     });
-    eventually("every PG active+clean", || {
+    eventually("every PG active+clean", 60, || {
         let status = ok(aspen(&["status", "--config", config]));
         status.contains("pgs: 32: 32 active+clean").then_some(())
     });
@@ -285,7 +262,7 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
                 || found.contains("unreadable"),
             "{found}"
         );
-        eventually("the PG reported inconsistent", || {
+        eventually("the PG reported inconsistent", 60, || {
             let pgs = ok(aspen(&["pg", "ls", "--config", config]));
             pgs.lines()
                 .any(|l| l.starts_with(&format!("{pg_name} ")) && l.contains("inconsistent"))

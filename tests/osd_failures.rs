@@ -11,29 +11,18 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aspen_osd::client::{ClientError, ObjectClient};
 use aspen_placement::{OsdId, PgId, PoolId};
 use aspen_proto::cluster::ClusterConfig;
 use aspen_proto::osd::OsdError;
-use common::{Daemons, aspen, free_addr, ok};
+use common::{Daemons, aspen, eventually, free_addr, ok};
 
 const POOL: PoolId = PoolId(1);
 const OBJECTS: usize = 400;
 const WRITES: usize = 10_000;
 const WRITERS: usize = 16;
-
-fn eventually<T>(what: &str, seconds: u64, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
 
 fn status(config: &str) -> String {
     String::from_utf8_lossy(&aspen(&["status", "--config", config]).stdout).into_owned()

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use aspen_osd::bench::pattern as bytes;
 use aspen_osd::store::{ObjectKey, ObjectStore};
 use aspen_placement::{PgId, PoolId};
 
@@ -17,19 +18,6 @@ const OBJECTS: usize = 32;
 const SMALL_OPS_SERIAL: usize = 2_000;
 const SMALL_OPS_PARALLEL: usize = 8_000;
 const DEPTH: usize = 16;
-
-/// Deterministic bytes without a period (so nothing deduplicates).
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn key(n: usize) -> ObjectKey {
     ObjectKey {

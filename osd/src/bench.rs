@@ -22,7 +22,9 @@ pub struct Measured {
     pub mib_per_sec: f64,
 }
 
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
+/// Deterministic bytes without a period (so nothing deduplicates), for
+/// benchmarks and tests.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -81,7 +83,7 @@ pub async fn run(
     depth: usize,
 ) -> Result<Vec<Measured>, ClientError> {
     let prefix = format!("bench{}", std::process::id());
-    let payload = Arc::new(bytes(1, OBJECT));
+    let payload = Arc::new(pattern(1, OBJECT));
     let mut results = Vec::new();
     let write = {
         let (client, payload, prefix) = (client.clone(), payload.clone(), prefix.clone());
@@ -108,7 +110,7 @@ pub async fn run(
     };
     let rate = run_ops(objects, depth, read).await?;
     results.push(measured("4 MiB object reads", depth, rate, OBJECT));
-    let small = Arc::new(bytes(2, SMALL));
+    let small = Arc::new(pattern(2, SMALL));
     for queue in [1, depth] {
         let random_write = {
             let (client, small, prefix) = (client.clone(), small.clone(), prefix.clone());

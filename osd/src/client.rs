@@ -6,7 +6,6 @@
 //!
 //! Public API only: nothing here depends on the OSD's server internals.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,11 +15,10 @@ use aspen_proto::mds::{ClusterMap, MdsRequest, MdsResponse};
 use aspen_proto::osd::{
     ObjectInfo, ObjectOp, ObjectRef, OsdError, OsdRequest, OsdResponse, ScrubReport,
 };
-use aspen_proto::transport::endpoint::peer_addr;
-use aspen_proto::transport::{
-    ALPN_OSD, AuthorizedKeys, EndpointId, RpcClient, Transport, load_or_create_secret_key,
-};
+use aspen_proto::transport::{AuthorizedKeys, RpcClient, Transport, load_or_create_secret_key};
 use tokio::sync::Mutex;
+
+use crate::links::Links;
 
 /// How long one operation keeps retrying through map changes.
 pub const OP_DEADLINE: Duration = Duration::from_secs(60);
@@ -46,7 +44,7 @@ pub struct ObjectClient {
     transport: Transport,
     mds: Arc<MdsClient>,
     map: Mutex<Arc<ClusterMap>>,
-    links: Mutex<HashMap<OsdId, (String, Arc<RpcClient>)>>,
+    links: Links,
 }
 
 impl ObjectClient {
@@ -57,10 +55,10 @@ impl ObjectClient {
     ) -> Result<ObjectClient, ClientError> {
         let map = fetch_map(&mds, 0).await?;
         Ok(ObjectClient {
+            links: Links::new(transport.clone()),
             transport,
             mds,
             map: Mutex::new(Arc::new(map)),
-            links: Mutex::new(HashMap::new()),
         })
     }
 
@@ -100,26 +98,7 @@ impl ObjectClient {
     }
 
     async fn link(&self, map: &ClusterMap, osd: OsdId) -> Result<Arc<RpcClient>, String> {
-        let address = map
-            .address(osd)
-            .ok_or(format!("osd.{} has no address", osd.0))?;
-        let mut links = self.links.lock().await;
-        if let Some((node, client)) = links.get(&osd)
-            && *node == address.node_id
-        {
-            return Ok(client.clone());
-        }
-        let id: EndpointId = address
-            .node_id
-            .parse()
-            .map_err(|_| format!("osd.{} has a bad node id", osd.0))?;
-        let client = Arc::new(RpcClient::new(
-            self.transport.clone(),
-            peer_addr(id, &address.addrs),
-            ALPN_OSD,
-        ));
-        links.insert(osd, (address.node_id.clone(), client.clone()));
-        Ok(client)
+        self.links.get(map, osd)
     }
 
     /// Sends one operation to the object's primary, following map changes.

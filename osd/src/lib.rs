@@ -28,6 +28,7 @@ pub mod bench;
 pub mod client;
 pub mod content;
 pub mod extents;
+mod links;
 pub mod pglog;
 pub mod server;
 pub mod store;

@@ -6,6 +6,7 @@
 use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn aspen(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_aspen"))
@@ -81,5 +82,17 @@ impl Daemons {
             .args([signal, &pid.to_string()])
             .status();
         assert!(sent.unwrap().success());
+    }
+}
+
+/// Retries `check` until it returns `Some`, for at most `seconds`.
+pub fn eventually<T>(what: &str, seconds: u64, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
     }
 }

@@ -40,23 +40,13 @@ fn hash(bytes: &[u8]) -> [u8; 32] {
 impl OsdService {
     /// The PGs this OSD leads whose acting set it has not recovered yet.
     fn pgs_to_peer(&self, map: &ClusterMap) -> Vec<(PgId, Vec<OsdId>)> {
-        let mut pending = Vec::new();
-        let mut leading = Vec::new();
-        for pool in map.osdmap.pools() {
-            for pg in pool.pgs() {
-                let Ok(mapping) = map.osdmap.pg_mapping(pg) else {
-                    continue;
-                };
-                if mapping.acting_primary != Some(self.id) {
-                    continue;
-                }
-                let acting: Vec<OsdId> = mapping.acting.iter().flatten().copied().collect();
-                leading.push(pg);
-                if !self.is_active(pg, &acting) {
-                    pending.push((pg, acting));
-                }
-            }
-        }
+        let led = self.leading(map);
+        let leading: Vec<PgId> = led.iter().map(|l| l.pg).collect();
+        let pending = led
+            .into_iter()
+            .filter(|l| !self.is_active(l.pg, &l.acting))
+            .map(|l| (l.pg, l.acting))
+            .collect();
         self.forget_all_but(&leading);
         pending
     }

@@ -15,10 +15,10 @@ use aspen_proto::osd::{
     LogEntry, LogVersion, MAX_OBJECT_NAME_LEN, ObjectInfo, ObjectOp, ObjectRef, OsdError,
     OsdRequest, OsdResponse, PgFlags, PgReport,
 };
-use aspen_proto::transport::endpoint::peer_addr;
-use aspen_proto::transport::{ALPN_OSD, EndpointId, FrameError, RpcClient, Service, Transport};
+use aspen_proto::transport::{EndpointId, FrameError, RpcClient, Service, Transport};
 use tokio::sync::watch;
 
+use crate::links::Links;
 use crate::store::{ObjectKey, ObjectStat, ObjectStore, StoreError};
 
 /// How long a request naming a newer map epoch waits for this OSD to
@@ -27,15 +27,22 @@ pub const MAP_CATCH_UP: Duration = Duration::from_secs(5);
 /// How long a replica may take to apply one entry.
 pub const REPLICATE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A PG this OSD leads: its pool's size, its mapping and acting members.
+pub(super) struct Led {
+    pub pg: PgId,
+    pub pool_size: usize,
+    pub mapping: PgMapping,
+    pub acting: Vec<OsdId>,
+}
+
 pub struct OsdService {
     pub(super) id: OsdId,
-    transport: Transport,
     pub(super) store: Arc<ObjectStore>,
     pub(super) maps: watch::Receiver<Arc<ClusterMap>>,
     /// One mutation (or recovery) at a time per PG, so log order is apply
     /// order.
     pg_locks: Mutex<HashMap<PgId, Arc<tokio::sync::Mutex<()>>>>,
-    links: Mutex<HashMap<OsdId, (String, Arc<RpcClient>)>>,
+    links: Links,
     /// The PGs this OSD leads and the acting set it last recovered each
     /// for: a PG serves only while its acting set is still that one.
     active: Mutex<HashMap<PgId, Vec<OsdId>>>,
@@ -94,11 +101,10 @@ impl OsdService {
     ) -> OsdService {
         OsdService {
             id,
-            transport,
             store,
             maps,
             pg_locks: Mutex::new(HashMap::new()),
-            links: Mutex::new(HashMap::new()),
+            links: Links::new(transport),
             active: Mutex::new(HashMap::new()),
             newest: Mutex::new(HashMap::new()),
             repeer: tokio::sync::Notify::new(),
@@ -123,38 +129,57 @@ impl OsdService {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let mut reports = Vec::new();
+        for Led {
+            pg,
+            pool_size,
+            mapping,
+            acting,
+        } in self.leading(&map)
+        {
+            let active = self.is_active(pg, &acting);
+            let remapped = mapping.acting != mapping.up;
+            let degraded = acting.len() < pool_size;
+            let flags = PgFlags {
+                peering: !active,
+                active,
+                clean: active && !degraded && !remapped && !inconsistent.contains(&pg),
+                degraded: active && degraded,
+                recovering: recovering.get(&pg) == Some(&false),
+                backfilling: recovering.get(&pg) == Some(&true),
+                remapped,
+                inconsistent: inconsistent.contains(&pg),
+            };
+            let objects = self.store.pg_object_count(pg).unwrap_or(0);
+            reports.push(PgReport {
+                pg,
+                epoch,
+                flags,
+                objects,
+            });
+        }
+        reports
+    }
+
+    /// The PGs this OSD is acting primary of in `map`.
+    pub(super) fn leading(&self, map: &ClusterMap) -> Vec<Led> {
+        let mut led = Vec::new();
         for pool in map.osdmap.pools() {
             for pg in pool.pgs() {
                 let Ok(mapping) = map.osdmap.pg_mapping(pg) else {
                     continue;
                 };
-                if mapping.acting_primary != Some(self.id) {
-                    continue;
+                if mapping.acting_primary == Some(self.id) {
+                    let acting = mapping.acting.iter().flatten().copied().collect();
+                    led.push(Led {
+                        pg,
+                        pool_size: pool.size,
+                        mapping,
+                        acting,
+                    });
                 }
-                let acting: Vec<OsdId> = mapping.acting.iter().flatten().copied().collect();
-                let active = self.is_active(pg, &acting);
-                let remapped = mapping.acting != mapping.up;
-                let degraded = acting.len() < pool.size;
-                let flags = PgFlags {
-                    peering: !active,
-                    active,
-                    clean: active && !degraded && !remapped && !inconsistent.contains(&pg),
-                    degraded: active && degraded,
-                    recovering: recovering.get(&pg) == Some(&false),
-                    backfilling: recovering.get(&pg) == Some(&true),
-                    remapped,
-                    inconsistent: inconsistent.contains(&pg),
-                };
-                let objects = self.store.pg_object_count(pg).unwrap_or(0);
-                reports.push(PgReport {
-                    pg,
-                    epoch,
-                    flags,
-                    objects,
-                });
             }
         }
-        reports
+        led
     }
 
     /// `pg`'s newest log position (call under the PG lock).
@@ -241,26 +266,7 @@ impl OsdService {
 
     /// The RPC client for OSD `osd` at the address `map` gives it.
     pub(super) fn link(&self, map: &ClusterMap, osd: OsdId) -> Result<Arc<RpcClient>, OsdError> {
-        let address = map
-            .address(osd)
-            .ok_or_else(|| OsdError::Unavailable(format!("osd.{} has no address", osd.0)))?;
-        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((node, client)) = links.get(&osd)
-            && *node == address.node_id
-        {
-            return Ok(client.clone());
-        }
-        let id: EndpointId = address
-            .node_id
-            .parse()
-            .map_err(|_| OsdError::Unavailable(format!("osd.{} has a bad node id", osd.0)))?;
-        let client = Arc::new(RpcClient::new(
-            self.transport.clone(),
-            peer_addr(id, &address.addrs),
-            ALPN_OSD,
-        ));
-        links.insert(osd, (address.node_id.clone(), client.clone()));
-        Ok(client)
+        self.links.get(map, osd).map_err(OsdError::Unavailable)
     }
 
     async fn op(
