@@ -309,23 +309,31 @@ impl ObjectStore {
         end: u64,
     ) -> Result<Vec<Extent>, StoreError> {
         let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
-        let mut statement = conn.prepare_cached(
-            "SELECT offset, len, chunk, chunk_offset FROM extents WHERE object = ?1 AND offset < ?3 \
-             AND offset >= COALESCE((SELECT MAX(offset) FROM extents WHERE object = ?1 AND offset <= ?2), 0) \
-             ORDER BY offset",
-        )?;
-        let rows = statement.query_map(params![object, clamp(start), clamp(end)], |r| {
+        let row = |r: &rusqlite::Row<'_>| {
             Ok((
                 r.get::<_, i64>(0)? as u64,
                 r.get::<_, i64>(1)? as u64,
                 r.get::<_, Vec<u8>>(2)?,
                 r.get::<_, i64>(3)? as u64,
             ))
-        })?;
+        };
+        // The extent that may cover `start`, then those starting inside.
+        let covering_start = conn
+            .prepare_cached(
+                "SELECT offset, len, chunk, chunk_offset FROM extents \
+                 WHERE object = ?1 AND offset <= ?2 ORDER BY offset DESC LIMIT 1",
+            )?
+            .query_row(params![object, clamp(start)], row)
+            .optional()?;
+        let mut statement = conn.prepare_cached(
+            "SELECT offset, len, chunk, chunk_offset FROM extents \
+             WHERE object = ?1 AND offset > ?2 AND offset < ?3 ORDER BY offset",
+        )?;
+        let after = statement.query_map(params![object, clamp(start), clamp(end)], row)?;
         let mut extents = Vec::new();
-        for row in rows {
-            let (offset, len, chunk, chunk_offset) = row?;
-            if offset + len > start {
+        for found in covering_start.into_iter().map(Ok).chain(after) {
+            let (offset, len, chunk, chunk_offset) = found?;
+            if offset + len > start && offset < end {
                 extents.push(Extent {
                     offset,
                     len,
