@@ -6,11 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{Daemons, aspen, eventually, free_addr, ok};
-
-fn status(config: &str) -> String {
-    String::from_utf8_lossy(&aspen(&["status", "--config", config]).stdout).into_owned()
-}
+use common::{Daemons, aspen, eventually, free_addr, ok, status};
 
 fn leader_of(status: &str) -> Option<u64> {
     status

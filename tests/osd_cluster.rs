@@ -13,7 +13,7 @@ use aspen_osd::bench::pattern as payload;
 use aspen_osd::client::ObjectClient;
 use aspen_placement::{OsdId, PoolId};
 use aspen_proto::cluster::ClusterConfig;
-use common::{Daemons, aspen, eventually, free_addr, ok};
+use common::{Daemons, aspen, eventually, free_addr, ok, start_mds, status};
 
 async fn object_client(config: &str) -> ObjectClient {
     let cluster = ClusterConfig::load(std::path::Path::new(config)).unwrap();
@@ -24,28 +24,9 @@ async fn object_client(config: &str) -> ObjectClient {
 fn three_osds_replicate_objects_of_a_size_3_pool() {
     let root = tempfile::tempdir().unwrap();
     let dir = |name: &str| -> PathBuf { root.path().join(name) };
-    let mds = dir("mds");
-    ok(aspen(&[
-        "mds",
-        "init",
-        "--data",
-        mds.to_str().unwrap(),
-        "--listen",
-        &free_addr(),
-    ]));
-    let config = mds.join("cluster.json");
-    let config = config.to_str().unwrap();
     let mut daemons = Daemons::new();
-    daemons.spawn(
-        0,
-        &["mds", "--data", mds.to_str().unwrap()],
-        &dir("mds.log"),
-    );
-    eventually("the MDS to lead", 60, || {
-        let out =
-            String::from_utf8_lossy(&aspen(&["status", "--config", config]).stdout).into_owned();
-        out.contains("HEALTH_OK").then_some(())
-    });
+    let config = start_mds(root.path(), &mut daemons);
+    let config = config.as_str();
     for id in 0..3u64 {
         let data = dir(&format!("osd{id}"));
         let out = ok(aspen(&[
@@ -70,8 +51,7 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
         );
     }
     eventually("three OSDs up and in", 60, || {
-        let out =
-            String::from_utf8_lossy(&aspen(&["status", "--config", config]).stdout).into_owned();
+        let out = status(config);
         out.contains("3 osds: 3 up, 3 in").then_some(())
     });
     // A pool can be placed once there are hosts for its three copies.
@@ -152,8 +132,8 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
             ))
         ));
     });
-    let status = ok(aspen(&["status", "--config", config]));
-    assert!(status.contains("space:"), "{status}");
+    let shown = ok(aspen(&["status", "--config", config]));
+    assert!(shown.contains("space:"), "{shown}");
 
     // kill -9 osd.1: writes wait until the MDS marks it down, then go to
     // the two others; restarted, it is recovered with what it missed.
@@ -169,8 +149,8 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
         }
         late
     });
-    let status = ok(aspen(&["status", "--config", config]));
-    assert!(status.contains("3 osds: 2 up"), "{status}");
+    let shown = ok(aspen(&["status", "--config", config]));
+    assert!(shown.contains("3 osds: 2 up"), "{shown}");
     eventually("degraded PGs", 60, || {
         let pgs = ok(aspen(&["pg", "ls", "--config", config]));
         pgs.contains("active+degraded").then_some(())
@@ -181,8 +161,7 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
         &dir("osd1-restarted.log"),
     );
     eventually("osd.1 back up", 60, || {
-        let out =
-            String::from_utf8_lossy(&aspen(&["status", "--config", config]).stdout).into_owned();
+        let out = status(config);
         out.contains("3 osds: 3 up, 3 in").then_some(())
     });
     runtime.block_on(async {

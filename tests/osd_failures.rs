@@ -17,16 +17,12 @@ use aspen_osd::client::{ClientError, ObjectClient};
 use aspen_placement::{OsdId, PgId, PoolId};
 use aspen_proto::cluster::ClusterConfig;
 use aspen_proto::osd::OsdError;
-use common::{Daemons, aspen, eventually, free_addr, ok};
+use common::{Daemons, aspen, eventually, free_addr, ok, start_mds, status};
 
 const POOL: PoolId = PoolId(1);
 const OBJECTS: usize = 400;
 const WRITES: usize = 10_000;
 const WRITERS: usize = 16;
-
-fn status(config: &str) -> String {
-    String::from_utf8_lossy(&aspen(&["status", "--config", config]).stdout).into_owned()
-}
 
 /// Deterministic write `n`: (object, offset, bytes).
 fn write_of(n: usize) -> (usize, u64, Vec<u8>) {
@@ -128,30 +124,13 @@ impl Cluster {
 
 fn start() -> Cluster {
     let root = tempfile::tempdir().unwrap();
-    let mds = root.path().join("mds");
-    ok(aspen(&[
-        "mds",
-        "init",
-        "--data",
-        mds.to_str().unwrap(),
-        "--listen",
-        &free_addr(),
-    ]));
-    let config = mds.join("cluster.json").to_str().unwrap().to_string();
     let mut daemons = Daemons::new();
-    daemons.spawn(
-        0,
-        &["mds", "--data", mds.to_str().unwrap()],
-        &root.path().join("mds.log"),
-    );
+    let config = start_mds(root.path(), &mut daemons);
     let mut cluster = Cluster {
         root,
         daemons,
         config,
     };
-    eventually("the MDS", 60, || {
-        status(&cluster.config).contains("HEALTH_OK").then_some(())
-    });
     for id in 0..4 {
         cluster.start_osd(id, true);
     }

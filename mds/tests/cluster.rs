@@ -128,6 +128,20 @@ fn lookup(name: &str) -> MdsRequest {
     }
 }
 
+/// Whether `server` comes to have `name` in the root within 20 s.
+async fn has_entry(server: &MdsServer, name: &[u8]) -> bool {
+    for _ in 0..100 {
+        let found = server
+            .state
+            .read(|ns| ns.lookup(InodeId::ROOT, name, &Caller::root()).unwrap());
+        if found.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
 /// A formed group of `n` members in temporary directories, with a
 /// registered admin client and a formatted root.
 struct Group {
@@ -299,17 +313,7 @@ async fn three_members_replicate_fail_over_and_catch_up() {
 
     // The old leader comes back with its data directory and catches up.
     let returned = start(&members[leader as usize - 1]).await;
-    let mut caught_up = false;
-    for _ in 0..100 {
-        let found = returned
-            .state
-            .read(|ns| ns.lookup(InodeId::ROOT, b"two", &Caller::root()).unwrap());
-        if found.is_ok() {
-            caught_up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let caught_up = has_entry(&returned, b"two").await;
     assert!(caught_up, "the restarted member replicated what it missed");
     returned.shutdown().await;
     for server in servers.into_iter().flatten() {
@@ -673,17 +677,7 @@ async fn a_member_that_missed_purged_entries_catches_up_by_snapshot() {
 
     // The lagging member comes back: only a snapshot can bring it up to date.
     let returned = start(&members[lagging as usize - 1]).await;
-    let mut caught_up = false;
-    for _ in 0..100 {
-        let found = returned
-            .state
-            .read(|ns| ns.lookup(InodeId::ROOT, b"d199", &Caller::root()).unwrap());
-        if found.is_ok() {
-            caught_up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let caught_up = has_entry(&returned, b"d199").await;
     assert!(
         caught_up,
         "the lagging member installed a snapshot and caught up"

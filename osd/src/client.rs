@@ -90,11 +90,16 @@ impl ObjectClient {
     /// there is one, and after its long-poll wait otherwise).
     async fn refresh(&self, seen: u64) -> Result<(), ClientError> {
         let map = fetch_map(&self.mds, seen).await?;
+        self.adopt(map).await;
+        Ok(())
+    }
+
+    /// Keeps `map` if it is newer than the one held.
+    async fn adopt(&self, map: ClusterMap) {
         let mut held = self.map.lock().await;
         if map.osdmap.epoch() > held.osdmap.epoch() {
             *held = Arc::new(map);
         }
-        Ok(())
     }
 
     async fn link(&self, map: &ClusterMap, osd: OsdId) -> Result<Arc<RpcClient>, String> {
@@ -145,10 +150,7 @@ impl ObjectClient {
     async fn refresh_if_newer(&self) {
         let epoch = self.map().await.osdmap.epoch().0;
         if let Ok(Ok(map)) = tokio::time::timeout(RETRY_PAUSE, fetch_map(&self.mds, epoch)).await {
-            let mut held = self.map.lock().await;
-            if map.osdmap.epoch() > held.osdmap.epoch() {
-                *held = Arc::new(map);
-            }
+            self.adopt(map).await;
         }
     }
 
@@ -328,7 +330,9 @@ impl ObjectClient {
     }
 }
 
-async fn fetch_map(mds: &MdsClient, newer_than: u64) -> Result<ClusterMap, ClientError> {
+/// The first cluster map newer than `newer_than` (the MDS answers at
+/// once if it has one, else after its long-poll wait with the current one).
+pub(crate) async fn fetch_map(mds: &MdsClient, newer_than: u64) -> Result<ClusterMap, ClientError> {
     match mds.call(&MdsRequest::GetClusterMap { newer_than }).await {
         Ok(MdsResponse::ClusterMap(map)) => Ok(*map),
         Ok(other) => Err(ClientError::Unexpected(format!("{other:?}"))),

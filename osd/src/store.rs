@@ -482,15 +482,20 @@ impl ObjectStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// How many objects `pg` holds here.
-    pub fn pg_object_count(&self, pg: PgId) -> Result<u64, StoreError> {
+    /// How many objects each PG holds here.
+    pub fn pg_object_counts(&self) -> Result<std::collections::HashMap<PgId, u64>, StoreError> {
         let inner = lock(&self.inner);
-        let count: i64 = inner.conn.query_row(
-            "SELECT COUNT(*) FROM objects WHERE pool = ?1 AND pg = ?2",
-            params![pg.pool.0, pg.seed],
-            |r| r.get(0),
-        )?;
-        Ok(count as u64)
+        let mut statement = inner
+            .conn
+            .prepare_cached("SELECT pool, pg, COUNT(*) FROM objects GROUP BY pool, pg")?;
+        let counts = statement.query_map([], |r| {
+            let pg = PgId {
+                pool: aspen_placement::PoolId(r.get(0)?),
+                seed: r.get(1)?,
+            };
+            Ok((pg, r.get::<_, i64>(2)? as u64))
+        })?;
+        Ok(counts.collect::<Result<_, _>>()?)
     }
 
     /// A whole object as recovery copies it: its bytes, size, attributes

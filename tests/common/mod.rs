@@ -96,3 +96,32 @@ pub fn eventually<T>(what: &str, seconds: u64, mut check: impl FnMut() -> Option
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// `aspen status` as text (empty when it fails).
+pub fn status(config: &str) -> String {
+    String::from_utf8_lossy(&aspen(&["status", "--config", config]).stdout).into_owned()
+}
+
+/// Creates a one-member MDS group in `root/mds`, runs it as daemon 0 and
+/// waits until it is healthy. Returns its cluster config's path.
+pub fn start_mds(root: &Path, daemons: &mut Daemons) -> String {
+    let mds = root.join("mds");
+    ok(aspen(&[
+        "mds",
+        "init",
+        "--data",
+        mds.to_str().unwrap(),
+        "--listen",
+        &free_addr(),
+    ]));
+    let config = mds.join("cluster.json").to_str().unwrap().to_string();
+    daemons.spawn(
+        0,
+        &["mds", "--data", mds.to_str().unwrap()],
+        &root.join("mds.log"),
+    );
+    eventually("the MDS to lead", 60, || {
+        status(&config).contains("HEALTH_OK").then_some(())
+    });
+    config
+}

@@ -4,7 +4,9 @@
 
 use aspen_proto::Errno;
 use aspen_proto::fs::Timestamp;
-use aspen_proto::mds::{MdsRequest, MdsResponse, MdsStatus, NsOp, PgStat, Role, SessionId};
+use aspen_proto::mds::{
+    ClusterMap, MdsRequest, MdsResponse, MdsStatus, NsOp, PgStat, Role, SessionId,
+};
 use aspen_proto::transport::frame::FrameError;
 use aspen_proto::transport::{EndpointId, Service};
 use openraft::ChangeMembers;
@@ -97,17 +99,19 @@ impl MdsService {
 
     fn status(&self) -> MdsResponse {
         let metrics = self.raft.metrics().borrow().clone();
-        let map = match self.state.cluster_map() {
-            Ok(map) => map.osdmap,
+        let cluster = match self.state.cluster_map() {
+            Ok(cluster) => cluster,
             Err(error) => return MdsResponse::Failed(error.to_string()),
         };
+        let (capacity, used) = self.raw_space(&cluster);
+        let map = &cluster.osdmap;
         let count = |keep: fn(&aspen_placement::OsdState) -> bool| {
             map.osds().values().filter(|s| keep(s)).count() as u32
         };
-        let (capacity, used) = match self.raw_space() {
-            Ok(space) => space,
-            Err(error) => return MdsResponse::Failed(error.to_string()),
-        };
+        let mut pg_states = std::collections::BTreeMap::new();
+        for stat in self.pg_stats(map) {
+            *pg_states.entry(stat.state).or_insert(0) += 1;
+        }
         MdsResponse::Status(MdsStatus {
             fsid: self.state.fsid().ok().flatten().unwrap_or_default(),
             this: self.raft_id,
@@ -126,22 +130,13 @@ impl MdsService {
             pools: map.pools().count() as u32,
             capacity,
             used,
-            pg_states: self.pg_state_counts(),
+            pg_states: pg_states.into_iter().collect(),
         })
-    }
-
-    fn pg_state_counts(&self) -> Vec<(String, u32)> {
-        let mut counts = std::collections::BTreeMap::new();
-        for stat in self.pg_stats().unwrap_or_default() {
-            *counts.entry(stat.state).or_insert(0) += 1;
-        }
-        counts.into_iter().collect()
     }
 
     /// Every PG's state: its primary's last report for the current acting
     /// set, `down` without a primary, `unknown` before a report.
-    fn pg_stats(&self) -> Result<Vec<PgStat>, StoreError> {
-        let map = self.state.cluster_map()?.osdmap;
+    fn pg_stats(&self, map: &aspen_placement::OsdMap) -> Vec<PgStat> {
         let mut stats = Vec::new();
         for pool in map.pools() {
             for pg in pool.pgs() {
@@ -165,12 +160,11 @@ impl MdsService {
                 });
             }
         }
-        Ok(stats)
+        stats
     }
 
     /// Raw bytes the OSDs that are in may hold and hold.
-    fn raw_space(&self) -> Result<(u64, u64), StoreError> {
-        let cluster = self.state.cluster_map()?;
+    fn raw_space(&self, cluster: &ClusterMap) -> (u64, u64) {
         let counted: Vec<_> = cluster
             .addresses
             .iter()
@@ -178,7 +172,7 @@ impl MdsService {
             .collect();
         let capacity = counted.iter().map(|a| a.capacity).sum();
         let used = self.monitor.used(counted.iter().map(|a| a.osd));
-        Ok((capacity, used))
+        (capacity, used)
     }
 
     /// statfs: the namespace's inode counts, and the space the OSDs have
@@ -189,15 +183,16 @@ impl MdsService {
             MdsResponse::StatFs(statfs) => statfs,
             other => return other,
         };
-        let (capacity, used) = match self.raw_space() {
-            Ok(space) => space,
+        let cluster = match self.state.cluster_map() {
+            Ok(cluster) => cluster,
             Err(error) => return MdsResponse::Failed(error.to_string()),
         };
-        let copies = self
-            .state
-            .cluster_map()
-            .ok()
-            .and_then(|c| c.osdmap.pools().map(|p| p.size as u64).max())
+        let (capacity, used) = self.raw_space(&cluster);
+        let copies = cluster
+            .osdmap
+            .pools()
+            .map(|p| p.size as u64)
+            .max()
             .unwrap_or(1)
             .max(1);
         let block = u64::from(statfs.block_size);
@@ -478,8 +473,8 @@ impl Service for MdsService {
             | MdsRequest::OsdHeartbeat { .. }
             | MdsRequest::GetClusterMap { .. }) => self.cluster_request(&peer, cluster).await,
             MdsRequest::Status => self.status(),
-            MdsRequest::PgStats => match self.pg_stats() {
-                Ok(stats) => MdsResponse::PgStats(stats),
+            MdsRequest::PgStats => match self.state.cluster_map() {
+                Ok(cluster) => MdsResponse::PgStats(self.pg_stats(&cluster.osdmap)),
                 Err(error) => MdsResponse::Failed(error.to_string()),
             },
             admin => {

@@ -171,12 +171,8 @@ fn allow_registered(authorized: &AuthorizedKeys, map: &ClusterMap) {
 /// The first cluster map newer than `epoch`, retrying until the MDS answers.
 async fn fetch_map(mds: &MdsClient, epoch: u64) -> ClusterMap {
     loop {
-        match mds
-            .call(&MdsRequest::GetClusterMap { newer_than: epoch })
-            .await
-        {
-            Ok(MdsResponse::ClusterMap(map)) => return *map,
-            Ok(other) => tracing::warn!(?other, "unexpected answer to a map request"),
+        match crate::client::fetch_map(mds, epoch).await {
+            Ok(map) => return map,
             Err(error) => tracing::warn!(%error, "fetching the cluster map"),
         }
         tokio::time::sleep(MDS_RETRY).await;

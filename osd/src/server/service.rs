@@ -128,6 +128,7 @@ impl OsdService {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let objects = self.store.pg_object_counts().unwrap_or_default();
         let mut reports = Vec::new();
         for Led {
             pg,
@@ -149,12 +150,12 @@ impl OsdService {
                 remapped,
                 inconsistent: inconsistent.contains(&pg),
             };
-            let objects = self.store.pg_object_count(pg).unwrap_or(0);
+
             reports.push(PgReport {
                 pg,
                 epoch,
                 flags,
-                objects,
+                objects: objects.get(&pg).copied().unwrap_or(0),
             });
         }
         reports
