@@ -504,36 +504,31 @@ impl ObjectStore {
         &self,
         key: &ObjectKey,
     ) -> Result<Option<(ObjectCopy, Vec<u8>)>, StoreError> {
-        let Some(stat) = self.stat(key)? else {
+        let inner = lock(&self.inner);
+        let found = inner
+            .conn
+            .prepare_cached(
+                "SELECT id, size, at_epoch, at_version FROM objects WHERE pool = ?1 AND name = ?2",
+            )?
+            .query_row(params![key.pg.pool.0, key.name], |r| {
+                let at = LogVersion {
+                    epoch: r.get::<_, i64>(2)? as u64,
+                    version: r.get::<_, i64>(3)? as u64,
+                };
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64, at))
+            })
+            .optional()?;
+        let Some((object, size, at)) = found else {
             return Ok(None);
         };
-        let data = self.read(key, 0, stat.size)?;
-        let inner = lock(&self.inner);
-        let (object, _) = ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
-        let at = inner.conn.query_row(
-            "SELECT at_epoch, at_version FROM objects WHERE id = ?1",
-            [object],
-            |r| {
-                Ok(LogVersion {
-                    epoch: r.get::<_, i64>(0)? as u64,
-                    version: r.get::<_, i64>(1)? as u64,
-                })
-            },
-        )?;
+        let data = read_in(&inner, object, 0, size)?;
         let mut statement = inner
             .conn
             .prepare_cached("SELECT name, value FROM attrs WHERE object = ?1 ORDER BY name")?;
         let attrs = statement
             .query_map([object], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        Ok(Some((
-            ObjectCopy {
-                size: stat.size,
-                attrs,
-                at,
-            },
-            data,
-        )))
+        Ok(Some((ObjectCopy { size, attrs, at }, data)))
     }
 
     /// Replaces `key` with a copy (or deletes it, for `None`), in one
@@ -598,34 +593,7 @@ impl ObjectStore {
         let inner = lock(&self.inner);
         let (object, size) =
             ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
-        let end = offset.saturating_add(len).min(size);
-        if offset >= end {
-            return Ok(Vec::new());
-        }
-        let map =
-            ExtentMap::from_extents(ObjectStore::load_extents(&inner.conn, object, offset, end)?);
-        let mut bytes = Vec::with_capacity((end - offset) as usize);
-        for piece in map.read(offset, end - offset) {
-            match piece {
-                ReadPiece::Hole { len } => bytes.resize(bytes.len() + len as usize, 0),
-                ReadPiece::Data {
-                    chunk,
-                    chunk_offset,
-                    len,
-                } => {
-                    let whole = inner.content.get(&inner.conn, &chunk)?;
-                    let range = chunk_offset as usize..(chunk_offset + len) as usize;
-                    let part = whole.get(range).ok_or_else(|| {
-                        StoreError::Corrupt(format!(
-                            "an extent runs past chunk {}",
-                            content::hex(&chunk)
-                        ))
-                    })?;
-                    bytes.extend_from_slice(part);
-                }
-            }
-        }
-        Ok(bytes)
+        read_in(&inner, object, offset, offset.saturating_add(len).min(size))
     }
 
     pub fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectStat>, StoreError> {
@@ -847,4 +815,34 @@ fn apply_entry_in(
         set_logged_at(conn, key, entry.at)?;
     }
     Ok(stat)
+}
+
+/// The bytes of `object` in `[offset, end)`, every chunk verified.
+fn read_in(inner: &Inner, object: i64, offset: u64, end: u64) -> Result<Vec<u8>, StoreError> {
+    if offset >= end {
+        return Ok(Vec::new());
+    }
+    let map = ExtentMap::from_extents(ObjectStore::load_extents(&inner.conn, object, offset, end)?);
+    let mut bytes = Vec::with_capacity((end - offset) as usize);
+    for piece in map.read(offset, end - offset) {
+        match piece {
+            ReadPiece::Hole { len } => bytes.resize(bytes.len() + len as usize, 0),
+            ReadPiece::Data {
+                chunk,
+                chunk_offset,
+                len,
+            } => {
+                let whole = inner.content.get(&inner.conn, &chunk)?;
+                let range = chunk_offset as usize..(chunk_offset + len) as usize;
+                let part = whole.get(range).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "an extent runs past chunk {}",
+                        content::hex(&chunk)
+                    ))
+                })?;
+                bytes.extend_from_slice(part);
+            }
+        }
+    }
+    Ok(bytes)
 }
