@@ -6,9 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-# Debian packages the build and the tests need (a C compiler for blake3 and
-# SQLite). Later suites add theirs here.
-DEBIAN_PACKAGES=(gcc libc6-dev pkg-config)
+# Debian packages the build and the tests need: a C compiler for blake3 and
+# SQLite; fuse3 (fusermount3) for mounts; libacl1-dev to build pjdfstest.
+DEBIAN_PACKAGES=(gcc libc6-dev pkg-config fuse3 libacl1-dev)
+# Test programs from the crates registry (the POSIX suite's pjdfstest and fsx).
+CARGO_TOOLS=(pjdfstest fsx)
 
 install_debian_packages() {
   local missing=()
@@ -28,8 +30,15 @@ require_rust_components() {
   done
 }
 
+install_cargo_tools() {
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || cargo install --locked "$tool"
+  done
+}
+
 install_debian_packages "${DEBIAN_PACKAGES[@]}"
 require_rust_components
+install_cargo_tools "${CARGO_TOOLS[@]}"
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
@@ -42,3 +51,5 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked -- --show-output 2>&1 | tee "$log"
 # One closing line for the whole run (cargo's last line is its last target's).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' "$log"
+echo "== POSIX conformance through a mount (pjdfstest, fsx)"
+posix-tests/run.sh target/debug/aspen

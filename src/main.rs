@@ -33,6 +33,10 @@ enum Command {
     Pool(cmd::pool::PoolArgs),
     /// Show the cluster's health and members.
     Status(cmd::status::StatusArgs),
+    /// Mount the filesystem with FUSE.
+    Mount(cmd::mount::MountArgs),
+    /// Run an MDS and three OSDs on this machine with the filesystem mounted.
+    Up(cmd::up::UpArgs),
 }
 
 #[tokio::main]
@@ -40,11 +44,13 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // fuser warns when a mount it serves was already unmounted
+                // (as `aspen mount` does on SIGTERM): not worth a line.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser::mnt=error")),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match Cli::parse_from(cmd::mount::helper_args(std::env::args_os())).command {
         Command::Crush(command) => cmd::crush::run(command),
         Command::Mds(args) => cmd::mds::run(args).await,
         Command::Osd(args) => cmd::osd::run(args).await,
@@ -53,5 +59,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(command) => cmd::bench::run(command).await,
         Command::Pool(args) => cmd::pool::run(args).await,
         Command::Status(args) => cmd::status::run(args).await,
+        Command::Mount(args) => cmd::mount::run(args).await,
+        Command::Up(args) => cmd::up::run(args).await,
     }
 }

@@ -1,21 +1,29 @@
 //! File layouts: how a file's bytes map onto objects.
 //!
-//! A layout has one parameter, the object size (a power of two from
-//! [`MIN_OBJECT_SIZE`] to [`MAX_OBJECT_SIZE`], default [`DEFAULT_OBJECT_SIZE`]).
-//! Object `n` holds file bytes `n * object_size .. (n + 1) * object_size`.
-//! A directory's layout is inherited by what is created in it; its text form
-//! (the `aspen.layout` xattr) is `object_size=BYTES`.
+//! A layout names the pool a file's objects live in (default
+//! [`DEFAULT_DATA_POOL`], the first pool created) and the object size (a
+//! power of two from [`MIN_OBJECT_SIZE`] to [`MAX_OBJECT_SIZE`], default
+//! [`DEFAULT_OBJECT_SIZE`]). Object `n` holds file bytes
+//! `n * object_size .. (n + 1) * object_size`. A directory's layout is
+//! inherited by what is created in it; its text form (the `aspen.layout`
+//! xattr) is `object_size=BYTES pool=ID`, and either field may be left out
+//! when setting one.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use aspen_placement::PoolId;
+
 use crate::ids::ObjectNo;
 
 pub const DEFAULT_OBJECT_SIZE: u32 = 4 << 20;
 pub const MIN_OBJECT_SIZE: u32 = 64 << 10;
 pub const MAX_OBJECT_SIZE: u32 = 64 << 20;
+/// The pool file data goes to unless a layout names another: the first
+/// pool a cluster creates.
+pub const DEFAULT_DATA_POOL: PoolId = PoolId(1);
 /// The largest file size (as Linux's `MAX_LFS_FILESIZE`).
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 
@@ -24,7 +32,7 @@ pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 pub enum LayoutError {
     #[error("object size {0} must be a power of two from {MIN_OBJECT_SIZE} to {MAX_OBJECT_SIZE}")]
     BadObjectSize(u64),
-    #[error("cannot parse layout {0:?}: expected object_size=BYTES")]
+    #[error("cannot parse layout {0:?}: expected object_size=BYTES pool=ID")]
     Malformed(String),
     #[error("byte range {offset}+{len} ends beyond the largest file size")]
     RangeTooLarge { offset: u64, len: u64 },
@@ -35,18 +43,20 @@ pub enum LayoutError {
 #[serde(try_from = "LayoutFields", into = "LayoutFields")]
 pub struct FileLayout {
     object_size: u32,
+    pool: PoolId,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LayoutFields {
     object_size: u64,
+    pool: u32,
 }
 
 impl TryFrom<LayoutFields> for FileLayout {
     type Error = LayoutError;
     fn try_from(fields: LayoutFields) -> Result<FileLayout, LayoutError> {
-        FileLayout::new(fields.object_size)
+        Ok(FileLayout::new(fields.object_size)?.in_pool(PoolId(fields.pool)))
     }
 }
 
@@ -54,6 +64,7 @@ impl From<FileLayout> for LayoutFields {
     fn from(layout: FileLayout) -> LayoutFields {
         LayoutFields {
             object_size: u64::from(layout.object_size),
+            pool: layout.pool.0,
         }
     }
 }
@@ -73,11 +84,13 @@ impl Default for FileLayout {
     fn default() -> Self {
         FileLayout {
             object_size: DEFAULT_OBJECT_SIZE,
+            pool: DEFAULT_DATA_POOL,
         }
     }
 }
 
 impl FileLayout {
+    /// A layout in the default pool.
     pub fn new(object_size: u64) -> Result<FileLayout, LayoutError> {
         let valid = object_size.is_power_of_two()
             && (u64::from(MIN_OBJECT_SIZE)..=u64::from(MAX_OBJECT_SIZE)).contains(&object_size);
@@ -86,11 +99,43 @@ impl FileLayout {
         }
         Ok(FileLayout {
             object_size: object_size as u32,
+            pool: DEFAULT_DATA_POOL,
         })
+    }
+
+    /// The same layout with its objects in `pool`.
+    pub fn in_pool(self, pool: PoolId) -> FileLayout {
+        FileLayout { pool, ..self }
     }
 
     pub fn object_size(&self) -> u64 {
         u64::from(self.object_size)
+    }
+
+    pub fn pool(&self) -> PoolId {
+        self.pool
+    }
+
+    /// This layout with the fields `text` sets (`object_size=BYTES`,
+    /// `pool=ID`, separated by spaces) changed.
+    pub fn with_text(self, text: &str) -> Result<FileLayout, LayoutError> {
+        let malformed = || LayoutError::Malformed(text.chars().take(64).collect());
+        let mut layout = self;
+        let mut fields = 0;
+        for field in text.split_ascii_whitespace() {
+            let (key, value) = field.split_once('=').ok_or_else(malformed)?;
+            let number: u64 = value.parse().map_err(|_| malformed())?;
+            layout = match key {
+                "object_size" => FileLayout::new(number)?.in_pool(layout.pool),
+                "pool" => layout.in_pool(PoolId(u32::try_from(number).map_err(|_| malformed())?)),
+                _ => return Err(malformed()),
+            };
+            fields += 1;
+        }
+        if fields == 0 {
+            return Err(malformed());
+        }
+        Ok(layout)
     }
 
     /// The object extents that file bytes `offset .. offset + len` cover,
@@ -132,20 +177,16 @@ impl FileLayout {
 
 impl fmt::Display for FileLayout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "object_size={}", self.object_size)
+        write!(f, "object_size={} pool={}", self.object_size, self.pool.0)
     }
 }
 
 impl FromStr for FileLayout {
     type Err = LayoutError;
 
+    /// Fields left out take their defaults.
     fn from_str(text: &str) -> Result<FileLayout, LayoutError> {
-        let malformed = || LayoutError::Malformed(text.chars().take(64).collect());
-        let value = text
-            .trim()
-            .strip_prefix("object_size=")
-            .ok_or_else(malformed)?;
-        FileLayout::new(value.parse().map_err(|_| malformed())?)
+        FileLayout::default().with_text(text)
     }
 }
 
@@ -158,8 +199,16 @@ mod tests {
     fn text_form_round_trips_and_rejects_bad_input() {
         let layout: FileLayout = "object_size=1048576".parse().unwrap();
         assert_eq!(layout.object_size(), 1 << 20);
+        assert_eq!(layout.pool(), DEFAULT_DATA_POOL);
         assert_eq!(layout.to_string().parse::<FileLayout>().unwrap(), layout);
+        let moved = layout.with_text("pool=7").unwrap();
+        assert_eq!((moved.pool(), moved.object_size()), (PoolId(7), 1 << 20));
+        assert_eq!(moved.to_string(), "object_size=1048576 pool=7");
         for bad in [
+            "pool=",
+            "pool=-1",
+            "pool=4294967296",
+            "object_size=1048576 colour=blue",
             "",
             "object_size=",
             "object_size=abc",

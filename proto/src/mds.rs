@@ -99,6 +99,13 @@ pub enum NsOp {
     Release {
         handle: HandleId,
     },
+    /// Data was written through `handle` (opened for writing by this
+    /// session) up to byte `end`: the size grows to cover it, mtime and
+    /// ctime move, and setuid and setgid go unless root wrote.
+    Written {
+        handle: HandleId,
+        end: u64,
+    },
     /// Releases every handle of a session (it closed or timed out).
     EndSession {
         session: SessionId,

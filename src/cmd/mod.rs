@@ -4,10 +4,12 @@ pub mod auth;
 pub mod bench;
 pub mod crush;
 pub mod mds;
+pub mod mount;
 pub mod osd;
 pub mod pg;
 pub mod pool;
 pub mod status;
+pub mod up;
 
 /// Returns when the process gets SIGINT or SIGTERM.
 pub async fn wait_for_stop_signal() {

@@ -2,7 +2,7 @@
 //! and out of the map.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use aspen_mds::admin;
 use aspen_osd::server::{CLUSTER_FILE, OsdFile, OsdServer, node_id};
@@ -92,8 +92,6 @@ async fn manage(command: OsdCommand) -> anyhow::Result<()> {
             weight,
             capacity,
         } => {
-            let cluster = ClusterConfig::load(&config)?;
-            std::fs::create_dir_all(&data)?;
             let host = host.unwrap_or_else(|| {
                 std::fs::read_to_string("/etc/hostname")
                     .map(|h| h.trim().to_string())
@@ -106,9 +104,7 @@ async fn manage(command: OsdCommand) -> anyhow::Result<()> {
                 weight: Weight::from_f64(weight)?,
                 capacity,
             };
-            admin::auth_add(&cluster, &format!("osd.{id}"), node_id(&data)?, Role::Osd).await?;
-            std::fs::copy(&config, data.join(CLUSTER_FILE))?;
-            file.save(&data)?;
+            create(&config, &data, &file).await?;
             println!(
                 "osd.{id} created in {}; run it with: aspen osd --data {}",
                 data.display(),
@@ -125,6 +121,18 @@ async fn manage(command: OsdCommand) -> anyhow::Result<()> {
             admin::auth_remove(&cluster, &format!("osd.{id}")).await?;
         }
     }
+    Ok(())
+}
+
+/// Creates OSD `file.id` in `data`: registers its key as `osd.ID` and
+/// writes `osd.json` and a copy of the cluster configuration there.
+pub async fn create(config: &Path, data: &Path, file: &OsdFile) -> anyhow::Result<()> {
+    let cluster = ClusterConfig::load(config)?;
+    std::fs::create_dir_all(data)?;
+    let name = format!("osd.{}", file.id);
+    admin::auth_add(&cluster, &name, node_id(data)?, Role::Osd).await?;
+    std::fs::copy(config, data.join(CLUSTER_FILE))?;
+    file.save(data)?;
     Ok(())
 }
 

@@ -209,15 +209,16 @@ impl Namespace {
     /// The queued purges: remove data of `ino` at or beyond `keep_size`.
     pub fn purge_queue(&self) -> Result<Vec<PurgeItem>, StoreError> {
         let mut statement = self.conn.prepare(
-            "SELECT seq, ino, object_size, keep_size, old_size FROM purge_queue ORDER BY seq",
+            "SELECT seq, ino, pool, object_size, keep_size, old_size FROM purge_queue ORDER BY seq",
         )?;
         let rows = statement.query_map([], |r| {
             Ok(PurgeItem {
                 seq: r.get::<_, i64>(0)? as u64,
                 ino: InodeId(r.get::<_, i64>(1)? as u64),
-                object_size: r.get::<_, i64>(2)? as u64,
-                keep_size: r.get::<_, i64>(3)? as u64,
-                old_size: r.get::<_, i64>(4)? as u64,
+                pool: aspen_placement::PoolId(r.get(2)?),
+                object_size: r.get::<_, i64>(3)? as u64,
+                keep_size: r.get::<_, i64>(4)? as u64,
+                old_size: r.get::<_, i64>(5)? as u64,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -230,6 +231,7 @@ impl Namespace {
 pub struct PurgeItem {
     pub seq: u64,
     pub ino: InodeId,
+    pub pool: aspen_placement::PoolId,
     pub object_size: u64,
     pub keep_size: u64,
     pub old_size: u64,
@@ -323,6 +325,9 @@ fn dispatch(conn: &Connection, op: &NsOp, ctx: &OpContext) -> OpResult<NsReply> 
             flags,
         } => open::create(conn, ctx, *parent, name, *mode, *umask, *flags),
         NsOp::Release { handle } => open::release(conn, ctx, *handle).map(|_| NsReply::Done),
+        NsOp::Written { handle, end } => {
+            setattr::written(conn, ctx, *handle, *end).map(NsReply::Attr)
+        }
         NsOp::EndSession { session } => open::end_session(conn, *session).map(|_| NsReply::Done),
     }
 }

@@ -40,10 +40,8 @@ fn check_open(attr: &Attr, ctx: &OpContext, flags: u32) -> OpResult<()> {
 
 /// Records a handle and applies `O_TRUNC`.
 fn register(conn: &Connection, ctx: &OpContext, mut attr: Attr, flags: u32) -> OpResult<NsReply> {
+    // As for setattr, the client cuts the data; the high water mark stays.
     if flags & open_flags::O_TRUNC != 0 && attr.kind == FileType::Regular {
-        if attr.size > 0 {
-            store::queue_purge(conn, &attr, 0)?;
-        }
         attr.size = 0;
         attr.mtime = ctx.now;
         attr.ctime = ctx.now;
@@ -116,6 +114,30 @@ pub(super) fn release(conn: &Connection, ctx: &OpContext, handle: HandleId) -> O
     }
     conn.execute_cached("DELETE FROM handles WHERE handle = ?1", [handle.0 as i64])?;
     forget_if_stray(conn, InodeId(ino as u64))
+}
+
+/// The inode behind `handle`, which this session opened for writing.
+pub(super) fn writable_handle(
+    conn: &Connection,
+    ctx: &OpContext,
+    handle: HandleId,
+) -> OpResult<InodeId> {
+    let row: Option<(i64, i64, u32)> = conn
+        .query_row_cached(
+            "SELECT session, ino, flags FROM handles WHERE handle = ?1",
+            [handle.0 as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    match row {
+        Some((session, ino, flags))
+            if session as u64 == ctx.session.0
+                && flags & open_flags::O_ACCMODE != open_flags::O_RDONLY =>
+        {
+            Ok(InodeId(ino as u64))
+        }
+        _ => Err(Errno::EBADF.into()),
+    }
 }
 
 /// Drops every handle of `session`.

@@ -5,8 +5,7 @@ use aspen_proto::layout::MAX_FILE_SIZE;
 use aspen_proto::{Errno, InodeId};
 use rusqlite::Connection;
 
-use super::store;
-use super::{OpContext, OpResult, perm};
+use super::{HandleId, OpContext, OpResult, open, perm, store};
 
 /// Checks every requested change before any is made.
 fn check(attr: &Attr, caller: &Caller, changes: &SetAttr) -> OpResult<()> {
@@ -73,10 +72,10 @@ pub(super) fn setattr(
         attr.gid = changes.gid.unwrap_or(attr.gid);
         attr.perm = perm::drop_privileges(attr.kind, attr.perm);
     }
+    // The data past a smaller size is the client's to cut (it holds the
+    // file and orders that against its own writes); the inode's high water
+    // mark keeps the final purge covering it.
     if let Some(size) = changes.size {
-        if size < attr.size {
-            store::queue_purge(conn, &attr, size)?;
-        }
         attr.size = size;
         attr.mtime = ctx.now;
     }
@@ -90,6 +89,28 @@ pub(super) fn setattr(
         attr.mtime = resolve(mtime, ctx);
     }
     attr.ctime = ctx.now;
+    store::save(conn, &attr)?;
+    Ok(attr)
+}
+
+/// Data reached byte `end` through a handle opened for writing.
+pub(super) fn written(
+    conn: &Connection,
+    ctx: &OpContext,
+    handle: HandleId,
+    end: u64,
+) -> OpResult<Attr> {
+    let ino = open::writable_handle(conn, ctx, handle)?;
+    if end > MAX_FILE_SIZE {
+        return Err(Errno::EFBIG.into());
+    }
+    let mut attr = store::load(conn, ino)?;
+    attr.size = attr.size.max(end);
+    attr.mtime = ctx.now;
+    attr.ctime = ctx.now;
+    if !ctx.caller.is_root() {
+        attr.perm = perm::drop_privileges(attr.kind, attr.perm);
+    }
     store::save(conn, &attr)?;
     Ok(attr)
 }

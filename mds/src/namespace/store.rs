@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS inodes (
     rdev INTEGER NOT NULL,
     generation INTEGER NOT NULL,
     object_size INTEGER NOT NULL,
+    pool INTEGER NOT NULL,
     -- the access ACL (xattr format) when it says more than perm
     acl BLOB,
     -- directories: the parent directory (the root: itself)
@@ -62,6 +63,7 @@ CREATE TABLE IF NOT EXISTS strays (ino INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS purge_queue (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     ino INTEGER NOT NULL,
+    pool INTEGER NOT NULL,
     object_size INTEGER NOT NULL,
     keep_size INTEGER NOT NULL,
     old_size INTEGER NOT NULL
@@ -99,7 +101,7 @@ fn kind_from_code(code: i64) -> Option<FileType> {
 }
 
 const ATTR_COLUMNS: &str = "ino, kind, perm, nlink, uid, gid, size, atime_sec, atime_nsec, \
-    mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, rdev, generation, object_size, acl";
+    mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, rdev, generation, object_size, acl, pool";
 
 fn attr_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Attr, String>> {
     let ino: i64 = row.get(0)?;
@@ -112,6 +114,7 @@ fn attr_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Attr, Strin
     let Ok(layout) = FileLayout::new(row.get::<_, i64>(15)? as u64) else {
         return Ok(Err(format!("inode {ino} has a bad layout")));
     };
+    let layout = layout.in_pool(aspen_placement::PoolId(row.get(17)?));
     let acl = match row.get::<_, Option<Vec<u8>>>(16)? {
         None => None,
         Some(bytes) => match PosixAcl::from_xattr(&bytes) {
@@ -153,12 +156,13 @@ pub(crate) fn load(conn: &Connection, ino: InodeId) -> OpResult<Attr> {
 /// Inserts a new inode; `parent` is set for directories.
 pub(crate) fn insert(conn: &Connection, attr: &Attr, parent: Option<InodeId>) -> OpResult<()> {
     conn.execute_cached(
-        &format!("INSERT INTO inodes ({ATTR_COLUMNS}, parent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"),
+        &format!("INSERT INTO inodes ({ATTR_COLUMNS}, parent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"),
         params![
             attr.ino.0 as i64, kind_code(attr.kind), attr.perm, attr.nlink, attr.uid, attr.gid,
             attr.size as i64, attr.atime.sec, attr.atime.nsec, attr.mtime.sec, attr.mtime.nsec,
             attr.ctime.sec, attr.ctime.nsec, attr.rdev as i64, attr.generation as i64,
-            attr.layout.object_size() as i64, acl_column(attr), parent.map(|p| p.0 as i64),
+            attr.layout.object_size() as i64, acl_column(attr), attr.layout.pool().0,
+            parent.map(|p| p.0 as i64),
         ],
     )?;
     Ok(())
@@ -169,8 +173,8 @@ pub(crate) fn save(conn: &Connection, attr: &Attr) -> OpResult<()> {
     conn.execute_cached(
         "UPDATE inodes SET perm = ?2, nlink = ?3, uid = ?4, gid = ?5, size = ?6, \
          atime_sec = ?7, atime_nsec = ?8, mtime_sec = ?9, mtime_nsec = ?10, \
-         ctime_sec = ?11, ctime_nsec = ?12, acl = ?13, high_water = MAX(high_water, ?6) \
-         WHERE ino = ?1",
+         ctime_sec = ?11, ctime_nsec = ?12, acl = ?13, high_water = MAX(high_water, ?6), \
+         object_size = ?14, pool = ?15 WHERE ino = ?1",
         params![
             attr.ino.0 as i64,
             attr.perm,
@@ -185,6 +189,8 @@ pub(crate) fn save(conn: &Connection, attr: &Attr) -> OpResult<()> {
             attr.ctime.sec,
             attr.ctime.nsec,
             acl_column(attr),
+            attr.layout.object_size() as i64,
+            attr.layout.pool().0,
         ],
     )?;
     Ok(())
@@ -358,8 +364,8 @@ pub(crate) fn queue_purge(conn: &Connection, attr: &Attr, keep_size: u64) -> OpR
     let old_size = (high_water as u64).max(attr.size);
     if old_size > keep_size {
         conn.execute_cached(
-            "INSERT INTO purge_queue (ino, object_size, keep_size, old_size) VALUES (?1, ?2, ?3, ?4)",
-            params![attr.ino.0 as i64, attr.layout.object_size() as i64, keep_size as i64, old_size as i64],
+            "INSERT INTO purge_queue (ino, pool, object_size, keep_size, old_size) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![attr.ino.0 as i64, attr.layout.pool().0, attr.layout.object_size() as i64, keep_size as i64, old_size as i64],
         )?;
     }
     conn.execute_cached(

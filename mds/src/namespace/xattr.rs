@@ -20,6 +20,8 @@ use crate::sql::CachedStatements;
 
 /// The most bytes of names and values one inode may hold.
 pub const MAX_XATTR_BYTES_PER_INODE: usize = 1 << 20;
+/// The virtual xattr that shows an inode's layout and sets a directory's.
+pub const LAYOUT_XATTR: &[u8] = b"aspen.layout";
 
 #[derive(Clone, Copy, PartialEq)]
 enum Namespace {
@@ -105,6 +107,9 @@ pub(super) fn set(
     if let Some(kind) = AclKind::of(name) {
         return set_acl(conn, ctx, ino, kind, value);
     }
+    if name == LAYOUT_XATTR {
+        return set_layout(conn, ctx, ino, value);
+    }
     let namespace = namespace_of(name)?;
     let mut attr = store::load(conn, ino)?;
     check(&attr, &ctx.caller, namespace, true)?;
@@ -165,10 +170,27 @@ pub(super) fn get(
         };
         return Ok(acl.ok_or(Errno::ENODATA)?.to_xattr());
     }
+    if name == LAYOUT_XATTR {
+        return Ok(store::load(conn, ino)?.layout.to_string().into_bytes());
+    }
     let namespace = namespace_of(name)?;
     let attr = store::load(conn, ino)?;
     check(&attr, caller, namespace, false)?;
     Ok(stored(conn, ino, name)?.ok_or(Errno::ENODATA)?)
+}
+
+/// Sets a directory's layout (what is created in it from now on gets):
+/// the owner or root may, with `object_size=BYTES` and/or `pool=ID`.
+fn set_layout(conn: &Connection, ctx: &OpContext, ino: InodeId, value: &[u8]) -> OpResult<()> {
+    let mut attr = store::load(conn, ino)?;
+    if attr.kind != FileType::Directory {
+        return Err(Errno::EINVAL.into());
+    }
+    perm::check_owner(&attr, &ctx.caller)?;
+    let text = std::str::from_utf8(value).map_err(|_| Errno::EINVAL)?;
+    attr.layout = attr.layout.with_text(text).map_err(|_| Errno::EINVAL)?;
+    attr.ctime = ctx.now;
+    store::save(conn, &attr)
 }
 
 /// The names a caller may see: `trusted.` ones only for root.

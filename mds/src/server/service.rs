@@ -348,7 +348,7 @@ impl MdsService {
     ) -> MdsResponse {
         let handles = matches!(
             op,
-            NsOp::Open { .. } | NsOp::Create { .. } | NsOp::Release { .. }
+            NsOp::Open { .. } | NsOp::Create { .. } | NsOp::Release { .. } | NsOp::Written { .. }
         );
         if matches!(op, NsOp::EndSession { .. }) {
             return MdsResponse::Reply(Err(Errno::EPERM));

@@ -1,0 +1,708 @@
+//! The FUSE frontend: translates each kernel request one to one into a
+//! [`Vfs`] call. Every request runs as its own task on the tokio runtime,
+//! so one slow request never stalls the others; the reply travels with
+//! the task.
+//!
+//! Kernel caching is chosen for correctness across clients until
+//! capabilities arrive: attributes and entries are not cached
+//! ([`ATTR_TTL`]), and the page cache is dropped on every open (no
+//! `keep_cache`). `O_DIRECT` opens bypass the page cache.
+
+mod convert;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aspen_proto::Errno;
+use aspen_proto::fs::{Caller, SetAttr};
+use fuser::{
+    AccessFlags, BackgroundSession, Config, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
+    WriteFlags,
+};
+use tokio::runtime::Handle;
+
+use crate::vfs::Vfs;
+use convert::{caller_of, errno, file_attr, file_type, ino, set_time};
+
+/// How long the kernel may trust an attribute or a directory entry.
+pub const ATTR_TTL: Duration = Duration::ZERO;
+/// The largest write the kernel sends in one request.
+pub const MAX_WRITE: u32 = 1 << 20;
+/// Kernel threads reading requests (the work itself runs on tokio).
+pub const READER_THREADS: usize = 2;
+
+/// How to mount.
+#[derive(Clone, Debug, Default)]
+pub struct MountOptions {
+    /// Let users other than the mounter in (`allow_other`).
+    pub allow_other: bool,
+    /// Let the kernel check permissions from the mode bits too.
+    pub default_permissions: bool,
+    pub read_only: bool,
+    /// Shown as the source in /proc/mounts.
+    pub source: String,
+}
+
+/// Mounts `vfs` at `mountpoint`; requests are served until the returned
+/// session is unmounted or dropped.
+pub fn mount(
+    vfs: Arc<Vfs>,
+    runtime: Handle,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> std::io::Result<BackgroundSession> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(options.source.clone()),
+        MountOption::Subtype("aspen".into()),
+        MountOption::Dev,
+        MountOption::Suid,
+    ];
+    if options.default_permissions {
+        config.mount_options.push(MountOption::DefaultPermissions);
+    }
+    config.mount_options.push(if options.read_only {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
+    if options.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(READER_THREADS);
+    config.clone_fd = true;
+    fuser::spawn_mount(AspenFuse { vfs, runtime }, mountpoint, &config)
+}
+
+struct AspenFuse {
+    vfs: Arc<Vfs>,
+    runtime: Handle,
+}
+
+fn name_bytes(name: &OsStr) -> Vec<u8> {
+    name.as_bytes().to_vec()
+}
+
+impl AspenFuse {
+    /// Runs `work` as its own task.
+    fn spawn<F>(&self, work: impl FnOnce(Arc<Vfs>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.runtime.spawn(work(self.vfs.clone()));
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, result: Result<aspen_proto::fs::Attr, Errno>) {
+    match result {
+        Ok(attr) => reply.entry(&ATTR_TTL, &file_attr(&attr), Generation(attr.generation)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, bytes: Result<Vec<u8>, Errno>) {
+    match bytes {
+        Ok(bytes) if size == 0 => reply.size(bytes.len() as u32),
+        Ok(bytes) if bytes.len() > size as usize => reply.error(fuser::Errno::ERANGE),
+        Ok(bytes) => reply.data(&bytes),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+/// Open flags the kernel passes, as the MDS wants them.
+fn open_flags(flags: OpenFlags) -> u32 {
+    flags.0 as u32
+}
+
+fn fopen_flags(flags: u32) -> FopenFlags {
+    if flags & aspen_proto::fs::open_flags::O_DIRECT != 0 {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
+}
+
+impl Filesystem for AspenFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let vfs = self.vfs.clone();
+        let _ = self
+            .runtime
+            .block_on(async move { tokio::spawn(async move { vfs.report_all().await }).await });
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (caller, name) = (caller_of(req), name_bytes(name));
+        self.spawn(|vfs| async move {
+            reply_entry(reply, vfs.lookup(&caller, ino(parent), &name).await)
+        });
+    }
+
+    fn forget(&self, _req: &Request, node: INodeNo, lookups: u64) {
+        self.vfs.forget(ino(node), lookups);
+    }
+
+    fn getattr(&self, _req: &Request, node: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.spawn(|vfs| async move {
+            match vfs.getattr(ino(node)).await {
+                Ok(attr) => reply.attr(&ATTR_TTL, &file_attr(&attr)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        node: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let caller = caller_of(req);
+        let changes = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+            ..SetAttr::default()
+        };
+        self.spawn(|vfs| async move {
+            match vfs
+                .setattr(&caller, ino(node), changes, fh.map(|f| f.0))
+                .await
+            {
+                Ok(attr) => reply.attr(&ATTR_TTL, &file_attr(&attr)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, node: INodeNo, reply: ReplyData) {
+        self.spawn(|vfs| async move {
+            match vfs.readlink(ino(node)).await {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let (caller, name) = (caller_of(req), name_bytes(name));
+        self.spawn(|vfs| async move {
+            let result = vfs
+                .mknod(&caller, ino(parent), &name, mode, umask, u64::from(rdev))
+                .await;
+            reply_entry(reply, result)
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (caller, name) = (caller_of(req), name_bytes(name));
+        self.spawn(|vfs| async move {
+            reply_entry(
+                reply,
+                vfs.mkdir(&caller, ino(parent), &name, mode, umask).await,
+            )
+        });
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (caller, name) = (caller_of(req), name_bytes(name));
+        self.spawn(|vfs| async move {
+            reply_empty(reply, vfs.unlink(&caller, ino(parent), &name).await)
+        });
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (caller, name) = (caller_of(req), name_bytes(name));
+        self.spawn(|vfs| async move {
+            reply_empty(reply, vfs.rmdir(&caller, ino(parent), &name).await)
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (caller, name) = (caller_of(req), name_bytes(link_name));
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.spawn(|vfs| async move {
+            reply_entry(
+                reply,
+                vfs.symlink(&caller, ino(parent), &name, &target).await,
+            )
+        });
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let caller = caller_of(req);
+        let (name, newname) = (name_bytes(name), name_bytes(newname));
+        self.spawn(|vfs| async move {
+            let from = (ino(parent), name.as_slice());
+            let to = (ino(newparent), newname.as_slice());
+            reply_empty(reply, vfs.rename(&caller, from, to, flags.bits()).await)
+        });
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        node: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (caller, name) = (caller_of(req), name_bytes(newname));
+        self.spawn(|vfs| async move {
+            reply_entry(
+                reply,
+                vfs.link(&caller, ino(node), ino(newparent), &name).await,
+            )
+        });
+    }
+
+    fn open(&self, req: &Request, node: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let caller = caller_of(req);
+        let flags = open_flags(flags);
+        self.spawn(|vfs| async move {
+            match vfs.open(&caller, ino(node), flags).await {
+                Ok((fh, _)) => reply.opened(FileHandle(fh), fopen_flags(flags)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _node: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.spawn(|vfs| async move {
+            match vfs.read(fh.0, offset, size).await {
+                Ok(bytes) => reply.data(&bytes),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        _node: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let caller = Caller::new(req.uid(), req.gid(), Vec::new());
+        let data = data.to_vec();
+        self.spawn(|vfs| async move {
+            match vfs.write(&caller, fh.0, offset, &data).await {
+                Ok(written) => reply.written(written),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _node: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|vfs| async move { reply_empty(reply, vfs.flush(fh.0).await) });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _node: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|vfs| async move { reply_empty(reply, vfs.release(fh.0).await) });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _node: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|vfs| async move { reply_empty(reply, vfs.fsync(fh.0).await) });
+    }
+
+    fn opendir(&self, req: &Request, node: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let caller = caller_of(req);
+        self.spawn(|vfs| async move {
+            match vfs.opendir(&caller, ino(node)).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        req: &Request,
+        node: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let caller = caller_of(req);
+        self.spawn(|vfs| async move {
+            match vfs.readdir(&caller, ino(node), offset).await {
+                Ok(entries) => {
+                    for entry in entries {
+                        let full = reply.add(
+                            INodeNo(entry.ino.0),
+                            entry.offset,
+                            file_type(entry.kind),
+                            OsStr::from_bytes(&entry.name),
+                        );
+                        if full {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        node: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let caller = caller_of(req);
+        self.spawn(|vfs| async move {
+            match vfs.readdirplus(&caller, ino(node), offset).await {
+                Ok(entries) => {
+                    for (entry, attr) in entries {
+                        let full = reply.add(
+                            INodeNo(entry.ino.0),
+                            entry.offset,
+                            OsStr::from_bytes(&entry.name),
+                            &ATTR_TTL,
+                            &file_attr(&attr),
+                            Generation(attr.generation),
+                        );
+                        if full {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _node: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.vfs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _node: INodeNo, reply: ReplyStatfs) {
+        self.spawn(|vfs| async move {
+            match vfs.statfs().await {
+                Ok(s) => reply.statfs(
+                    s.blocks,
+                    s.blocks_free,
+                    s.blocks_available,
+                    s.files,
+                    s.files_free,
+                    s.block_size,
+                    s.name_max,
+                    s.block_size,
+                ),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        node: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (caller, name, value) = (caller_of(req), name_bytes(name), value.to_vec());
+        self.spawn(|vfs| async move {
+            let result = vfs
+                .setxattr(&caller, ino(node), &name, &value, flags as u32)
+                .await;
+            reply_empty(reply, result)
+        });
+    }
+
+    fn getxattr(&self, req: &Request, node: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (caller, name) = (caller_of(req), name_bytes(name));
+        self.spawn(|vfs| async move {
+            reply_xattr(reply, size, vfs.getxattr(&caller, ino(node), &name).await)
+        });
+    }
+
+    fn listxattr(&self, req: &Request, node: INodeNo, size: u32, reply: ReplyXattr) {
+        let caller = caller_of(req);
+        self.spawn(|vfs| async move {
+            let listed = vfs.listxattr(&caller, ino(node)).await.map(|names| {
+                names
+                    .into_iter()
+                    .flat_map(|mut name| {
+                        name.push(0);
+                        name
+                    })
+                    .collect()
+            });
+            reply_xattr(reply, size, listed)
+        });
+    }
+
+    fn removexattr(&self, req: &Request, node: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (caller, name) = (caller_of(req), name_bytes(name));
+        self.spawn(|vfs| async move {
+            reply_empty(reply, vfs.removexattr(&caller, ino(node), &name).await)
+        });
+    }
+
+    fn access(&self, req: &Request, node: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let caller = caller_of(req);
+        self.spawn(|vfs| async move {
+            reply_empty(
+                reply,
+                vfs.access(&caller, ino(node), mask.bits() as u32).await,
+            )
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (caller, name) = (caller_of(req), name_bytes(name));
+        let flags = flags as u32;
+        self.spawn(|vfs| async move {
+            match vfs
+                .create(&caller, ino(parent), &name, mode, umask, flags)
+                .await
+            {
+                Ok((fh, attr)) => reply.created(
+                    &ATTR_TTL,
+                    &file_attr(&attr),
+                    Generation(attr.generation),
+                    FileHandle(fh),
+                    fopen_flags(flags),
+                ),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        _node: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let caller = caller_of(req);
+        self.spawn(|vfs| async move {
+            reply_empty(
+                reply,
+                vfs.fallocate(&caller, fh.0, offset, length, mode).await,
+            )
+        });
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _node: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        self.spawn(|vfs| async move {
+            let Ok(offset) = u64::try_from(offset) else {
+                return reply.error(fuser::Errno::EINVAL);
+            };
+            match vfs.lseek(fh.0, offset, whence).await {
+                Ok(position) => reply.offset(position as i64),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn copy_file_range(
+        &self,
+        req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let caller = Caller::new(req.uid(), req.gid(), Vec::new());
+        // The kernel reports at most u32::MAX bytes per call.
+        let len = len.min(u64::from(u32::MAX));
+        self.spawn(|vfs| async move {
+            let result = vfs
+                .copy_file_range(&caller, (fh_in.0, offset_in), (fh_out.0, offset_out), len)
+                .await;
+            match result {
+                Ok(copied) => reply.written(copied as u32),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+}
+
+/// Whether a FUSE filesystem is mounted at `mountpoint`.
+pub fn is_mounted(mountpoint: &Path) -> bool {
+    let Ok(target) = mountpoint.canonicalize() else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
+        mounts.lines().any(|line| {
+            let mut fields = line.split(' ');
+            let (Some(_), Some(point), Some(kind)) = (fields.next(), fields.next(), fields.next())
+            else {
+                return false;
+            };
+            kind.starts_with("fuse") && Path::new(point) == target
+        })
+    })
+}
+
+/// Unmounts `mountpoint`: cleanly if it is idle, lazily (detached, gone
+/// once its last user leaves) if it is busy; through `fusermount3` when
+/// this process may not unmount itself.
+pub fn unmount(mountpoint: &Path) -> std::io::Result<()> {
+    use nix::errno::Errno as Sys;
+    use nix::mount::{MntFlags, umount2};
+    match umount2(mountpoint, MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(Sys::EBUSY) => umount2(mountpoint, MntFlags::MNT_DETACH).map_err(std::io::Error::from),
+        Err(Sys::EPERM) => {
+            let status = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg(mountpoint)
+                .status()?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!("fusermount3 -u: {status}")))
+            }
+        }
+        Err(error) => Err(error.into()),
+    }
+}
