@@ -62,7 +62,6 @@ fn errno(error: ClientError) -> Errno {
     match error {
         ClientError::Osd(OsdError::Io(problem)) if problem.contains("space") => Errno::ENOSPC,
         ClientError::Osd(OsdError::Invalid(_)) => Errno::EINVAL,
-        ClientError::Timeout(..) => Errno::ETIMEDOUT,
         other => {
             tracing::warn!("object operation failed: {other}");
             Errno::EIO

@@ -6,6 +6,8 @@
 //!
 //! Public API only: nothing here depends on the OSD's server internals.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,9 +42,29 @@ pub enum ClientError {
     Unexpected(String),
 }
 
+/// Where the object client learns cluster maps: the MDS group over the
+/// network, or (inside an MDS) its own replicated state.
+pub trait MapSource: Send + Sync {
+    /// The first map newer than `newer_than`, or the current one after a
+    /// bounded wait.
+    fn fetch(
+        &self,
+        newer_than: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<ClusterMap, ClientError>> + Send + '_>>;
+}
+
+impl MapSource for MdsClient {
+    fn fetch(
+        &self,
+        newer_than: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<ClusterMap, ClientError>> + Send + '_>> {
+        Box::pin(fetch_map(self, newer_than))
+    }
+}
+
 pub struct ObjectClient {
     transport: Transport,
-    mds: Arc<MdsClient>,
+    maps: Arc<dyn MapSource>,
     map: Mutex<Arc<ClusterMap>>,
     links: Links,
 }
@@ -53,11 +75,19 @@ impl ObjectClient {
         transport: Transport,
         mds: Arc<MdsClient>,
     ) -> Result<ObjectClient, ClientError> {
-        let map = fetch_map(&mds, 0).await?;
+        ObjectClient::with_maps(transport, mds).await
+    }
+
+    /// A client that learns maps from `maps` (sends on `transport`).
+    pub async fn with_maps(
+        transport: Transport,
+        maps: Arc<dyn MapSource>,
+    ) -> Result<ObjectClient, ClientError> {
+        let map = maps.fetch(0).await?;
         Ok(ObjectClient {
             links: Links::new(transport.clone()),
             transport,
-            mds,
+            maps,
             map: Mutex::new(Arc::new(map)),
         })
     }
@@ -89,7 +119,7 @@ impl ObjectClient {
     /// Waits for a map newer than the one held (the MDS answers at once if
     /// there is one, and after its long-poll wait otherwise).
     async fn refresh(&self, seen: u64) -> Result<(), ClientError> {
-        let map = fetch_map(&self.mds, seen).await?;
+        let map = self.maps.fetch(seen).await?;
         self.adopt(map).await;
         Ok(())
     }
@@ -149,7 +179,7 @@ impl ObjectClient {
 
     async fn refresh_if_newer(&self) {
         let epoch = self.map().await.osdmap.epoch().0;
-        if let Ok(Ok(map)) = tokio::time::timeout(RETRY_PAUSE, fetch_map(&self.mds, epoch)).await {
+        if let Ok(Ok(map)) = tokio::time::timeout(RETRY_PAUSE, self.maps.fetch(epoch)).await {
             self.adopt(map).await;
         }
     }

@@ -23,6 +23,8 @@ pub const UP_POOL: &str = "data";
 pub const UP_PG_NUM: u32 = 64;
 pub const UP_POOL_SIZE: usize = 3;
 pub const UP_POOL_MIN_SIZE: usize = 2;
+/// How long startup retries binding the MDS's address.
+pub const MDS_BIND_WAIT: Duration = Duration::from_secs(15);
 /// How long startup waits for the OSDs to register and the PGs to peer.
 pub const UP_READY_WAIT: Duration = Duration::from_secs(120);
 
@@ -54,7 +56,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if !mds_dir.join(admin::MEMBER_FILE).exists() {
         admin::init(&mds_dir, free_local_addr()?).await?;
     }
-    let mds = admin::run(&mds_dir).await?;
+    let mds = start_mds(&mds_dir).await?;
     let config_path = mds_dir.join(admin::CLUSTER_FILE);
     let cluster = ClusterConfig::load(&config_path)?;
     let mut osds = Vec::new();
@@ -116,6 +118,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     mds.shutdown().await;
     println!("aspen is down; its data stays in {}", data.display());
     Ok(())
+}
+
+/// Starts the MDS; right after `init` its address may still be held by
+/// the endpoint init used, so binding is retried for a while.
+async fn start_mds(dir: &Path) -> anyhow::Result<aspen_mds::server::MdsServer> {
+    let started = Instant::now();
+    loop {
+        match admin::run(dir).await {
+            Ok(server) => return Ok(server),
+            Err(error) if started.elapsed() > MDS_BIND_WAIT => return Err(error.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// Creates the data pool once the OSDs have registered.

@@ -125,3 +125,52 @@ pub fn start_mds(root: &Path, daemons: &mut Daemons) -> String {
     });
     config
 }
+
+/// Creates OSDs `0..count` (each its own CRUSH host) as daemons `1..=count`
+/// and waits until all are up and in.
+pub fn start_osds(root: &Path, daemons: &mut Daemons, config: &str, count: u64) {
+    for id in 0..count {
+        let data = root.join(format!("osd{id}"));
+        ok(aspen(&[
+            "osd",
+            "add",
+            "--data",
+            data.to_str().unwrap(),
+            "--id",
+            &id.to_string(),
+            "--config",
+            config,
+            "--host",
+            &format!("host{id}"),
+            "--listen",
+            &free_addr(),
+        ]));
+        daemons.spawn(
+            id + 1,
+            &["osd", "--data", data.to_str().unwrap()],
+            &root.join(format!("osd{id}.log")),
+        );
+    }
+    let expected = format!("{count} osds: {count} up, {count} in");
+    eventually("the OSDs up and in", 60, || {
+        status(config).contains(&expected).then_some(())
+    });
+}
+
+/// Whether a FUSE filesystem is mounted at `mountpoint`.
+pub fn is_mounted(mountpoint: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let wanted = mountpoint.to_str().unwrap();
+    mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        fields.len() > 2 && fields[1] == wanted && fields[2].starts_with("fuse")
+    })
+}
+
+/// Fails loudly when this machine cannot mount FUSE filesystems.
+pub fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: the mount tests cannot run"
+    );
+}

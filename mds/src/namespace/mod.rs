@@ -208,10 +208,16 @@ impl Namespace {
 
     /// The queued purges: remove data of `ino` at or beyond `keep_size`.
     pub fn purge_queue(&self) -> Result<Vec<PurgeItem>, StoreError> {
-        let mut statement = self.conn.prepare(
-            "SELECT seq, ino, pool, object_size, keep_size, old_size FROM purge_queue ORDER BY seq",
+        self.purge_queue_head(u32::MAX)
+    }
+
+    /// The first `limit` queued purges.
+    pub fn purge_queue_head(&self, limit: u32) -> Result<Vec<PurgeItem>, StoreError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT seq, ino, pool, object_size, keep_size, old_size FROM purge_queue \
+             ORDER BY seq LIMIT ?1",
         )?;
-        let rows = statement.query_map([], |r| {
+        let rows = statement.query_map([limit], |r| {
             Ok(PurgeItem {
                 seq: r.get::<_, i64>(0)? as u64,
                 ino: InodeId(r.get::<_, i64>(1)? as u64),

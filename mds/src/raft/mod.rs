@@ -52,6 +52,9 @@ pub enum Command {
         weight: Weight,
         capacity: u64,
     },
+    /// The purge queue's items up to and including this sequence number
+    /// were carried out: their objects are gone.
+    PurgeDone(u64),
     /// Commands of concurrent clients, applied in order in one log entry;
     /// each succeeds or fails on its own.
     Batch(Vec<Command>),

@@ -395,6 +395,10 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
             replies::forget(conn, *session)?;
             Ok(Response::Done(Ok(())))
         }
+        Command::PurgeDone(seq) => {
+            conn.execute_cached("DELETE FROM purge_queue WHERE seq <= ?1", [*seq as i64])?;
+            Ok(Response::Done(Ok(())))
+        }
         Command::ClusterChanges(changes) => change_map(conn, changes.clone()),
         Command::OsdBoot {
             osd,

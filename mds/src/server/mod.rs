@@ -4,6 +4,7 @@
 //! protocol).
 
 pub mod monitor;
+pub mod purge;
 pub mod raft_net;
 pub mod reads;
 pub mod service;
@@ -86,6 +87,9 @@ pub struct MdsServer {
     pub state: StateMachineStore,
     pub raft_id: u64,
     router: Router,
+    /// The background loops (session and OSD sweeps, the purger), stopped
+    /// at shutdown so nothing keeps the endpoint alive.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// The node id of the key in `data_dir`, creating the key if needed.
@@ -139,9 +143,23 @@ impl MdsServer {
             seeded.allow(*peer);
         }
         let clock = Arc::new(SessionClock::new(config.session_timeout));
-        tokio::spawn(sessions::sweep(raft.clone(), state.clone(), clock.clone()));
+        let mut background = vec![tokio::spawn(sessions::sweep(
+            raft.clone(),
+            state.clone(),
+            clock.clone(),
+        ))];
         let monitor = Arc::new(OsdMonitor::new(config.osd_grace.0, config.osd_grace.1));
-        tokio::spawn(monitor::sweep(raft.clone(), state.clone(), monitor.clone()));
+        background.push(tokio::spawn(monitor::sweep(
+            raft.clone(),
+            state.clone(),
+            monitor.clone(),
+        )));
+        background.push(tokio::spawn(purge::drain(
+            raft.clone(),
+            state.clone(),
+            transport.clone(),
+            config.raft_id,
+        )));
         let service = MdsService {
             raft: raft.clone(),
             state: state.clone(),
@@ -167,6 +185,7 @@ impl MdsServer {
             state,
             raft_id: config.raft_id,
             router,
+            background,
         })
     }
 
@@ -217,6 +236,9 @@ impl MdsServer {
 
     /// Stops serving and stops the Raft node.
     pub async fn shutdown(self) {
+        for task in &self.background {
+            task.abort();
+        }
         let _ = self.router.shutdown().await;
         let _ = self.raft.shutdown().await;
         self.transport.close().await;
