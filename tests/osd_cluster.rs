@@ -13,7 +13,7 @@ use aspen_osd::bench::pattern as payload;
 use aspen_osd::client::ObjectClient;
 use aspen_placement::{OsdId, PoolId};
 use aspen_proto::cluster::ClusterConfig;
-use common::{Daemons, aspen, eventually, free_addr, ok, start_mds, status};
+use common::{Daemons, aspen, eventually, ok, start_mds, start_osds, status};
 
 async fn object_client(config: &str) -> ObjectClient {
     let cluster = ClusterConfig::load(std::path::Path::new(config)).unwrap();
@@ -27,33 +27,7 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
     let mut daemons = Daemons::new();
     let config = start_mds(root.path(), &mut daemons);
     let config = config.as_str();
-    for id in 0..3u64 {
-        let data = dir(&format!("osd{id}"));
-        let out = ok(aspen(&[
-            "osd",
-            "add",
-            "--data",
-            data.to_str().unwrap(),
-            "--id",
-            &id.to_string(),
-            "--config",
-            config,
-            "--host",
-            &format!("host{id}"),
-            "--listen",
-            &free_addr(),
-        ]));
-        assert!(out.contains(&format!("osd.{id} created")), "{out}");
-        daemons.spawn(
-            id + 1,
-            &["osd", "--data", data.to_str().unwrap()],
-            &dir(&format!("osd{id}.log")),
-        );
-    }
-    eventually("three OSDs up and in", 60, || {
-        let out = status(config);
-        out.contains("3 osds: 3 up, 3 in").then_some(())
-    });
+    start_osds(root.path(), &mut daemons, config, 3);
     // A pool can be placed once there are hosts for its three copies.
     ok(aspen(&[
         "pool",

@@ -17,7 +17,7 @@ use aspen_osd::client::{ClientError, ObjectClient};
 use aspen_placement::{OsdId, PgId, PoolId};
 use aspen_proto::cluster::ClusterConfig;
 use aspen_proto::osd::OsdError;
-use common::{Daemons, aspen, eventually, free_addr, ok, start_mds, status};
+use common::{Daemons, aspen, eventually, ok, start_mds, status};
 
 const POOL: PoolId = PoolId(1);
 const OBJECTS: usize = 400;
@@ -92,20 +92,7 @@ impl Cluster {
     fn start_osd(&mut self, id: u64, fresh: bool) {
         let data = self.dir(&format!("osd{id}"));
         if fresh {
-            ok(aspen(&[
-                "osd",
-                "add",
-                "--data",
-                data.to_str().unwrap(),
-                "--id",
-                &id.to_string(),
-                "--config",
-                &self.config,
-                "--host",
-                &format!("host{id}"),
-                "--listen",
-                &free_addr(),
-            ]));
+            common::add_osd(self.root.path(), &self.config, id);
         }
         let log = self.dir(&format!(
             "osd{id}-{}.log",

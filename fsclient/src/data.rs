@@ -122,22 +122,19 @@ impl FileData {
                 .map(drop)
                 .map_err(errno);
         }
-        let mut tasks = JoinSet::new();
-        for extent in extents {
+        let pool = file.layout.pool();
+        run_bounded(extents.into_iter().map(|extent| {
             let start = (extent.file_offset - offset) as usize;
             let piece = data[start..start + extent.len as usize].to_vec();
-            let objects = self.objects.clone();
-            let name = file.name(extent.objno.0);
-            let pool = file.layout.pool();
-            tasks.spawn(async move { objects.write(pool, &name, extent.offset, &piece).await });
-            if tasks.len() >= MAX_IN_FLIGHT {
-                finish(tasks.join_next().await)?;
+            let (objects, name) = (self.objects.clone(), file.name(extent.objno.0));
+            async move {
+                objects
+                    .write(pool, &name, extent.offset, &piece)
+                    .await
+                    .map(drop)
             }
-        }
-        while let Some(done) = tasks.join_next().await {
-            finish(Some(done))?;
-        }
-        Ok(())
+        }))
+        .await
     }
 
     /// Cuts a file's data from `old_size` down to `new_size`: the object
@@ -155,14 +152,11 @@ impl FileData {
         let mut first_deleted = new_size / object_size;
         if !new_size.is_multiple_of(object_size) {
             let name = file.name(first_deleted);
-            match self
+            let cut = self
                 .objects
                 .truncate(file.layout.pool(), &name, new_size % object_size)
-                .await
-            {
-                Ok(_) | Err(ClientError::Osd(OsdError::NotFound)) => {}
-                Err(error) => return Err(errno(error)),
-            }
+                .await;
+            ignore_missing(cut).map_err(errno)?;
             first_deleted += 1;
         }
         self.delete_objects(file, first_deleted..file.layout.objects_for_size(old_size))
@@ -175,59 +169,31 @@ impl FileData {
         file: FileObjects,
         range: std::ops::Range<u64>,
     ) -> Result<(), Errno> {
-        let mut tasks = JoinSet::new();
-        for objno in range {
-            let objects = self.objects.clone();
-            let name = file.name(objno);
-            let pool = file.layout.pool();
-            tasks.spawn(async move {
-                match objects.delete(pool, &name).await {
-                    Err(ClientError::Osd(OsdError::NotFound)) => Ok(()),
-                    other => other,
-                }
-            });
-            if tasks.len() >= MAX_IN_FLIGHT {
-                finish(tasks.join_next().await)?;
-            }
-        }
-        while let Some(done) = tasks.join_next().await {
-            finish(Some(done))?;
-        }
-        Ok(())
+        let pool = file.layout.pool();
+        run_bounded(range.map(|objno| {
+            let (objects, name) = (self.objects.clone(), file.name(objno));
+            async move { ignore_missing(objects.delete(pool, &name).await) }
+        }))
+        .await
     }
 
     /// Makes `offset .. offset + len` read as zeros (a punched hole): whole
     /// objects are deleted, partial ones zeroed.
     pub async fn zero(&self, file: FileObjects, offset: u64, len: u64) -> Result<(), Errno> {
         let object_size = file.layout.object_size();
-        let mut tasks = JoinSet::new();
-        for extent in file.extents(offset, len)? {
-            let objects = self.objects.clone();
-            let name = file.name(extent.objno.0);
-            let pool = file.layout.pool();
+        let pool = file.layout.pool();
+        run_bounded(file.extents(offset, len)?.into_iter().map(|extent| {
+            let (objects, name) = (self.objects.clone(), file.name(extent.objno.0));
             let whole = extent.offset == 0 && extent.len == object_size;
-            tasks.spawn(async move {
-                let result = if whole {
-                    objects.delete(pool, &name).await
+            async move {
+                if whole {
+                    ignore_missing(objects.delete(pool, &name).await)
                 } else {
-                    objects
-                        .zero(pool, &name, extent.offset, extent.len)
-                        .await
-                        .map(drop)
-                };
-                match result {
-                    Err(ClientError::Osd(OsdError::NotFound)) => Ok(()),
-                    other => other,
+                    ignore_missing(objects.zero(pool, &name, extent.offset, extent.len).await)
                 }
-            });
-            if tasks.len() >= MAX_IN_FLIGHT {
-                finish(tasks.join_next().await)?;
             }
-        }
-        while let Some(done) = tasks.join_next().await {
-            finish(Some(done))?;
-        }
-        Ok(())
+        }))
+        .await
     }
 
     /// SEEK_DATA or SEEK_HOLE from `offset` in a file of `size` bytes, at
@@ -294,13 +260,37 @@ fn place(
     Ok(())
 }
 
-type OpDone<T> = Result<Result<T, ClientError>, tokio::task::JoinError>;
+/// Runs `ops` with at most [`MAX_IN_FLIGHT`] at once; the first failure
+/// is the answer.
+async fn run_bounded<F>(ops: impl IntoIterator<Item = F>) -> Result<(), Errno>
+where
+    F: std::future::Future<Output = Result<(), ClientError>> + Send + 'static,
+{
+    let mut tasks = JoinSet::new();
+    let finished = |done: Result<Result<(), ClientError>, tokio::task::JoinError>| match done {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(errno(error)),
+        Err(_) => Err(Errno::EIO),
+    };
+    for op in ops {
+        tasks.spawn(op);
+        if tasks.len() >= MAX_IN_FLIGHT
+            && let Some(done) = tasks.join_next().await
+        {
+            finished(done)?;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        finished(done)?;
+    }
+    Ok(())
+}
 
-fn finish<T>(done: Option<OpDone<T>>) -> Result<(), Errno> {
-    match done {
-        None | Some(Ok(Ok(_))) => Ok(()),
-        Some(Ok(Err(error))) => Err(errno(error)),
-        Some(Err(_)) => Err(Errno::EIO),
+/// A missing object is already what a delete, truncate or zero wants.
+fn ignore_missing<T>(result: Result<T, ClientError>) -> Result<(), ClientError> {
+    match result {
+        Ok(_) | Err(ClientError::Osd(OsdError::NotFound)) => Ok(()),
+        Err(error) => Err(error),
     }
 }
 

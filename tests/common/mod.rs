@@ -130,21 +130,7 @@ pub fn start_mds(root: &Path, daemons: &mut Daemons) -> String {
 /// and waits until all are up and in.
 pub fn start_osds(root: &Path, daemons: &mut Daemons, config: &str, count: u64) {
     for id in 0..count {
-        let data = root.join(format!("osd{id}"));
-        ok(aspen(&[
-            "osd",
-            "add",
-            "--data",
-            data.to_str().unwrap(),
-            "--id",
-            &id.to_string(),
-            "--config",
-            config,
-            "--host",
-            &format!("host{id}"),
-            "--listen",
-            &free_addr(),
-        ]));
+        let data = add_osd(root, config, id);
         daemons.spawn(
             id + 1,
             &["osd", "--data", data.to_str().unwrap()],
@@ -173,4 +159,26 @@ pub fn require_fuse() {
         Path::new("/dev/fuse").exists(),
         "/dev/fuse is missing: the mount tests cannot run"
     );
+}
+
+/// Creates OSD `id` in `root/osdID`, its own CRUSH host `hostID`, with
+/// `aspen osd add`; returns its data directory.
+pub fn add_osd(root: &Path, config: &str, id: u64) -> std::path::PathBuf {
+    let data = root.join(format!("osd{id}"));
+    let out = ok(aspen(&[
+        "osd",
+        "add",
+        "--data",
+        data.to_str().unwrap(),
+        "--id",
+        &id.to_string(),
+        "--config",
+        config,
+        "--host",
+        &format!("host{id}"),
+        "--listen",
+        &free_addr(),
+    ]));
+    assert!(out.contains(&format!("osd.{id} created")), "{out}");
+    data
 }
