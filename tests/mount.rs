@@ -13,13 +13,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use aspen_fsclient::fuse::is_mounted;
 use aspen_osd::bench::pattern;
 use aspen_osd::client::ObjectClient;
 use aspen_placement::PoolId;
 use aspen_proto::InodeId;
 use aspen_proto::cluster::ClusterConfig;
 use aspen_proto::ids::{ObjectId, ObjectNo};
-use common::{Daemons, aspen, eventually, is_mounted, ok, require_fuse, start_mds, start_osds};
+use common::{Daemons, create_data_pool, eventually, require_fuse, start_mds, start_osds};
 
 const DATA_POOL: PoolId = PoolId(1);
 const OBJECT_SIZE: u64 = 4 << 20;
@@ -72,7 +73,6 @@ fn write_pattern(path: &Path, len: u64, seed: u64) -> blake3::Hash {
 struct Cluster {
     _root: tempfile::TempDir,
     root: PathBuf,
-    config: String,
     mountpoint: PathBuf,
     daemons: Daemons,
     runtime: tokio::runtime::Runtime,
@@ -87,19 +87,7 @@ impl Cluster {
         let mut daemons = Daemons::new();
         let config = start_mds(&root, &mut daemons);
         start_osds(&root, &mut daemons, &config, 3);
-        ok(aspen(&[
-            "pool",
-            "create",
-            "data",
-            "--pg-num",
-            "32",
-            "--size",
-            "3",
-            "--min-size",
-            "2",
-            "--config",
-            &config,
-        ]));
+        create_data_pool(&config, 32);
         let mountpoint = root.join("mnt");
         std::fs::create_dir(&mountpoint).unwrap();
         daemons.spawn(
@@ -114,7 +102,6 @@ impl Cluster {
         Cluster {
             _root: dir,
             root,
-            config,
             mountpoint,
             daemons,
             runtime,
@@ -198,6 +185,27 @@ fn a_mounted_replicated_cluster_keeps_file_data_right() {
         (!cluster.object_exists(ino, 0) && !cluster.object_exists(ino, 1)).then_some(())
     });
 
+    // A directory's layout goes to the files made in it; a layout naming a
+    // pool the map lacks is refused.
+    let small = cluster.path("small-objects");
+    std::fs::create_dir(&small).unwrap();
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import errno,os\n\
+             os.setxattr('{0}','aspen.layout',b'object_size=1048576')\n\
+             open('{0}/f','wb').write(b'x'*(3<<20))\n\
+             assert os.getxattr('{0}/f','aspen.layout')==b'object_size=1048576 pool=1'\n\
+             try:\n os.setxattr('{0}','aspen.layout',b'pool=99'); raise SystemExit('accepted')\n\
+             except OSError as e:\n assert e.errno==errno.EINVAL, e",
+            small.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let small_ino = std::fs::metadata(small.join("f")).unwrap().ino();
+    assert!(cluster.object_exists(small_ino, 2) && !cluster.object_exists(small_ino, 3));
+
     // A 2 GiB file reads back with the same checksum.
     let large = cluster.path("large");
     let expected = write_pattern(&large, 2 << 30, 2);
@@ -266,5 +274,4 @@ fn a_copy_survives_kill_9_of_an_osd_and_sigterm_unmounts() {
     eventually("the unmount on SIGTERM", 30, || {
         (!is_mounted(&cluster.mountpoint)).then_some(())
     });
-    let _ = &cluster.config;
 }

@@ -13,7 +13,7 @@ use aspen_osd::bench::pattern as payload;
 use aspen_osd::client::ObjectClient;
 use aspen_placement::{OsdId, PoolId};
 use aspen_proto::cluster::ClusterConfig;
-use common::{Daemons, aspen, eventually, ok, start_mds, start_osds, status};
+use common::{Daemons, aspen, create_data_pool, eventually, ok, start_mds, start_osds, status};
 
 async fn object_client(config: &str) -> ObjectClient {
     let cluster = ClusterConfig::load(std::path::Path::new(config)).unwrap();
@@ -29,19 +29,7 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
     let config = config.as_str();
     start_osds(root.path(), &mut daemons, config, 3);
     // A pool can be placed once there are hosts for its three copies.
-    ok(aspen(&[
-        "pool",
-        "create",
-        "data",
-        "--pg-num",
-        "32",
-        "--size",
-        "3",
-        "--min-size",
-        "2",
-        "--config",
-        config,
-    ]));
+    create_data_pool(config, 32);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {

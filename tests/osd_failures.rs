@@ -17,7 +17,7 @@ use aspen_osd::client::{ClientError, ObjectClient};
 use aspen_placement::{OsdId, PgId, PoolId};
 use aspen_proto::cluster::ClusterConfig;
 use aspen_proto::osd::OsdError;
-use common::{Daemons, aspen, eventually, ok, start_mds, status};
+use common::{Daemons, aspen, create_data_pool, eventually, ok, start_mds, status};
 
 const POOL: PoolId = PoolId(1);
 const OBJECTS: usize = 400;
@@ -126,19 +126,7 @@ fn start() -> Cluster {
             .contains("4 osds: 4 up, 4 in")
             .then_some(())
     });
-    ok(aspen(&[
-        "pool",
-        "create",
-        "data",
-        "--pg-num",
-        "128",
-        "--size",
-        "3",
-        "--min-size",
-        "2",
-        "--config",
-        &cluster.config,
-    ]));
+    create_data_pool(&cluster.config, 128);
     cluster.wait_for_pgs("pgs: 128: 128 active+clean");
     cluster
 }

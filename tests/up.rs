@@ -8,7 +8,8 @@ mod common;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{eventually, is_mounted, require_fuse};
+use aspen_fsclient::fuse::is_mounted;
+use common::{eventually, require_fuse};
 
 fn up(data: &Path, mountpoint: &Path, log: &Path) -> Child {
     let log = std::fs::File::create(log).unwrap();

@@ -6,7 +6,7 @@
 //! caller.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aspen_osd::client::ObjectClient;
@@ -14,7 +14,6 @@ use aspen_proto::Errno;
 use aspen_proto::cluster::{ClusterConfig, MdsClient};
 use aspen_proto::fs::Caller;
 use aspen_proto::mds::{MdsRequest, MdsResponse, NsOp, NsReply, SessionId};
-use aspen_proto::transport::{AuthorizedKeys, Transport, load_or_create_secret_key};
 use tokio::task::JoinHandle;
 
 use crate::vfs::Vfs;
@@ -35,14 +34,11 @@ pub enum ClientError {
 
 /// Connects to the cluster `config` describes and opens a session.
 pub async fn connect(config: &ClusterConfig) -> Result<Arc<Vfs>, ClientError> {
-    let key = load_or_create_secret_key(&config.key)
-        .map_err(|e| ClientError::Config(format!("{}: {e}", config.key.display())))?;
-    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let transport = Transport::bind(key, any_port, vec![], AuthorizedKeys::default())
+    let (transport, mds) = config
+        .connect()
         .await
-        .map_err(|e| ClientError::Unreachable(e.to_string()))?;
-    let members = config.mds.iter().map(|m| m.member.clone()).collect();
-    let mds = Arc::new(MdsClient::new(transport.clone(), members));
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+    let mds = Arc::new(mds);
     let objects = ObjectClient::new(transport, mds.clone())
         .await
         .map_err(|e| ClientError::Unreachable(e.to_string()))?;
@@ -55,7 +51,6 @@ pub struct Session {
     mds: Arc<MdsClient>,
     id: SessionId,
     next_request: AtomicU64,
-    lost: Arc<AtomicBool>,
     renewer: JoinHandle<()>,
 }
 
@@ -66,24 +61,13 @@ impl Session {
             Ok(other) => return Err(ClientError::Refused(format!("{other:?}"))),
             Err(error) => return Err(ClientError::Unreachable(error.to_string())),
         };
-        let lost = Arc::new(AtomicBool::new(false));
-        let renewer = tokio::spawn(renew(mds.clone(), id, lost.clone()));
+        let renewer = tokio::spawn(renew(mds.clone(), id));
         Ok(Session {
             mds,
             id,
             next_request: AtomicU64::new(1),
-            lost,
             renewer,
         })
-    }
-
-    pub fn id(&self) -> SessionId {
-        self.id
-    }
-
-    /// Whether the MDS ended the session (its handles are gone).
-    pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Relaxed)
     }
 
     /// Applies a namespace mutation as `caller`.
@@ -132,14 +116,13 @@ pub(crate) fn unexpected(response: &MdsResponse) -> Errno {
     Errno::EIO
 }
 
-async fn renew(mds: Arc<MdsClient>, session: SessionId, lost: Arc<AtomicBool>) {
+async fn renew(mds: Arc<MdsClient>, session: SessionId) {
     loop {
         tokio::time::sleep(RENEW_INTERVAL).await;
         match mds.call(&MdsRequest::RenewSession { session }).await {
             Ok(MdsResponse::Unit(Ok(()))) => {}
             Ok(MdsResponse::Unit(Err(errno))) => {
                 tracing::error!("the MDS ended session {}: {errno}", session.0);
-                lost.store(true, Ordering::Relaxed);
                 return;
             }
             Ok(other) => tracing::warn!("renewing the session: {other:?}"),

@@ -33,13 +33,6 @@ pub const READDIR_BATCH: u32 = 256;
 /// The most bytes copy_file_range moves per read and write.
 pub const COPY_CHUNK: u64 = 4 << 20;
 
-/// `fallocate(2)` modes, Linux values.
-pub mod falloc {
-    pub const KEEP_SIZE: i32 = 0x01;
-    pub const PUNCH_HOLE: i32 = 0x02;
-    pub const ZERO_RANGE: i32 = 0x10;
-}
-
 /// Data written here that the MDS has not heard of yet.
 #[derive(Clone)]
 struct Dirty {
@@ -91,7 +84,6 @@ pub struct Vfs {
     data: FileData,
     files: Mutex<Files>,
     write_generation: AtomicU64,
-    next_dir_handle: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,16 +107,9 @@ impl Vfs {
             data: FileData::new(objects),
             files: Mutex::new(Files::default()),
             write_generation: AtomicU64::new(1),
-            // Directory handles are local and odd, file handles the MDS's.
-            next_dir_handle: AtomicU64::new(1 << 63),
         });
         tokio::spawn(report_dirty_periodically(Arc::downgrade(&vfs)));
         vfs
-    }
-
-    /// The object client (to see where a file's data lives).
-    pub fn objects(&self) -> &Arc<ObjectClient> {
-        self.data.objects()
     }
 
     async fn ask(&self, request: MdsRequest) -> Result<MdsResponse, Errno> {
@@ -202,7 +187,7 @@ impl Vfs {
         state.dirty = Some(Dirty {
             handle: file.handle,
             caller: caller.clone(),
-            mtime: data::now(),
+            mtime: Timestamp::now(),
             generation: self.write_generation.fetch_add(1, Ordering::Relaxed),
         });
     }
@@ -217,9 +202,8 @@ impl Vfs {
         }
     }
 
-    /// Reports what is dirty, releases every handle and ends the session.
+    /// Releases every handle (reporting what is dirty) and ends the session.
     pub async fn shutdown(&self) {
-        self.report_all().await;
         let handles: Vec<u64> = lock(&self.files).handles.keys().copied().collect();
         for fh in handles {
             let _ = self.release(fh).await;
@@ -269,25 +253,47 @@ impl Vfs {
             let op = NsOp::SetAttr { ino, changes };
             return attr_reply(self.mutate(caller, op).await?).map(|a| self.overlay(a));
         };
+        let op = NsOp::SetAttr { ino, changes };
+        attr_reply(self.resize(caller, ino, new_size, op).await?)
+    }
+
+    /// Applies `op`, which sets the size of regular file `ino` to
+    /// `new_size` (a truncating setattr or open), then cuts the objects
+    /// past it. The inode's I/O is held throughout, so no write of this
+    /// client lands in the range while it is cut.
+    async fn resize(
+        &self,
+        caller: &Caller,
+        ino: InodeId,
+        new_size: u64,
+        op: NsOp,
+    ) -> Result<NsReply, Errno> {
+        self.report(ino).await?;
         let inode = self.open_inode(ino);
         let _cutting = match &inode {
             Some(inode) => Some(inode.io.write().await),
             None => None,
         };
-        let before = self.mds_attr(ino).await?;
         let local = inode.as_ref().map_or(0, |i| lock(&i.state).size);
-        let old_size = before.size.max(local);
-        let op = NsOp::SetAttr { ino, changes };
-        let attr = attr_reply(self.mutate(caller, op).await?)?;
+        let old_size = self.mds_attr(ino).await?.size.max(local);
+        let reply = self.mutate(caller, op).await?;
+        let layout = match &reply {
+            NsReply::Attr(attr) | NsReply::Opened { attr, .. } => attr.layout,
+            NsReply::Done => return Err(Errno::EIO),
+        };
         if let Some(inode) = &inode {
             lock(&inode.state).size = new_size;
         }
-        let file = FileObjects {
-            ino,
-            layout: attr.layout,
-        };
-        self.data.truncate(file, new_size, old_size).await?;
-        Ok(attr)
+        let file = FileObjects { ino, layout };
+        match self.data.truncate(file, new_size, old_size).await {
+            Ok(()) => Ok(reply),
+            Err(errno) => {
+                if let NsReply::Opened { handle, .. } = reply {
+                    let _ = self.mutate(caller, NsOp::Release { handle }).await;
+                }
+                Err(errno)
+            }
+        }
     }
 
     pub async fn mknod(
@@ -437,31 +443,15 @@ impl Vfs {
         ino: InodeId,
         flags: u32,
     ) -> Result<(u64, Attr), Errno> {
-        let truncating = flags & open_flags::O_TRUNC != 0;
-        let old_size = if truncating {
-            self.report(ino).await?;
-            let local = self.open_inode(ino).map_or(0, |i| lock(&i.state).size);
-            self.mds_attr(ino).await?.size.max(local)
+        let op = NsOp::Open { ino, flags };
+        let reply = if flags & open_flags::O_TRUNC != 0 {
+            self.resize(caller, ino, 0, op).await?
         } else {
-            0
+            self.mutate(caller, op).await?
         };
-        let reply = self.mutate(caller, NsOp::Open { ino, flags }).await?;
         let NsReply::Opened { attr, handle } = reply else {
             return Err(Errno::EIO);
         };
-        if truncating && attr.kind == FileType::Regular {
-            if let Some(inode) = self.open_inode(ino) {
-                lock(&inode.state).size = 0;
-            }
-            let file = FileObjects {
-                ino,
-                layout: attr.layout,
-            };
-            if let Err(errno) = self.data.truncate(file, 0, old_size).await {
-                let _ = self.mutate(caller, NsOp::Release { handle }).await;
-                return Err(errno);
-            }
-        }
         let fh = self.register(&attr, handle, flags);
         Ok((fh, self.overlay(attr)))
     }
@@ -541,9 +531,26 @@ impl Vfs {
             .await;
         let mut files = lock(&self.files);
         files.handles.remove(&fh);
+        let other_writer = files
+            .handles
+            .values()
+            .find(|other| other.ino == file.ino && other.writable())
+            .map(|other| other.handle);
         let last = {
             let mut state = lock(&inode.state);
             state.opens -= 1;
+            // An unreported write goes out through another open handle,
+            // or not at all once none is left.
+            if state
+                .dirty
+                .as_ref()
+                .is_some_and(|d| d.handle == file.handle)
+            {
+                match other_writer {
+                    Some(handle) => state.dirty.as_mut().expect("checked").handle = handle,
+                    None => state.dirty = None,
+                }
+            }
             state.opens == 0
         };
         if last {
@@ -554,15 +561,15 @@ impl Vfs {
 
     // ---- directories ----
 
-    /// Checks that `ino` is a directory the caller may read.
-    pub async fn opendir(&self, caller: &Caller, ino: InodeId) -> Result<u64, Errno> {
+    /// Checks that `ino` is a directory the caller may read (directories
+    /// need no handle: readdir goes by inode).
+    pub async fn opendir(&self, caller: &Caller, ino: InodeId) -> Result<(), Errno> {
         let attr = self.mds_attr(ino).await?;
         if attr.kind != FileType::Directory {
             return Err(Errno::ENOTDIR);
         }
         self.access(caller, ino, aspen_proto::fs::access::R_OK)
-            .await?;
-        Ok(self.next_dir_handle.fetch_add(1, Ordering::Relaxed))
+            .await
     }
 
     /// Entries after `offset` (`.` and `..` first), each with the offset
@@ -697,7 +704,10 @@ impl Vfs {
         len: u64,
         mode: i32,
     ) -> Result<(), Errno> {
-        use falloc::{KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE};
+        use nix::libc::{
+            FALLOC_FL_KEEP_SIZE as KEEP_SIZE, FALLOC_FL_PUNCH_HOLE as PUNCH_HOLE,
+            FALLOC_FL_ZERO_RANGE as ZERO_RANGE,
+        };
         let (file, inode) = self.open_file(fh)?;
         if !file.writable() {
             return Err(Errno::EBADF);

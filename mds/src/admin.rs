@@ -15,9 +15,7 @@ use aspen_proto::fs::{Caller, Timestamp};
 use aspen_proto::mds::{
     ClusterMap, KeyEntry, MdsRequest, MdsResponse, NsOp, PgStat, Role, SessionId,
 };
-use aspen_proto::transport::{
-    AuthorizedKeys, EndpointId, SecretKey, Transport, load_or_create_secret_key,
-};
+use aspen_proto::transport::{EndpointId, SecretKey, load_or_create_secret_key};
 use serde::{Deserialize, Serialize};
 
 use crate::namespace::OpContext;
@@ -191,19 +189,8 @@ pub async fn run(data_dir: &Path) -> Result<MdsServer, AdminError> {
 
 /// A client of the group in `cluster`, with its configured key.
 pub async fn client(cluster: &ClusterConfig) -> Result<MdsClient, AdminError> {
-    let key = load_or_create_secret_key(&cluster.key).map_err(ServerError::from)?;
-    let transport = Transport::bind(
-        key,
-        "127.0.0.1:0".parse().expect("address"),
-        vec![],
-        AuthorizedKeys::default(),
-    )
-    .await
-    .map_err(ServerError::from)?;
-    Ok(MdsClient::new(
-        transport,
-        cluster.mds.iter().map(|m| m.member.clone()).collect(),
-    ))
+    let (_, mds) = cluster.connect().await.map_err(ServerError::from)?;
+    Ok(mds)
 }
 
 /// Sends one request to the group's leader with a client closed afterwards.

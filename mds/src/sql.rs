@@ -40,9 +40,25 @@ impl CachedStatements for Connection {
 /// runs at `NORMAL`, so it syncs the log before copying (a crash mid-copy
 /// recovers from the log) and the database after (the log may then be
 /// reused). Automatic checkpoints must be off on such a connection.
+/// A checkpoint that could not copy the whole log (a reader held part of
+/// it) did not sync the database, and fails.
 pub(crate) fn durable_checkpoint(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    });
     conn.pragma_update(None, "synchronous", "OFF")?;
-    copied
+    match copied? {
+        (0, log, copied) if log == copied => Ok(()),
+        (busy, log, copied) => Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            Some(format!(
+                "checkpoint copied {copied} of {log} log frames (busy {busy})"
+            )),
+        )),
+    }
 }

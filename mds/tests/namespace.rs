@@ -783,6 +783,21 @@ fn set_xattr(
 const NONE: u32 = u32::MAX;
 
 #[test]
+fn symlinks_carry_no_acls() {
+    let mut fs = Fs::new();
+    let link = fs.symlink(&root(), ROOT, "l", "target").unwrap();
+    let acl = acl_xattr(&[
+        (tag::USER_OBJ, 6, NONE),
+        (tag::GROUP_OBJ, 4, NONE),
+        (tag::OTHER, 4, NONE),
+    ]);
+    assert_eq!(
+        set_xattr(&mut fs, &root(), link.ino, acl::XATTR_ACCESS, acl),
+        Err(Errno::EOPNOTSUPP)
+    );
+}
+
+#[test]
 fn an_access_acl_grants_named_users_and_groups_and_tracks_the_mode() {
     let mut fs = Fs::new();
     let file = fs.mknod(&user(1000), ROOT, "f", 0o600).unwrap();

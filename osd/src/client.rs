@@ -12,12 +12,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aspen_placement::{OsdId, PoolId};
+use aspen_proto::InodeId;
 use aspen_proto::cluster::{ClusterConfig, MdsClient};
+use aspen_proto::ids::{ObjectId, ObjectNo};
+use aspen_proto::layout::FileLayout;
 use aspen_proto::mds::{ClusterMap, MdsRequest, MdsResponse};
 use aspen_proto::osd::{
     ObjectInfo, ObjectOp, ObjectRef, OsdError, OsdRequest, OsdResponse, ScrubReport,
 };
-use aspen_proto::transport::{AuthorizedKeys, RpcClient, Transport, load_or_create_secret_key};
+use aspen_proto::transport::{RpcClient, Transport};
 use tokio::sync::Mutex;
 
 use crate::links::Links;
@@ -94,17 +97,11 @@ impl ObjectClient {
 
     /// A client with the key and MDS members `cluster.json` names.
     pub async fn connect(cluster: &ClusterConfig) -> Result<ObjectClient, ClientError> {
-        let key = load_or_create_secret_key(&cluster.key)
-            .map_err(|e| ClientError::Unexpected(e.to_string()))?;
-        let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let transport = Transport::bind(key, any_port, vec![], AuthorizedKeys::default())
+        let (transport, mds) = cluster
+            .connect()
             .await
             .map_err(|e| ClientError::Unexpected(e.to_string()))?;
-        let mds = Arc::new(MdsClient::new(
-            transport.clone(),
-            cluster.mds.iter().map(|m| m.member.clone()).collect(),
-        ));
-        ObjectClient::new(transport, mds).await
+        ObjectClient::new(transport, Arc::new(mds)).await
     }
 
     /// Closes the client's endpoint.
@@ -368,4 +365,78 @@ pub(crate) async fn fetch_map(mds: &MdsClient, newer_than: u64) -> Result<Cluste
         Ok(other) => Err(ClientError::Unexpected(format!("{other:?}"))),
         Err(error) => Err(ClientError::Unexpected(error.to_string())),
     }
+}
+
+/// How many object operations one multi-object call keeps in flight.
+pub const MAX_OPS_IN_FLIGHT: usize = 32;
+
+/// Runs `ops` with at most [`MAX_OPS_IN_FLIGHT`] at once, handing each
+/// result to `done` as it finishes; the first failure is the answer.
+pub async fn run_bounded<T, F>(
+    ops: impl IntoIterator<Item = F>,
+    mut done: impl FnMut(T) -> Result<(), ClientError>,
+) -> Result<(), ClientError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, ClientError>> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut finish = |joined: Result<Result<T, ClientError>, tokio::task::JoinError>| {
+        done(joined.map_err(|e| ClientError::Unexpected(e.to_string()))??)
+    };
+    for op in ops {
+        tasks.spawn(op);
+        if tasks.len() >= MAX_OPS_IN_FLIGHT
+            && let Some(joined) = tasks.join_next().await
+        {
+            finish(joined)?;
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        finish(joined)?;
+    }
+    Ok(())
+}
+
+/// A missing object is already what a delete, truncate or zero wants.
+pub fn ignore_missing<T>(result: Result<T, ClientError>) -> Result<(), ClientError> {
+    match result {
+        Ok(_) | Err(ClientError::Osd(OsdError::NotFound)) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Removes the data of file `ino` from `keep_size` up to `old_size`: the
+/// object holding byte `keep_size` is cut there, the later ones deleted.
+pub async fn cut_file(
+    client: &Arc<ObjectClient>,
+    ino: InodeId,
+    layout: FileLayout,
+    keep_size: u64,
+    old_size: u64,
+) -> Result<(), ClientError> {
+    if keep_size >= old_size {
+        return Ok(());
+    }
+    let pool = layout.pool();
+    let name = |objno: u64| {
+        ObjectId {
+            pool,
+            ino,
+            objno: ObjectNo(objno),
+        }
+        .name()
+        .into_bytes()
+    };
+    let mut first_deleted = keep_size / layout.object_size();
+    let within = keep_size % layout.object_size();
+    if within != 0 {
+        ignore_missing(client.truncate(pool, &name(first_deleted), within).await)?;
+        first_deleted += 1;
+    }
+    let deletions = (first_deleted..layout.objects_for_size(old_size)).map(|objno| {
+        let (client, object) = (client.clone(), name(objno));
+        async move { ignore_missing(client.delete(pool, &object).await) }
+    });
+    run_bounded(deletions, Ok).await
 }

@@ -67,6 +67,10 @@ struct Location {
 pub struct ContentStore {
     dir: PathBuf,
     active: Option<(i64, File, u64)>,
+    /// The id the next segment gets: above every id the index or the
+    /// directory has ever held, so a segment file is never reused (a
+    /// segment whose index row was rolled back may hold bytes on disk).
+    next_segment: Option<i64>,
     /// Segments written since the last [`ContentStore::sync`].
     dirty: BTreeSet<i64>,
 }
@@ -81,6 +85,7 @@ impl ContentStore {
         Ok(ContentStore {
             dir: dir.to_path_buf(),
             active: None,
+            next_segment: None,
             dirty: BTreeSet::new(),
         })
     }
@@ -98,17 +103,17 @@ impl ContentStore {
             .as_ref()
             .is_none_or(|(_, _, len)| *len >= SEGMENT_TARGET_BYTES);
         if full {
-            let next: i64 =
-                conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM segments", [], |r| {
-                    r.get(0)
-                })?;
+            let next = match self.next_segment {
+                Some(next) => next,
+                None => self.first_free_segment(conn)?,
+            };
+            self.next_segment = Some(next + 1);
             conn.execute(
                 "INSERT INTO segments (id, written, live) VALUES (?1, 0, 0)",
                 [next],
             )?;
             let file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .read(true)
                 .write(true)
                 .open(self.segment_path(next))
@@ -116,6 +121,30 @@ impl ContentStore {
             self.active = Some((next, file, 0));
         }
         Ok(self.active.as_mut().expect("set above"))
+    }
+
+    /// One past the highest segment id in the index or on disk.
+    fn first_free_segment(&self, conn: &Connection) -> Result<i64, StoreError> {
+        let indexed: i64 =
+            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM segments", [], |r| {
+                r.get(0)
+            })?;
+        let mut highest = indexed;
+        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+            let name = entry.map_err(io)?.file_name();
+            let id = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<i64>().ok());
+            highest = highest.max(id.unwrap_or(0));
+        }
+        Ok(highest + 1)
+    }
+
+    /// Stops appending to the current segment: the transaction that
+    /// created its index row, or recorded chunks in it, was rolled back.
+    pub fn abandon_active(&mut self) {
+        self.active = None;
     }
 
     /// Stores `bytes` (at most [`MAX_CHUNK`]) unless a chunk with the same

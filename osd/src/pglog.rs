@@ -38,8 +38,12 @@ fn corrupt(error: impl std::fmt::Display) -> StoreError {
 }
 
 /// Sets `pg`'s newest position (after recovery made this member equal to
-/// one that is there).
+/// one that is there). Entries past it were never acknowledged (the
+/// authority lacks them) and are dropped, so the versions that follow are
+/// free for the authority's next entries.
 pub(crate) fn set_last(conn: &Connection, pg: PgId, at: LogVersion) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM pglog WHERE pool = ?1 AND seed = ?2 AND version > ?3")?
+        .execute(params![pg.pool.0, pg.seed, at.version as i64])?;
     conn.prepare_cached(
         "INSERT INTO pgs (pool, seed, epoch, version) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (pool, seed) DO UPDATE SET epoch = ?3, version = ?4",

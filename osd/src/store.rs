@@ -25,15 +25,12 @@ use crate::content::{self, ContentStore, MAX_CHUNK};
 use crate::extents::{ChunkId, Extent, ExtentMap, ReadPiece, RefChange};
 use crate::pglog;
 
-/// The longest object name.
-pub const MAX_NAME_LEN: usize = 1024;
-/// The largest object (offset + length of any write).
-pub const MAX_OBJECT_SIZE: u64 = 1 << 40;
-/// The longest read one call returns.
-pub const MAX_READ_LEN: u64 = 64 * 1024 * 1024;
-/// Attribute limits per object.
-pub const MAX_ATTR_NAME_LEN: usize = 255;
-pub const MAX_ATTR_VALUE_LEN: usize = 64 * 1024;
+// The store enforces the protocol's limits itself: the longest object
+// name, the largest object, the longest read, and attribute sizes.
+pub use aspen_proto::osd::{
+    MAX_ATTR_NAME_LEN, MAX_ATTR_VALUE_LEN, MAX_IO_LEN as MAX_READ_LEN,
+    MAX_OBJECT_LEN as MAX_OBJECT_SIZE, MAX_OBJECT_NAME_LEN as MAX_NAME_LEN,
+};
 /// Commits between two durable checkpoints of the database.
 pub const CHECKPOINT_EVERY_COMMITS: u64 = 2048;
 
@@ -164,12 +161,35 @@ fn check_range(offset: u64, len: u64) -> Result<u64, StoreError> {
 }
 
 /// Copies the write-ahead log into the database durably (see the module
-/// doc): SQLite syncs at `NORMAL` for the checkpoint only.
+/// doc): SQLite syncs at `NORMAL` for the checkpoint only. A checkpoint
+/// that could not copy the whole log did not sync the database, and fails.
 fn durable_checkpoint(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    });
     conn.pragma_update(None, "synchronous", "OFF")?;
-    Ok(copied?)
+    match copied? {
+        (0, log, copied) if log == copied => Ok(()),
+        (busy, log, copied) => Err(StoreError::Io(format!(
+            "checkpoint copied {copied} of {log} log frames (busy {busy})"
+        ))),
+    }
+}
+
+impl Drop for ObjectStore {
+    /// SQLite checkpoints on close without syncing at `synchronous = OFF`
+    /// and then deletes the log: leave nothing for it to copy.
+    fn drop(&mut self) {
+        let mut inner = lock(&self.inner);
+        if let Err(error) = self.checkpoint(&mut inner) {
+            tracing::warn!(%error, "object store final checkpoint failed");
+        }
+    }
 }
 
 impl ObjectStore {
@@ -211,14 +231,15 @@ impl ObjectStore {
     ) -> Result<T, StoreError> {
         let (value, ticket) = {
             let mut inner = lock(&self.inner);
-            let Inner { conn, content, .. } = &mut *inner;
-            let tx = conn.unchecked_transaction()?;
-            let value = change(&tx, content)?;
-            tx.commit()?;
+            let value = in_transaction(&mut inner, change)?;
             inner.committed += 1;
             inner.since_checkpoint += 1;
-            if inner.since_checkpoint >= CHECKPOINT_EVERY_COMMITS {
-                self.checkpoint(&mut inner)?;
+            // The commit is durable through the log either way; a failed
+            // checkpoint is retried with the next commit.
+            if inner.since_checkpoint >= CHECKPOINT_EVERY_COMMITS
+                && let Err(error) = self.checkpoint(&mut inner)
+            {
+                tracing::warn!(%error, "object store checkpoint failed");
             }
             (value, inner.committed)
         };
@@ -642,15 +663,15 @@ impl ObjectStore {
     pub fn collect_garbage(&self) -> Result<u64, StoreError> {
         let (moved, emptied) = {
             let mut inner = lock(&self.inner);
-            let Inner { conn, content, .. } = &mut *inner;
-            let tx = conn.unchecked_transaction()?;
-            content.drop_unreferenced(&tx)?;
-            let emptied = content.compactable(&tx)?;
-            let mut moved = 0;
-            for segment in &emptied {
-                moved += content.compact(&tx, *segment)?;
-            }
-            tx.commit()?;
+            let (moved, emptied) = in_transaction(&mut inner, |tx, content| {
+                content.drop_unreferenced(tx)?;
+                let emptied = content.compactable(tx)?;
+                let mut moved = 0;
+                for segment in &emptied {
+                    moved += content.compact(tx, *segment)?;
+                }
+                Ok((moved, emptied))
+            })?;
             inner.committed += 1;
             (moved, emptied)
         };
@@ -818,6 +839,28 @@ fn apply_entry_in(
 }
 
 /// The bytes of `object` in `[offset, end)`, every chunk verified.
+/// Runs `change` in one transaction. When it fails, the content store
+/// stops appending to its current segment, whose index row or chunk
+/// records may have been rolled back with it.
+fn in_transaction<T>(
+    inner: &mut Inner,
+    change: impl FnOnce(&Connection, &mut ContentStore) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let Inner { conn, content, .. } = inner;
+    let result = conn
+        .unchecked_transaction()
+        .map_err(StoreError::from)
+        .and_then(|tx| {
+            let value = change(&tx, content)?;
+            tx.commit()?;
+            Ok(value)
+        });
+    if result.is_err() {
+        content.abandon_active();
+    }
+    result
+}
+
 fn read_in(inner: &Inner, object: i64, offset: u64, end: u64) -> Result<Vec<u8>, StoreError> {
     if offset >= end {
         return Ok(Vec::new());

@@ -13,7 +13,10 @@ use tokio::sync::Mutex;
 
 use crate::mds::{MdsMember, MdsRequest, MdsResponse};
 use crate::transport::endpoint::peer_addr;
-use crate::transport::{ALPN_MDS, EndpointId, RpcClient, Transport};
+use crate::transport::{
+    ALPN_MDS, AuthorizedKeys, EndpointId, RpcClient, Transport, TransportError,
+    load_or_create_secret_key,
+};
 
 /// How many members a call tries (following redirects) before giving up.
 pub const MAX_CALL_ATTEMPTS: usize = 30;
@@ -82,6 +85,21 @@ impl ClusterConfig {
         let temporary = path.with_extension("json.tmp");
         std::fs::write(&temporary, text + "\n").map_err(|e| fail(e.to_string()))?;
         std::fs::rename(&temporary, path).map_err(|e| fail(e.to_string()))
+    }
+
+    /// The MDS members, as an [`MdsClient`] reaches them.
+    pub fn members(&self) -> Vec<MdsMember> {
+        self.mds.iter().map(|m| m.member.clone()).collect()
+    }
+
+    /// A client endpoint with the configured key (it only dials out) and
+    /// an [`MdsClient`] of the group on it.
+    pub async fn connect(&self) -> Result<(Transport, MdsClient), TransportError> {
+        let key = load_or_create_secret_key(&self.key)?;
+        let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let transport = Transport::bind(key, any_port, vec![], AuthorizedKeys::default()).await?;
+        let mds = MdsClient::new(transport.clone(), self.members());
+        Ok((transport, mds))
     }
 
     /// The members' node ids (those that parse).

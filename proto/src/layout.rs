@@ -21,6 +21,8 @@ use crate::ids::ObjectNo;
 pub const DEFAULT_OBJECT_SIZE: u32 = 4 << 20;
 pub const MIN_OBJECT_SIZE: u32 = 64 << 10;
 pub const MAX_OBJECT_SIZE: u32 = 64 << 20;
+/// The virtual xattr that shows an inode's layout and sets a directory's.
+pub const LAYOUT_XATTR: &[u8] = b"aspen.layout";
 /// The pool file data goes to unless a layout names another: the first
 /// pool a cluster creates.
 pub const DEFAULT_DATA_POOL: PoolId = PoolId(1);
@@ -114,6 +116,14 @@ impl FileLayout {
 
     pub fn pool(&self) -> PoolId {
         self.pool
+    }
+
+    /// The pool `text` names, if it names one.
+    pub fn pool_in_text(text: &str) -> Option<PoolId> {
+        text.split_ascii_whitespace()
+            .find_map(|field| field.strip_prefix("pool="))
+            .and_then(|id| id.parse().ok())
+            .map(PoolId)
     }
 
     /// This layout with the fields `text` sets (`object_size=BYTES`,

@@ -372,6 +372,17 @@ impl ClusterMap {
     pub fn address(&self, osd: OsdId) -> Option<&OsdAddress> {
         self.addresses.iter().find(|a| a.osd == osd)
     }
+
+    /// The role of the registered key with node id `peer`.
+    pub fn role_of(&self, peer: &crate::transport::EndpointId) -> Option<Role> {
+        role_of(&self.keys, peer)
+    }
+}
+
+/// The role of the key with node id `peer` in `keys`.
+pub fn role_of(keys: &[KeyEntry], peer: &crate::transport::EndpointId) -> Option<Role> {
+    let peer = peer.to_string();
+    keys.iter().find(|k| k.node_id == peer).map(|k| k.role)
 }
 
 impl Eq for ClusterMap {}

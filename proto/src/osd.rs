@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_OBJECT_NAME_LEN: usize = 1024;
 /// The most bytes one read or write carries.
 pub const MAX_IO_LEN: u64 = 64 * 1024 * 1024;
+/// The largest object: one frame carries a whole object when recovery
+/// copies it, and scrub reads it in one piece.
+pub const MAX_OBJECT_LEN: u64 = MAX_IO_LEN;
 /// Attribute limits.
 pub const MAX_ATTR_NAME_LEN: usize = 255;
 pub const MAX_ATTR_VALUE_LEN: usize = 64 * 1024;
@@ -71,9 +74,22 @@ impl ObjectOp {
                 if body_len as u64 > MAX_IO_LEN {
                     return invalid("a write is at most 64 MiB");
                 }
-                if offset.checked_add(body_len as u64).is_none() {
-                    return invalid("the write ends past the largest offset");
+                if offset
+                    .checked_add(body_len as u64)
+                    .is_none_or(|end| end > MAX_OBJECT_LEN)
+                {
+                    return invalid("the write ends past the largest object (64 MiB)");
                 }
+            }
+            ObjectOp::Truncate { size } if *size > MAX_OBJECT_LEN => {
+                return invalid("an object is at most 64 MiB");
+            }
+            ObjectOp::Zero { offset, len }
+                if offset
+                    .checked_add(*len)
+                    .is_none_or(|end| end > MAX_OBJECT_LEN) =>
+            {
+                return invalid("the range ends past the largest object (64 MiB)");
             }
             ObjectOp::Read { len, .. } if *len > MAX_IO_LEN => {
                 return invalid("a read is at most 64 MiB");
@@ -326,6 +342,33 @@ mod tests {
     fn ops_are_bounded_before_use() {
         assert!(ObjectOp::Write { offset: 0 }.validate(10).is_ok());
         assert!(ObjectOp::Write { offset: u64::MAX }.validate(10).is_err());
+        // Objects end at MAX_OBJECT_LEN: recovery copies one in a frame.
+        assert!(
+            ObjectOp::Write {
+                offset: MAX_OBJECT_LEN - 10
+            }
+            .validate(10)
+            .is_ok()
+        );
+        assert!(
+            ObjectOp::Write {
+                offset: MAX_OBJECT_LEN - 9
+            }
+            .validate(10)
+            .is_err()
+        );
+        assert!(
+            ObjectOp::Truncate {
+                size: MAX_OBJECT_LEN + 1
+            }
+            .validate(0)
+            .is_err()
+        );
+        let past = ObjectOp::Zero {
+            offset: MAX_OBJECT_LEN,
+            len: 1,
+        };
+        assert!(past.validate(0).is_err());
         assert!(
             ObjectOp::Read {
                 offset: 0,

@@ -143,16 +143,6 @@ pub fn start_osds(root: &Path, daemons: &mut Daemons, config: &str, count: u64) 
     });
 }
 
-/// Whether a FUSE filesystem is mounted at `mountpoint`.
-pub fn is_mounted(mountpoint: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let wanted = mountpoint.to_str().unwrap();
-    mounts.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        fields.len() > 2 && fields[1] == wanted && fields[2].starts_with("fuse")
-    })
-}
-
 /// Fails loudly when this machine cannot mount FUSE filesystems.
 pub fn require_fuse() {
     assert!(
@@ -181,4 +171,22 @@ pub fn add_osd(root: &Path, config: &str, id: u64) -> std::path::PathBuf {
     ]));
     assert!(out.contains(&format!("osd.{id} created")), "{out}");
     data
+}
+
+/// Creates pool `data` (pool 1): `pg_num` PGs, three copies, min_size 2.
+pub fn create_data_pool(config: &str, pg_num: u32) {
+    let pg_num = pg_num.to_string();
+    ok(aspen(&[
+        "pool",
+        "create",
+        "data",
+        "--pg-num",
+        &pg_num,
+        "--size",
+        "3",
+        "--min-size",
+        "2",
+        "--config",
+        config,
+    ]));
 }

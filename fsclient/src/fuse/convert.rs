@@ -79,9 +79,15 @@ pub fn file_attr(attr: &Attr) -> FileAttr {
 }
 
 /// The caller of `req`: its uid and gid, and the supplementary groups of
-/// the calling thread.
+/// the calling thread. Root's groups are never consulted (it passes every
+/// group check), so they are not read.
 pub fn caller_of(req: &Request) -> Caller {
-    Caller::new(req.uid(), req.gid(), groups_of(req.pid()))
+    let groups = if req.uid() == 0 {
+        Vec::new()
+    } else {
+        groups_of(req.pid())
+    };
+    Caller::new(req.uid(), req.gid(), groups)
 }
 
 /// The `Groups:` of a thread's `/proc` status (none if it is gone).

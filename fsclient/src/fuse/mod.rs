@@ -142,13 +142,6 @@ impl Filesystem for AspenFuse {
         Ok(())
     }
 
-    fn destroy(&mut self) {
-        let vfs = self.vfs.clone();
-        let _ = self
-            .runtime
-            .block_on(async move { tokio::spawn(async move { vfs.report_all().await }).await });
-    }
-
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (caller, name) = (caller_of(req), name_bytes(name));
         self.spawn(|vfs| async move {
@@ -413,7 +406,7 @@ impl Filesystem for AspenFuse {
         let caller = caller_of(req);
         self.spawn(|vfs| async move {
             match vfs.opendir(&caller, ino(node)).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -667,8 +660,18 @@ impl Filesystem for AspenFuse {
 }
 
 /// Whether a FUSE filesystem is mounted at `mountpoint`.
+/// (A mount whose server died cannot be resolved itself, so its parent
+/// is.)
 pub fn is_mounted(mountpoint: &Path) -> bool {
-    let Ok(target) = mountpoint.canonicalize() else {
+    let (Some(parent), Some(name)) = (mountpoint.parent(), mountpoint.file_name()) else {
+        return false;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let Ok(target) = parent.canonicalize().map(|p| p.join(name)) else {
         return false;
     };
     std::fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {

@@ -99,29 +99,9 @@ pub(super) fn create(
     register(conn, ctx, attr, flags & !open_flags::O_TRUNC)
 }
 
-/// Drops a handle; the session that opened it must release it.
-pub(super) fn release(conn: &Connection, ctx: &OpContext, handle: HandleId) -> OpResult<()> {
-    let row: Option<(i64, i64)> = conn
-        .query_row_cached(
-            "SELECT session, ino FROM handles WHERE handle = ?1",
-            [handle.0 as i64],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let (session, ino) = row.ok_or(Errno::EBADF)?;
-    if session as u64 != ctx.session.0 {
-        return Err(Errno::EBADF.into());
-    }
-    conn.execute_cached("DELETE FROM handles WHERE handle = ?1", [handle.0 as i64])?;
-    forget_if_stray(conn, InodeId(ino as u64))
-}
-
-/// The inode behind `handle`, which this session opened for writing.
-pub(super) fn writable_handle(
-    conn: &Connection,
-    ctx: &OpContext,
-    handle: HandleId,
-) -> OpResult<InodeId> {
+/// The inode and open flags of `handle`, which this session must own
+/// (`EBADF` otherwise).
+fn own_handle(conn: &Connection, ctx: &OpContext, handle: HandleId) -> OpResult<(InodeId, u32)> {
     let row: Option<(i64, i64, u32)> = conn
         .query_row_cached(
             "SELECT session, ino, flags FROM handles WHERE handle = ?1",
@@ -130,12 +110,28 @@ pub(super) fn writable_handle(
         )
         .optional()?;
     match row {
-        Some((session, ino, flags))
-            if session as u64 == ctx.session.0
-                && flags & open_flags::O_ACCMODE != open_flags::O_RDONLY =>
-        {
-            Ok(InodeId(ino as u64))
+        Some((session, ino, flags)) if session as u64 == ctx.session.0 => {
+            Ok((InodeId(ino as u64), flags))
         }
+        _ => Err(Errno::EBADF.into()),
+    }
+}
+
+/// Drops a handle; the session that opened it must release it.
+pub(super) fn release(conn: &Connection, ctx: &OpContext, handle: HandleId) -> OpResult<()> {
+    let (ino, _) = own_handle(conn, ctx, handle)?;
+    conn.execute_cached("DELETE FROM handles WHERE handle = ?1", [handle.0 as i64])?;
+    forget_if_stray(conn, ino)
+}
+
+/// The inode behind `handle`, which this session opened for writing.
+pub(super) fn writable_handle(
+    conn: &Connection,
+    ctx: &OpContext,
+    handle: HandleId,
+) -> OpResult<InodeId> {
+    match own_handle(conn, ctx, handle)? {
+        (ino, flags) if flags & open_flags::O_ACCMODE != open_flags::O_RDONLY => Ok(ino),
         _ => Err(Errno::EBADF.into()),
     }
 }

@@ -354,24 +354,21 @@ pub(crate) fn open_handles(conn: &Connection, ino: InodeId) -> OpResult<u64> {
     Ok(count as u64)
 }
 
-/// Queues the removal of file data at or beyond `keep_size`.
-pub(crate) fn queue_purge(conn: &Connection, attr: &Attr, keep_size: u64) -> OpResult<()> {
+/// Queues the removal of a deleted file's data: everything up to the
+/// most it ever held.
+fn queue_purge(conn: &Connection, attr: &Attr) -> OpResult<()> {
     let high_water: i64 = conn.query_row_cached(
         "SELECT high_water FROM inodes WHERE ino = ?1",
         [attr.ino.0 as i64],
         |r| r.get(0),
     )?;
     let old_size = (high_water as u64).max(attr.size);
-    if old_size > keep_size {
+    if old_size > 0 {
         conn.execute_cached(
-            "INSERT INTO purge_queue (ino, pool, object_size, keep_size, old_size) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![attr.ino.0 as i64, attr.layout.pool().0, attr.layout.object_size() as i64, keep_size as i64, old_size as i64],
+            "INSERT INTO purge_queue (ino, pool, object_size, keep_size, old_size) VALUES (?1, ?2, ?3, 0, ?4)",
+            params![attr.ino.0 as i64, attr.layout.pool().0, attr.layout.object_size() as i64, old_size as i64],
         )?;
     }
-    conn.execute_cached(
-        "UPDATE inodes SET high_water = ?2 WHERE ino = ?1",
-        params![attr.ino.0 as i64, keep_size as i64],
-    )?;
     Ok(())
 }
 
@@ -389,7 +386,7 @@ pub(crate) fn release_if_unlinked(conn: &Connection, attr: &Attr) -> OpResult<()
         return Ok(());
     }
     if attr.kind == FileType::Regular {
-        queue_purge(conn, attr, 0)?;
+        queue_purge(conn, attr)?;
     }
     let ino = attr.ino.0 as i64;
     conn.execute_cached("DELETE FROM strays WHERE ino = ?1", [ino])?;

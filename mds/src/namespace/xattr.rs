@@ -11,6 +11,7 @@ use aspen_proto::acl::{self, PosixAcl};
 use aspen_proto::fs::{
     Attr, Caller, FileType, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, access, mode, xattr_flags,
 };
+use aspen_proto::layout::LAYOUT_XATTR;
 use aspen_proto::{Errno, InodeId};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -20,8 +21,6 @@ use crate::sql::CachedStatements;
 
 /// The most bytes of names and values one inode may hold.
 pub const MAX_XATTR_BYTES_PER_INODE: usize = 1 << 20;
-/// The virtual xattr that shows an inode's layout and sets a directory's.
-pub const LAYOUT_XATTR: &[u8] = b"aspen.layout";
 
 #[derive(Clone, Copy, PartialEq)]
 enum Namespace {
@@ -241,6 +240,10 @@ fn set_acl(
 ) -> OpResult<()> {
     let entries = acl::parse_xattr(value)?;
     let mut attr = store::load(conn, ino)?;
+    // As Linux: symlinks carry no ACLs.
+    if attr.kind == FileType::Symlink {
+        return Err(Errno::EOPNOTSUPP.into());
+    }
     if kind == AclKind::Default && attr.kind != FileType::Directory {
         return match entries {
             Some(_) => Err(Errno::EACCES.into()),
@@ -251,10 +254,8 @@ fn set_acl(
     let new_acl = entries.map(PosixAcl::new).transpose()?;
     match (kind, new_acl) {
         (AclKind::Access, Some(new_acl)) => {
-            attr.perm = (attr.perm & !0o777) | new_acl.mode_bits();
-            if !ctx.caller.is_root() && !ctx.caller.in_group(attr.gid) {
-                attr.perm &= !mode::S_ISGID;
-            }
+            let requested = (attr.perm & !0o777) | new_acl.mode_bits();
+            attr.perm = perm::chmod_bits(&attr, &ctx.caller, requested);
             attr.acl = (!new_acl.is_minimal()).then_some(new_acl);
         }
         (AclKind::Access, None) => attr.acl = None,

@@ -69,6 +69,16 @@ struct Inner {
     applied_since_checkpoint: u64,
 }
 
+impl Drop for Inner {
+    /// SQLite checkpoints on close without syncing at `synchronous = OFF`
+    /// and then deletes the log: leave nothing for it to copy.
+    fn drop(&mut self) {
+        if let Err(error) = durable_checkpoint(self.namespace.connection()) {
+            tracing::warn!(%error, "state machine final checkpoint failed");
+        }
+    }
+}
+
 /// Applied log entries between two durable checkpoints of the database.
 pub const CHECKPOINT_EVERY_ENTRIES: u64 = 1024;
 
@@ -563,10 +573,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         tx.commit().map_err(|e| sm_error(ErrorVerb::Write, e))?;
         inner.applied_since_checkpoint += responses.len() as u64;
+        // The entries are in the log and snapshots checkpoint on their own:
+        // a failed checkpoint here is retried with the next apply.
         if inner.applied_since_checkpoint >= CHECKPOINT_EVERY_ENTRIES {
-            durable_checkpoint(inner.namespace.connection())
-                .map_err(|e| sm_error(ErrorVerb::Write, e))?;
-            inner.applied_since_checkpoint = 0;
+            match durable_checkpoint(inner.namespace.connection()) {
+                Ok(()) => inner.applied_since_checkpoint = 0,
+                Err(error) => tracing::warn!(%error, "state machine checkpoint failed"),
+            }
         }
         if access_changed {
             refresh_authorized(&inner).map_err(|e| sm_error(ErrorVerb::Read, e))?;

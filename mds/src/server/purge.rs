@@ -7,14 +7,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aspen_osd::client::{ClientError, MapSource, ObjectClient};
-use aspen_proto::ids::{ObjectId, ObjectNo};
+use aspen_osd::client::{ClientError, MapSource, ObjectClient, cut_file};
+use aspen_proto::FileLayout;
 use aspen_proto::mds::ClusterMap;
-use aspen_proto::osd::OsdError;
 use aspen_proto::transport::Transport;
-use tokio::task::JoinSet;
 
 use super::raft_net::Raft;
 use crate::namespace::PurgeItem;
@@ -25,12 +23,9 @@ use crate::raft::state_machine::StateMachineStore;
 pub const PURGE_INTERVAL: Duration = Duration::from_millis(500);
 /// How many items one round takes on.
 pub const PURGE_BATCH: u32 = 64;
-/// How many object deletions one purge keeps in flight.
-pub const PURGE_IN_FLIGHT: usize = 32;
 /// How long a map request from the purger's object client waits for a
 /// newer epoch of the local state.
 pub const LOCAL_MAP_WAIT: Duration = Duration::from_secs(2);
-const LOCAL_MAP_POLL: Duration = Duration::from_millis(50);
 
 /// Cluster maps from this member's own replicated state.
 struct LocalMaps {
@@ -39,17 +34,11 @@ struct LocalMaps {
 
 impl LocalMaps {
     async fn newer_than(&self, epoch: u64) -> Result<ClusterMap, ClientError> {
-        let started = Instant::now();
-        loop {
-            let map = self
-                .state
-                .cluster_map()
-                .map_err(|e| ClientError::Unexpected(e.to_string()))?;
-            if map.osdmap.epoch().0 > epoch || started.elapsed() >= LOCAL_MAP_WAIT {
-                return Ok(map);
-            }
-            tokio::time::sleep(LOCAL_MAP_POLL).await;
-        }
+        let mut epochs = self.state.watch_epoch();
+        let _ = tokio::time::timeout(LOCAL_MAP_WAIT, epochs.wait_for(|now| *now > epoch)).await;
+        self.state
+            .cluster_map()
+            .map_err(|e| ClientError::Unexpected(e.to_string()))
     }
 }
 
@@ -82,10 +71,10 @@ pub async fn drain(raft: Raft, state: StateMachineStore, transport: Transport, r
             let maps = Arc::new(LocalMaps {
                 state: state.clone(),
             });
-            objects = ObjectClient::with_maps(transport.clone(), maps)
-                .await
-                .ok()
-                .map(Arc::new);
+            match ObjectClient::with_maps(transport.clone(), maps).await {
+                Ok(client) => objects = Some(Arc::new(client)),
+                Err(error) => tracing::warn!("the purger's object client: {error}"),
+            }
         }
         let Some(client) = &objects else { continue };
         let mut done = None;
@@ -104,48 +93,14 @@ pub async fn drain(raft: Raft, state: StateMachineStore, transport: Transport, r
     }
 }
 
-fn ignore_missing<T>(result: Result<T, ClientError>) -> Result<(), ClientError> {
-    match result {
-        Ok(_) | Err(ClientError::Osd(OsdError::NotFound)) => Ok(()),
-        Err(error) => Err(error),
-    }
-}
-
-/// Removes the data of one item: the object holding `keep_size` is cut
-/// there, the ones after it up to `old_size` are deleted.
+/// Removes the data of one item: bytes `keep_size .. old_size` of its file.
 async fn purge(client: &Arc<ObjectClient>, item: &PurgeItem) -> Result<(), ClientError> {
     let map = client.map().await;
     if !map.osdmap.pools().any(|pool| pool.id == item.pool) {
         return Ok(()); // the pool and its objects are gone already
     }
-    let name = |objno: u64| {
-        ObjectId {
-            pool: item.pool,
-            ino: item.ino,
-            objno: ObjectNo(objno),
-        }
-        .name()
-        .into_bytes()
-    };
-    let mut first = item.keep_size / item.object_size;
-    let within = item.keep_size % item.object_size;
-    if within != 0 {
-        ignore_missing(client.truncate(item.pool, &name(first), within).await)?;
-        first += 1;
-    }
-    let mut deletions = JoinSet::new();
-    for objno in first..item.old_size.div_ceil(item.object_size) {
-        let (client, object) = (client.clone(), name(objno));
-        let pool = item.pool;
-        deletions.spawn(async move { ignore_missing(client.delete(pool, &object).await) });
-        if deletions.len() >= PURGE_IN_FLIGHT
-            && let Some(finished) = deletions.join_next().await
-        {
-            finished.map_err(|e| ClientError::Unexpected(e.to_string()))??;
-        }
-    }
-    while let Some(finished) = deletions.join_next().await {
-        finished.map_err(|e| ClientError::Unexpected(e.to_string()))??;
-    }
-    Ok(())
+    let layout = FileLayout::new(item.object_size)
+        .map_err(|e| ClientError::Unexpected(e.to_string()))?
+        .in_pool(item.pool);
+    cut_file(client, item.ino, layout, item.keep_size, item.old_size).await
 }

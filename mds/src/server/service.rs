@@ -61,19 +61,12 @@ where
 
 impl MdsService {
     fn role_of(&self, peer: &EndpointId) -> Option<Role> {
-        let peer = peer.to_string();
-        let keys = self.state.keys().ok()?;
-        keys.into_iter().find(|k| k.node_id == peer).map(|k| k.role)
+        aspen_proto::mds::role_of(&self.state.keys().ok()?, peer)
     }
 
     /// Replicates `command` and returns the state machine's answer.
     async fn write(&self, command: Command) -> Result<Response, MdsResponse> {
-        match self.raft.client_write(command).await {
-            Ok(written) => Ok(written.data),
-            Err(error) => {
-                Err(not_leader(&error).unwrap_or_else(|| MdsResponse::Failed(error.to_string())))
-            }
-        }
+        self.writes.replicate(command).await
     }
 
     /// Waits until the local state is at least as new as the leader's
@@ -313,16 +306,14 @@ impl MdsService {
     ) -> MdsResponse {
         match result {
             Ok(_) => MdsResponse::Unit(Ok(())),
-            Err(error) => {
-                not_leader(&error).unwrap_or_else(|| MdsResponse::Failed(error.to_string()))
-            }
+            Err(error) => refusal(&error),
         }
     }
 
     /// Adds a member: as a learner first (it catches up), then as a voter.
     async fn add_member(&self, raft_id: u64, member: MdsNode) -> MdsResponse {
         if let Err(error) = self.raft.add_learner(raft_id, member, true).await {
-            return not_leader(&error).unwrap_or_else(|| MdsResponse::Failed(error.to_string()));
+            return refusal(&error);
         }
         let change = ChangeMembers::AddVoterIds([raft_id].into());
         self.change_membership(self.raft.change_membership(change, false).await)
@@ -335,6 +326,24 @@ impl MdsService {
     fn owns_session(&self, peer: &EndpointId, session: SessionId) -> bool {
         let owner = self.state.session_owner(session).ok().flatten();
         owner.is_some_and(|owner| owner == peer.to_string())
+    }
+
+    /// False for an `aspen.layout` setting that names a pool the map lacks
+    /// (its files' data could be stored nowhere).
+    fn layout_names_a_pool(&self, op: &NsOp) -> bool {
+        let NsOp::SetXattr { name, value, .. } = op else {
+            return true;
+        };
+        let pool = std::str::from_utf8(value)
+            .ok()
+            .and_then(aspen_proto::FileLayout::pool_in_text);
+        match pool {
+            Some(pool) if name == aspen_proto::layout::LAYOUT_XATTR => self
+                .state
+                .cluster_map()
+                .is_ok_and(|map| map.osdmap.pools().any(|p| p.id == pool)),
+            _ => true,
+        }
     }
 
     /// A namespace mutation; `(session, request)` name it for the reply
@@ -352,6 +361,9 @@ impl MdsService {
         );
         if matches!(op, NsOp::EndSession { .. }) {
             return MdsResponse::Reply(Err(Errno::EPERM));
+        }
+        if !self.layout_names_a_pool(&op) {
+            return MdsResponse::Reply(Err(Errno::EINVAL));
         }
         if handles || request != 0 {
             if !self.owns_session(peer, session) {

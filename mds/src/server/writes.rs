@@ -130,7 +130,8 @@ impl WriteBatcher {
         }
     }
 
-    async fn replicate(&self, command: Command) -> Outcome {
+    /// Replicates one command on its own, outside any batch.
+    pub(super) async fn replicate(&self, command: Command) -> Outcome {
         self.raft
             .client_write(command)
             .await

@@ -123,10 +123,7 @@ impl OsdServer {
         .await
         .map_err(|e| OsdError::Transport(e.to_string()))?;
         let store = Arc::new(ObjectStore::open(&data_dir.join(STORE_DIR))?);
-        let mds = Arc::new(MdsClient::new(
-            transport.clone(),
-            cluster.mds.iter().map(|m| m.member.clone()).collect(),
-        ));
+        let mds = Arc::new(MdsClient::new(transport.clone(), cluster.members()));
         let id = OsdId(file.id);
         let first = fetch_map(&mds, 0).await;
         allow_registered(&authorized, &first);

@@ -248,10 +248,7 @@ impl OsdService {
     }
 
     fn peer_is_osd(map: &ClusterMap, peer: &EndpointId) -> bool {
-        let peer = peer.to_string();
-        map.keys
-            .iter()
-            .any(|k| k.node_id == peer && k.role == Role::Osd)
+        map.role_of(peer) == Some(Role::Osd)
     }
 
     /// Serves the recovery requests other OSDs send.

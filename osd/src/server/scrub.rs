@@ -94,6 +94,11 @@ impl OsdService {
         let acting: Vec<OsdId> = mapping.acting.iter().flatten().copied().collect();
         let lock = self.pg_lock(pg);
         let _ordered = lock.lock().await;
+        // Before peering settles, a copy that outvotes the authoritative
+        // one could be installed over it.
+        if !self.is_active(pg, &acting) {
+            return Err(OsdError::Unavailable(format!("{pg:?} is peering")));
+        }
         let mut views: BTreeMap<Vec<u8>, BTreeMap<OsdId, Copy>> = BTreeMap::new();
         for osd in &acting {
             for entry in self.member_scrub_entries(&map, pg, *osd, deep).await? {
@@ -115,7 +120,7 @@ impl OsdService {
                 continue;
             };
             report.inconsistent.push((name.clone(), problem));
-            if repair {
+            if repair && let Some(good) = good {
                 let source = copies
                     .iter()
                     .find(|(_, copy)| **copy == good)
@@ -147,8 +152,7 @@ impl OsdService {
         request: OsdRequest,
     ) -> (OsdResponse, Vec<u8>) {
         let map = self.maps.borrow().clone();
-        let peer = peer.to_string();
-        let role = map.keys.iter().find(|k| k.node_id == peer).map(|k| k.role);
+        let role = map.role_of(&peer);
         let outcome = match request {
             OsdRequest::Scrub { pg, deep, repair } if role == Some(Role::Admin) => self
                 .scrub(pg, deep, repair)
@@ -170,8 +174,9 @@ impl OsdService {
 }
 
 /// The good copy and what is wrong, or `None` when all copies agree. The
-/// good copy is the most common readable one (the primary's on a tie).
-fn judge(copies: &BTreeMap<OsdId, Copy>, primary: OsdId) -> Option<(Copy, String)> {
+/// good copy is the most common readable one (the primary's on a tie);
+/// there is none to repair from when no copy is readable.
+fn judge(copies: &BTreeMap<OsdId, Copy>, primary: OsdId) -> Option<(Option<Copy>, String)> {
     let distinct: BTreeSet<String> = copies.values().map(|c| format!("{c:?}")).collect();
     if distinct.len() == 1 {
         return None;
@@ -185,11 +190,10 @@ fn judge(copies: &BTreeMap<OsdId, Copy>, primary: OsdId) -> Option<(Copy, String
         .iter()
         .filter(|(_, copy)| readable(copy))
         .max_by_key(|(osd, copy)| (votes(copy), **osd == primary))
-        .map(|(_, copy)| copy.clone())
-        .unwrap_or(None);
+        .map(|(_, copy)| copy.clone());
     let bad: Vec<String> = copies
         .iter()
-        .filter(|(_, copy)| **copy != good)
+        .filter(|(_, copy)| Some(*copy) != good.as_ref())
         .map(|(osd, copy)| match copy {
             None => format!("missing on osd.{}", osd.0),
             Some((_, _, Some(Err(error)))) => format!("unreadable on osd.{}: {error}", osd.0),

@@ -368,9 +368,15 @@ impl OsdService {
             op,
         };
         let body = Arc::new(body);
+        // Every link first: nothing is sent unless it can go to all.
+        let links = acting
+            .iter()
+            .copied()
+            .filter(|osd| *osd != self.id)
+            .map(|osd| Ok((osd, self.link(map, osd)?)))
+            .collect::<Result<Vec<_>, OsdError>>()?;
         let mut replicas = tokio::task::JoinSet::new();
-        for osd in acting.iter().copied().filter(|osd| *osd != self.id) {
-            let client = self.link(map, osd)?;
+        for (osd, client) in links {
             let request = OsdRequest::Replicate {
                 pg,
                 epoch: entry.at.epoch,
@@ -401,15 +407,18 @@ impl OsdService {
             }
         }
         self.set_newest(pg, local.is_ok().then_some(entry.at));
-        let stat = local?;
-        if !problems.is_empty() {
-            // A member may now lack this entry: peer again before the
-            // next op, so no member falls silently behind.
+        if local.is_err() || !problems.is_empty() {
+            // Some member (this one included) may now lack this entry that
+            // others hold: peer again before the next op, so no member
+            // falls silently behind and no version is handed out twice.
             self.active
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&pg);
             self.repeer.notify_one();
+        }
+        let stat = local?;
+        if !problems.is_empty() {
             return Err(OsdError::Unavailable(problems.join("; ")));
         }
         Ok(stat.map(info).unwrap_or(ObjectInfo {
