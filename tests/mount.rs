@@ -3,7 +3,8 @@
 //! process. File data really spreads over the OSDs, large files and mmap
 //! read back intact, concurrent writers do not disturb each other, a
 //! truncate or unlink frees the objects, a copy survives kill -9 of an OSD,
-//! and SIGTERM unmounts cleanly.
+//! SIGTERM unmounts cleanly, and a full cluster or damaged data surfaces
+//! as ENOSPC or EIO, never as wrong bytes.
 
 mod common;
 
@@ -20,7 +21,7 @@ use aspen_placement::PoolId;
 use aspen_proto::InodeId;
 use aspen_proto::cluster::ClusterConfig;
 use aspen_proto::ids::{ObjectId, ObjectNo};
-use common::{Daemons, create_data_pool, eventually, require_fuse, start_mds, start_osds};
+use common::{Daemons, create_data_pool, eventually, require_fuse, start_mds, start_osds_holding};
 
 const DATA_POOL: PoolId = PoolId(1);
 const OBJECT_SIZE: u64 = 4 << 20;
@@ -81,12 +82,17 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_holding(None)
+    }
+
+    /// A cluster whose OSDs each hold at most `capacity` bytes.
+    fn start_holding(capacity: Option<u64>) -> Cluster {
         require_fuse();
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let mut daemons = Daemons::new();
         let config = start_mds(&root, &mut daemons);
-        start_osds(&root, &mut daemons, &config, 3);
+        start_osds_holding(&root, &mut daemons, &config, 3, capacity);
         create_data_pool(&config, 32);
         let mountpoint = root.join("mnt");
         std::fs::create_dir(&mountpoint).unwrap();
@@ -274,4 +280,90 @@ fn a_copy_survives_kill_9_of_an_osd_and_sigterm_unmounts() {
     eventually("the unmount on SIGTERM", 30, || {
         (!is_mounted(&cluster.mountpoint)).then_some(())
     });
+}
+
+/// Each OSD of the cluster that fills up holds at most this much.
+const SMALL_OSD_CAPACITY: u64 = 48 << 20;
+
+/// Flips one byte of `needle` wherever it is stored in a segment file under
+/// `dir`; how many copies it damaged.
+fn damage_stored(dir: &Path, needle: &[u8]) -> usize {
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            damaged += damage_stored(&path, needle);
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "seg") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+            bytes[at + 7] ^= 0x5a;
+            std::fs::write(&path, &bytes).unwrap();
+            damaged += 1;
+        }
+    }
+    damaged
+}
+
+/// Writes `piece` to `path` until a write fails; the bytes written and the
+/// error.
+fn fill(path: &Path, piece: &[u8]) -> (u64, std::io::Error) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let mut written = 0u64;
+    loop {
+        match file.write(piece) {
+            Ok(n) => written += n as u64,
+            Err(error) => return (written, error),
+        }
+        assert!(
+            written <= 2 * SMALL_OSD_CAPACITY,
+            "{written} bytes went into OSDs holding {SMALL_OSD_CAPACITY}"
+        );
+    }
+}
+
+#[test]
+fn a_full_cluster_says_enospc_and_damaged_data_says_eio() {
+    let cluster = Cluster::start_holding(Some(SMALL_OSD_CAPACITY));
+    let stat = nix::sys::statvfs::statvfs(&cluster.mountpoint).unwrap();
+    let size = stat.blocks() * stat.fragment_size();
+    assert_eq!(size, SMALL_OSD_CAPACITY, "statfs: three OSDs, three copies");
+
+    // Damage every copy of one chunk: reading it is EIO, never other bytes.
+    let damaged = cluster.path("damaged");
+    let bytes = pattern(9, 1 << 20);
+    std::fs::write(&damaged, &bytes).unwrap();
+    let copies: usize = (0..3)
+        .map(|id| damage_stored(&cluster.root.join(format!("osd{id}")), &bytes[..64]))
+        .sum();
+    assert_eq!(copies, 3, "the chunk is not stored three times");
+    let error = std::fs::read(&damaged).expect_err("damaged data was read");
+    assert_eq!(error.raw_os_error(), Some(nix::libc::EIO), "{error}");
+    std::fs::remove_file(&damaged).unwrap();
+
+    // Filling the OSDs is ENOSPC; what was acknowledged reads back.
+    let full = cluster.path("full");
+    let piece = pattern(10, 1 << 20);
+    let (written, error) = fill(&full, &piece);
+    assert_eq!(error.raw_os_error(), Some(nix::libc::ENOSPC), "{error}");
+    assert!(
+        written >= SMALL_OSD_CAPACITY / 2,
+        "full after {written} bytes"
+    );
+    let back = std::fs::read(&full).unwrap();
+    assert_eq!(back.len() as u64, written);
+    for (index, chunk) in back.chunks(piece.len()).enumerate() {
+        assert!(chunk == &piece[..chunk.len()], "piece {index} differs");
+    }
+
+    // Removing the file gives the space back.
+    std::fs::remove_file(&full).unwrap();
+    let again = cluster.path("again");
+    eventually("the space of a removed file to come back", 90, || {
+        std::fs::write(&again, &piece[..]).ok()
+    });
+    assert_eq!(std::fs::read(&again).unwrap(), piece);
 }

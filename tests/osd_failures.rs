@@ -2,9 +2,10 @@
 //! pool size 3. 10,000 writes of mixed sizes and offsets with a kill -9 of
 //! one OSD halfway: every acknowledged write reads back intact, PGs go
 //! degraded and are clean again after the restart; another OSD killed and
-//! marked out: clean on the others without it; a fifth OSD added: PGs
-//! backfill, nothing is lost, and the data moved is within 1.2x of CRUSH's
-//! optimum. Bad requests get error replies.
+//! marked out: clean on the others without it; a fifth OSD added: its PGs
+//! stay on their holders (pg_temp) and serve while it is backfilled,
+//! nothing is lost, and the data moved is within 1.2x of CRUSH's optimum.
+//! Bad requests get error replies.
 
 mod common;
 
@@ -92,7 +93,7 @@ impl Cluster {
     fn start_osd(&mut self, id: u64, fresh: bool) {
         let data = self.dir(&format!("osd{id}"));
         if fresh {
-            common::add_osd(self.root.path(), &self.config, id);
+            common::add_osd(self.root.path(), &self.config, id, None);
         }
         let log = self.dir(&format!(
             "osd{id}-{}.log",
@@ -204,6 +205,29 @@ fn osd_failures_recovery_and_backfill() {
         placement(&*client.map().await)
     });
     cluster.start_osd(4, true);
+    // While osd.4 is backfilled, its PGs stay on their holders (pg_temp).
+    let kept_on_holders = runtime.block_on(async {
+        let deadline = Instant::now() + std::time::Duration::from_secs(120);
+        while Instant::now() < deadline {
+            client.refresh_map().await;
+            let map = client.map().await;
+            let waiting = map.osdmap.pg_temp().iter().any(|(pg, holders)| {
+                let up = map.osdmap.pg_mapping(*pg).unwrap().up;
+                up.contains(&Some(OsdId(4))) && !holders.contains(&OsdId(4))
+            });
+            if waiting {
+                // ... and serve reads meanwhile.
+                check_all(&client, &model).await;
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    });
+    assert!(
+        kept_on_holders,
+        "no PG was kept on its holders for the backfill"
+    );
     cluster.wait_for_pgs("4 osds: 4 up, 4 in");
     cluster.wait_for_pgs("pgs: 128: 128 active+clean");
     runtime.block_on(async {

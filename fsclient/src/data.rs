@@ -52,7 +52,7 @@ impl FileObjects {
 /// What a cluster failure means to the caller.
 fn errno(error: ClientError) -> Errno {
     match error {
-        ClientError::Osd(OsdError::Io(problem)) if problem.contains("space") => Errno::ENOSPC,
+        ClientError::Osd(OsdError::NoSpace) => Errno::ENOSPC,
         ClientError::Osd(OsdError::Invalid(_)) => Errno::EINVAL,
         other => {
             tracing::warn!("object operation failed: {other}");

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::extents::ChunkId;
-use crate::store::StoreError;
+use crate::store::{StoreError, io};
 
 /// The largest chunk: a write is cut into chunks of at most this size, and
 /// a read verifies whole chunks.
@@ -73,10 +73,6 @@ pub struct ContentStore {
     next_segment: Option<i64>,
     /// Segments written since the last [`ContentStore::sync`].
     dirty: BTreeSet<i64>,
-}
-
-fn io(error: std::io::Error) -> StoreError {
-    StoreError::Io(error.to_string())
 }
 
 impl ContentStore {
@@ -332,16 +328,23 @@ impl ContentStore {
         segments.iter().map(|s| self.segment_path(*s)).collect()
     }
 
-    /// Sealed segments worth rewriting: mostly dead bytes.
-    pub fn compactable(&self, conn: &Connection) -> Result<Vec<i64>, StoreError> {
-        let active = self.active.as_ref().map_or(-1, |(id, _, _)| *id);
+    /// Segments worth rewriting: mostly dead bytes. The active segment is
+    /// one of them once most of it is dead (a store whose files were all
+    /// deleted gets its space back); it is sealed, so appends go to a new
+    /// segment.
+    pub fn compactable(&mut self, conn: &Connection) -> Result<Vec<i64>, StoreError> {
         let mut statement = conn.prepare_cached(
-            "SELECT id FROM segments WHERE id != ?1 AND written > 0 \
-             AND CAST(live AS REAL) < ?2 * written ORDER BY id",
+            "SELECT id FROM segments WHERE written > 0 \
+             AND CAST(live AS REAL) < ?1 * written ORDER BY id",
         )?;
-        let ids = statement
-            .query_map(params![active, COMPACT_BELOW_LIVE], |r| r.get(0))?
+        let ids: Vec<i64> = statement
+            .query_map(params![COMPACT_BELOW_LIVE], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
+        if let Some((active, _, _)) = &self.active
+            && ids.contains(active)
+        {
+            self.active = None;
+        }
         Ok(ids)
     }
 

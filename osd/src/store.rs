@@ -83,6 +83,9 @@ pub enum StoreError {
     NoAttr,
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The disk under the store is full.
+    #[error("no space left on the disk")]
+    NoSpace,
 }
 
 /// An object: its pool and PG (from placement) and its name.
@@ -129,7 +132,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn io(error: std::io::Error) -> StoreError {
+pub(crate) fn io(error: std::io::Error) -> StoreError {
+    if error.kind() == std::io::ErrorKind::StorageFull {
+        return StoreError::NoSpace;
+    }
     StoreError::Io(error.to_string())
 }
 

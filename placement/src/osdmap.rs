@@ -9,8 +9,10 @@
 //! OSDs that are in (out OSDs never get data); OSDs that are down are
 //! removed from it to give the *up* set (a down OSD is a hole, not a reason
 //! to move data until it is marked out); the *acting* set is the `pg_temp`
-//! override when one is set (while a new member backfills) and the up set
-//! otherwise. The primary is the first member.
+//! override when one is set (while a new member backfills; its members
+//! that are down left out) and the up set otherwise. The primary is the
+//! first member. A change that moves PGs can prime their `pg_temp` with
+//! the members that hold them ([`OsdMap::change_priming_pg_temp`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -294,6 +296,67 @@ impl OsdMap {
         Ok(next)
     }
 
+    /// [`OsdMap::change`], plus the `pg_temp` entries the changes call for
+    /// (Ceph's primed pg_temp): a PG whose up set they move keeps being
+    /// served by the members of its current acting set that stay up,
+    /// while its new up members are backfilled; its primary clears the
+    /// entry when they are. A PG that keeps too few of those members (fewer
+    /// than min_size), or whose up set becomes its holders again, is served
+    /// by its up set.
+    pub fn change_priming_pg_temp(
+        &self,
+        changes: Vec<Change>,
+    ) -> Result<(OsdMap, Incremental), MapError> {
+        let (candidate, _) = self.change(changes.clone())?;
+        let mut changes = changes;
+        changes.extend(self.pg_temps_toward(&candidate));
+        self.change(changes)
+    }
+
+    /// The `pg_temp` changes that keep the PGs `next` moves on the OSDs
+    /// that hold them in this map.
+    fn pg_temps_toward(&self, next: &OsdMap) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for pool in next.pools() {
+            let Ok(before) = self.pool(pool.id) else {
+                continue;
+            };
+            for pg in pool.pgs().filter(|pg| pg.seed < before.pg_num) {
+                let (Ok(now), Ok(then)) = (self.pg_mapping(pg), next.pg_mapping(pg)) else {
+                    continue;
+                };
+                if now.up == then.up {
+                    continue;
+                }
+                let holders: Vec<OsdId> = now
+                    .acting
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .filter(|osd| next.osd(*osd).is_ok_and(|s| s.up))
+                    .collect();
+                let mut up: Vec<OsdId> = then.up.iter().flatten().copied().collect();
+                let mut held = holders.clone();
+                up.sort();
+                held.sort();
+                let wanted = (holders.len() >= pool.min_size && held != up).then_some(holders);
+                match wanted {
+                    Some(osds) if next.data.pg_temp.get(&pg) != Some(&osds) => {
+                        changes.push(Change::SetPgTemp { pg, osds });
+                    }
+                    None if next.data.pg_temp.contains_key(&pg) => {
+                        changes.push(Change::SetPgTemp {
+                            pg,
+                            osds: Vec::new(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        changes
+    }
+
     /// Makes the incremental for `changes` at the next epoch and applies it.
     pub fn change(&self, changes: Vec<Change>) -> Result<(OsdMap, Incremental), MapError> {
         let incremental = Incremental {
@@ -324,9 +387,18 @@ impl OsdMap {
         if !self.compiled.is_positional(rule) {
             up.retain(Option::is_some);
         }
+        // A pg_temp member that went down leaves the acting set as it
+        // leaves the up set; an override with no member up is ignored.
         let acting = match self.data.pg_temp.get(&pg) {
-            Some(osds) => osds.iter().copied().map(Some).collect(),
-            None => up.clone(),
+            Some(osds) if osds.iter().any(is_up) => {
+                let mut acting: Vec<Option<OsdId>> =
+                    osds.iter().map(|o| Some(*o).filter(is_up)).collect();
+                if !self.compiled.is_positional(rule) {
+                    acting.retain(Option::is_some);
+                }
+                acting
+            }
+            _ => up.clone(),
         };
         Ok(PgMapping {
             up_primary: first_member(&up),

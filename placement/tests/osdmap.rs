@@ -380,3 +380,60 @@ fn malformed_osd_maps_are_errors() {
         Err(MapError::Malformed(_))
     ));
 }
+
+#[test]
+fn a_change_that_moves_pgs_keeps_them_on_their_holders_until_backfilled() {
+    let map = cluster();
+    let leaving = OsdId(3);
+    let held_by_leaving = |p: &PgId| map.pg_mapping(*p).unwrap().up.contains(&Some(leaving));
+    let pgs: Vec<PgId> = (0..32).map(pg).collect();
+    assert!(pgs.iter().any(held_by_leaving));
+
+    let (next, _) = map
+        .change_priming_pg_temp(vec![Change::MarkOut { id: leaving }])
+        .unwrap();
+    for p in &pgs {
+        let (before, after) = (map.pg_mapping(*p).unwrap(), next.pg_mapping(*p).unwrap());
+        if held_by_leaving(p) {
+            assert!(
+                !after.up.contains(&Some(leaving)),
+                "{p:?} still up on the out OSD"
+            );
+            assert_eq!(
+                after.acting, before.acting,
+                "{p:?} moved before its backfill"
+            );
+        } else {
+            assert!(!next.pg_temp().contains_key(p), "{p:?} did not move");
+        }
+    }
+
+    // The primary clears an entry once the up set is backfilled: nothing
+    // is primed again.
+    let first = *next.pg_temp().keys().next().unwrap();
+    let (done, _) = next
+        .change_priming_pg_temp(vec![Change::SetPgTemp {
+            pg: first,
+            osds: vec![],
+        }])
+        .unwrap();
+    let mapping = done.pg_mapping(first).unwrap();
+    assert_eq!(mapping.acting, mapping.up);
+    assert_eq!(done.pg_temp().len(), next.pg_temp().len() - 1);
+
+    // A holder that goes down leaves the acting set.
+    let (down, _) = next
+        .change_priming_pg_temp(vec![Change::MarkDown { id: leaving }])
+        .unwrap();
+    for p in down.pg_temp().keys() {
+        let mapping = down.pg_mapping(*p).unwrap();
+        assert!(!mapping.acting.contains(&Some(leaving)));
+        assert_eq!(mapping.acting.len(), 2, "{p:?}: {mapping:?}");
+    }
+
+    // Marked in again, the PGs move back to their holders: the entries go.
+    let (back, _) = next
+        .change_priming_pg_temp(vec![Change::MarkIn { id: leaving }])
+        .unwrap();
+    assert!(back.pg_temp().is_empty(), "{:?}", back.pg_temp());
+}

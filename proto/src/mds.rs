@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use aspen_placement::{Change, OsdId, OsdMap, Weight};
+use aspen_placement::{Change, OsdId, OsdMap, PgId, Weight};
 
 use crate::errno::Errno;
 use crate::fs::{Attr, Caller, DirEntry, SetAttr, StatFs};
@@ -210,6 +210,13 @@ pub enum MdsRequest {
         used: u64,
         /// The state of each PG it leads (at most [`crate::osd::MAX_PG_REPORTS`]).
         pgs: Vec<crate::osd::PgReport>,
+    },
+    /// The acting primary of `pg` has backfilled the PG's up set `up`: its
+    /// `pg_temp` entry can go, so the up set serves it.
+    PgBackfilled {
+        osd: OsdId,
+        pg: PgId,
+        up: Vec<Option<OsdId>>,
     },
     /// Every PG with its state (from its primary's last report), up and
     /// acting sets.

@@ -223,6 +223,10 @@ pub enum OsdError {
     NotPrimary { epoch: u64 },
     #[error("refused: {0}")]
     Refused(String),
+    /// The OSD is at its full ratio (or its disk is full): the write was
+    /// refused; deletes still go through.
+    #[error("no space left on the OSD")]
+    NoSpace,
 }
 
 /// The most PG reports one heartbeat carries.
@@ -231,6 +235,8 @@ pub const MAX_PG_REPORTS: usize = 65_536;
 /// A PG's state as its primary sees it, in Ceph's words.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PgFlags {
+    /// Never written and not yet peered.
+    pub creating: bool,
     /// Members are being compared; the PG does not serve yet.
     pub peering: bool,
     /// Serving reads and writes.
@@ -247,12 +253,16 @@ pub struct PgFlags {
     pub remapped: bool,
     /// A scrub found copies that disagree.
     pub inconsistent: bool,
+    /// Fewer members are up than the pool's min_size: writes wait.
+    pub down: bool,
 }
 
 impl PgFlags {
     /// `active+clean`, `peering+recovering`, ...
     pub fn describe(&self) -> String {
         let names = [
+            (self.creating, "creating"),
+            (self.down, "down"),
             (self.peering, "peering"),
             (self.active, "active"),
             (self.clean, "clean"),

@@ -129,8 +129,19 @@ pub fn start_mds(root: &Path, daemons: &mut Daemons) -> String {
 /// Creates OSDs `0..count` (each its own CRUSH host) as daemons `1..=count`
 /// and waits until all are up and in.
 pub fn start_osds(root: &Path, daemons: &mut Daemons, config: &str, count: u64) {
+    start_osds_holding(root, daemons, config, count, None);
+}
+
+/// [`start_osds`] with each OSD's store limited to `capacity` bytes.
+pub fn start_osds_holding(
+    root: &Path,
+    daemons: &mut Daemons,
+    config: &str,
+    count: u64,
+    capacity: Option<u64>,
+) {
     for id in 0..count {
-        let data = add_osd(root, config, id);
+        let data = add_osd(root, config, id, capacity);
         daemons.spawn(
             id + 1,
             &["osd", "--data", data.to_str().unwrap()],
@@ -152,23 +163,30 @@ pub fn require_fuse() {
 }
 
 /// Creates OSD `id` in `root/osdID`, its own CRUSH host `hostID`, with
-/// `aspen osd add`; returns its data directory.
-pub fn add_osd(root: &Path, config: &str, id: u64) -> std::path::PathBuf {
+/// `aspen osd add` (holding `capacity` bytes, or the default); returns its
+/// data directory.
+pub fn add_osd(root: &Path, config: &str, id: u64, capacity: Option<u64>) -> std::path::PathBuf {
     let data = root.join(format!("osd{id}"));
-    let out = ok(aspen(&[
+    let (id_text, host, listen) = (id.to_string(), format!("host{id}"), free_addr());
+    let capacity = capacity.map(|bytes| bytes.to_string());
+    let mut args = vec![
         "osd",
         "add",
         "--data",
         data.to_str().unwrap(),
         "--id",
-        &id.to_string(),
+        &id_text,
         "--config",
         config,
         "--host",
-        &format!("host{id}"),
+        &host,
         "--listen",
-        &free_addr(),
-    ]));
+        &listen,
+    ];
+    if let Some(capacity) = &capacity {
+        args.extend(["--capacity", capacity.as_str()]);
+    }
+    let out = ok(aspen(&args));
     assert!(out.contains(&format!("osd.{id} created")), "{out}");
     data
 }

@@ -34,6 +34,9 @@ use convert::{caller_of, errno, file_attr, file_type, ino, set_time};
 pub const ATTR_TTL: Duration = Duration::ZERO;
 /// The largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
+/// The kernel's readahead window on the mount: one default object, sent
+/// as several concurrent reads of at most [`MAX_WRITE`] bytes.
+pub const READAHEAD_BYTES: u64 = 4 << 20;
 /// Kernel threads reading requests (the work itself runs on tokio).
 pub const READER_THREADS: usize = 2;
 
@@ -77,7 +80,27 @@ pub fn mount(
     }
     config.n_threads = Some(READER_THREADS);
     config.clone_fd = true;
-    fuser::spawn_mount(AspenFuse { vfs, runtime }, mountpoint, &config)
+    let session = fuser::spawn_mount(AspenFuse { vfs, runtime }, mountpoint, &config)?;
+    widen_readahead(mountpoint);
+    Ok(session)
+}
+
+/// Sets the mount's readahead to [`READAHEAD_BYTES`] (the kernel starts
+/// FUSE mounts at 128 KiB, which leaves sequential reads waiting on one
+/// round trip at a time). Only root may; others keep the default.
+fn widen_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let (major, minor) = (
+        nix::sys::stat::major(meta.dev()),
+        nix::sys::stat::minor(meta.dev()),
+    );
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    if let Err(error) = std::fs::write(&knob, (READAHEAD_BYTES / 1024).to_string()) {
+        tracing::debug!(%error, knob, "the readahead stays at the kernel's default");
+    }
 }
 
 struct AspenFuse {

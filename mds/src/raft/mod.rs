@@ -13,7 +13,7 @@ pub mod state_machine;
 use aspen_proto::Errno;
 use serde::{Deserialize, Serialize};
 
-use aspen_placement::{Change, OsdId, Weight};
+use aspen_placement::{Change, OsdId, PgId, Weight};
 use aspen_proto::mds::{KeyEntry, SessionId};
 
 use crate::namespace::{NsOp, NsReply, OpContext};
@@ -55,6 +55,13 @@ pub enum Command {
     /// The purge queue's items up to and including this sequence number
     /// were carried out: their objects are gone.
     PurgeDone(u64),
+    /// Drops `pg`'s `pg_temp` entry if `osd` still leads it and its up set
+    /// is still `up` (the one `osd` backfilled).
+    PgBackfilled {
+        osd: OsdId,
+        pg: PgId,
+        up: Vec<Option<OsdId>>,
+    },
     /// Commands of concurrent clients, applied in order in one log entry;
     /// each succeeds or fails on its own.
     Batch(Vec<Command>),

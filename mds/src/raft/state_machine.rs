@@ -410,6 +410,25 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
             Ok(Response::Done(Ok(())))
         }
         Command::ClusterChanges(changes) => change_map(conn, changes.clone()),
+        Command::PgBackfilled { osd, pg, up } => {
+            let map = load_osdmap(conn)?;
+            let current = map.pg_mapping(*pg).ok();
+            let still = current.is_some_and(|m| m.acting_primary == Some(*osd) && m.up == *up)
+                && map.pg_temp().contains_key(pg);
+            if !still {
+                return Ok(Response::Epoch(Err(format!(
+                    "{pg:?} moved since osd.{} backfilled it",
+                    osd.0
+                ))));
+            }
+            change_map(
+                conn,
+                vec![Change::SetPgTemp {
+                    pg: *pg,
+                    osds: Vec::new(),
+                }],
+            )
+        }
         Command::OsdBoot {
             osd,
             node_id,
@@ -467,9 +486,11 @@ fn load_osdmap(conn: &Connection) -> Result<OsdMap, StoreError> {
     }
 }
 
-/// Applies `changes` as one new epoch; a refused change leaves the map.
+/// Applies `changes` as one new epoch, with the `pg_temp` entries that
+/// keep moved PGs on their holders until they are backfilled; a refused
+/// change leaves the map.
 fn change_map(conn: &Connection, changes: Vec<Change>) -> Result<Response, StoreError> {
-    let (next, _) = match load_osdmap(conn)?.change(changes) {
+    let (next, _) = match load_osdmap(conn)?.change_priming_pg_temp(changes) {
         Ok(changed) => changed,
         Err(error) => return Ok(Response::Epoch(Err(error.to_string()))),
     };

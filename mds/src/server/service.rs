@@ -136,9 +136,12 @@ impl MdsService {
                 let Ok(mapping) = map.pg_mapping(pg) else {
                     continue;
                 };
+                // A report from before this epoch may describe another
+                // acting set (or come from an OSD that has since died).
                 let report = mapping
                     .acting_primary
-                    .and_then(|primary| self.monitor.pg_report(pg, primary));
+                    .and_then(|primary| self.monitor.pg_report(pg, primary))
+                    .filter(|report| report.epoch == map.epoch().0);
                 let state = match (mapping.acting_primary, report) {
                     (None, _) => "down".to_string(),
                     (Some(_), None) => "unknown".to_string(),
@@ -248,6 +251,12 @@ impl MdsService {
                 self.monitor.heard(osd, Some(used));
                 self.monitor.pg_reports(osd, pgs);
                 MdsResponse::Unit(Ok(()))
+            }
+            MdsRequest::PgBackfilled { osd, pg, up } => {
+                if !self.is_osd(peer, osd) {
+                    return MdsResponse::Unit(Err(Errno::EPERM));
+                }
+                self.epoch_reply(self.write(Command::PgBackfilled { osd, pg, up }).await)
             }
             MdsRequest::GetClusterMap { newer_than } => self.wait_for_map(newer_than).await,
             _ => MdsResponse::Failed("not a cluster request".into()),
@@ -483,6 +492,7 @@ impl Service for MdsService {
             MdsRequest::StatFs => self.statfs().await,
             cluster @ (MdsRequest::OsdBoot { .. }
             | MdsRequest::OsdHeartbeat { .. }
+            | MdsRequest::PgBackfilled { .. }
             | MdsRequest::GetClusterMap { .. }) => self.cluster_request(&peer, cluster).await,
             MdsRequest::Status => self.status(),
             MdsRequest::PgStats => match self.state.cluster_map() {

@@ -1,13 +1,15 @@
 //! The OSD daemon: one iroh endpoint (ALPN `aspen/osd/1`), the local
-//! object store, and three loops beside the request service: boot
+//! object store, and the loops beside the request service: boot
 //! (register with the MDS: id, addresses, host, weight, capacity), the
-//! heartbeat (with the bytes stored) and the map follower (long polls for
+//! heartbeat (with the bytes stored), the map follower (long polls for
 //! each new cluster map, and keeps the endpoint's allow-list equal to the
-//! registered keys).
+//! registered keys), peering, and the garbage collector (`space`).
 
+mod backfill;
 mod peering;
 mod scrub;
 mod service;
+mod space;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,8 @@ use tokio::sync::watch;
 
 use crate::store::{ObjectStore, StoreError};
 pub use service::OsdService;
+use space::Space;
+pub use space::{FULL_RATIO, GC_INTERVAL};
 
 /// How often an OSD tells the MDS it is alive (the MDS marks it down
 /// after its grace period, 20 s by default).
@@ -129,18 +133,33 @@ impl OsdServer {
         allow_registered(&authorized, &first);
         let (publish, maps) = watch::channel(Arc::new(first));
         boot(&mds, &transport, &file).await;
+        let used = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.used_bytes())
+                .await
+                .map_err(|e| StoreError::Io(e.to_string()))??
+        };
+        let space = Arc::new(Space::new(file.capacity, used));
         let service = Arc::new(OsdService::new(
             id,
             transport.clone(),
             store.clone(),
             maps.clone(),
+            space.clone(),
         ));
         let router = serve(&transport, ALPN_OSD, service.clone());
         let service_for_reports = service.clone();
         let tasks = vec![
-            tokio::spawn(peering::peer_loop(service, maps.clone())),
+            tokio::spawn(peering::peer_loop(service, maps.clone(), mds.clone())),
             tokio::spawn(follow_maps(mds.clone(), publish, authorized)),
-            tokio::spawn(heartbeat(mds, id, store.clone(), service_for_reports)),
+            tokio::spawn(heartbeat(
+                mds,
+                id,
+                store.clone(),
+                service_for_reports,
+                space.clone(),
+            )),
+            tokio::spawn(space::collect_garbage_loop(store.clone(), space)),
         ];
         Ok(OsdServer {
             id,
@@ -221,18 +240,21 @@ async fn heartbeat(
     id: OsdId,
     store: Arc<ObjectStore>,
     service: Arc<OsdService>,
+    space: Arc<Space>,
 ) {
     loop {
         tokio::time::sleep(HEARTBEAT_INTERVAL).await;
         let (used, pgs) = {
             let store = store.clone();
             let service = service.clone();
-            tokio::task::spawn_blocking(move || {
-                (store.used_bytes().unwrap_or(0), service.pg_reports())
-            })
-            .await
-            .unwrap_or_default()
+            tokio::task::spawn_blocking(move || (store.used_bytes().ok(), service.pg_reports()))
+                .await
+                .unwrap_or_default()
         };
+        if let Some(used) = used {
+            space.measured(used);
+        }
+        let used = space.used();
         if let Err(error) = mds
             .call(&MdsRequest::OsdHeartbeat { osd: id, used, pgs })
             .await

@@ -9,14 +9,16 @@
 //! for its current acting set; until then clients are told to retry.
 //!
 //! Recovery copies whole objects, so a member that missed writes, a new
-//! member (backfill) and a member holding writes that were never
-//! acknowledged (rolled back) are all brought to the same state.
+//! member and a member holding writes that were never acknowledged (rolled
+//! back) are all brought to the same state. Up members outside a `pg_temp`
+//! acting set are filled by `backfill` while the PG serves.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aspen_placement::{OsdId, PgId};
+use aspen_proto::cluster::MdsClient;
 use aspen_proto::mds::{ClusterMap, Role};
 use aspen_proto::osd::{LogVersion, ObjectCopy, OsdError, OsdRequest, OsdResponse};
 use aspen_proto::transport::EndpointId;
@@ -52,7 +54,7 @@ impl OsdService {
     }
 
     /// A member's newest log position and objects.
-    async fn member_objects(
+    pub(super) async fn member_objects(
         &self,
         map: &ClusterMap,
         pg: PgId,
@@ -191,16 +193,13 @@ impl OsdService {
         let outcome = self
             .bring_up_to_date(map, pg, (authority, newest, &wanted), members)
             .await;
-        self.recovering
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&pg);
+        self.set_recovering(pg, None);
         self.set_newest(pg, None);
         outcome
     }
 
     /// Copies to every member what it lacks next to the authority.
-    async fn bring_up_to_date(
+    pub(super) async fn bring_up_to_date(
         &self,
         map: &ClusterMap,
         pg: PgId,
@@ -220,11 +219,7 @@ impl OsdService {
             let names: Vec<&Vec<u8>> = stale.chain(extra).collect();
             if !names.is_empty() {
                 // A member with no log at all is being filled from scratch.
-                let backfill = last == LogVersion::default();
-                self.recovering
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(pg, backfill);
+                self.set_recovering(pg, Some(last == LogVersion::default()));
             }
             for name in names {
                 let copy = self.fetch(map, pg, authority, name).await?;
@@ -330,8 +325,12 @@ impl OsdService {
 }
 
 /// Peers every PG this OSD leads whenever the map changes, retrying the
-/// ones that failed.
-pub async fn peer_loop(service: Arc<OsdService>, mut maps: watch::Receiver<Arc<ClusterMap>>) {
+/// ones that failed, and backfills the PGs it serves through `pg_temp`.
+pub async fn peer_loop(
+    service: Arc<OsdService>,
+    mut maps: watch::Receiver<Arc<ClusterMap>>,
+    mds: Arc<MdsClient>,
+) {
     loop {
         let map = maps.borrow_and_update().clone();
         let mut failed = false;
@@ -351,6 +350,7 @@ pub async fn peer_loop(service: Arc<OsdService>, mut maps: watch::Receiver<Arc<C
             let _ = tokio::time::timeout(PEERING_RETRY, maps.changed()).await;
             continue;
         }
+        service.start_backfills(&map, &mds);
         tokio::select! {
             changed = maps.changed() => if changed.is_err() { return },
             _ = service.repeer.notified() => {}

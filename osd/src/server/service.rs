@@ -21,6 +21,8 @@ use tokio::sync::watch;
 use crate::links::Links;
 use crate::store::{ObjectKey, ObjectStat, ObjectStore, StoreError};
 
+use super::space::Space;
+
 /// How long a request naming a newer map epoch waits for this OSD to
 /// learn it.
 pub const MAP_CATCH_UP: Duration = Duration::from_secs(5);
@@ -31,6 +33,7 @@ pub const REPLICATE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) struct Led {
     pub pg: PgId,
     pub pool_size: usize,
+    pub min_size: usize,
     pub mapping: PgMapping,
     pub acting: Vec<OsdId>,
 }
@@ -52,8 +55,12 @@ pub struct OsdService {
     /// Wakes the peering loop when a PG needs peering without a map change
     /// (a replica failed an op).
     pub(super) repeer: tokio::sync::Notify,
+    /// The store's space budget: writes past the full ratio are refused.
+    space: Arc<Space>,
     /// PGs being recovered now (true: a member is being backfilled).
     pub(super) recovering: Mutex<HashMap<PgId, bool>>,
+    /// PGs whose backfill task is running.
+    pub(super) backfilling: Mutex<std::collections::HashSet<PgId>>,
     /// PGs whose last scrub found disagreeing copies.
     pub(super) inconsistent: Mutex<std::collections::HashSet<PgId>>,
 }
@@ -69,6 +76,12 @@ impl From<StoreError> for OsdError {
             StoreError::NoAttr => OsdError::NoAttr,
             StoreError::Invalid(why) => OsdError::Invalid(why),
             StoreError::Corrupt(why) => OsdError::Corrupt(why),
+            StoreError::NoSpace => OsdError::NoSpace,
+            StoreError::Sqlite(error)
+                if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
+            {
+                OsdError::NoSpace
+            }
             other => OsdError::Io(other.to_string()),
         }
     }
@@ -98,6 +111,7 @@ impl OsdService {
         transport: Transport,
         store: Arc<ObjectStore>,
         maps: watch::Receiver<Arc<ClusterMap>>,
+        space: Arc<Space>,
     ) -> OsdService {
         OsdService {
             id,
@@ -110,6 +124,8 @@ impl OsdService {
             repeer: tokio::sync::Notify::new(),
             recovering: Mutex::new(HashMap::new()),
             inconsistent: Mutex::new(std::collections::HashSet::new()),
+            backfilling: Mutex::new(std::collections::HashSet::new()),
+            space,
         }
     }
 
@@ -133,15 +149,26 @@ impl OsdService {
         for Led {
             pg,
             pool_size,
+            min_size,
             mapping,
             acting,
         } in self.leading(&map)
         {
-            let active = self.is_active(pg, &acting);
+            let peered = self.is_active(pg, &acting);
+            let down = acting.len() < min_size;
+            let active = peered && !down;
             let remapped = mapping.acting != mapping.up;
             let degraded = acting.len() < pool_size;
+            let held = objects.get(&pg).copied().unwrap_or(0);
+            let never_written = held == 0
+                && self
+                    .store
+                    .pg_last(pg)
+                    .is_ok_and(|last| last == LogVersion::default());
             let flags = PgFlags {
-                peering: !active,
+                creating: !peered && never_written,
+                down,
+                peering: !peered && !never_written,
                 active,
                 clean: active && !degraded && !remapped && !inconsistent.contains(&pg),
                 degraded: active && degraded,
@@ -155,7 +182,7 @@ impl OsdService {
                 pg,
                 epoch,
                 flags,
-                objects: objects.get(&pg).copied().unwrap_or(0),
+                objects: held,
             });
         }
         reports
@@ -174,6 +201,7 @@ impl OsdService {
                     led.push(Led {
                         pg,
                         pool_size: pool.size,
+                        min_size: pool.min_size,
                         mapping,
                         acting,
                     });
@@ -207,6 +235,16 @@ impl OsdService {
         };
     }
 
+    /// Marks `pg` recovering (`Some(false)`), backfilling (`Some(true)`)
+    /// or neither, for its reports.
+    pub(super) fn set_recovering(&self, pg: PgId, state: Option<bool>) {
+        let mut recovering = self.recovering.lock().unwrap_or_else(|p| p.into_inner());
+        match state {
+            Some(backfill) => recovering.insert(pg, backfill),
+            None => recovering.remove(&pg),
+        };
+    }
+
     pub(super) fn is_active(&self, pg: PgId, acting: &[OsdId]) -> bool {
         let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         active.get(&pg).is_some_and(|recovered| recovered == acting)
@@ -225,7 +263,8 @@ impl OsdService {
     }
 
     /// Refuses a replication or recovery step unless `peer` is `pg`'s
-    /// primary at `epoch` and this OSD is acting for it.
+    /// primary at `epoch` and this OSD is acting for it or, while being
+    /// backfilled, in its up set.
     pub(super) async fn check_from_primary(
         &self,
         peer: &EndpointId,
@@ -243,7 +282,8 @@ impl OsdService {
                 "{peer} is not the primary of {pg:?}"
             )));
         }
-        if !mapping.acting.contains(&Some(self.id)) {
+        let member = Some(self.id);
+        if !mapping.acting.contains(&member) && !mapping.up.contains(&member) {
             return Err(OsdError::Refused(format!("not acting for {pg:?}")));
         }
         Ok(())
@@ -358,6 +398,9 @@ impl OsdService {
         if !self.is_active(pg, &acting) {
             return Err(OsdError::Unavailable(format!("{pg:?} is peering")));
         }
+        if let ObjectOp::Write { .. } = op {
+            self.space.admit(body.len() as u64)?;
+        }
         let last = self.last_logged(pg).await?;
         let entry = LogEntry {
             at: LogVersion {
@@ -389,9 +432,11 @@ impl OsdService {
                     .await;
                 match answer {
                     Ok((OsdResponse::Replicated, _)) => Ok(()),
-                    Ok((OsdResponse::Failed(error), _)) => Err(format!("osd.{}: {error}", osd.0)),
-                    Ok((other, _)) => Err(format!("osd.{}: unexpected {other:?}", osd.0)),
-                    Err(error) => Err(format!("osd.{}: {error}", osd.0)),
+                    Ok((OsdResponse::Failed(error), _)) => Err((osd, error)),
+                    Ok((other, _)) => {
+                        Err((osd, OsdError::Unavailable(format!("unexpected {other:?}"))))
+                    }
+                    Err(error) => Err((osd, OsdError::Unavailable(error.to_string()))),
                 }
             });
         }
@@ -399,10 +444,14 @@ impl OsdService {
         let local_entry = entry.clone();
         let local = blocking(move || store.apply_logged(&key, &local_entry, &body)).await;
         let mut problems = Vec::new();
+        let mut replica_full = false;
         while let Some(done) = replicas.join_next().await {
             match done {
                 Ok(Ok(())) => {}
-                Ok(Err(problem)) => problems.push(problem),
+                Ok(Err((osd, error))) => {
+                    replica_full |= error == OsdError::NoSpace;
+                    problems.push(format!("osd.{}: {error}", osd.0));
+                }
                 Err(error) => problems.push(error.to_string()),
             }
         }
@@ -418,6 +467,9 @@ impl OsdService {
             self.repeer.notify_one();
         }
         let stat = local?;
+        if replica_full {
+            return Err(OsdError::NoSpace);
+        }
         if !problems.is_empty() {
             return Err(OsdError::Unavailable(problems.join("; ")));
         }
@@ -441,6 +493,9 @@ impl OsdService {
             entry.op.validate(body.len())?;
         }
         self.check_from_primary(&peer, pg, epoch).await?;
+        if let ObjectOp::Write { .. } = entry.op {
+            self.space.admit(body.len() as u64)?;
+        }
         let lock = self.pg_lock(pg);
         let _ordered = lock.lock().await;
         let key = ObjectKey {

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Mount benchmark: the same workloads, in one run, on a local directory of
+# this disk, on an Aspen mount (`aspen up`: 1 MDS + 3 OSDs, pool size 3), and
+# on CephFS through ceph-fuse when the Ceph peer comes up (3 OSDs, size 3).
+#
+#   fio    1 GiB sequential write (bs 1M, end_fsync) and cold read;
+#          4 KiB random write and cold random read, psync, 4 jobs over
+#          4 x 256 MiB files laid out beforehand, RUNTIME s each; buffered
+#          (randwrite with end_fsync) and O_DIRECT
+#   meta   10,000 empty files in one directory: create, stat, unlink per
+#          second with 1 and with 4 processes (bench/fsops.py)
+#   small  2,000 x 64 KiB files written (one syncfs at the end) and read cold
+#
+# "cold": sync and drop the kernel caches; for Ceph also drop the OSD caches
+# and remount ceph-fuse (its own cache survives drop_caches). Aspen's client
+# keeps no data cache of its own.
+# Appends a dated table with ratios to bench/RESULTS.md.
+#
+# Usage: bench/mount.sh [local] [aspen] [ceph]     (default: all three)
+#        RUNTIME=20 CEPH_PEER=../shared/peers/ceph
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+RUNTIME=${RUNTIME:-20}
+CEPH_PEER=$(realpath -m "${CEPH_PEER:-../shared/peers/ceph}")
+CEPH_DIR=/mnt/cephfs/aspen-bench
+TARGETS=("$@")
+((${#TARGETS[@]})) || TARGETS=(local aspen ceph)
+[[ $(id -u) == 0 ]] || { echo "run as root (drop_caches, mounts)" >&2; exit 1; }
+command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
+source bench/lib.sh mount
+RESULTS=$OUT/results && mkdir -p "$RESULTS"
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+aspen_pid=
+stop_aspen() {
+  [[ -n $aspen_pid ]] || return 0
+  kill -INT "$aspen_pid" 2>/dev/null || true
+  wait "$aspen_pid" 2>/dev/null || true
+  aspen_pid=
+}
+trap 'stop_aspen; cleanup' EXIT
+
+start_aspen() {
+  mkdir -p "$OUT/mnt"
+  "$ASPEN" up --data "$OUT/aspen" --mount "$OUT/mnt" >"$OUT/aspen-up.log" 2>&1 &
+  aspen_pid=$!
+  for _ in $(seq 600); do
+    grep -q "mounted at" "$OUT/aspen-up.log" && mountpoint -q "$OUT/mnt" && return 0
+    kill -0 "$aspen_pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  cat "$OUT/aspen-up.log" >&2
+  echo "aspen up did not mount" >&2
+  exit 1
+}
+
+ceph_peer() { (source "$CEPH_PEER/lib.sh" && "$@"); }
+
+start_ceph() {
+  [[ -x $CEPH_PEER/up.sh ]] || { log "no Ceph peer at $CEPH_PEER"; return 1; }
+  "$CEPH_PEER/up.sh" >"$OUT/ceph-up.log" 2>&1 || { log "the Ceph peer did not come up (see $OUT/ceph-up.log)"; return 1; }
+}
+
+target_dir() {
+  case $1 in
+    local) echo "$OUT/local" ;;
+    aspen) echo "$OUT/mnt/bench" ;;
+    ceph) echo "$CEPH_DIR" ;;
+  esac
+}
+
+cold() {
+  sync
+  echo 3 >/proc/sys/vm/drop_caches
+  if [[ $1 == ceph ]]; then
+    ceph_peer ceph_cli tell 'osd.*' cache drop >/dev/null
+    ceph_peer umount_fuse
+    ceph_peer mount_fuse
+  fi
+}
+
+# fio_job TARGET NAME fio-args...   -> $RESULTS/TARGET.NAME.json
+fio_job() {
+  local target=$1 name=$2
+  shift 2
+  sync
+  log "$target: fio $name"
+  timeout 900 fio --output-format=json --output="$RESULTS/$target.$name.json" \
+    --directory="$(target_dir "$target")" --fallocate=none --ioengine=psync "$@"
+}
+
+# ops_job TARGET NAME fsops-args... -> $RESULTS/TARGET.NAME.json
+ops_job() {
+  local target=$1 name=$2
+  shift 2
+  sync
+  log "$target: $name"
+  timeout 1800 python3 "$REPO/bench/fsops.py" "$@" >"$RESULTS/$target.$name.json"
+}
+
+run_fio() {
+  local t=$1 d=$2
+  fio_job "$t" seqwrite --name=seq --filename=seq.dat --rw=write --bs=1M --size=1G --end_fsync=1
+  cold "$t"
+  fio_job "$t" seqread --name=seq --filename=seq.dat --rw=read --bs=1M --size=1G
+  rm -f "$d/seq.dat"
+
+  local files=(--name=rand --size=256M --numjobs=4 --group_reporting)
+  local rand=("${files[@]}" --bs=4k --time_based --runtime="$RUNTIME" --randrepeat=0)
+  fio_job "$t" layout "${files[@]}" --rw=write --bs=1M --end_fsync=1
+  fio_job "$t" randwrite "${rand[@]}" --rw=randwrite --end_fsync=1
+  cold "$t"
+  fio_job "$t" randread "${rand[@]}" --rw=randread
+  cold "$t"
+  fio_job "$t" randwrite_direct "${rand[@]}" --rw=randwrite --direct=1
+  cold "$t"
+  fio_job "$t" randread_direct "${rand[@]}" --rw=randread --direct=1
+  rm -f "$d"/rand.*
+}
+
+run_files() {
+  local t=$1 d=$2
+  ops_job "$t" meta_p1 meta "$d/meta" -n 10000 --procs 1
+  ops_job "$t" meta_p4 meta "$d/meta" -n 10000 --procs 4
+  ops_job "$t" smallw smallw "$d/small" -n 2000 --size 65536
+  cold "$t"
+  ops_job "$t" smallr smallr "$d/small" -n 2000
+  ops_job "$t" smallrm smallrm "$d/small" -n 2000
+}
+
+ran=()
+for t in "${TARGETS[@]}"; do
+  case $t in
+    aspen) start_aspen ;;
+    ceph) start_ceph || continue ;;
+    local) ;;
+    *) echo "unknown target $t" >&2; exit 2 ;;
+  esac
+  d=$(target_dir "$t")
+  rm -rf "$d" && mkdir -p "$d"
+  run_fio "$t" "$d"
+  run_files "$t" "$d"
+  rm -rf "$d"
+  [[ $t == aspen ]] && stop_aspen
+  ran+=("$t")
+done
+
+{
+  echo
+  echo "## Mount (fio and file workloads) — $(date -u +%Y-%m-%d)"
+  echo
+  echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/Mem:/{print $2}') GiB; disk under $(df -h "$OUT" | awk 'NR==2{print $1}')."
+  echo "Command: \`bench/mount.sh ${ran[*]}\` (release; RUNTIME=$RUNTIME). aspen = \`aspen up\` (1 MDS + 3 OSDs, pool size 3, FUSE mount, one process); ceph = ceph-fuse on the peer's 3-OSD size-3 CephFS; local = a directory on the same disk."
+  echo
+  python3 "$REPO/bench/mount_table.py" "$RESULTS" "${ran[@]}"
+} | tee -a bench/RESULTS.md
+echo "appended to bench/RESULTS.md"
