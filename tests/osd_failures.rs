@@ -5,7 +5,9 @@
 //! marked out: clean on the others without it; a fifth OSD added: its PGs
 //! stay on their holders (pg_temp) and serve while it is backfilled,
 //! nothing is lost, and the data moved is within 1.2x of CRUSH's optimum.
-//! Bad requests get error replies.
+//! Bad requests get error replies. A PG whose every holder is gone is
+//! incomplete (it serves nothing rather than an empty copy) until one of
+//! them returns.
 
 mod common;
 
@@ -111,6 +113,12 @@ impl Cluster {
 }
 
 fn start() -> Cluster {
+    start_with(4, 128)
+}
+
+/// An MDS, `osds` OSDs (each its own host) and pool `data` of `pg_num` PGs,
+/// all clean.
+fn start_with(osds: u64, pg_num: u32) -> Cluster {
     let root = tempfile::tempdir().unwrap();
     let mut daemons = Daemons::new();
     let config = start_mds(root.path(), &mut daemons);
@@ -119,16 +127,12 @@ fn start() -> Cluster {
         daemons,
         config,
     };
-    for id in 0..4 {
+    for id in 0..osds {
         cluster.start_osd(id, true);
     }
-    eventually("four OSDs", 60, || {
-        status(&cluster.config)
-            .contains("4 osds: 4 up, 4 in")
-            .then_some(())
-    });
-    create_data_pool(&cluster.config, 128);
-    cluster.wait_for_pgs("pgs: 128: 128 active+clean");
+    cluster.wait_for_pgs(&format!("{osds} osds: {osds} up, {osds} in"));
+    create_data_pool(&cluster.config, pg_num);
+    cluster.wait_for_pgs(&format!("pgs: {pg_num}: {pg_num} active+clean"));
     cluster
 }
 
@@ -261,6 +265,64 @@ fn osd_failures_recovery_and_backfill() {
             client.write(POOL, &name(1), u64::MAX - 1, b"xy").await,
             Err(ClientError::Osd(OsdError::Invalid(_)))
         ));
+        check_all(&client, &model).await;
+    });
+}
+
+#[test]
+fn a_pg_whose_holders_are_all_gone_is_incomplete_until_one_returns() {
+    let mut cluster = start_with(3, 16);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = ClusterConfig::load(std::path::Path::new(&cluster.config)).unwrap();
+    let client = runtime.block_on(ObjectClient::connect(&config)).unwrap();
+    let mut model = BTreeMap::new();
+    runtime.block_on(async {
+        for n in 0..200 {
+            let write = write_of(n);
+            client
+                .write(POOL, &name(write.0), write.1, &write.2)
+                .await
+                .unwrap();
+            apply(&mut model, &write);
+        }
+    });
+
+    // Every holder dies and is marked out; three empty OSDs take the PGs.
+    for id in 0..3 {
+        cluster.daemons.kill(id + 1);
+        ok(aspen(&[
+            "osd",
+            "out",
+            &id.to_string(),
+            "--config",
+            &cluster.config,
+        ]));
+    }
+    for id in 3..6 {
+        cluster.start_osd(id, true);
+    }
+    cluster.wait_for_pgs("pgs: 16: 16 incomplete");
+    let object = *model.keys().next().unwrap();
+    let read = runtime.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read(POOL, &name(object), 0, 1 << 20),
+        )
+        .await
+    });
+    assert!(read.is_err(), "an incomplete PG answered a read: {read:?}");
+
+    // One holder comes back (still out): the PGs recover from it.
+    cluster.start_osd(0, false);
+    cluster.wait_for_pgs("pgs: 16: 16 active+clean");
+    runtime.block_on(async {
+        client.refresh_map().await;
+        let map = client.map().await;
+        assert!(
+            placement(&map)
+                .values()
+                .all(|acting| acting.iter().all(|osd| osd.0 >= 3))
+        );
         check_all(&client, &model).await;
     });
 }

@@ -23,14 +23,18 @@ fn up(data: &Path, mountpoint: &Path, log: &Path) -> Child {
 }
 
 /// Ctrl-C, then the process must exit successfully and leave no mount.
-fn interrupt(mut child: Child, mountpoint: &Path) {
+fn interrupt(mut child: Child, mountpoint: &Path, log: &Path) {
     let sent = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(sent.success());
     let status = eventually("aspen up to stop", 60, || child.try_wait().unwrap());
-    assert!(status.success(), "aspen up exited with {status}");
+    assert!(
+        status.success(),
+        "aspen up exited with {status}: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
     assert!(!is_mounted(mountpoint), "still mounted after Ctrl-C");
 }
 
@@ -50,12 +54,12 @@ fn aspen_up_mounts_stops_cleanly_and_finds_its_files_again() {
     let content: Vec<u8> = (0..5_000_000u32).map(|n| (n % 251) as u8).collect();
     std::fs::write(mountpoint.join("dir/file"), &content).unwrap();
     std::os::unix::fs::symlink("dir/file", mountpoint.join("link")).unwrap();
-    interrupt(first, &mountpoint);
+    interrupt(first, &mountpoint, &root.path().join("up1.log"));
 
     let second = up(&data, &mountpoint, &root.path().join("up2.log"));
     eventually("the second mount", 120, || {
         is_mounted(&mountpoint).then_some(())
     });
     assert_eq!(std::fs::read(mountpoint.join("link")).unwrap(), content);
-    interrupt(second, &mountpoint);
+    interrupt(second, &mountpoint, &root.path().join("up2.log"));
 }

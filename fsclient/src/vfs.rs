@@ -519,7 +519,14 @@ impl Vfs {
     }
 
     pub async fn release(&self, fh: u64) -> Result<(), Errno> {
-        let (file, inode) = self.open_file(fh)?;
+        // The handle leaves the table first, so of two racing releases of
+        // it (the kernel's and unmount's) only one goes on.
+        let (file, inode) = {
+            let mut files = lock(&self.files);
+            let file = files.handles.remove(&fh).ok_or(Errno::EBADF)?;
+            let inode = files.inodes.get(&file.ino).cloned();
+            (file, inode.ok_or(Errno::EBADF)?)
+        };
         let reported = self.report(file.ino).await;
         let released = self
             .mutate(
@@ -530,7 +537,6 @@ impl Vfs {
             )
             .await;
         let mut files = lock(&self.files);
-        files.handles.remove(&fh);
         let other_writer = files
             .handles
             .values()

@@ -218,6 +218,18 @@ pub enum MdsRequest {
         pg: PgId,
         up: Vec<Option<OsdId>>,
     },
+    /// The OSDs that held `pg` complete when it last went active (empty
+    /// for a PG that never did): peering must hear from one of them.
+    PgHolders {
+        pg: PgId,
+    },
+    /// `osd`, primary of `pg`, is about to serve it from `holders` (its
+    /// acting set, every member now complete); answered once recorded.
+    PgActivated {
+        osd: OsdId,
+        pg: PgId,
+        holders: Vec<OsdId>,
+    },
     /// Every PG with its state (from its primary's last report), up and
     /// acting sets.
     PgStats,
@@ -294,6 +306,7 @@ pub enum MdsResponse {
         leader: Option<(u64, MdsMember)>,
     },
     PgStats(Vec<PgStat>),
+    PgHolders(Vec<OsdId>),
     /// The request could not be served (storage failure, malformed frame).
     Failed(String),
 }

@@ -255,6 +255,9 @@ pub struct PgFlags {
     pub inconsistent: bool,
     /// Fewer members are up than the pool's min_size: writes wait.
     pub down: bool,
+    /// None of the OSDs that last held the PG complete is up: it waits for
+    /// one rather than serve an empty or stale copy.
+    pub incomplete: bool,
 }
 
 impl PgFlags {
@@ -263,6 +266,7 @@ impl PgFlags {
         let names = [
             (self.creating, "creating"),
             (self.down, "down"),
+            (self.incomplete, "incomplete"),
             (self.peering, "peering"),
             (self.active, "active"),
             (self.clean, "clean"),

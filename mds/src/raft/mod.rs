@@ -62,6 +62,8 @@ pub enum Command {
         pg: PgId,
         up: Vec<Option<OsdId>>,
     },
+    /// Records the OSDs that hold `pg` complete as it goes active.
+    PgActivated { pg: PgId, holders: Vec<OsdId> },
     /// Commands of concurrent clients, applied in order in one log entry;
     /// each succeeds or fails on its own.
     Batch(Vec<Command>),

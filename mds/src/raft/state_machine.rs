@@ -20,7 +20,7 @@ use super::{
     TypeConfig, decode, encode, replies,
 };
 use aspen_placement::crush::{CrushMap, DEFAULT_ROOT};
-use aspen_placement::{Change, OsdMap};
+use aspen_placement::{Change, OsdId, OsdMap, PgId, Pool};
 use aspen_proto::Errno;
 use aspen_proto::fs::{Caller, Timestamp};
 use aspen_proto::mds::{ClusterMap, KeyEntry, NsOp, OsdAddress, SessionId};
@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS sm_meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (name TEXT PRIMARY KEY, node_id TEXT NOT NULL UNIQUE, role BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (id INTEGER PRIMARY KEY, client TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS osd_addresses (osd INTEGER PRIMARY KEY, address BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS pg_holders (pool INTEGER NOT NULL, seed INTEGER NOT NULL, holders BLOB NOT NULL, PRIMARY KEY (pool, seed));
 ";
 const OSDMAP: &str = "osdmap";
 const NEXT_SESSION: &str = "next_session";
@@ -191,6 +192,26 @@ impl StateMachineStore {
             addresses,
             keys,
         })
+    }
+
+    /// The OSDs that held `pg` complete when it last went active.
+    pub fn pg_holders(&self, pg: PgId) -> Result<Vec<OsdId>, StoreError> {
+        let inner = self.lock();
+        let bytes: Option<Vec<u8>> = inner
+            .namespace
+            .connection()
+            .query_row_cached(
+                "SELECT holders FROM pg_holders WHERE pool = ?1 AND seed = ?2",
+                params![pg.pool.0, pg.seed],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match bytes {
+            Some(bytes) => {
+                decode(&bytes).map_err(|e| StoreError::Corrupt(format!("pg holders: {e}")))
+            }
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Follows the OSD map's epoch as entries apply.
@@ -410,6 +431,15 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
             Ok(Response::Done(Ok(())))
         }
         Command::ClusterChanges(changes) => change_map(conn, changes.clone()),
+        Command::PgActivated { pg, holders } => {
+            let bytes = encode(holders).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            conn.execute_cached(
+                "INSERT INTO pg_holders (pool, seed, holders) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (pool, seed) DO UPDATE SET holders = ?3",
+                params![pg.pool.0, pg.seed, bytes],
+            )?;
+            Ok(Response::Done(Ok(())))
+        }
         Command::PgBackfilled { osd, pg, up } => {
             let map = load_osdmap(conn)?;
             let current = map.pg_mapping(*pg).ok();
@@ -490,10 +520,24 @@ fn load_osdmap(conn: &Connection) -> Result<OsdMap, StoreError> {
 /// keep moved PGs on their holders until they are backfilled; a refused
 /// change leaves the map.
 fn change_map(conn: &Connection, changes: Vec<Change>) -> Result<Response, StoreError> {
+    let pools_renewed: Vec<u32> = changes
+        .iter()
+        .filter_map(|change| match change {
+            Change::AddPool {
+                pool: Pool { id, .. },
+            }
+            | Change::RemovePool { id } => Some(id.0),
+            _ => None,
+        })
+        .collect();
     let (next, _) = match load_osdmap(conn)?.change_priming_pg_temp(changes) {
         Ok(changed) => changed,
         Err(error) => return Ok(Response::Epoch(Err(error.to_string()))),
     };
+    // A new or removed pool starts with no PG history.
+    for pool in pools_renewed {
+        conn.execute_cached("DELETE FROM pg_holders WHERE pool = ?1", [pool])?;
+    }
     let bytes = encode(&next).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     conn.execute_cached(
         "INSERT INTO sm_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",

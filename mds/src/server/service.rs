@@ -258,6 +258,27 @@ impl MdsService {
                 }
                 self.epoch_reply(self.write(Command::PgBackfilled { osd, pg, up }).await)
             }
+            MdsRequest::PgHolders { pg } => {
+                if self.role_of(peer) != Some(Role::Osd) {
+                    return MdsResponse::Unit(Err(Errno::EPERM));
+                }
+                if let Err(response) = self.linearize().await {
+                    return response;
+                }
+                self.state.pg_holders(pg).map_or_else(
+                    |e| MdsResponse::Failed(e.to_string()),
+                    MdsResponse::PgHolders,
+                )
+            }
+            MdsRequest::PgActivated { osd, pg, holders } => {
+                if !self.is_osd(peer, osd) {
+                    return MdsResponse::Unit(Err(Errno::EPERM));
+                }
+                if holders.len() > aspen_placement::crush::MAX_REPLICAS {
+                    return MdsResponse::Failed("too many holders".into());
+                }
+                self.done(self.write(Command::PgActivated { pg, holders }).await)
+            }
             MdsRequest::GetClusterMap { newer_than } => self.wait_for_map(newer_than).await,
             _ => MdsResponse::Failed("not a cluster request".into()),
         }
@@ -493,6 +514,8 @@ impl Service for MdsService {
             cluster @ (MdsRequest::OsdBoot { .. }
             | MdsRequest::OsdHeartbeat { .. }
             | MdsRequest::PgBackfilled { .. }
+            | MdsRequest::PgHolders { .. }
+            | MdsRequest::PgActivated { .. }
             | MdsRequest::GetClusterMap { .. }) => self.cluster_request(&peer, cluster).await,
             MdsRequest::Status => self.status(),
             MdsRequest::PgStats => match self.state.cluster_map() {

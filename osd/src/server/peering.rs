@@ -8,6 +8,11 @@
 //! its log position. A PG serves reads and writes only once this finished
 //! for its current acting set; until then clients are told to retry.
 //!
+//! The MDS records each PG's holders (its acting set when it last went
+//! active); peering also asks those of them that are up but no longer
+//! acting, and a PG none of whose holders is up stays incomplete instead
+//! of serving an empty or stale copy.
+//!
 //! Recovery copies whole objects, so a member that missed writes, a new
 //! member and a member holding writes that were never acknowledged (rolled
 //! back) are all brought to the same state. Up members outside a `pg_temp`
@@ -19,7 +24,7 @@ use std::time::Duration;
 
 use aspen_placement::{OsdId, PgId};
 use aspen_proto::cluster::MdsClient;
-use aspen_proto::mds::{ClusterMap, Role};
+use aspen_proto::mds::{ClusterMap, MdsRequest, MdsResponse, Role};
 use aspen_proto::osd::{LogVersion, ObjectCopy, OsdError, OsdRequest, OsdResponse};
 use aspen_proto::transport::EndpointId;
 use tokio::sync::watch;
@@ -174,18 +179,43 @@ impl OsdService {
         }
     }
 
-    /// Makes every member of `acting` equal to the most up-to-date one.
-    async fn recover(&self, map: &ClusterMap, pg: PgId, acting: &[OsdId]) -> Result<(), OsdError> {
+    /// Makes every member of `acting` equal to the most up-to-date copy
+    /// among them and the PG's recorded holders, and records `acting` as
+    /// its holders before it serves. With no recorded holder reachable the
+    /// PG is incomplete: serving it would serve an empty or stale copy.
+    async fn recover(
+        &self,
+        map: &ClusterMap,
+        mds: &MdsClient,
+        pg: PgId,
+        acting: &[OsdId],
+    ) -> Result<(), OsdError> {
+        let recorded = pg_holders(mds, pg).await?;
         let lock = self.pg_lock(pg);
         let _ordered = lock.lock().await;
         let mut members = Vec::new();
         for osd in acting {
             members.push((*osd, self.member_objects(map, pg, *osd).await?));
         }
-        let Some((authority, (newest, wanted))) = members
-            .iter()
+        let mut candidates = members.clone();
+        for holder in recorded.iter().filter(|h| !acting.contains(h)) {
+            if map.osdmap.osd(*holder).is_ok_and(|s| s.up)
+                && let Ok(objects) = self.member_objects(map, pg, *holder).await
+            {
+                candidates.push((*holder, objects));
+            }
+        }
+        let heard_from_holder =
+            recorded.is_empty() || candidates.iter().any(|(osd, _)| recorded.contains(osd));
+        self.set_incomplete(pg, !heard_from_holder);
+        if !heard_from_holder {
+            return Err(OsdError::Unavailable(format!(
+                "{pg:?} is incomplete: none of its holders {recorded:?} is up"
+            )));
+        }
+        let Some((authority, (newest, wanted))) = candidates
+            .into_iter()
             .max_by_key(|(osd, (last, _))| (*last, *osd == self.id))
-            .cloned()
         else {
             return Ok(());
         };
@@ -195,7 +225,15 @@ impl OsdService {
             .await;
         self.set_recovering(pg, None);
         self.set_newest(pg, None);
-        outcome
+        outcome?;
+        let mut now: Vec<OsdId> = acting.to_vec();
+        let mut before = recorded;
+        now.sort();
+        before.sort();
+        if now != before {
+            record_holders(mds, self.id, pg, acting.to_vec()).await?;
+        }
+        Ok(())
     }
 
     /// Copies to every member what it lacks next to the authority.
@@ -338,7 +376,7 @@ pub async fn peer_loop(
             if maps.has_changed().unwrap_or(true) {
                 break;
             }
-            match service.recover(&map, pg, &acting).await {
+            match service.recover(&map, &mds, pg, &acting).await {
                 Ok(()) => service.set_active(pg, acting),
                 Err(error) => {
                     tracing::warn!(?pg, %error, "recovery failed; will retry");
@@ -355,5 +393,32 @@ pub async fn peer_loop(
             changed = maps.changed() => if changed.is_err() { return },
             _ = service.repeer.notified() => {}
         }
+    }
+}
+
+/// The OSDs that held `pg` complete when it last went active.
+async fn pg_holders(mds: &MdsClient, pg: PgId) -> Result<Vec<OsdId>, OsdError> {
+    match mds.call(&MdsRequest::PgHolders { pg }).await {
+        Ok(MdsResponse::PgHolders(holders)) => Ok(holders),
+        Ok(other) => Err(OsdError::Unavailable(format!("PG holders: {other:?}"))),
+        Err(error) => Err(OsdError::Unavailable(format!("PG holders: {error}"))),
+    }
+}
+
+/// Records `holders` as the members that hold `pg` complete (before it
+/// serves from them).
+async fn record_holders(
+    mds: &MdsClient,
+    osd: OsdId,
+    pg: PgId,
+    holders: Vec<OsdId>,
+) -> Result<(), OsdError> {
+    let request = MdsRequest::PgActivated { osd, pg, holders };
+    match mds.call(&request).await {
+        Ok(MdsResponse::Unit(Ok(()))) => Ok(()),
+        Ok(other) => Err(OsdError::Unavailable(format!(
+            "recording holders: {other:?}"
+        ))),
+        Err(error) => Err(OsdError::Unavailable(format!("recording holders: {error}"))),
     }
 }

@@ -59,6 +59,8 @@ pub struct OsdService {
     space: Arc<Space>,
     /// PGs being recovered now (true: a member is being backfilled).
     pub(super) recovering: Mutex<HashMap<PgId, bool>>,
+    /// PGs none of whose recorded holders could be heard from.
+    pub(super) incomplete: Mutex<std::collections::HashSet<PgId>>,
     /// PGs whose backfill task is running.
     pub(super) backfilling: Mutex<std::collections::HashSet<PgId>>,
     /// PGs whose last scrub found disagreeing copies.
@@ -125,6 +127,7 @@ impl OsdService {
             recovering: Mutex::new(HashMap::new()),
             inconsistent: Mutex::new(std::collections::HashSet::new()),
             backfilling: Mutex::new(std::collections::HashSet::new()),
+            incomplete: Mutex::new(std::collections::HashSet::new()),
             space,
         }
     }
@@ -141,6 +144,11 @@ impl OsdService {
             .clone();
         let inconsistent = self
             .inconsistent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let incomplete = self
+            .incomplete
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
@@ -166,9 +174,10 @@ impl OsdService {
                     .pg_last(pg)
                     .is_ok_and(|last| last == LogVersion::default());
             let flags = PgFlags {
-                creating: !peered && never_written,
+                creating: !peered && never_written && !incomplete.contains(&pg),
                 down,
-                peering: !peered && !never_written,
+                incomplete: !peered && incomplete.contains(&pg),
+                peering: !peered && !never_written && !incomplete.contains(&pg),
                 active,
                 clean: active && !degraded && !remapped && !inconsistent.contains(&pg),
                 degraded: active && degraded,
@@ -243,6 +252,15 @@ impl OsdService {
             Some(backfill) => recovering.insert(pg, backfill),
             None => recovering.remove(&pg),
         };
+    }
+
+    pub(super) fn set_incomplete(&self, pg: PgId, incomplete: bool) {
+        let mut set = self.incomplete.lock().unwrap_or_else(|p| p.into_inner());
+        if incomplete {
+            set.insert(pg);
+        } else {
+            set.remove(&pg);
+        }
     }
 
     pub(super) fn is_active(&self, pg: PgId, acting: &[OsdId]) -> bool {
