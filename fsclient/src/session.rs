@@ -55,6 +55,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// This session's id at the MDS.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
     pub async fn open(mds: Arc<MdsClient>) -> Result<Session, ClientError> {
         let id = match mds.call(&MdsRequest::OpenSession).await {
             Ok(MdsResponse::Session(id)) => id,

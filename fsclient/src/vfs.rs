@@ -11,13 +11,14 @@
 //! lookup answers show them. Truncation cuts the objects right after the
 //! MDS commits the new size; deleted files are purged by the MDS.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use aspen_osd::client::ObjectClient;
 use aspen_proto::fs::{Attr, Caller, DirEntry, FileType, SetAttr, StatFs, Timestamp, open_flags};
+use aspen_proto::lock::{Lock, LockFlavor, LockKind, LockOwner, LockRequest};
 use aspen_proto::mds::{HandleId, MdsRequest, MdsResponse, NsOp, NsReply};
 use aspen_proto::{Errno, InodeId};
 use tokio::sync::RwLock;
@@ -84,6 +85,9 @@ pub struct Vfs {
     data: FileData,
     files: Mutex<Files>,
     write_generation: AtomicU64,
+    /// (inode, lock owner) pairs that took a POSIX lock here: their close
+    /// releases what they hold.
+    lockers: Mutex<HashSet<(InodeId, u64)>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -107,6 +111,7 @@ impl Vfs {
             data: FileData::new(objects),
             files: Mutex::new(Files::default()),
             write_generation: AtomicU64::new(1),
+            lockers: Mutex::new(HashSet::new()),
         });
         tokio::spawn(report_dirty_periodically(Arc::downgrade(&vfs)));
         vfs
@@ -513,6 +518,15 @@ impl Vfs {
         self.report(file.ino).await
     }
 
+    /// A close: [`Vfs::flush`], and `lock_owner`'s POSIX locks on the file
+    /// go (POSIX drops a process's locks at its close of any descriptor).
+    pub async fn flush_on_close(&self, fh: u64, lock_owner: u64) -> Result<(), Errno> {
+        let (file, _) = self.open_file(fh)?;
+        let flushed = self.report(file.ino).await;
+        let released = self.release_locks(file.ino, lock_owner).await;
+        flushed.and(released)
+    }
+
     /// Data is durable once written; fsync makes the size and mtime so.
     pub async fn fsync(&self, fh: u64) -> Result<(), Errno> {
         self.flush(fh).await
@@ -563,6 +577,103 @@ impl Vfs {
             files.inodes.remove(&file.ino);
         }
         reported.and(released.map(drop))
+    }
+
+    // ---- advisory locks ----
+
+    fn lock_request(
+        &self,
+        owner: u64,
+        pid: u32,
+        kind: Option<LockKind>,
+        (start, end): (u64, u64),
+    ) -> LockRequest {
+        LockRequest {
+            owner: LockOwner {
+                session: self.session.id().0,
+                owner,
+            },
+            pid,
+            flavor: LockFlavor::Posix,
+            kind,
+            start,
+            end,
+        }
+    }
+
+    /// F_GETLK: a lock of another owner that keeps `kind` on bytes
+    /// `start..=end` from `owner`, if any.
+    pub async fn getlk(
+        &self,
+        ino: InodeId,
+        (owner, pid): (u64, u32),
+        kind: LockKind,
+        range: (u64, u64),
+    ) -> Result<Option<Lock>, Errno> {
+        let request = self.lock_request(owner, pid, Some(kind), range);
+        let session = self.session.id();
+        match self
+            .ask(MdsRequest::GetLock {
+                session,
+                ino,
+                request,
+            })
+            .await?
+        {
+            MdsResponse::Lock(result) => result,
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// F_SETLK (`wait: false`) and F_SETLKW: takes, converts (`Some`) or
+    /// drops (`None`) `owner`'s POSIX lock on bytes `start..=end`. A
+    /// waiting request is woken by the MDS when a lock it waits for goes.
+    pub async fn setlk(
+        &self,
+        ino: InodeId,
+        (owner, pid): (u64, u32),
+        kind: Option<LockKind>,
+        range: (u64, u64),
+        wait: bool,
+    ) -> Result<(), Errno> {
+        let request = self.lock_request(owner, pid, kind, range);
+        let session = self.session.id();
+        let ask = MdsRequest::SetLock {
+            session,
+            ino,
+            request,
+            wait,
+        };
+        loop {
+            match self.ask(ask.clone()).await? {
+                // The MDS's wait ran out: ask again.
+                MdsResponse::Unit(Err(Errno::EAGAIN)) if wait => continue,
+                MdsResponse::Unit(result) => {
+                    if result.is_ok() && kind.is_some() {
+                        lock(&self.lockers).insert((ino, owner));
+                    }
+                    return result;
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    async fn release_locks(&self, ino: InodeId, owner: u64) -> Result<(), Errno> {
+        if !lock(&self.lockers).remove(&(ino, owner)) {
+            return Ok(());
+        }
+        let session = self.session.id();
+        let request = MdsRequest::ReleaseLocks {
+            session,
+            ino,
+            owner,
+            flavor: LockFlavor::Posix,
+        };
+        match self.ask(request).await? {
+            MdsResponse::Unit(result) => result,
+            other => Err(unexpected(&other)),
+        }
     }
 
     // ---- directories ----

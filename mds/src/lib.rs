@@ -6,6 +6,8 @@
 //! - [`namespace`]: the deterministic namespace state machine over SQLite
 //!   (directories, inodes, links, xattrs, open handles, strays, purge
 //!   queue), with the permission checks and errnos of Linux on ext4.
+//! - [`locks`]: the rules of advisory file locks (conflicts, ranges,
+//!   deadlock), pure.
 //! - [`raft`]: openraft's log and state machine stores over SQLite; the
 //!   state machine applies [`raft::Command`]s to the namespace.
 //!
@@ -16,6 +18,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod locks;
 pub mod namespace;
 pub mod raft;
 pub mod server;

@@ -18,6 +18,7 @@ pub mod errno;
 pub mod fs;
 pub mod ids;
 pub mod layout;
+pub mod lock;
 pub mod mds;
 pub mod osd;
 pub mod transport;

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use aspen_placement::{Change, OsdId, OsdMap, PgId, Weight};
 
+use crate::lock::{Lock, LockFlavor, LockRequest};
+
 use crate::errno::Errno;
 use crate::fs::{Attr, Caller, DirEntry, SetAttr, StatFs};
 use crate::ids::InodeId;
@@ -182,6 +184,30 @@ pub enum MdsRequest {
         ino: InodeId,
     },
     StatFs,
+    /// F_GETLK: the first lock on `ino` that keeps `request` from being
+    /// granted ([`MdsResponse::Lock`]).
+    GetLock {
+        session: SessionId,
+        ino: InodeId,
+        request: LockRequest,
+    },
+    /// F_SETLK (`wait: false`: EAGAIN on a conflict) or F_SETLKW (`wait`:
+    /// answered when granted, EDEADLK if the wait could never end, or
+    /// EAGAIN after [`LOCK_WAIT`] so the client asks again).
+    SetLock {
+        session: SessionId,
+        ino: InodeId,
+        request: LockRequest,
+        wait: bool,
+    },
+    /// Drops every lock `owner` of the session holds in `flavor` on `ino`
+    /// (the close of a file by a process that locked it).
+    ReleaseLocks {
+        session: SessionId,
+        ino: InodeId,
+        owner: u64,
+        flavor: LockFlavor,
+    },
     /// The group's health and membership.
     Status,
     /// Opens a client session (open handles belong to one).
@@ -285,6 +311,10 @@ pub struct MdsStatus {
     pub pg_states: Vec<(String, u32)>,
 }
 
+/// The longest an F_SETLKW waits at the MDS before the client is told to
+/// ask again.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// An MDS's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MdsResponse {
@@ -307,6 +337,8 @@ pub enum MdsResponse {
     },
     PgStats(Vec<PgStat>),
     PgHolders(Vec<OsdId>),
+    /// A conflicting lock, or none.
+    Lock(Result<Option<Lock>, Errno>),
     /// The request could not be served (storage failure, malformed frame).
     Failed(String),
 }

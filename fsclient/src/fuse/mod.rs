@@ -18,12 +18,13 @@ use std::time::Duration;
 
 use aspen_proto::Errno;
 use aspen_proto::fs::{Caller, SetAttr};
+use aspen_proto::lock::LockKind;
 use fuser::{
     AccessFlags, BackgroundSession, Config, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
-    WriteFlags,
+    ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL,
+    TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -129,6 +130,23 @@ fn reply_entry(reply: ReplyEntry, result: Result<aspen_proto::fs::Attr, Errno>) 
     }
 }
 
+/// A kernel lock type: shared, exclusive, or `None` to unlock.
+fn lock_kind(typ: i32) -> Result<Option<LockKind>, ()> {
+    match typ {
+        nix::libc::F_RDLCK => Ok(Some(LockKind::Shared)),
+        nix::libc::F_WRLCK => Ok(Some(LockKind::Exclusive)),
+        nix::libc::F_UNLCK => Ok(None),
+        _ => Err(()),
+    }
+}
+
+fn lock_type(kind: LockKind) -> i32 {
+    match kind {
+        LockKind::Shared => nix::libc::F_RDLCK,
+        LockKind::Exclusive => nix::libc::F_WRLCK,
+    }
+}
+
 fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
     match result {
         Ok(()) => reply.ok(),
@@ -162,6 +180,8 @@ impl Filesystem for AspenFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // fcntl locks go to the MDS, so they hold across clients.
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS);
         Ok(())
     }
 
@@ -395,10 +415,64 @@ impl Filesystem for AspenFuse {
         _req: &Request,
         _node: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|vfs| async move { reply_empty(reply, vfs.flush(fh.0).await) });
+        self.spawn(|vfs| async move {
+            reply_empty(reply, vfs.flush_on_close(fh.0, lock_owner.0).await)
+        });
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        node: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let Ok(Some(kind)) = lock_kind(typ) else {
+            return reply.error(fuser::Errno::EINVAL);
+        };
+        self.spawn(move |vfs| async move {
+            match vfs
+                .getlk(ino(node), (lock_owner.0, pid), kind, (start, end))
+                .await
+            {
+                Ok(Some(held)) => {
+                    reply.locked(held.start, held.end, lock_type(held.kind), held.pid)
+                }
+                Ok(None) => reply.locked(start, end, nix::libc::F_UNLCK, 0),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        node: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Ok(kind) = lock_kind(typ) else {
+            return reply.error(fuser::Errno::EINVAL);
+        };
+        self.spawn(move |vfs| async move {
+            let owner = (lock_owner.0, pid);
+            let result = vfs.setlk(ino(node), owner, kind, (start, end), sleep).await;
+            reply_empty(reply, result)
+        });
     }
 
     fn release(

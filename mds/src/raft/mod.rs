@@ -14,6 +14,8 @@ use aspen_proto::Errno;
 use serde::{Deserialize, Serialize};
 
 use aspen_placement::{Change, OsdId, PgId, Weight};
+use aspen_proto::InodeId;
+use aspen_proto::lock::{Lock, LockFlavor, LockOwner, LockRequest};
 use aspen_proto::mds::{KeyEntry, SessionId};
 
 use crate::namespace::{NsOp, NsReply, OpContext};
@@ -62,6 +64,15 @@ pub enum Command {
         pg: PgId,
         up: Vec<Option<OsdId>>,
     },
+    /// Takes, converts or drops an advisory lock on `ino`
+    /// ([`Response::Lock`]: the conflicting lock if it cannot be granted).
+    SetLock { ino: InodeId, request: LockRequest },
+    /// Drops every lock of `owner` in `flavor` on `ino` (a close).
+    ReleaseLocks {
+        ino: InodeId,
+        owner: LockOwner,
+        flavor: LockFlavor,
+    },
     /// Records the OSDs that hold `pg` complete as it goes active.
     PgActivated { pg: PgId, holders: Vec<OsdId> },
     /// Commands of concurrent clients, applied in order in one log entry;
@@ -75,6 +86,17 @@ impl Command {
         match self {
             Command::AddKey(_) | Command::RemoveKey(_) => true,
             Command::Batch(commands) => commands.iter().any(Command::changes_access),
+            _ => false,
+        }
+    }
+
+    /// Whether applying it can free an advisory lock (waiters look again).
+    pub(crate) fn touches_locks(&self) -> bool {
+        match self {
+            Command::SetLock { .. } | Command::ReleaseLocks { .. } | Command::CloseSession(_) => {
+                true
+            }
+            Command::Batch(commands) => commands.iter().any(Command::touches_locks),
             _ => false,
         }
     }
@@ -92,6 +114,8 @@ pub enum Response {
     Epoch(Result<u64, String>),
     /// The answers to a [`Command::Batch`], in order.
     Batch(Vec<Response>),
+    /// A lock was granted, or the held lock that conflicts with it.
+    Lock(Result<(), Lock>),
 }
 
 openraft::declare_raft_types!(

@@ -21,11 +21,13 @@ use super::{
 };
 use aspen_placement::crush::{CrushMap, DEFAULT_ROOT};
 use aspen_placement::{Change, OsdId, OsdMap, PgId, Pool};
-use aspen_proto::Errno;
 use aspen_proto::fs::{Caller, Timestamp};
+use aspen_proto::lock::Lock;
 use aspen_proto::mds::{ClusterMap, KeyEntry, NsOp, OsdAddress, SessionId};
 use aspen_proto::transport::{AuthorizedKeys, EndpointId};
+use aspen_proto::{Errno, InodeId};
 
+use crate::locks;
 use crate::namespace::{self, Namespace, OpContext, StoreError};
 use crate::sql::{CachedStatements, durable_checkpoint};
 
@@ -34,6 +36,9 @@ CREATE TABLE IF NOT EXISTS sm_meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (name TEXT PRIMARY KEY, node_id TEXT NOT NULL UNIQUE, role BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (id INTEGER PRIMARY KEY, client TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS osd_addresses (osd INTEGER PRIMARY KEY, address BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS locks (ino INTEGER NOT NULL, session INTEGER NOT NULL, lock BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS locks_by_ino ON locks (ino);
+CREATE INDEX IF NOT EXISTS locks_by_session ON locks (session);
 CREATE TABLE IF NOT EXISTS pg_holders (pool INTEGER NOT NULL, seed INTEGER NOT NULL, holders BLOB NOT NULL, PRIMARY KEY (pool, seed));
 ";
 const OSDMAP: &str = "osdmap";
@@ -89,6 +94,8 @@ pub struct StateMachineStore {
     inner: Arc<Mutex<Inner>>,
     snapshot_dir: PathBuf,
     epoch: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Counts applied entries that may have freed an advisory lock.
+    locks_changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl StateMachineStore {
@@ -115,6 +122,7 @@ impl StateMachineStore {
         let epoch = load_osdmap(namespace.connection())?.epoch().0;
         Ok(StateMachineStore {
             epoch: Arc::new(tokio::sync::watch::channel(epoch).0),
+            locks_changed: Arc::new(tokio::sync::watch::channel(0).0),
             inner: Arc::new(Mutex::new(Inner {
                 namespace,
                 authorized: None,
@@ -194,6 +202,11 @@ impl StateMachineStore {
         })
     }
 
+    /// The advisory locks held on `ino`.
+    pub fn locks(&self, ino: InodeId) -> Result<Vec<Lock>, StoreError> {
+        load_locks(self.lock().namespace.connection(), ino)
+    }
+
     /// The OSDs that held `pg` complete when it last went active.
     pub fn pg_holders(&self, pg: PgId) -> Result<Vec<OsdId>, StoreError> {
         let inner = self.lock();
@@ -212,6 +225,11 @@ impl StateMachineStore {
             }
             None => Ok(Vec::new()),
         }
+    }
+
+    /// Moves whenever applied entries may have freed an advisory lock.
+    pub fn watch_locks(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.locks_changed.subscribe()
     }
 
     /// Follows the OSD map's epoch as entries apply.
@@ -415,6 +433,7 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
             if removed == 0 {
                 return Ok(Response::Done(Err(Errno::ENOENT)));
             }
+            conn.execute_cached("DELETE FROM locks WHERE session = ?1", [session.0 as i64])?;
             let end = NsOp::EndSession { session: *session };
             let ctx = OpContext {
                 caller: Caller::root(),
@@ -431,6 +450,20 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
             Ok(Response::Done(Ok(())))
         }
         Command::ClusterChanges(changes) => change_map(conn, changes.clone()),
+        Command::SetLock { ino, request } => {
+            let mut held = load_locks(conn, *ino)?;
+            let granted = locks::apply(&mut held, request);
+            if granted.is_ok() {
+                store_locks(conn, *ino, &held)?;
+            }
+            Ok(Response::Lock(granted))
+        }
+        Command::ReleaseLocks { ino, owner, flavor } => {
+            let mut held = load_locks(conn, *ino)?;
+            locks::release_owner(&mut held, *owner, *flavor);
+            store_locks(conn, *ino, &held)?;
+            Ok(Response::Done(Ok(())))
+        }
         Command::PgActivated { pg, holders } => {
             let bytes = encode(holders).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             conn.execute_cached(
@@ -546,6 +579,30 @@ fn change_map(conn: &Connection, changes: Vec<Change>) -> Result<Response, Store
     Ok(Response::Epoch(Ok(next.epoch().0)))
 }
 
+/// The advisory locks held on `ino`.
+fn load_locks(conn: &Connection, ino: InodeId) -> Result<Vec<Lock>, StoreError> {
+    let mut statement = conn.prepare_cached("SELECT lock FROM locks WHERE ino = ?1")?;
+    let rows = statement.query_map([ino.0 as i64], |r| r.get::<_, Vec<u8>>(0))?;
+    let mut held = Vec::new();
+    for row in rows {
+        held.push(decode(&row?).map_err(|e| StoreError::Corrupt(format!("lock: {e}")))?);
+    }
+    Ok(held)
+}
+
+/// Replaces the advisory locks held on `ino`.
+fn store_locks(conn: &Connection, ino: InodeId, held: &[Lock]) -> Result<(), StoreError> {
+    conn.execute_cached("DELETE FROM locks WHERE ino = ?1", [ino.0 as i64])?;
+    for lock in held {
+        let bytes = encode(lock).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        conn.execute_cached(
+            "INSERT INTO locks (ino, session, lock) VALUES (?1, ?2, ?3)",
+            params![ino.0 as i64, lock.owner.session as i64, bytes],
+        )?;
+    }
+    Ok(())
+}
+
 /// Takes the next session id (ids are never reused).
 fn next_session(conn: &Connection) -> Result<SessionId, StoreError> {
     let current: Option<Vec<u8>> = conn
@@ -619,8 +676,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| sm_error(ErrorVerb::Write, e))?;
         let mut responses = Vec::new();
         let mut access_changed = false;
+        let mut locks_touched = false;
         for entry in entries {
             access_changed |= changes_access(&entry);
+            locks_touched |= matches!(&entry.payload, EntryPayload::Normal(c) if c.touches_locks());
             let log_id = entry.log_id;
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::None,
@@ -655,6 +714,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         });
         if let Some(epoch) = new_epoch {
             self.epoch.send_replace(epoch);
+        }
+        if locks_touched {
+            self.locks_changed.send_modify(|n| *n += 1);
         }
         Ok(responses)
     }

@@ -168,6 +168,7 @@ impl MdsServer {
             monitor,
             reads: ReadBarrier::new(raft.clone(), service::refusal),
             writes: WriteBatcher::new(raft.clone()),
+            lock_waits: Default::default(),
         };
         let router = Router::builder(transport.endpoint.clone())
             .accept(ALPN_MDS, RpcProtocol(Arc::new(service)))

@@ -2,23 +2,24 @@
 //! on the leader; reads wait for a read index (linearizable) and read the
 //! local state; a member that is not the leader answers with who is.
 
-use aspen_proto::Errno;
 use aspen_proto::fs::Timestamp;
 use aspen_proto::mds::{
-    ClusterMap, MdsRequest, MdsResponse, MdsStatus, NsOp, PgStat, Role, SessionId,
+    ClusterMap, LOCK_WAIT, MdsRequest, MdsResponse, MdsStatus, NsOp, PgStat, Role, SessionId,
 };
 use aspen_proto::transport::frame::FrameError;
 use aspen_proto::transport::{EndpointId, Service};
+use aspen_proto::{Errno, InodeId};
 use openraft::ChangeMembers;
 use openraft::error::{ClientWriteError, RaftError};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::monitor::OsdMonitor;
 use super::raft_net::Raft;
 use super::reads::ReadBarrier;
 use super::sessions::SessionClock;
 use super::writes::WriteBatcher;
+use crate::locks::{self, LockFlavor, LockOwner, LockRequest, WaitGraph};
 use crate::namespace::{Namespace, OpContext, StoreError};
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{Command, MdsNode, Response};
@@ -35,6 +36,8 @@ pub struct MdsService {
     pub monitor: Arc<OsdMonitor>,
     pub reads: Arc<ReadBarrier>,
     pub writes: Arc<WriteBatcher>,
+    /// Who waits for whose advisory locks (the leader's F_SETLKW waiters).
+    pub lock_waits: Mutex<WaitGraph>,
 }
 
 /// How long a map request waits for a newer epoch.
@@ -417,6 +420,102 @@ impl MdsService {
         }
     }
 
+    async fn lock_request(&self, peer: &EndpointId, request: MdsRequest) -> MdsResponse {
+        match request {
+            MdsRequest::GetLock {
+                session,
+                ino,
+                request,
+            } => {
+                if !self.owns_session(peer, session) || request.owner.session != session.0 {
+                    return MdsResponse::Lock(Err(Errno::EBADF));
+                }
+                if let Err(response) = self.linearize().await {
+                    return response;
+                }
+                match self.state.locks(ino) {
+                    Ok(held) => MdsResponse::Lock(Ok(locks::conflict(&held, &request))),
+                    Err(error) => MdsResponse::Failed(error.to_string()),
+                }
+            }
+            MdsRequest::SetLock {
+                session,
+                ino,
+                request,
+                wait,
+            } => {
+                if !self.owns_session(peer, session) || request.owner.session != session.0 {
+                    return MdsResponse::Unit(Err(Errno::EBADF));
+                }
+                if request.start > request.end {
+                    return MdsResponse::Unit(Err(Errno::EINVAL));
+                }
+                self.sessions.touch(session);
+                self.set_lock(ino, request, wait).await
+            }
+            MdsRequest::ReleaseLocks {
+                session,
+                ino,
+                owner,
+                flavor,
+            } => {
+                if !self.owns_session(peer, session) {
+                    return MdsResponse::Unit(Err(Errno::EBADF));
+                }
+                let owner = LockOwner {
+                    session: session.0,
+                    owner,
+                };
+                self.done(
+                    self.write(Command::ReleaseLocks { ino, owner, flavor })
+                        .await,
+                )
+            }
+            _ => MdsResponse::Failed("not a lock request".into()),
+        }
+    }
+
+    /// Takes a lock; with `wait`, waits (woken by every applied change that
+    /// may free one, for at most [`LOCK_WAIT`]) until it is granted, unless
+    /// the wait closes a cycle of POSIX waiters (EDEADLK).
+    async fn set_lock(&self, ino: InodeId, request: LockRequest, wait: bool) -> MdsResponse {
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        let mut changes = self.state.watch_locks();
+        let outcome = loop {
+            changes.borrow_and_update();
+            match self.write(Command::SetLock { ino, request }).await {
+                Ok(Response::Lock(Ok(()))) => break MdsResponse::Unit(Ok(())),
+                Ok(Response::Lock(Err(_))) if !wait => break MdsResponse::Unit(Err(Errno::EAGAIN)),
+                Ok(Response::Lock(Err(_))) => {}
+                Ok(other) => break MdsResponse::Failed(format!("unexpected reply {other:?}")),
+                Err(response) => break response,
+            }
+            let holders = match self.state.locks(ino) {
+                Ok(held) => locks::blockers(&held, &request),
+                Err(error) => break MdsResponse::Failed(error.to_string()),
+            };
+            {
+                let mut graph = self.lock_waits.lock().unwrap_or_else(|p| p.into_inner());
+                let posix = request.flavor == LockFlavor::Posix;
+                if posix && graph.would_deadlock(request.owner, &holders) {
+                    break MdsResponse::Unit(Err(Errno::EDEADLK));
+                }
+                graph.wait(request.owner, holders);
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                break MdsResponse::Unit(Err(Errno::EAGAIN));
+            }
+        };
+        self.lock_waits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .done(request.owner);
+        outcome
+    }
+
     async fn session_request(&self, peer: &EndpointId, request: MdsRequest) -> MdsResponse {
         match request {
             MdsRequest::OpenSession => match self
@@ -470,6 +569,9 @@ impl Service for MdsService {
                 request,
                 op,
             } => self.mutate(&peer, caller, (session, request), op).await,
+            lock @ (MdsRequest::GetLock { .. }
+            | MdsRequest::SetLock { .. }
+            | MdsRequest::ReleaseLocks { .. }) => self.lock_request(&peer, lock).await,
             session @ (MdsRequest::OpenSession
             | MdsRequest::RenewSession { .. }
             | MdsRequest::CloseSession { .. }) => self.session_request(&peer, session).await,

@@ -1,0 +1,198 @@
+//! fcntl locks across two mounts of one cluster (an MDS, three OSD
+//! processes, two `aspen mount` processes): F_GETLK on one mount reports
+//! the other's lock and pid, F_SETLK is refused while it is held, F_SETLKW
+//! waits and is woken when it goes, a close drops the closer's locks, and
+//! two owners waiting for each other get EDEADLK.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aspen_fsclient::fuse::is_mounted;
+use common::{Daemons, create_data_pool, eventually, require_fuse, start_mds, start_osds};
+
+/// A Python process that runs lock commands read from stdin, one per line
+/// (`lock|trylock|unlock|getlk START LEN`, `close`, `reopen`), and answers
+/// each with one line.
+const LOCKER: &str = r#"
+import fcntl, os, struct, sys
+path = sys.argv[1]
+fd = os.open(path, os.O_RDWR)
+print("pid", os.getpid(), flush=True)
+for line in sys.stdin:
+    word = line.split()
+    try:
+        if word[0] == "lock":
+            fcntl.lockf(fd, fcntl.LOCK_EX, int(word[2]), int(word[1]))
+        elif word[0] == "trylock":
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, int(word[2]), int(word[1]))
+        elif word[0] == "unlock":
+            fcntl.lockf(fd, fcntl.LOCK_UN, int(word[2]), int(word[1]))
+        elif word[0] == "getlk":
+            query = struct.pack("hhqqi", fcntl.F_WRLCK, 0, int(word[1]), int(word[2]), 0)
+            kind, _, start, length, pid = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, query))
+            print("getlk", kind, start, length, pid, flush=True)
+            continue
+        elif word[0] == "close":
+            os.close(fd)
+        elif word[0] == "reopen":
+            fd = os.open(path, os.O_RDWR)
+        print("ok", flush=True)
+    except OSError as e:
+        print("error", e.errno, flush=True)
+"#;
+
+/// The locker's answer to a call that failed with `errno`.
+fn refused(errno: i32) -> String {
+    format!("error {errno}")
+}
+
+struct Locker {
+    child: Child,
+    stdin: ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    pid: u32,
+}
+
+impl Locker {
+    fn start(script: &Path, file: &Path) -> Locker {
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                if send.send(line.unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        let first = lines.recv_timeout(Duration::from_secs(30)).unwrap();
+        let pid = first.strip_prefix("pid ").unwrap().parse().unwrap();
+        Locker {
+            child,
+            stdin,
+            lines,
+            pid,
+        }
+    }
+
+    fn send(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").unwrap();
+    }
+
+    fn answer_within(&self, seconds: u64) -> Option<String> {
+        self.lines.recv_timeout(Duration::from_secs(seconds)).ok()
+    }
+
+    fn ask(&mut self, command: &str) -> String {
+        self.send(command);
+        self.answer_within(30)
+            .unwrap_or_else(|| panic!("no answer to {command}"))
+    }
+}
+
+impl Drop for Locker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TwoMounts {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    mounts: [PathBuf; 2],
+    _daemons: Daemons,
+}
+
+impl TwoMounts {
+    fn start() -> TwoMounts {
+        require_fuse();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let mut daemons = Daemons::new();
+        let config = start_mds(&root, &mut daemons);
+        start_osds(&root, &mut daemons, &config, 3);
+        create_data_pool(&config, 16);
+        let mounts = [root.join("a"), root.join("b")];
+        for (n, mountpoint) in mounts.iter().enumerate() {
+            std::fs::create_dir(mountpoint).unwrap();
+            daemons.spawn(
+                100 + n as u64,
+                &["mount", mountpoint.to_str().unwrap(), "--config", &config],
+                &root.join(format!("mount{n}.log")),
+            );
+        }
+        for mountpoint in &mounts {
+            eventually("the mounts", 60, || is_mounted(mountpoint).then_some(()));
+        }
+        TwoMounts {
+            _dir: dir,
+            root,
+            mounts,
+            _daemons: daemons,
+        }
+    }
+}
+
+impl Drop for TwoMounts {
+    fn drop(&mut self) {
+        for mountpoint in &self.mounts {
+            if is_mounted(mountpoint) {
+                let _ = Command::new("umount").arg("-l").arg(mountpoint).status();
+            }
+        }
+    }
+}
+
+#[test]
+fn fcntl_locks_hold_across_two_mounts() {
+    let cluster = TwoMounts::start();
+    let script = cluster.root.join("locker.py");
+    std::fs::write(&script, LOCKER).unwrap();
+    std::fs::write(cluster.mounts[0].join("shared"), vec![7u8; 4096]).unwrap();
+    let mut a = Locker::start(&script, &cluster.mounts[0].join("shared"));
+    let mut b = Locker::start(&script, &cluster.mounts[1].join("shared"));
+
+    // A holds bytes 0..100: B sees it with A's pid and cannot take it.
+    assert_eq!(a.ask("lock 0 100"), "ok");
+    let getlk = b.ask("getlk 50 10");
+    let expected = format!("getlk {} 0 100 {}", nix::libc::F_WRLCK, a.pid);
+    assert_eq!(getlk, expected, "F_GETLK on B");
+    assert_eq!(b.ask("trylock 0 10"), refused(nix::libc::EAGAIN));
+    assert_eq!(b.ask("trylock 100 10"), "ok", "a range A does not hold");
+
+    // B waits for A's range; A's unlock wakes it promptly.
+    b.send("lock 0 10");
+    assert_eq!(b.answer_within(2), None, "B got a lock A holds");
+    let unlocked = Instant::now();
+    assert_eq!(a.ask("unlock 0 100"), "ok");
+    assert_eq!(b.answer_within(30).as_deref(), Some("ok"));
+    assert!(
+        unlocked.elapsed() < Duration::from_secs(5),
+        "B woke {:?} after the unlock",
+        unlocked.elapsed()
+    );
+
+    // A and B each hold a range and wait for the other's: one is refused.
+    assert_eq!(a.ask("lock 200 10"), "ok");
+    a.send("lock 0 10");
+    assert_eq!(a.answer_within(2), None, "A got a lock B holds");
+    assert_eq!(b.ask("lock 200 10"), refused(nix::libc::EDEADLK));
+
+    // B's close drops its locks (POSIX): A's waiting lock is granted.
+    assert_eq!(b.ask("close"), "ok");
+    assert_eq!(a.answer_within(30).as_deref(), Some("ok"));
+    assert_eq!(b.ask("reopen"), "ok");
+    assert_eq!(b.ask("trylock 0 10"), refused(nix::libc::EAGAIN));
+}
