@@ -1,8 +1,9 @@
 //! fcntl locks across two mounts of one cluster (an MDS, three OSD
 //! processes, two `aspen mount` processes): F_GETLK on one mount reports
 //! the other's lock and pid, F_SETLK is refused while it is held, F_SETLKW
-//! waits and is woken when it goes, a close drops the closer's locks, and
-//! two owners waiting for each other get EDEADLK.
+//! waits and is woken when it goes, a close drops the closer's locks, two
+//! owners waiting for each other get EDEADLK, and a client killed with
+//! kill -9 loses its locks when its session times out.
 
 mod common;
 
@@ -12,6 +13,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aspen_fsclient::fuse::is_mounted;
+use aspen_mds::server::sessions::SESSION_TIMEOUT;
 use common::{Daemons, create_data_pool, eventually, require_fuse, start_mds, start_osds};
 
 /// A Python process that runs lock commands read from stdin, one per line
@@ -112,8 +114,11 @@ struct TwoMounts {
     _dir: tempfile::TempDir,
     root: PathBuf,
     mounts: [PathBuf; 2],
-    _daemons: Daemons,
+    daemons: Daemons,
 }
+
+/// The daemon ids of the two mounts (A, then B).
+const MOUNT_DAEMONS: u64 = 100;
 
 impl TwoMounts {
     fn start() -> TwoMounts {
@@ -128,7 +133,7 @@ impl TwoMounts {
         for (n, mountpoint) in mounts.iter().enumerate() {
             std::fs::create_dir(mountpoint).unwrap();
             daemons.spawn(
-                100 + n as u64,
+                MOUNT_DAEMONS + n as u64,
                 &["mount", mountpoint.to_str().unwrap(), "--config", &config],
                 &root.join(format!("mount{n}.log")),
             );
@@ -140,7 +145,7 @@ impl TwoMounts {
             _dir: dir,
             root,
             mounts,
-            _daemons: daemons,
+            daemons,
         }
     }
 }
@@ -179,7 +184,7 @@ fn fcntl_locks_hold_across_two_mounts() {
     assert_eq!(a.ask("unlock 0 100"), "ok");
     assert_eq!(b.answer_within(30).as_deref(), Some("ok"));
     assert!(
-        unlocked.elapsed() < Duration::from_secs(5),
+        unlocked.elapsed() < Duration::from_secs(1),
         "B woke {:?} after the unlock",
         unlocked.elapsed()
     );
@@ -195,4 +200,26 @@ fn fcntl_locks_hold_across_two_mounts() {
     assert_eq!(a.answer_within(30).as_deref(), Some("ok"));
     assert_eq!(b.ask("reopen"), "ok");
     assert_eq!(b.ask("trylock 0 10"), refused(nix::libc::EAGAIN));
+}
+
+#[test]
+fn a_dead_clients_locks_go_with_its_session() {
+    let mut cluster = TwoMounts::start();
+    let script = cluster.root.join("locker.py");
+    std::fs::write(&script, LOCKER).unwrap();
+    std::fs::write(cluster.mounts[0].join("shared"), vec![7u8; 4096]).unwrap();
+    let mut a = Locker::start(&script, &cluster.mounts[0].join("shared"));
+    let mut b = Locker::start(&script, &cluster.mounts[1].join("shared"));
+    assert_eq!(a.ask("lock 0 0"), "ok", "A locks the whole file");
+    b.send("lock 0 0");
+    assert_eq!(b.answer_within(2), None, "B got a lock A holds");
+
+    // kill -9 of A's client: its session times out and its lock goes.
+    cluster.daemons.kill(MOUNT_DAEMONS);
+    let granted = b.answer_within(SESSION_TIMEOUT.as_secs() + 60);
+    assert_eq!(
+        granted.as_deref(),
+        Some("ok"),
+        "B never got the dead client's lock"
+    );
 }

@@ -81,6 +81,12 @@ fn placement(client_map: &aspen_proto::mds::ClusterMap) -> BTreeMap<PgId, BTreeS
         .collect()
 }
 
+/// The acting sets in the newest map the MDS has.
+async fn current_placement(client: &ObjectClient) -> BTreeMap<PgId, BTreeSet<OsdId>> {
+    client.refresh_map().await;
+    placement(&*client.map().await)
+}
+
 struct Cluster {
     root: tempfile::TempDir,
     daemons: Daemons,
@@ -192,22 +198,14 @@ fn osd_failures_recovery_and_backfill() {
     ok(aspen(&["osd", "out", "2", "--config", &cluster.config]));
     cluster.wait_for_pgs("pgs: 128: 128 active+clean");
     runtime.block_on(async {
-        client.refresh_map().await;
-        let map = client.map().await;
-        assert!(
-            placement(&map)
-                .values()
-                .all(|acting| !acting.contains(&OsdId(2)))
-        );
+        let placed = current_placement(&client).await;
+        assert!(placed.values().all(|acting| !acting.contains(&OsdId(2))));
         check_all(&client, &model).await;
     });
     ok(aspen(&["osd", "rm", "2", "--config", &cluster.config]));
 
     // A fifth OSD: PGs backfill onto it; what moves is near CRUSH's optimum.
-    let before = runtime.block_on(async {
-        client.refresh_map().await;
-        placement(&*client.map().await)
-    });
+    let before = runtime.block_on(current_placement(&client));
     cluster.start_osd(4, true);
     // While osd.4 is backfilled, its PGs stay on their holders (pg_temp).
     let kept_on_holders = runtime.block_on(async {
@@ -235,8 +233,7 @@ fn osd_failures_recovery_and_backfill() {
     cluster.wait_for_pgs("4 osds: 4 up, 4 in");
     cluster.wait_for_pgs("pgs: 128: 128 active+clean");
     runtime.block_on(async {
-        client.refresh_map().await;
-        let after = placement(&*client.map().await);
+        let after = current_placement(&client).await;
         let moved: usize = after
             .iter()
             .map(|(pg, acting)| acting.difference(&before[pg]).count())
@@ -316,12 +313,11 @@ fn a_pg_whose_holders_are_all_gone_is_incomplete_until_one_returns() {
     cluster.start_osd(0, false);
     cluster.wait_for_pgs("pgs: 16: 16 active+clean");
     runtime.block_on(async {
-        client.refresh_map().await;
-        let map = client.map().await;
+        let placed = current_placement(&client).await;
         assert!(
-            placement(&map)
+            placed
                 .values()
-                .all(|acting| acting.iter().all(|osd| osd.0 >= 3))
+                .all(|acting| acting.iter().all(|o| o.0 >= 3))
         );
         check_all(&client, &model).await;
     });

@@ -26,6 +26,9 @@ pub const NO_LEADER_BACKOFF: Duration = Duration::from_millis(100);
 pub const MEMBER_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long a cluster map request may wait (the MDS holds it up to 10 s).
 pub const MAP_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a waiting lock request may take (the MDS holds it up to
+/// [`crate::mds::LOCK_WAIT`]).
+pub const LOCK_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A cluster configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +172,7 @@ impl MdsClient {
         let client = self.client(member).await?;
         let timeout = match request {
             MdsRequest::GetClusterMap { .. } => MAP_REQUEST_TIMEOUT,
+            MdsRequest::SetLock { wait: true, .. } => LOCK_REQUEST_TIMEOUT,
             _ => MEMBER_TIMEOUT,
         };
         let result: Result<(MdsResponse, Vec<u8>), _> =
