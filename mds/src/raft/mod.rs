@@ -57,6 +57,10 @@ pub enum Command {
     /// The purge queue's items up to and including this sequence number
     /// were carried out: their objects are gone.
     PurgeDone(u64),
+    /// Commands of concurrent clients, applied in order in one log entry;
+    /// each succeeds or fails on its own.
+    Batch(Vec<Command>),
+    // Variants are encoded by position in the Raft log: new ones go last.
     /// Drops `pg`'s `pg_temp` entry if `osd` still leads it and its up set
     /// is still `up` (the one `osd` backfilled).
     PgBackfilled {
@@ -75,9 +79,6 @@ pub enum Command {
     },
     /// Records the OSDs that hold `pg` complete as it goes active.
     PgActivated { pg: PgId, holders: Vec<OsdId> },
-    /// Commands of concurrent clients, applied in order in one log entry;
-    /// each succeeds or fails on its own.
-    Batch(Vec<Command>),
 }
 
 impl Command {
