@@ -113,11 +113,6 @@ pub fn release_owner(locks: &mut Vec<Lock>, owner: LockOwner, flavor: LockFlavor
     locks.retain(|l| !(l.owner == owner && l.flavor == flavor));
 }
 
-/// Drops every lock a session holds (it closed, expired or was evicted).
-pub fn release_session(locks: &mut Vec<Lock>, session: u64) {
-    locks.retain(|l| l.owner.session != session);
-}
-
 /// Who waits for whom, across every inode, to refuse a wait that would
 /// never end (EDEADLK) as Linux does for POSIX locks.
 #[derive(Clone, Debug, Default)]
@@ -152,11 +147,6 @@ impl WaitGraph {
     /// `waiter` no longer waits (granted, refused or gone).
     pub fn done(&mut self, waiter: LockOwner) {
         self.waits_for.remove(&waiter);
-    }
-
-    /// Forgets every waiter of a session.
-    pub fn forget_session(&mut self, session: u64) {
-        self.waits_for.retain(|owner, _| owner.session != session);
     }
 }
 
@@ -225,7 +215,7 @@ mod tests {
             ..request(B, Some(LockKind::Exclusive), 0, TO_END)
         };
         apply(&mut locks, &flock).unwrap();
-        release_session(&mut locks, A.session);
+        release_owner(&mut locks, A, LockFlavor::Posix);
         assert_eq!(locks.len(), 1);
         assert_eq!(locks[0].flavor, LockFlavor::Flock);
     }

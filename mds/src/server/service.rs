@@ -420,6 +420,16 @@ impl MdsService {
         }
     }
 
+    /// Whether `peer` owns `session` and asks for a lock owner in it.
+    fn owns_lock_request(
+        &self,
+        peer: &EndpointId,
+        session: SessionId,
+        request: &LockRequest,
+    ) -> bool {
+        self.owns_session(peer, session) && request.owner.session == session.0
+    }
+
     async fn lock_request(&self, peer: &EndpointId, request: MdsRequest) -> MdsResponse {
         match request {
             MdsRequest::GetLock {
@@ -427,7 +437,7 @@ impl MdsService {
                 ino,
                 request,
             } => {
-                if !self.owns_session(peer, session) || request.owner.session != session.0 {
+                if !self.owns_lock_request(peer, session, &request) {
                     return MdsResponse::Lock(Err(Errno::EBADF));
                 }
                 if let Err(response) = self.linearize().await {
@@ -444,7 +454,7 @@ impl MdsService {
                 request,
                 wait,
             } => {
-                if !self.owns_session(peer, session) || request.owner.session != session.0 {
+                if !self.owns_lock_request(peer, session, &request) {
                     return MdsResponse::Unit(Err(Errno::EBADF));
                 }
                 if request.start > request.end {

@@ -14,7 +14,7 @@ use aspen_proto::cluster::MdsClient;
 use aspen_proto::mds::{ClusterMap, MdsRequest, MdsResponse};
 use aspen_proto::osd::OsdError;
 
-use super::peering::PEERING_RETRY;
+use super::peering::{PEERING_RETRY, ask_mds};
 use super::service::OsdService;
 
 /// A PG this OSD serves through a `pg_temp`, and the up members to fill.
@@ -84,36 +84,39 @@ impl OsdService {
     ) -> Result<(), OsdError> {
         let pg = job.pg;
         self.set_recovering(pg, Some(true));
-        for target in &job.targets {
-            self.copy_pg_to(map, pg, *target).await?;
-        }
+        self.copy_pg_to(map, pg, &job.targets).await?;
         let lock = self.pg_lock(pg);
         let _ordered = lock.lock().await;
         if self.maps.borrow().osdmap.epoch() != map.osdmap.epoch() {
             return Err(OsdError::Unavailable(format!("{pg:?}: the map moved")));
         }
-        for target in &job.targets {
-            self.copy_pg_to(map, pg, *target).await?;
-        }
+        self.copy_pg_to(map, pg, &job.targets).await?;
         let request = MdsRequest::PgBackfilled {
             osd: self.id,
             pg,
             up: job.up,
         };
-        match mds.call(&request).await {
-            Ok(MdsResponse::Epoch(Ok(_))) => Ok(()),
-            Ok(MdsResponse::Epoch(Err(why))) => Err(OsdError::Unavailable(why)),
-            Ok(other) => Err(OsdError::Unavailable(format!("the MDS said {other:?}"))),
-            Err(error) => Err(OsdError::Unavailable(error.to_string())),
+        match ask_mds(mds, &request).await? {
+            MdsResponse::Epoch(Ok(_)) => Ok(()),
+            MdsResponse::Epoch(Err(why)) => Err(OsdError::Unavailable(why)),
+            other => Err(OsdError::Unavailable(format!("the MDS said {other:?}"))),
         }
     }
 
-    /// Makes `target`'s copy of `pg` equal to this OSD's.
-    async fn copy_pg_to(&self, map: &ClusterMap, pg: PgId, target: OsdId) -> Result<(), OsdError> {
+    /// Makes every target's copy of `pg` equal to this OSD's.
+    async fn copy_pg_to(
+        &self,
+        map: &ClusterMap,
+        pg: PgId,
+        targets: &[OsdId],
+    ) -> Result<(), OsdError> {
         let (newest, ours) = self.member_objects(map, pg, self.id).await?;
-        let theirs = self.member_objects(map, pg, target).await?;
+        let mut members = Vec::with_capacity(targets.len());
+        for target in targets {
+            members.push((*target, self.member_objects(map, pg, *target).await?));
+        }
         let wanted: HashMap<Vec<u8>, _> = ours.into_iter().collect();
-        self.bring_up_to_date(map, pg, (self.id, newest, &wanted), vec![(target, theirs)])
+        self.bring_up_to_date(map, pg, (self.id, newest, &wanted), members)
             .await
     }
 }

@@ -27,7 +27,6 @@ use tokio::sync::watch;
 use crate::store::{ObjectStore, StoreError};
 pub use service::OsdService;
 use space::Space;
-pub use space::{FULL_RATIO, GC_INTERVAL};
 
 /// How often an OSD tells the MDS it is alive (the MDS marks it down
 /// after its grace period, 20 s by default).

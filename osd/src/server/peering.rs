@@ -18,7 +18,7 @@
 //! back) are all brought to the same state. Up members outside a `pg_temp`
 //! acting set are filled by `backfill` while the PG serves.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -226,11 +226,8 @@ impl OsdService {
         self.set_recovering(pg, None);
         self.set_newest(pg, None);
         outcome?;
-        let mut now: Vec<OsdId> = acting.to_vec();
-        let mut before = recorded;
-        now.sort();
-        before.sort();
-        if now != before {
+        let same_holders = BTreeSet::from_iter(acting) == BTreeSet::from_iter(&recorded);
+        if !same_holders {
             record_holders(mds, self.id, pg, acting.to_vec()).await?;
         }
         Ok(())
@@ -396,12 +393,22 @@ pub async fn peer_loop(
     }
 }
 
+/// Sends a PG step's request to the MDS; an unreachable MDS makes the
+/// step fail for now (it is retried).
+pub(super) async fn ask_mds(
+    mds: &MdsClient,
+    request: &MdsRequest,
+) -> Result<MdsResponse, OsdError> {
+    mds.call(request)
+        .await
+        .map_err(|error| OsdError::Unavailable(format!("the MDS: {error}")))
+}
+
 /// The OSDs that held `pg` complete when it last went active.
 async fn pg_holders(mds: &MdsClient, pg: PgId) -> Result<Vec<OsdId>, OsdError> {
-    match mds.call(&MdsRequest::PgHolders { pg }).await {
-        Ok(MdsResponse::PgHolders(holders)) => Ok(holders),
-        Ok(other) => Err(OsdError::Unavailable(format!("PG holders: {other:?}"))),
-        Err(error) => Err(OsdError::Unavailable(format!("PG holders: {error}"))),
+    match ask_mds(mds, &MdsRequest::PgHolders { pg }).await? {
+        MdsResponse::PgHolders(holders) => Ok(holders),
+        other => Err(OsdError::Unavailable(format!("PG holders: {other:?}"))),
     }
 }
 
@@ -414,11 +421,10 @@ async fn record_holders(
     holders: Vec<OsdId>,
 ) -> Result<(), OsdError> {
     let request = MdsRequest::PgActivated { osd, pg, holders };
-    match mds.call(&request).await {
-        Ok(MdsResponse::Unit(Ok(()))) => Ok(()),
-        Ok(other) => Err(OsdError::Unavailable(format!(
+    match ask_mds(mds, &request).await? {
+        MdsResponse::Unit(Ok(())) => Ok(()),
+        other => Err(OsdError::Unavailable(format!(
             "recording holders: {other:?}"
         ))),
-        Err(error) => Err(OsdError::Unavailable(format!("recording holders: {error}"))),
     }
 }

@@ -168,16 +168,20 @@ impl OsdService {
             let remapped = mapping.acting != mapping.up;
             let degraded = acting.len() < pool_size;
             let held = objects.get(&pg).copied().unwrap_or(0);
-            let never_written = held == 0
+            let waiting_for_holder = !peered && incomplete.contains(&pg);
+            // Read the log position only for a PG that is not serving.
+            let creating = !peered
+                && !waiting_for_holder
+                && held == 0
                 && self
                     .store
                     .pg_last(pg)
                     .is_ok_and(|last| last == LogVersion::default());
             let flags = PgFlags {
-                creating: !peered && never_written && !incomplete.contains(&pg),
+                creating,
                 down,
-                incomplete: !peered && incomplete.contains(&pg),
-                peering: !peered && !never_written && !incomplete.contains(&pg),
+                incomplete: waiting_for_holder,
+                peering: !peered && !waiting_for_holder && !creating,
                 active,
                 clean: active && !degraded && !remapped && !inconsistent.contains(&pg),
                 degraded: active && degraded,
