@@ -2,19 +2,19 @@
 //! processes, two `aspen mount` processes): F_GETLK on one mount reports
 //! the other's lock and pid, F_SETLK is refused while it is held, F_SETLKW
 //! waits and is woken when it goes, a close drops the closer's locks, two
-//! owners waiting for each other get EDEADLK, and a client killed with
-//! kill -9 loses its locks when its session times out.
+//! owners waiting for each other get EDEADLK, a client killed with
+//! kill -9 loses its locks when its session times out, and a lock outlives
+//! kill -9 of the MDS leader (three MDS members).
 
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aspen_fsclient::fuse::is_mounted;
 use aspen_mds::server::sessions::SESSION_TIMEOUT;
-use common::{Daemons, create_data_pool, eventually, require_fuse, start_mds, start_osds};
+use common::{MOUNT_DAEMONS, TwoMounts};
 
 /// A Python process that runs lock commands read from stdin, one per line
 /// (`lock|trylock|unlock|getlk START LEN`, `close`, `reopen`), and answers
@@ -110,56 +110,6 @@ impl Drop for Locker {
     }
 }
 
-struct TwoMounts {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    mounts: [PathBuf; 2],
-    daemons: Daemons,
-}
-
-/// The daemon ids of the two mounts (A, then B).
-const MOUNT_DAEMONS: u64 = 100;
-
-impl TwoMounts {
-    fn start() -> TwoMounts {
-        require_fuse();
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let mut daemons = Daemons::new();
-        let config = start_mds(&root, &mut daemons);
-        start_osds(&root, &mut daemons, &config, 3);
-        create_data_pool(&config, 16);
-        let mounts = [root.join("a"), root.join("b")];
-        for (n, mountpoint) in mounts.iter().enumerate() {
-            std::fs::create_dir(mountpoint).unwrap();
-            daemons.spawn(
-                MOUNT_DAEMONS + n as u64,
-                &["mount", mountpoint.to_str().unwrap(), "--config", &config],
-                &root.join(format!("mount{n}.log")),
-            );
-        }
-        for mountpoint in &mounts {
-            eventually("the mounts", 60, || is_mounted(mountpoint).then_some(()));
-        }
-        TwoMounts {
-            _dir: dir,
-            root,
-            mounts,
-            daemons,
-        }
-    }
-}
-
-impl Drop for TwoMounts {
-    fn drop(&mut self) {
-        for mountpoint in &self.mounts {
-            if is_mounted(mountpoint) {
-                let _ = Command::new("umount").arg("-l").arg(mountpoint).status();
-            }
-        }
-    }
-}
-
 #[test]
 fn fcntl_locks_hold_across_two_mounts() {
     let cluster = TwoMounts::start();
@@ -222,4 +172,33 @@ fn a_dead_clients_locks_go_with_its_session() {
         Some("ok"),
         "B never got the dead client's lock"
     );
+}
+
+#[test]
+fn a_lock_survives_kill_9_of_the_mds_leader() {
+    let mut cluster = TwoMounts::with_mds_members(3);
+    let script = cluster.root.join("locker.py");
+    std::fs::write(&script, LOCKER).unwrap();
+    std::fs::write(cluster.mounts[0].join("shared"), vec![7u8; 4096]).unwrap();
+    let mut a = Locker::start(&script, &cluster.mounts[0].join("shared"));
+    let mut b = Locker::start(&script, &cluster.mounts[1].join("shared"));
+    assert_eq!(a.ask("lock 0 100"), "ok");
+
+    let leader = common::mds_leader(&cluster.config).expect("a leader");
+    cluster.daemons.kill(leader);
+    common::eventually("a new leader", 60, || {
+        common::mds_leader(&cluster.config).filter(|id| *id != leader)
+    });
+
+    // The lock is replicated state: the new leader still has it.
+    assert_eq!(b.ask("trylock 0 10"), refused(nix::libc::EAGAIN));
+    let getlk = b.ask("getlk 0 10");
+    assert_eq!(
+        getlk,
+        format!("getlk {} 0 100 {}", nix::libc::F_WRLCK, a.pid)
+    );
+    b.send("lock 0 10");
+    assert_eq!(b.answer_within(2), None, "B got a lock A holds");
+    assert_eq!(a.ask("unlock 0 100"), "ok");
+    assert_eq!(b.answer_within(30).as_deref(), Some("ok"));
 }

@@ -11,6 +11,8 @@ use aspen_proto::ids::{ObjectId, ObjectNo};
 use aspen_proto::layout::{FileLayout, MAX_FILE_SIZE, ObjectExtent};
 use aspen_proto::osd::OsdError;
 use aspen_proto::{Errno, InodeId};
+
+use crate::writeback::DirtyExtents;
 use nix::libc::{SEEK_DATA, SEEK_HOLE};
 /// How many objects a SEEK_DATA or SEEK_HOLE looks at before it answers
 /// conservatively (data where it stopped, or a hole at the end of file).
@@ -54,6 +56,10 @@ fn errno(error: ClientError) -> Errno {
     match error {
         ClientError::Osd(OsdError::NoSpace) => Errno::ENOSPC,
         ClientError::Osd(OsdError::Invalid(_)) => Errno::EINVAL,
+        ClientError::Osd(OsdError::Fenced) => {
+            tracing::error!("the OSDs refuse this client: its session was evicted");
+            Errno::EIO
+        }
         other => {
             tracing::warn!("object operation failed: {other}");
             Errno::EIO
@@ -121,6 +127,33 @@ impl FileData {
             let piece = data[start..start + extent.len as usize].to_vec();
             let (objects, name) = (self.objects.clone(), file.name(extent.objno.0));
             async move { objects.write(pool, &name, extent.offset, &piece).await }
+        });
+        run_bounded(writes, |_| Ok(())).await.map_err(errno)
+    }
+
+    /// Writes every extent of `extents`, all objects at once (bounded);
+    /// returns once every one is durable.
+    pub async fn write_extents(
+        &self,
+        file: FileObjects,
+        extents: Arc<DirtyExtents>,
+    ) -> Result<(), Errno> {
+        let mut pieces = Vec::new();
+        for (offset, bytes) in extents.iter() {
+            for extent in file.extents(offset, bytes.len() as u64)? {
+                pieces.push((offset, extent));
+            }
+        }
+        let pool = file.layout.pool();
+        let writes = pieces.into_iter().map(|(offset, extent)| {
+            let (objects, name) = (self.objects.clone(), file.name(extent.objno.0));
+            let extents = extents.clone();
+            async move {
+                let bytes = extents.get(offset).expect("listed above");
+                let start = (extent.file_offset - offset) as usize;
+                let piece = &bytes[start..start + extent.len as usize];
+                objects.write(pool, &name, extent.offset, piece).await
+            }
         });
         run_bounded(writes, |_| Ok(())).await.map_err(errno)
     }

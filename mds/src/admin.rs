@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::namespace::OpContext;
 use crate::raft::Command;
 use crate::server::monitor::{OSD_DOWN_GRACE, OSD_OUT_GRACE};
+use crate::server::revoke::REVOKE_TIMEOUT;
 use crate::server::sessions::SESSION_TIMEOUT;
 use crate::server::{
     LOG_KEPT_AFTER_SNAPSHOT, MdsConfig, MdsServer, SNAPSHOT_EVERY_ENTRIES, ServerError,
@@ -77,6 +78,7 @@ impl MemberFile {
             raft_id: self.raft_id,
             peers: self.peers.iter().filter_map(|p| p.parse().ok()).collect(),
             session_timeout: SESSION_TIMEOUT,
+            revoke_timeout: REVOKE_TIMEOUT,
             osd_grace: (OSD_DOWN_GRACE, OSD_OUT_GRACE),
             snapshots: (SNAPSHOT_EVERY_ENTRIES, LOG_KEPT_AFTER_SNAPSHOT),
         }

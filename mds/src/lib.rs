@@ -8,6 +8,8 @@
 //!   queue), with the permission checks and errnos of Linux on ext4.
 //! - [`locks`]: the rules of advisory file locks (conflicts, ranges,
 //!   deadlock), pure.
+//! - [`caps`]: the rules of client capabilities (which caps a request
+//!   conflicts with, grants, acknowledgements), pure.
 //! - [`raft`]: openraft's log and state machine stores over SQLite; the
 //!   state machine applies [`raft::Command`]s to the namespace.
 //!
@@ -18,6 +20,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod caps;
 pub mod locks;
 pub mod namespace;
 pub mod raft;

@@ -47,6 +47,7 @@ fn members(dirs: &[&Path]) -> Vec<Member> {
                 raft_id: i as u64 + 1,
                 peers: ids.clone(),
                 session_timeout: Duration::from_secs(2),
+                revoke_timeout: Duration::from_secs(2),
                 osd_grace: (Duration::from_secs(1), Duration::from_secs(2)),
                 snapshots: (50, 0),
             },
@@ -665,14 +666,22 @@ async fn a_member_that_missed_purged_entries_catches_up_by_snapshot() {
             MdsResponse::Reply(Ok(_))
         ));
     }
+    // Snapshots are built and the log purged in the background.
     let leading = servers[leader as usize - 1].as_ref().unwrap();
-    let purged = leading
-        .raft
-        .metrics()
-        .borrow()
-        .purged
-        .map(|id| id.index)
-        .unwrap_or(0);
+    let mut purged = 0;
+    for _ in 0..100 {
+        purged = leading
+            .raft
+            .metrics()
+            .borrow()
+            .purged
+            .map(|id| id.index)
+            .unwrap_or(0);
+        if purged > 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(purged > 100, "the leader purged its log up to {purged}");
 
     // The lagging member comes back: only a snapshot can bring it up to date.

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aspen_placement::{OsdId, PoolId};
@@ -70,6 +71,10 @@ pub struct ObjectClient {
     maps: Arc<dyn MapSource>,
     map: Mutex<Arc<ClusterMap>>,
     links: Links,
+    /// The MDS session operations are sent for (0: none).
+    session: AtomicU64,
+    /// The oldest map epoch an operation may be sent with.
+    barrier: AtomicU64,
 }
 
 impl ObjectClient {
@@ -92,7 +97,39 @@ impl ObjectClient {
             transport,
             maps,
             map: Mutex::new(Arc::new(map)),
+            session: AtomicU64::new(0),
+            barrier: AtomicU64::new(0),
         })
+    }
+
+    /// Sends operations for MDS session `session` from now on (OSDs refuse
+    /// a session the MDS evicted).
+    pub fn set_session(&self, session: u64) {
+        self.session.store(session, Ordering::Relaxed);
+    }
+
+    /// Sends no operation with a map older than `epoch` (the map that
+    /// fences an evicted session, so no OSD serves this client before it
+    /// refuses that session).
+    pub fn require_epoch(&self, epoch: u64) {
+        self.barrier.fetch_max(epoch, Ordering::Relaxed);
+    }
+
+    /// Waits for a map at the barrier epoch, if the one held is older.
+    async fn reach_barrier(&self) -> Result<(), ClientError> {
+        let barrier = self.barrier.load(Ordering::Relaxed);
+        let started = Instant::now();
+        loop {
+            let epoch = self.map().await.osdmap.epoch().0;
+            if epoch >= barrier {
+                return Ok(());
+            }
+            if started.elapsed() > OP_DEADLINE {
+                let problem = format!("no map at epoch {barrier}");
+                return Err(ClientError::Timeout(OP_DEADLINE, problem));
+            }
+            self.refresh(epoch).await?;
+        }
     }
 
     /// A client with the key and MDS members `cluster.json` names.
@@ -140,6 +177,7 @@ impl ObjectClient {
         op: ObjectOp,
         body: &[u8],
     ) -> Result<(OsdResponse, Vec<u8>), ClientError> {
+        self.reach_barrier().await?;
         let started = Instant::now();
         loop {
             let map = self.map().await;
@@ -204,6 +242,7 @@ impl ObjectClient {
             object: object.clone(),
             epoch: map.osdmap.epoch().0,
             op: op.clone(),
+            session: self.session.load(Ordering::Relaxed),
         };
         match client
             .call_within::<_, OsdResponse>(ATTEMPT_TIMEOUT, &request, body)

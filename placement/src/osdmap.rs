@@ -13,8 +13,11 @@
 //! that are down left out) and the up set otherwise. The primary is the
 //! first member. A change that moves PGs can prime their `pg_temp` with
 //! the members that hold them ([`OsdMap::change_priming_pg_temp`]).
+//!
+//! The map also lists the client sessions the OSDs must refuse (the
+//! blocklist: sessions the MDS evicted, whose late writes must not land).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -106,7 +109,16 @@ pub enum Change {
     SetCrushMap {
         crush: CrushMap,
     },
+    /// OSDs refuse every operation of this client session from now on
+    /// (the oldest entry goes beyond [`MAX_BLOCKLIST`]).
+    Blocklist {
+        session: u64,
+    },
 }
+
+/// The most client sessions the blocklist holds; session ids only grow,
+/// so the oldest evicted session leaves first.
+pub const MAX_BLOCKLIST: usize = 4096;
 
 /// The changes that turn the map of epoch `epoch - 1` into epoch `epoch`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +150,8 @@ struct OsdMapData {
     pools: BTreeMap<PoolId, Pool>,
     #[serde(default)]
     pg_temp: BTreeMap<PgId, Vec<OsdId>>,
+    #[serde(default)]
+    blocklist: BTreeSet<u64>,
 }
 
 /// The OSD map, validated and ready to answer placement questions.
@@ -191,6 +205,7 @@ impl OsdMap {
             osds,
             pools: BTreeMap::new(),
             pg_temp: BTreeMap::new(),
+            blocklist: BTreeSet::new(),
         })
     }
 
@@ -266,6 +281,11 @@ impl OsdMap {
 
     pub fn pg_temp(&self) -> &BTreeMap<PgId, Vec<OsdId>> {
         &self.data.pg_temp
+    }
+
+    /// Whether OSDs must refuse client session `session` (it was evicted).
+    pub fn is_blocklisted(&self, session: u64) -> bool {
+        self.data.blocklist.contains(&session)
     }
 
     /// Applies `incremental`, which must carry the next epoch. All its
@@ -479,6 +499,12 @@ fn apply_change(data: &mut OsdMapData, change: &Change) -> Result<(), MapError> 
                 data.osds.entry(device.id).or_insert(OsdState::NEW);
             }
             data.crush = crush.clone();
+        }
+        Change::Blocklist { session } => {
+            data.blocklist.insert(*session);
+            while data.blocklist.len() > MAX_BLOCKLIST {
+                data.blocklist.pop_first();
+            }
         }
     }
     Ok(())

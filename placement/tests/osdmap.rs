@@ -437,3 +437,20 @@ fn a_change_that_moves_pgs_keeps_them_on_their_holders_until_backfilled() {
         .unwrap();
     assert!(back.pg_temp().is_empty(), "{:?}", back.pg_temp());
 }
+
+#[test]
+fn blocklisted_sessions_are_kept_newest_first_and_survive_json() {
+    let map = cluster();
+    let (map, _) = map.change(vec![Change::Blocklist { session: 7 }]).unwrap();
+    assert!(map.is_blocklisted(7));
+    assert!(!map.is_blocklisted(8));
+    let json = serde_json::to_string(&map).unwrap();
+    let back: OsdMap = serde_json::from_str(&json).unwrap();
+    assert!(back.is_blocklisted(7));
+    let many: Vec<Change> = (100..100 + aspen_placement::osdmap::MAX_BLOCKLIST as u64)
+        .map(|session| Change::Blocklist { session })
+        .collect();
+    let (full, _) = map.change(many).unwrap();
+    assert!(!full.is_blocklisted(7), "the oldest session leaves first");
+    assert!(full.is_blocklisted(100));
+}

@@ -29,6 +29,14 @@ pub const MAP_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a waiting lock request may take (the MDS holds it up to
 /// [`crate::mds::LOCK_WAIT`]).
 pub const LOCK_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a request under capabilities may take (the MDS answers
+/// [`MdsResponse::Busy`] after [`crate::caps::BUSY_WAIT`] when it waits
+/// for other sessions).
+pub const CAP_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a revocation poll may take (the MDS holds it up to
+/// [`crate::caps::EVENT_WAIT`]).
+pub const EVENT_REQUEST_TIMEOUT: Duration =
+    Duration::from_millis(crate::caps::EVENT_WAIT.as_millis() as u64 + 1500);
 
 /// A cluster configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +181,8 @@ impl MdsClient {
         let timeout = match request {
             MdsRequest::GetClusterMap { .. } => MAP_REQUEST_TIMEOUT,
             MdsRequest::SetLock { wait: true, .. } => LOCK_REQUEST_TIMEOUT,
+            MdsRequest::Cap { .. } => CAP_REQUEST_TIMEOUT,
+            MdsRequest::CapEvents { .. } => EVENT_REQUEST_TIMEOUT,
             _ => MEMBER_TIMEOUT,
         };
         let result: Result<(MdsResponse, Vec<u8>), _> =
@@ -186,8 +196,18 @@ impl MdsClient {
         }
     }
 
-    /// Sends `request` to the leader.
+    /// Sends `request` to the leader; a [`MdsResponse::Busy`] answer is
+    /// sent again until the MDS answers otherwise.
     pub async fn call(&self, request: &MdsRequest) -> Result<MdsResponse, ClientError> {
+        loop {
+            match self.call_once(request).await? {
+                MdsResponse::Busy => continue,
+                response => return Ok(response),
+            }
+        }
+    }
+
+    async fn call_once(&self, request: &MdsRequest) -> Result<MdsResponse, ClientError> {
         let mut target = self.leader.lock().await.clone();
         let mut unreachable: Vec<String> = Vec::new();
         let mut next = 0;

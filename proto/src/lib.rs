@@ -13,6 +13,7 @@
 //! on `mds`, `osd`, `fsclient` or the gateways.
 
 pub mod acl;
+pub mod caps;
 pub mod cluster;
 pub mod errno;
 pub mod fs;
@@ -21,6 +22,7 @@ pub mod layout;
 pub mod lock;
 pub mod mds;
 pub mod osd;
+pub mod perm;
 pub mod transport;
 
 pub use aspen_placement::{Epoch, OsdId, PgId, PoolId};

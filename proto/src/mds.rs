@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use aspen_placement::{Change, OsdId, OsdMap, PgId, Weight};
 
+use crate::caps::{CapEvents, CapOp, CapReply};
 use crate::lock::{Lock, LockFlavor, LockRequest};
 
 use crate::errno::Errno;
@@ -287,6 +288,22 @@ pub enum MdsRequest {
     RemoveMember {
         raft_id: u64,
     },
+    /// A request under capabilities ([`MdsResponse::Cap`]); `request`
+    /// names a mutation for the reply cache as in [`MdsRequest::Mutate`].
+    Cap {
+        caller: Caller,
+        session: SessionId,
+        request: u64,
+        op: CapOp,
+    },
+    /// The session's pending revocations with delivery ids above `after`
+    /// in the numbering `instance` (all of them when the leader's instance
+    /// differs); waits up to [`crate::caps::EVENT_WAIT`] for one.
+    CapEvents {
+        session: SessionId,
+        instance: u64,
+        after: u64,
+    },
 }
 
 /// The group as one member sees it.
@@ -341,6 +358,11 @@ pub enum MdsResponse {
     Lock(Result<Option<Lock>, Errno>),
     /// The request could not be served (storage failure, malformed frame).
     Failed(String),
+    Cap(CapReply),
+    CapEvents(CapEvents),
+    /// The request waits for other sessions to give up caps: send it again
+    /// (the MDS keeps counting their time).
+    Busy,
 }
 
 /// One PG as `aspen pg ls` shows it.

@@ -138,11 +138,13 @@ pub struct LogEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OsdRequest {
     /// A client's operation, for the primary of the object's PG; `epoch`
-    /// is the OSD map epoch the client chose the primary with.
+    /// is the OSD map epoch the client chose the primary with, `session`
+    /// the client's MDS session (0: none), refused once blocklisted.
     Op {
         object: ObjectRef,
         epoch: u64,
         op: ObjectOp,
+        session: u64,
     },
     /// Primary to replica: apply this logged mutation (a write's bytes in
     /// the body).
@@ -227,6 +229,9 @@ pub enum OsdError {
     /// refused; deletes still go through.
     #[error("no space left on the OSD")]
     NoSpace,
+    /// The client's session was evicted: the OSDs refuse it.
+    #[error("the client session is blocklisted")]
+    Fenced,
 }
 
 /// The most PG reports one heartbeat carries.

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::net::UdpSocket;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,9 +41,8 @@ pub struct Daemons(Vec<(u64, Child)>);
 impl Drop for Daemons {
     fn drop(&mut self) {
         for (_, child) in &mut self.0 {
-            let _ = Command::new("kill")
-                .args(["-CONT", &child.id().to_string()])
-                .status();
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -75,13 +74,20 @@ impl Daemons {
         child.wait().unwrap();
     }
 
-    /// Sends a signal (`-STOP`, `-CONT`, ...) to daemon `id`.
+    /// Sends a signal (`-STOP`, `-CONT`, ...) to daemon `id` (with the
+    /// system call: a process started now could hang closing a file of a
+    /// stopped mount it inherited).
     pub fn signal(&self, id: u64, signal: &str) {
+        use nix::sys::signal::{Signal, kill};
         let pid = self.0.iter().find(|(i, _)| *i == id).unwrap().1.id();
-        let sent = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status();
-        assert!(sent.unwrap().success());
+        let signal = match signal {
+            "-STOP" => Signal::SIGSTOP,
+            "-CONT" => Signal::SIGCONT,
+            "-TERM" => Signal::SIGTERM,
+            "-INT" => Signal::SIGINT,
+            other => panic!("unknown signal {other}"),
+        };
+        kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
     }
 }
 
@@ -126,11 +132,59 @@ pub fn start_mds(root: &Path, daemons: &mut Daemons) -> String {
     config
 }
 
+/// Creates an MDS group of `members` in `root/mdsN`, each run as daemon
+/// `N` (1-based; `N` is also its raft id), and waits until it is healthy.
+/// Returns the cluster config's path.
+pub fn start_mds_group(root: &Path, daemons: &mut Daemons, members: u64) -> String {
+    let dir = |id: u64| root.join(format!("mds{id}"));
+    let listen = free_addr();
+    let first = dir(1).to_str().unwrap().to_string();
+    ok(aspen(&[
+        "mds", "init", "--data", &first, "--listen", &listen,
+    ]));
+    let config = dir(1).join("cluster.json").to_str().unwrap().to_string();
+    daemons.spawn(1, &["mds", "--data", &first], &root.join("mds1.log"));
+    eventually("the first MDS to lead", 60, || {
+        status(&config).contains("HEALTH_OK").then_some(())
+    });
+    for id in 2..=members {
+        let (data, raft_id, listen) = (dir(id), id.to_string(), free_addr());
+        let args = [
+            "mds",
+            "join",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--id",
+            &raft_id,
+            "--config",
+            &config,
+        ];
+        daemons.spawn(id, &args, &root.join(format!("mds{id}.log")));
+        let joined = format!("{id} of {id} members up");
+        eventually("the member to join", 60, || {
+            status(&config).contains(&joined).then_some(())
+        });
+    }
+    config
+}
+
+/// The raft id of the MDS leader `aspen status` names.
+pub fn mds_leader(config: &str) -> Option<u64> {
+    let text = status(config);
+    let line = text.lines().find(|l| l.starts_with("leader: mds."))?;
+    line.trim_start_matches("leader: mds.").trim().parse().ok()
+}
+
 /// Creates OSDs `0..count` (each its own CRUSH host) as daemons `1..=count`
 /// and waits until all are up and in.
 pub fn start_osds(root: &Path, daemons: &mut Daemons, config: &str, count: u64) {
     start_osds_holding(root, daemons, config, count, None);
 }
+
+/// The daemon id of the first OSD when MDS members take ids from 1.
+pub const OSD_DAEMONS: u64 = 10;
 
 /// [`start_osds`] with each OSD's store limited to `capacity` bytes.
 pub fn start_osds_holding(
@@ -140,10 +194,25 @@ pub fn start_osds_holding(
     count: u64,
     capacity: Option<u64>,
 ) {
+    start_osds_with(root, daemons, config, (count, 1), capacity);
+}
+
+/// [`start_osds`] as daemons `first..first + count`.
+pub fn start_osds_from(root: &Path, daemons: &mut Daemons, config: &str, count: u64, first: u64) {
+    start_osds_with(root, daemons, config, (count, first), None);
+}
+
+fn start_osds_with(
+    root: &Path,
+    daemons: &mut Daemons,
+    config: &str,
+    (count, first): (u64, u64),
+    capacity: Option<u64>,
+) {
     for id in 0..count {
         let data = add_osd(root, config, id, capacity);
         daemons.spawn(
-            id + 1,
+            first + id,
             &["osd", "--data", data.to_str().unwrap()],
             &root.join(format!("osd{id}.log")),
         );
@@ -207,4 +276,70 @@ pub fn create_data_pool(config: &str, pg_num: u32) {
         "--config",
         config,
     ]));
+}
+
+/// One cluster (an MDS, three OSD processes, pool `data`) mounted twice,
+/// by two `aspen mount` processes (daemons [`MOUNT_DAEMONS`] and the next).
+pub struct TwoMounts {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub config: String,
+    pub mounts: [PathBuf; 2],
+    pub daemons: Daemons,
+}
+
+/// The daemon ids of the two mounts (A, then B).
+pub const MOUNT_DAEMONS: u64 = 100;
+
+impl TwoMounts {
+    pub fn start() -> TwoMounts {
+        TwoMounts::with_mds_members(1)
+    }
+
+    /// Two mounts of a cluster whose MDS group has `members` members
+    /// (daemons `1..=members`).
+    pub fn with_mds_members(members: u64) -> TwoMounts {
+        require_fuse();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let mut daemons = Daemons::new();
+        let config = if members == 1 {
+            start_mds(&root, &mut daemons)
+        } else {
+            start_mds_group(&root, &mut daemons, members)
+        };
+        start_osds_from(&root, &mut daemons, &config, 3, OSD_DAEMONS);
+        create_data_pool(&config, 16);
+        let mounts = [root.join("a"), root.join("b")];
+        for (n, mountpoint) in mounts.iter().enumerate() {
+            std::fs::create_dir(mountpoint).unwrap();
+            daemons.spawn(
+                MOUNT_DAEMONS + n as u64,
+                &["mount", mountpoint.to_str().unwrap(), "--config", &config],
+                &root.join(format!("mount{n}.log")),
+            );
+        }
+        for mountpoint in &mounts {
+            eventually("the mounts", 60, || {
+                aspen_fsclient::fuse::is_mounted(mountpoint).then_some(())
+            });
+        }
+        TwoMounts {
+            _dir: dir,
+            root,
+            config,
+            mounts,
+            daemons,
+        }
+    }
+}
+
+impl Drop for TwoMounts {
+    fn drop(&mut self) {
+        for mountpoint in &self.mounts {
+            if aspen_fsclient::fuse::is_mounted(mountpoint) {
+                let _ = Command::new("umount").arg("-l").arg(mountpoint).status();
+            }
+        }
+    }
 }

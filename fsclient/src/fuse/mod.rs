@@ -3,10 +3,12 @@
 //! so one slow request never stalls the others; the reply travels with
 //! the task.
 //!
-//! Kernel caching is chosen for correctness across clients until
-//! capabilities arrive: attributes and entries are not cached
-//! ([`ATTR_TTL`]), and the page cache is dropped on every open (no
-//! `keep_cache`). `O_DIRECT` opens bypass the page cache.
+//! Caching: attributes and entries are cached by the client under its
+//! caps, not by the kernel ([`ATTR_TTL`] is zero: a revocation then never
+//! has to wait on the kernel's directory locks). File pages stay in the
+//! kernel's page cache across opens (`keep_cache`); when a cap goes, the
+//! client has the kernel drop them (`inval_inode`) before it
+//! acknowledges. `O_DIRECT` opens bypass the page cache.
 
 mod convert;
 
@@ -31,7 +33,8 @@ use tokio::runtime::Handle;
 use crate::vfs::Vfs;
 use convert::{caller_of, errno, file_attr, file_type, ino, set_time};
 
-/// How long the kernel may trust an attribute or a directory entry.
+/// How long the kernel may trust an attribute or a directory entry (the
+/// client answers from its own cache instead).
 pub const ATTR_TTL: Duration = Duration::ZERO;
 /// The largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -81,7 +84,20 @@ pub fn mount(
     }
     config.n_threads = Some(READER_THREADS);
     config.clone_fd = true;
-    let session = fuser::spawn_mount(AspenFuse { vfs, runtime }, mountpoint, &config)?;
+    let session = fuser::spawn_mount(
+        AspenFuse {
+            vfs: vfs.clone(),
+            runtime,
+        },
+        mountpoint,
+        &config,
+    )?;
+    let notifier = session.notifier();
+    vfs.set_invalidator(Box::new(move |ino| {
+        if let Err(error) = notifier.inval_inode(INodeNo(ino.0), 0, 0) {
+            tracing::debug!(%error, ino = ino.0, "the kernel kept no pages to drop");
+        }
+    }));
     widen_readahead(mountpoint);
     Ok(session)
 }
@@ -168,11 +184,12 @@ fn open_flags(flags: OpenFlags) -> u32 {
     flags.0 as u32
 }
 
+/// Pages cached under earlier opens stay valid: a lost cap drops them.
 fn fopen_flags(flags: u32) -> FopenFlags {
     if flags & aspen_proto::fs::open_flags::O_DIRECT != 0 {
         FopenFlags::FOPEN_DIRECT_IO
     } else {
-        FopenFlags::empty()
+        FopenFlags::FOPEN_KEEP_CACHE
     }
 }
 

@@ -10,12 +10,13 @@
 //! Operations are grouped by family: [`create`] (mknod, mkdir, symlink,
 //! link), [`remove`] (unlink, rmdir), [`rename`], [`setattr`], [`xattr`],
 //! [`open`] (open, create, release, sessions) and [`read`] (lookup,
-//! getattr, readdir, readlink, access, statfs). [`perm`] holds the
-//! permission rules, [`store`] the tables.
+//! getattr, readdir, readlink, access, statfs). The permission rules are
+//! `aspen_proto::perm` (the client checks with the same ones); [`store`]
+//! holds the tables.
 
+pub(crate) mod caps;
 mod create;
 mod open;
-pub mod perm;
 mod read;
 mod remove;
 mod rename;
@@ -28,6 +29,7 @@ use std::path::Path;
 use crate::sql::CachedStatements;
 use aspen_proto::fs::{Attr, Caller, DirEntry, StatFs, Timestamp};
 pub use aspen_proto::mds::{HandleId, NsOp, NsReply, SessionId};
+use aspen_proto::perm;
 use aspen_proto::{Errno, InodeId};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
@@ -106,6 +108,7 @@ impl Namespace {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(store::SCHEMA)?;
+        conn.execute_batch(caps::TRACKING)?;
         conn.set_prepared_statement_cache_capacity(crate::sql::STATEMENT_CACHE_CAPACITY);
         Ok(Namespace { conn })
     }
@@ -250,18 +253,19 @@ pub(crate) fn apply_within(
     op: &NsOp,
     ctx: &OpContext,
 ) -> Result<Result<NsReply, Errno>, StoreError> {
+    split(savepoint(conn, |conn| dispatch(conn, op, ctx)))
+}
+
+/// Runs `work` under a savepoint: kept whole if it succeeds, undone whole
+/// if it fails.
+fn savepoint<T>(conn: &Connection, work: impl FnOnce(&Connection) -> OpResult<T>) -> OpResult<T> {
     conn.execute_cached("SAVEPOINT ns_op", [])?;
-    match split(dispatch(conn, op, ctx)) {
-        Ok(Ok(reply)) => {
-            conn.execute_cached("RELEASE ns_op", [])?;
-            Ok(Ok(reply))
-        }
-        outcome => {
-            conn.execute_cached("ROLLBACK TO ns_op", [])?;
-            conn.execute_cached("RELEASE ns_op", [])?;
-            outcome
-        }
+    let outcome = work(conn);
+    if outcome.is_err() {
+        conn.execute_cached("ROLLBACK TO ns_op", [])?;
     }
+    conn.execute_cached("RELEASE ns_op", [])?;
+    outcome
 }
 
 fn dispatch(conn: &Connection, op: &NsOp, ctx: &OpContext) -> OpResult<NsReply> {

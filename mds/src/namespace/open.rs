@@ -136,7 +136,7 @@ pub(super) fn writable_handle(
     }
 }
 
-/// Drops every handle of `session`.
+/// Drops every handle and cap of `session`.
 pub(super) fn end_session(conn: &Connection, session: SessionId) -> OpResult<()> {
     let mut statement = conn.prepare("SELECT DISTINCT ino FROM handles WHERE session = ?1")?;
     let inodes: Vec<i64> = statement
@@ -146,7 +146,7 @@ pub(super) fn end_session(conn: &Connection, session: SessionId) -> OpResult<()>
     for ino in inodes {
         forget_if_stray(conn, InodeId(ino as u64))?;
     }
-    Ok(())
+    super::caps::end_session(conn, session)
 }
 
 fn forget_if_stray(conn: &Connection, ino: InodeId) -> OpResult<()> {

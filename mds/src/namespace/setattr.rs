@@ -1,5 +1,6 @@
 //! setattr: chmod, chown, truncate and utimes, with their permission rules.
 
+use aspen_proto::caps::Flushed;
 use aspen_proto::fs::{Attr, Caller, FileType, SetAttr, TimeSet, access};
 use aspen_proto::layout::MAX_FILE_SIZE;
 use aspen_proto::{Errno, InodeId};
@@ -108,6 +109,31 @@ pub(super) fn written(
     attr.size = attr.size.max(end);
     attr.mtime = ctx.now;
     attr.ctime = ctx.now;
+    if !ctx.caller.is_root() {
+        attr.perm = perm::drop_privileges(attr.kind, attr.perm);
+    }
+    store::save(conn, &attr)?;
+    Ok(attr)
+}
+
+/// The size and mtime the Exclusive cap holder's buffered writes produced
+/// (the holder's size is the file's: nobody else could change it).
+pub(super) fn flushed(
+    conn: &Connection,
+    ctx: &OpContext,
+    ino: InodeId,
+    flushed: Flushed,
+) -> OpResult<Attr> {
+    if flushed.size > MAX_FILE_SIZE {
+        return Err(Errno::EFBIG.into());
+    }
+    let mut attr = store::load(conn, ino)?;
+    if attr.kind != FileType::Regular {
+        return Err(Errno::EINVAL.into());
+    }
+    attr.size = flushed.size;
+    attr.mtime = flushed.mtime;
+    attr.ctime = flushed.mtime.max(attr.ctime);
     if !ctx.caller.is_root() {
         attr.perm = perm::drop_privileges(attr.kind, attr.perm);
     }

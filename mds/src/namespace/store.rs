@@ -60,6 +60,14 @@ CREATE TABLE IF NOT EXISTS handles (
 CREATE INDEX IF NOT EXISTS handles_by_ino ON handles (ino);
 CREATE INDEX IF NOT EXISTS handles_by_session ON handles (session);
 CREATE TABLE IF NOT EXISTS strays (ino INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS caps (
+    ino INTEGER NOT NULL,
+    session INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (ino, session)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS caps_by_session ON caps (session);
 CREATE TABLE IF NOT EXISTS purge_queue (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     ino INTEGER NOT NULL,
@@ -74,6 +82,7 @@ CREATE TABLE IF NOT EXISTS purge_queue (
 pub(crate) const NEXT_INO: &str = "next_ino";
 pub(crate) const NEXT_GENERATION: &str = "next_generation";
 pub(crate) const NEXT_HANDLE: &str = "next_handle";
+pub(crate) const NEXT_CAP: &str = "next_cap";
 
 fn kind_code(kind: FileType) -> i64 {
     match kind {
@@ -373,7 +382,8 @@ fn queue_purge(conn: &Connection, attr: &Attr) -> OpResult<()> {
 }
 
 /// Forgets an inode whose last link is gone: kept as a stray while it is
-/// open, otherwise deleted with its data queued for purge.
+/// open, otherwise deleted (with every cap on it) and its data queued for
+/// purge.
 pub(crate) fn release_if_unlinked(conn: &Connection, attr: &Attr) -> OpResult<()> {
     if attr.nlink > 0 {
         return Ok(());
@@ -392,6 +402,7 @@ pub(crate) fn release_if_unlinked(conn: &Connection, attr: &Attr) -> OpResult<()
     conn.execute_cached("DELETE FROM strays WHERE ino = ?1", [ino])?;
     conn.execute_cached("DELETE FROM xattrs WHERE ino = ?1", [ino])?;
     conn.execute_cached("DELETE FROM symlinks WHERE ino = ?1", [ino])?;
+    conn.execute_cached("DELETE FROM caps WHERE ino = ?1", [ino])?;
     conn.execute_cached("DELETE FROM inodes WHERE ino = ?1", [ino])?;
     Ok(())
 }

@@ -18,7 +18,9 @@ use aspen_proto::InodeId;
 use aspen_proto::lock::{Lock, LockFlavor, LockOwner, LockRequest};
 use aspen_proto::mds::{KeyEntry, SessionId};
 
+use crate::caps::CapOutcome;
 use crate::namespace::{NsOp, NsReply, OpContext};
+use aspen_proto::caps::CapOp;
 
 pub use aspen_proto::mds::MdsMember as MdsNode;
 
@@ -79,6 +81,16 @@ pub enum Command {
     },
     /// Records the OSDs that hold `pg` complete as it goes active.
     PgActivated { pg: PgId, holders: Vec<OsdId> },
+    /// A request under capabilities ([`Response::Cap`]); `request` as in
+    /// [`Command::Namespace`].
+    Cap {
+        op: CapOp,
+        ctx: OpContext,
+        request: u64,
+    },
+    /// Ends a session that stopped answering (or renewing) and fences it:
+    /// its handles, caps and locks go, and the OSD map blocklists it.
+    Evict(SessionId),
 }
 
 impl Command {
@@ -91,12 +103,26 @@ impl Command {
         }
     }
 
+    /// Whether applying it can change who holds which cap (revocations
+    /// waiting on the leader look again).
+    pub(crate) fn touches_caps(&self) -> bool {
+        match self {
+            Command::Cap { .. }
+            | Command::Namespace { .. }
+            | Command::CloseSession(_)
+            | Command::Evict(_) => true,
+            Command::Batch(commands) => commands.iter().any(Command::touches_caps),
+            _ => false,
+        }
+    }
+
     /// Whether applying it can free an advisory lock (waiters look again).
     pub(crate) fn touches_locks(&self) -> bool {
         match self {
-            Command::SetLock { .. } | Command::ReleaseLocks { .. } | Command::CloseSession(_) => {
-                true
-            }
+            Command::SetLock { .. }
+            | Command::ReleaseLocks { .. }
+            | Command::CloseSession(_)
+            | Command::Evict(_) => true,
             Command::Batch(commands) => commands.iter().any(Command::touches_locks),
             _ => false,
         }
@@ -117,7 +143,19 @@ pub enum Response {
     Batch(Vec<Response>),
     /// A lock was granted, or the held lock that conflicts with it.
     Lock(Result<(), Lock>),
+    /// A request under capabilities, or a mutation that other sessions'
+    /// caps hold up.
+    Cap(CapOutcome),
 }
+
+/// Where an applied command stands in the MDS's history: its log index,
+/// and its place in a batch (reads see a whole entry: [`READ_POSITION`]).
+pub fn version(index: u64, position: usize) -> u64 {
+    (index << 16) | position as u64
+}
+
+/// The position a read at some log index takes (after every batch member).
+pub const READ_POSITION: usize = 0xFFFF;
 
 openraft::declare_raft_types!(
     /// openraft's type configuration for the MDS group.

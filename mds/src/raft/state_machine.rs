@@ -21,12 +21,14 @@ use super::{
 };
 use aspen_placement::crush::{CrushMap, DEFAULT_ROOT};
 use aspen_placement::{Change, OsdId, OsdMap, PgId, Pool};
+use aspen_proto::caps::{CapOp, CapReply, Revoke};
 use aspen_proto::fs::{Caller, Timestamp};
 use aspen_proto::lock::Lock;
 use aspen_proto::mds::{ClusterMap, KeyEntry, NsOp, OsdAddress, SessionId};
 use aspen_proto::transport::{AuthorizedKeys, EndpointId};
 use aspen_proto::{Errno, InodeId};
 
+use crate::caps::{CapOutcome, HeldCap};
 use crate::locks;
 use crate::namespace::{self, Namespace, OpContext, StoreError};
 use crate::sql::{CachedStatements, durable_checkpoint};
@@ -43,6 +45,8 @@ CREATE TABLE IF NOT EXISTS pg_holders (pool INTEGER NOT NULL, seed INTEGER NOT N
 ";
 const OSDMAP: &str = "osdmap";
 const NEXT_SESSION: &str = "next_session";
+/// The OSD map epoch that blocklisted the last evicted session.
+const EPOCH_BARRIER: &str = "epoch_barrier";
 const FSID: &str = "fsid";
 const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
@@ -96,6 +100,8 @@ pub struct StateMachineStore {
     epoch: Arc<tokio::sync::watch::Sender<u64>>,
     /// Counts applied entries that may have freed an advisory lock.
     locks_changed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Counts applied entries that may have changed who holds which cap.
+    caps_changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl StateMachineStore {
@@ -123,6 +129,7 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             epoch: Arc::new(tokio::sync::watch::channel(epoch).0),
             locks_changed: Arc::new(tokio::sync::watch::channel(0).0),
+            caps_changed: Arc::new(tokio::sync::watch::channel(0).0),
             inner: Arc::new(Mutex::new(Inner {
                 namespace,
                 authorized: None,
@@ -230,6 +237,30 @@ impl StateMachineStore {
     /// Moves whenever applied entries may have freed an advisory lock.
     pub fn watch_locks(&self) -> tokio::sync::watch::Receiver<u64> {
         self.locks_changed.subscribe()
+    }
+
+    /// Moves whenever applied entries may have changed caps.
+    pub fn watch_caps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.caps_changed.subscribe()
+    }
+
+    /// The cap `session` holds on `ino`.
+    pub fn cap_of(&self, session: SessionId, ino: InodeId) -> Result<Option<HeldCap>, StoreError> {
+        let inner = self.lock();
+        let held = namespace::caps::held(inner.namespace.connection(), ino)?;
+        Ok(held.into_iter().find(|cap| cap.session == session))
+    }
+
+    /// Runs `read` and names the caps of other sessions that buffer
+    /// changes to the inodes it reports reading, in one look at the state.
+    pub fn read_checked<T>(
+        &self,
+        read: impl FnOnce(&Namespace) -> Result<(T, Vec<InodeId>), StoreError>,
+    ) -> Result<(T, Vec<(SessionId, Revoke)>), StoreError> {
+        let inner = self.lock();
+        let (value, inodes) = read(&inner.namespace)?;
+        let conflicts = namespace::caps::read_conflicts(inner.namespace.connection(), &inodes)?;
+        Ok((value, conflicts))
     }
 
     /// Follows the OSD map's epoch as entries apply.
@@ -373,23 +404,96 @@ fn applied(conn: &Connection) -> Result<(Option<LogId>, StoredMembership), Stora
     Ok((last, membership))
 }
 
-/// Applies one command inside the batch transaction.
-fn apply_command(conn: &Connection, command: &Command) -> Result<Response, StoreError> {
+/// Ends `session` with its handles, caps, locks and remembered replies;
+/// false if it was not open.
+fn close_session(conn: &Connection, session: SessionId) -> Result<bool, StoreError> {
+    let removed = conn.execute_cached("DELETE FROM sessions WHERE id = ?1", [session.0 as i64])?;
+    if removed == 0 {
+        return Ok(false);
+    }
+    conn.execute_cached("DELETE FROM locks WHERE session = ?1", [session.0 as i64])?;
+    let end = NsOp::EndSession { session };
+    let ctx = OpContext {
+        caller: Caller::root(),
+        now: Timestamp::default(),
+        session,
+    };
+    namespace::apply_within(conn, &end, &ctx)?.map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    replies::forget(conn, session)?;
+    Ok(true)
+}
+
+/// Applies a request under capabilities; a mutation with a request id is
+/// answered from the reply cache when it was applied before (without
+/// grants: the client caches nothing from a repeated answer).
+fn apply_cap(
+    conn: &Connection,
+    op: &CapOp,
+    ctx: &OpContext,
+    request: u64,
+    version: u64,
+) -> Result<Response, StoreError> {
+    let barrier = read_counter(conn, EPOCH_BARRIER)?.unwrap_or(0);
+    let cached = request != 0 && matches!(op, CapOp::Mutate(_));
+    if cached && let Some(result) = replies::recall(conn, ctx.session, request)? {
+        let reply = CapReply {
+            result,
+            grants: Vec::new(),
+            attrs: Vec::new(),
+            version,
+            barrier,
+        };
+        return Ok(Response::Cap(CapOutcome::Answer(reply)));
+    }
+    let mut outcome = namespace::caps::apply(conn, op, ctx, version)?;
+    if let CapOutcome::Answer(reply) = &mut outcome {
+        reply.barrier = barrier;
+        if cached {
+            replies::remember(conn, ctx.session, request, &reply.result)?;
+        }
+    }
+    Ok(Response::Cap(outcome))
+}
+
+/// Applies one command inside the batch transaction, at `version`.
+fn apply_command(
+    conn: &Connection,
+    command: &Command,
+    version: u64,
+) -> Result<Response, StoreError> {
     match command {
         Command::Namespace { op, ctx, request } => {
             let cached = *request != 0;
             if cached && let Some(reply) = replies::recall(conn, ctx.session, *request)? {
                 return Ok(Response::Namespace(reply));
             }
-            let reply = namespace::apply_within(conn, op, ctx)?;
+            let reply = match namespace::caps::mutate(conn, op, ctx, false, version)? {
+                CapOutcome::Answer(answer) => answer.result,
+                conflict => return Ok(Response::Cap(conflict)),
+            };
             if cached {
                 replies::remember(conn, ctx.session, *request, &reply)?;
             }
             Ok(Response::Namespace(reply))
         }
+        Command::Cap { op, ctx, request } => apply_cap(conn, op, ctx, *request, version),
+        Command::Evict(session) => {
+            let closed = close_session(conn, *session)?;
+            let response = change_map(conn, vec![Change::Blocklist { session: session.0 }])?;
+            if let Response::Epoch(Ok(epoch)) = &response {
+                write_counter(conn, EPOCH_BARRIER, *epoch)?;
+            }
+            if !closed {
+                return Ok(Response::Epoch(Err(format!("no session {}", session.0))));
+            }
+            Ok(response)
+        }
         Command::Batch(commands) => commands
             .iter()
-            .map(|command| apply_command(conn, command))
+            .enumerate()
+            .map(|(position, command)| {
+                apply_command(conn, command, super::version(version >> 16, position))
+            })
             .collect::<Result<_, _>>()
             .map(Response::Batch),
         Command::SetFsid(fsid) => {
@@ -427,24 +531,11 @@ fn apply_command(conn: &Connection, command: &Command) -> Result<Response, Store
             )?;
             Ok(Response::Session(id))
         }
-        Command::CloseSession(session) => {
-            let removed =
-                conn.execute_cached("DELETE FROM sessions WHERE id = ?1", [session.0 as i64])?;
-            if removed == 0 {
-                return Ok(Response::Done(Err(Errno::ENOENT)));
-            }
-            conn.execute_cached("DELETE FROM locks WHERE session = ?1", [session.0 as i64])?;
-            let end = NsOp::EndSession { session: *session };
-            let ctx = OpContext {
-                caller: Caller::root(),
-                now: Timestamp::default(),
-                session: *session,
-            };
-            namespace::apply_within(conn, &end, &ctx)?
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            replies::forget(conn, *session)?;
-            Ok(Response::Done(Ok(())))
-        }
+        Command::CloseSession(session) => Ok(Response::Done(if close_session(conn, *session)? {
+            Ok(())
+        } else {
+            Err(Errno::ENOENT)
+        })),
         Command::PurgeDone(seq) => {
             conn.execute_cached("DELETE FROM purge_queue WHERE seq <= ?1", [*seq as i64])?;
             Ok(Response::Done(Ok(())))
@@ -605,22 +696,29 @@ fn store_locks(conn: &Connection, ino: InodeId, held: &[Lock]) -> Result<(), Sto
 
 /// Takes the next session id (ids are never reused).
 fn next_session(conn: &Connection) -> Result<SessionId, StoreError> {
-    let current: Option<Vec<u8>> = conn
-        .query_row_cached(
-            "SELECT value FROM sm_meta WHERE key = ?1",
-            [NEXT_SESSION],
-            |r| r.get(0),
-        )
+    let id = read_counter(conn, NEXT_SESSION)?.unwrap_or(1);
+    write_counter(conn, NEXT_SESSION, id + 1)?;
+    Ok(SessionId(id))
+}
+
+/// A number kept in `sm_meta`.
+fn read_counter(conn: &Connection, key: &str) -> Result<Option<u64>, StoreError> {
+    let bytes: Option<Vec<u8>> = conn
+        .query_row_cached("SELECT value FROM sm_meta WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
         .optional()?;
-    let id = current
+    Ok(bytes
         .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-        .unwrap_or(1);
+        .map(u64::from_le_bytes))
+}
+
+fn write_counter(conn: &Connection, key: &str, value: u64) -> Result<(), StoreError> {
     conn.execute_cached(
         "INSERT INTO sm_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
-        params![NEXT_SESSION, (id + 1).to_le_bytes().to_vec()],
+        params![key, value.to_le_bytes().to_vec()],
     )?;
-    Ok(SessionId(id))
+    Ok(())
 }
 
 /// Whether applying `entry` can change who may connect.
@@ -677,15 +775,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut responses = Vec::new();
         let mut access_changed = false;
         let mut locks_touched = false;
+        let mut caps_touched = false;
         for entry in entries {
             access_changed |= changes_access(&entry);
             locks_touched |= matches!(&entry.payload, EntryPayload::Normal(c) if c.touches_locks());
+            caps_touched |= matches!(&entry.payload, EntryPayload::Normal(c) if c.touches_caps());
             let log_id = entry.log_id;
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(command) => apply_command(&tx, command).map_err(|e| {
-                    StorageError::from(StorageIOError::apply(log_id, AnyError::new(&e)))
-                })?,
+                EntryPayload::Normal(command) => {
+                    apply_command(&tx, command, super::version(log_id.index, 0)).map_err(|e| {
+                        StorageError::from(StorageIOError::apply(log_id, AnyError::new(&e)))
+                    })?
+                }
                 EntryPayload::Membership(membership) => {
                     let stored = StoredMembership::new(Some(log_id), membership.clone());
                     write_meta(&tx, MEMBERSHIP, &stored)?;
@@ -717,6 +819,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         if locks_touched {
             self.locks_changed.send_modify(|n| *n += 1);
+        }
+        if caps_touched {
+            self.caps_changed.send_modify(|n| *n += 1);
         }
         Ok(responses)
     }

@@ -7,6 +7,7 @@ pub mod monitor;
 pub mod purge;
 pub mod raft_net;
 pub mod reads;
+pub mod revoke;
 pub mod service;
 pub mod sessions;
 pub mod writes;
@@ -25,6 +26,7 @@ use aspen_proto::transport::{
 use monitor::OsdMonitor;
 use raft_net::{Network, Raft, RaftService};
 use reads::ReadBarrier;
+use revoke::Revoker;
 use service::MdsService;
 use sessions::SessionClock;
 use writes::WriteBatcher;
@@ -73,6 +75,9 @@ pub struct MdsConfig {
     pub peers: Vec<EndpointId>,
     /// How long a client session lives without renewal.
     pub session_timeout: Duration,
+    /// How long a session may take to answer a cap revocation before it
+    /// is evicted.
+    pub revoke_timeout: Duration,
     /// How long an OSD may be silent before it is marked down, and then
     /// down before it is marked out.
     pub osd_grace: (Duration, Duration),
@@ -143,6 +148,7 @@ impl MdsServer {
             seeded.allow(*peer);
         }
         let clock = Arc::new(SessionClock::new(config.session_timeout));
+        let revoker = Arc::new(Revoker::new(config.revoke_timeout));
         let mut background = vec![tokio::spawn(sessions::sweep(
             raft.clone(),
             state.clone(),
@@ -169,6 +175,7 @@ impl MdsServer {
             reads: ReadBarrier::new(raft.clone(), service::refusal),
             writes: WriteBatcher::new(raft.clone()),
             lock_waits: Default::default(),
+            revoker,
         };
         let router = Router::builder(transport.endpoint.clone())
             .accept(ALPN_MDS, RpcProtocol(Arc::new(service)))

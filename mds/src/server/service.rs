@@ -2,7 +2,8 @@
 //! on the leader; reads wait for a read index (linearizable) and read the
 //! local state; a member that is not the leader answers with who is.
 
-use aspen_proto::fs::Timestamp;
+use aspen_proto::caps::{BUSY_WAIT, CapEvents, CapOp, CapReply, EVENT_WAIT, Revoke};
+use aspen_proto::fs::{Attr, Caller, Timestamp};
 use aspen_proto::mds::{
     ClusterMap, LOCK_WAIT, MdsRequest, MdsResponse, MdsStatus, NsOp, PgStat, Role, SessionId,
 };
@@ -17,8 +18,10 @@ use std::sync::{Arc, Mutex};
 use super::monitor::OsdMonitor;
 use super::raft_net::Raft;
 use super::reads::ReadBarrier;
+use super::revoke::{Revoker, answered};
 use super::sessions::SessionClock;
 use super::writes::WriteBatcher;
+use crate::caps::CapOutcome;
 use crate::locks::{self, LockFlavor, LockOwner, LockRequest, WaitGraph};
 use crate::namespace::{Namespace, OpContext, StoreError};
 use crate::raft::state_machine::StateMachineStore;
@@ -38,6 +41,8 @@ pub struct MdsService {
     pub writes: Arc<WriteBatcher>,
     /// Who waits for whose advisory locks (the leader's F_SETLKW waiters).
     pub lock_waits: Mutex<WaitGraph>,
+    /// Cap revocations in flight.
+    pub revoker: Arc<Revoker>,
 }
 
 /// How long a map request waits for a newer epoch.
@@ -384,7 +389,7 @@ impl MdsService {
     async fn mutate(
         &self,
         peer: &EndpointId,
-        caller: aspen_proto::fs::Caller,
+        caller: Caller,
         (session, request): (SessionId, u64),
         op: NsOp,
     ) -> MdsResponse {
@@ -392,11 +397,8 @@ impl MdsService {
             op,
             NsOp::Open { .. } | NsOp::Create { .. } | NsOp::Release { .. } | NsOp::Written { .. }
         );
-        if matches!(op, NsOp::EndSession { .. }) {
-            return MdsResponse::Reply(Err(Errno::EPERM));
-        }
-        if !self.layout_names_a_pool(&op) {
-            return MdsResponse::Reply(Err(Errno::EINVAL));
+        if let Err(errno) = self.check_mutation(&op) {
+            return MdsResponse::Reply(Err(errno));
         }
         if handles || request != 0 {
             if !self.owns_session(peer, session) {
@@ -409,15 +411,197 @@ impl MdsService {
             now: Timestamp::now(),
             session,
         };
-        match self
-            .writes
-            .write(Command::Namespace { op, ctx, request })
-            .await
-        {
+        let until = tokio::time::Instant::now() + BUSY_WAIT;
+        let command = Command::Namespace { op, ctx, request };
+        match self.write_under_caps(command, until).await {
             Ok(Response::Namespace(result)) => MdsResponse::Reply(result),
             Ok(other) => MdsResponse::Failed(format!("unexpected reply {other:?}")),
             Err(response) => response,
         }
+    }
+
+    /// What no client may ask for: ending a session by hand, or a layout
+    /// in a pool the map lacks.
+    fn check_mutation(&self, op: &NsOp) -> Result<(), Errno> {
+        if matches!(op, NsOp::EndSession { .. }) {
+            return Err(Errno::EPERM);
+        }
+        if !self.layout_names_a_pool(op) {
+            return Err(Errno::EINVAL);
+        }
+        Ok(())
+    }
+
+    /// Replicates `command`, which other sessions' caps may hold up: their
+    /// revocations are sent and answered (or their sessions evicted) and
+    /// the command goes again, until `until`, after which the caller is
+    /// told to send it again ([`MdsResponse::Busy`]).
+    async fn write_under_caps(
+        &self,
+        command: Command,
+        until: tokio::time::Instant,
+    ) -> Result<Response, MdsResponse> {
+        let mut gates = Vec::new();
+        loop {
+            let response = self.writes.write(command.clone()).await?;
+            let Response::Cap(CapOutcome::Conflict(conflicts)) = response else {
+                return Ok(response);
+            };
+            gates.push(self.revoker.revoke(&conflicts));
+            self.resolve(&conflicts, until).await?;
+        }
+    }
+
+    /// Whether `session`'s cap answers `revoke` now.
+    fn is_answered(&self, session: SessionId, revoke: &Revoke) -> bool {
+        self.state
+            .cap_of(session, revoke.ino)
+            .is_ok_and(|held| answered(held, revoke))
+    }
+
+    /// Waits until every revocation in `conflicts` (already queued) is
+    /// answered, evicting the sessions that leave one unanswered past the
+    /// revoke timeout; [`MdsResponse::Busy`] at `until`.
+    async fn resolve(
+        &self,
+        conflicts: &[(SessionId, Revoke)],
+        until: tokio::time::Instant,
+    ) -> Result<(), MdsResponse> {
+        let mut changes = self.state.watch_caps();
+        loop {
+            changes.borrow_and_update();
+            self.revoker
+                .settle(|session, revoke| self.is_answered(session, revoke));
+            let open: Vec<(SessionId, Revoke)> = conflicts
+                .iter()
+                .filter(|(session, revoke)| !self.is_answered(*session, revoke))
+                .copied()
+                .collect();
+            if open.is_empty() {
+                return Ok(());
+            }
+            let late = self.revoker.overdue(&open);
+            if !late.is_empty() {
+                for session in late {
+                    tracing::warn!(
+                        session = session.0,
+                        "evicting a session that did not give up its caps"
+                    );
+                    self.write(Command::Evict(session)).await?;
+                    self.revoker.forget_session(session);
+                }
+                continue;
+            }
+            let wake = self
+                .revoker
+                .next_deadline(&open)
+                .map_or(until, |at| tokio::time::Instant::from_std(at).min(until));
+            let woken = tokio::time::timeout_at(wake, changes.changed()).await;
+            if woken.is_err() && tokio::time::Instant::now() >= until {
+                return Err(MdsResponse::Busy);
+            }
+        }
+    }
+
+    /// A linearizable read whose answer must not miss writes another
+    /// session buffers: `read` also names the inodes it read, and the
+    /// Exclusive caps of other sessions on them are brought down to
+    /// Shared (their holders flush) before it is answered.
+    async fn checked_read<T>(
+        &self,
+        read: impl Fn(&Namespace) -> Result<(T, Vec<InodeId>), StoreError>,
+        wrap: impl FnOnce(T) -> MdsResponse,
+    ) -> MdsResponse {
+        let until = tokio::time::Instant::now() + BUSY_WAIT;
+        let mut gates = Vec::new();
+        loop {
+            if let Err(response) = self.linearize().await {
+                return response;
+            }
+            let conflicts = match self.state.read_checked(&read) {
+                Ok((value, conflicts)) if conflicts.is_empty() => return wrap(value),
+                Ok((_, conflicts)) => conflicts,
+                Err(error) => return MdsResponse::Failed(error.to_string()),
+            };
+            gates.push(self.revoker.revoke(&conflicts));
+            if let Err(response) = self.resolve(&conflicts, until).await {
+                return response;
+            }
+        }
+    }
+
+    /// A request under capabilities.
+    async fn cap_request(
+        &self,
+        peer: &EndpointId,
+        caller: Caller,
+        (session, request): (SessionId, u64),
+        op: CapOp,
+    ) -> MdsResponse {
+        let refused = |errno| {
+            MdsResponse::Cap(CapReply {
+                result: Err(errno),
+                grants: Vec::new(),
+                attrs: Vec::new(),
+                version: 0,
+                barrier: 0,
+            })
+        };
+        if !self.owns_session(peer, session) {
+            return refused(Errno::ESTALE);
+        }
+        if let CapOp::Mutate(op) = &op
+            && let Err(errno) = self.check_mutation(op)
+        {
+            return refused(errno);
+        }
+        self.sessions.touch(session);
+        let until = tokio::time::Instant::now() + BUSY_WAIT;
+        if !self.revoker.wait_open(&granted_inodes(&op), until).await {
+            return MdsResponse::Busy;
+        }
+        let ctx = OpContext {
+            caller,
+            now: Timestamp::now(),
+            session,
+        };
+        match self
+            .write_under_caps(Command::Cap { op, ctx, request }, until)
+            .await
+        {
+            Ok(Response::Cap(CapOutcome::Answer(reply))) => MdsResponse::Cap(reply),
+            Ok(other) => MdsResponse::Failed(format!("unexpected reply {other:?}")),
+            Err(response) => response,
+        }
+    }
+
+    /// The session's revocation long poll.
+    async fn cap_events(
+        &self,
+        peer: &EndpointId,
+        session: SessionId,
+        (instance, after): (u64, u64),
+    ) -> MdsResponse {
+        if let Err(response) = self.linearize().await {
+            return response;
+        }
+        if !self.owns_session(peer, session) {
+            return MdsResponse::CapEvents(CapEvents {
+                instance: 0,
+                revokes: Vec::new(),
+                ended: true,
+            });
+        }
+        self.sessions.touch(session);
+        let (instance, revokes) = self
+            .revoker
+            .events(session, (instance, after), EVENT_WAIT)
+            .await;
+        MdsResponse::CapEvents(CapEvents {
+            instance,
+            revokes,
+            ended: false,
+        })
     }
 
     /// Whether `peer` owns `session` and asks for a lock owner in it.
@@ -590,10 +774,16 @@ impl Service for MdsService {
                 parent,
                 name,
             } => {
-                self.read(|ns| ns.lookup(parent, &name, &caller), MdsResponse::Attr)
-                    .await
+                let read = |ns: &Namespace| {
+                    let found = ns.lookup(parent, &name, &caller)?;
+                    Ok((found.clone(), read_inodes(parent, &found)))
+                };
+                self.checked_read(read, MdsResponse::Attr).await
             }
-            MdsRequest::GetAttr { ino } => self.read(|ns| ns.getattr(ino), MdsResponse::Attr).await,
+            MdsRequest::GetAttr { ino } => {
+                let read = |ns: &Namespace| Ok((ns.getattr(ino)?, vec![ino]));
+                self.checked_read(read, MdsResponse::Attr).await
+            }
             MdsRequest::ReadDir {
                 caller,
                 ino,
@@ -601,12 +791,24 @@ impl Service for MdsService {
                 limit,
             } => {
                 let limit = limit.min(MAX_READDIR_REPLY) as usize;
-                self.read(
-                    |ns| ns.readdir(ino, offset, limit, &caller),
-                    MdsResponse::Entries,
-                )
-                .await
+                let read =
+                    |ns: &Namespace| Ok((ns.readdir(ino, offset, limit, &caller)?, vec![ino]));
+                self.checked_read(read, MdsResponse::Entries).await
             }
+            MdsRequest::Cap {
+                caller,
+                session,
+                request,
+                op,
+            } => {
+                self.cap_request(&peer, caller, (session, request), op)
+                    .await
+            }
+            MdsRequest::CapEvents {
+                session,
+                instance,
+                after,
+            } => self.cap_events(&peer, session, (instance, after)).await,
             MdsRequest::ReadLink { ino } => {
                 self.read(|ns| ns.readlink(ino), MdsResponse::Bytes).await
             }
@@ -647,5 +849,25 @@ impl Service for MdsService {
 
     fn malformed(&self, error: &FrameError) -> MdsResponse {
         MdsResponse::Failed(format!("malformed request: {error}"))
+    }
+}
+
+/// The inodes a lookup read: the directory, and what it found.
+fn read_inodes(parent: InodeId, found: &Result<Attr, Errno>) -> Vec<InodeId> {
+    let mut inodes = vec![parent];
+    if let Ok(attr) = found {
+        inodes.push(attr.ino);
+    }
+    inodes
+}
+
+/// The inodes a request under capabilities would grant caps on (known
+/// before it runs), which must not be under revocation when it is sent.
+fn granted_inodes(op: &CapOp) -> Vec<InodeId> {
+    match op {
+        CapOp::GetAttr { ino } | CapOp::Want { ino, .. } => vec![*ino],
+        CapOp::Lookup { parent, .. } => vec![*parent],
+        CapOp::Mutate(NsOp::Open { ino, .. }) => vec![*ino],
+        _ => Vec::new(),
     }
 }

@@ -1,7 +1,9 @@
 //! Session liveness, kept by the leader: when each session was last heard
 //! from (not replicated: a new leader gives every session a full timeout
 //! from the moment it took over), and the sweep that ends sessions that
-//! stopped renewing, which releases their handles through Raft.
+//! stopped renewing: they are evicted through Raft (handles, caps and
+//! locks released, and the OSDs told to refuse them, since a client that
+//! stopped renewing may still hold buffered writes).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -83,11 +85,7 @@ pub async fn sweep(raft: Raft, state: StateMachineStore, clock: Arc<SessionClock
                 session = session.0,
                 "ending a session that stopped renewing"
             );
-            if raft
-                .client_write(Command::CloseSession(session))
-                .await
-                .is_err()
-            {
+            if raft.client_write(Command::Evict(session)).await.is_err() {
                 break;
             }
         }

@@ -332,10 +332,12 @@ impl OsdService {
         self.links.get(map, osd).map_err(OsdError::Unavailable)
     }
 
+    /// A client's operation; `(epoch, session)` are the client's map epoch
+    /// and MDS session.
     async fn op(
         &self,
         object: ObjectRef,
-        epoch: u64,
+        (epoch, session): (u64, u64),
         op: ObjectOp,
         body: Vec<u8>,
     ) -> (OsdResponse, Vec<u8>) {
@@ -346,6 +348,9 @@ impl OsdService {
             return failed(OsdError::Invalid("bad object name length".into()));
         }
         let map = self.map_at_least(epoch).await;
+        if session != 0 && map.osdmap.is_blocklisted(session) {
+            return failed(OsdError::Fenced);
+        }
         let map_epoch = map.osdmap.epoch().0;
         let Ok(pg) = map.osdmap.object_pg(object.pool, &object.name) else {
             return failed(OsdError::Invalid(format!("no pool {}", object.pool.0)));
@@ -542,7 +547,12 @@ impl Service for OsdService {
         body: Vec<u8>,
     ) -> (OsdResponse, Vec<u8>) {
         match request {
-            OsdRequest::Op { object, epoch, op } => self.op(object, epoch, op, body).await,
+            OsdRequest::Op {
+                object,
+                epoch,
+                op,
+                session,
+            } => self.op(object, (epoch, session), op, body).await,
             OsdRequest::Replicate { pg, epoch, entry } => {
                 match self.replicate(peer, pg, epoch, entry, body).await {
                     Ok(()) => (OsdResponse::Replicated, Vec::new()),

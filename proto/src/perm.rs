@@ -2,8 +2,8 @@
 //! bits and POSIX ACLs, root's exceptions, the sticky bit, and what chmod, chown and
 //! creation do to setuid/setgid. Pure functions over attributes.
 
-use aspen_proto::fs::{Attr, Caller, FileType, access, mode};
-use aspen_proto::{Errno, acl};
+use crate::fs::{Attr, Caller, FileType, access, mode};
+use crate::{Errno, acl};
 
 /// Whether `caller` may access `attr` for `mask` (a combination of
 /// `R_OK`, `W_OK`, `X_OK`). Root may do anything but execute a file that
@@ -145,8 +145,8 @@ pub fn new_inode_owner(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aspen_proto::InodeId;
-    use aspen_proto::fs::Timestamp;
+    use crate::InodeId;
+    use crate::fs::Timestamp;
 
     fn attr(kind: FileType, perm: u32, uid: u32, gid: u32) -> Attr {
         Attr {

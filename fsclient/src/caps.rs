@@ -1,0 +1,528 @@
+//! The client's cache under capabilities: for each inode the session
+//! holds a cap on, its attributes (as of an MDS version), the cap, the
+//! size and mtime of writes not yet reported (under Exclusive), and for a
+//! directory the entries it has seen (names to inodes, or known absent).
+//! Nothing is answered from here without a cap; a cap that goes takes
+//! what it covered along.
+//!
+//! This module is the bookkeeping only (no I/O): the VFS asks it, feeds it
+//! the MDS's answers, and tells it what a revocation left.
+
+use std::collections::HashMap;
+
+use aspen_proto::InodeId;
+use aspen_proto::caps::{CapGrant, CapMode, CapReply, Revoke};
+use aspen_proto::fs::{Attr, Caller, Timestamp};
+
+/// How many inodes the cache keeps caps on before it gives the least
+/// recently used back.
+pub const MAX_CACHED_INODES: usize = 65_536;
+/// How many it gives back at once when over the limit.
+pub const TRIM_BATCH: usize = 1024;
+/// How many revocations of uncached inodes it remembers.
+pub const MAX_LATE_REVOCATIONS: usize = 4096;
+
+/// A cap as the client holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldCap {
+    pub mode: CapMode,
+    pub seq: u64,
+}
+
+/// Writes made under Exclusive that the MDS has not heard of yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreported {
+    pub size: u64,
+    pub mtime: Timestamp,
+    /// Who wrote last (setuid and setgid go unless root wrote).
+    pub writer: Caller,
+}
+
+/// A directory entry as last seen: the inode (or absent) and the version
+/// of the answer that said so.
+type Entry = (Option<InodeId>, u64);
+
+#[derive(Debug, Default)]
+struct DirCache {
+    names: HashMap<Vec<u8>, Entry>,
+    /// Every entry is in `names` (a directory this session made, kept
+    /// under its cap since).
+    complete: bool,
+}
+
+#[derive(Debug)]
+struct Cached {
+    attr: Attr,
+    version: u64,
+    cap: Option<HeldCap>,
+    /// The newest revocation seen: grants up to its seq are cut down to
+    /// its mode (a grant's answer can arrive after its revocation).
+    revoked: Option<(u64, Option<CapMode>)>,
+    unreported: Option<Unreported>,
+    dir: DirCache,
+    /// Set while a revocation is being carried out.
+    revoking: usize,
+    used: u64,
+}
+
+impl Cached {
+    fn shown(&self) -> Attr {
+        let mut attr = self.attr.clone();
+        if let Some(written) = &self.unreported {
+            attr.size = written.size;
+            attr.mtime = written.mtime;
+            attr.ctime = written.mtime.max(attr.ctime);
+            if !written.writer.is_root() {
+                attr.perm = aspen_proto::perm::drop_privileges(attr.kind, attr.perm);
+            }
+        }
+        attr
+    }
+
+    fn drop_cached(&mut self) {
+        self.dir = DirCache::default();
+    }
+}
+
+/// What a lookup in the cache found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    Entry(Attr),
+    Absent,
+}
+
+/// The cache. Callers hold it behind a lock.
+#[derive(Debug, Default)]
+pub struct CapCache {
+    inodes: HashMap<InodeId, Cached>,
+    /// Revocations of inodes the cache had no entry for, held against the
+    /// answers of grants still on their way.
+    late: HashMap<InodeId, (u64, Option<CapMode>)>,
+    clock: u64,
+}
+
+impl CapCache {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// The cap held on `ino`.
+    pub fn cap(&self, ino: InodeId) -> Option<HeldCap> {
+        self.inodes.get(&ino).and_then(|c| c.cap)
+    }
+
+    /// Whether a revocation of `ino` is being carried out.
+    pub fn revoking(&self, ino: InodeId) -> bool {
+        self.inodes.get(&ino).is_some_and(|c| c.revoking > 0)
+    }
+
+    /// The attributes of `ino`, if a cap covers them (with unreported
+    /// writes shown); during a revocation, the last ones known.
+    pub fn attr(&mut self, ino: InodeId) -> Option<Attr> {
+        let now = self.tick();
+        let cached = self.inodes.get_mut(&ino)?;
+        if cached.cap.is_none() && cached.revoking == 0 {
+            return None;
+        }
+        cached.used = now;
+        Some(cached.shown())
+    }
+
+    /// Resolves `name` in `parent` from what the parent's cap covers:
+    /// `None` when the cache cannot tell.
+    pub fn lookup(&mut self, parent: InodeId, name: &[u8]) -> Option<Found> {
+        let cached = self.inodes.get(&parent)?;
+        cached.cap?;
+        let found = match cached.dir.names.get(name) {
+            Some((Some(ino), _)) => *ino,
+            Some((None, _)) => return Some(Found::Absent),
+            None if cached.dir.complete => return Some(Found::Absent),
+            None => return None,
+        };
+        self.attr(found).map(Found::Entry)
+    }
+
+    /// Takes in an MDS answer: newer attributes, and the grants (cut down
+    /// by any revocation that overtook them).
+    pub fn absorb(&mut self, reply: &CapReply) {
+        let now = self.tick();
+        for attr in &reply.attrs {
+            let late = &mut self.late;
+            let cached = self.inodes.entry(attr.ino).or_insert_with(|| Cached {
+                attr: attr.clone(),
+                version: 0,
+                cap: None,
+                revoked: late.remove(&attr.ino),
+                unreported: None,
+                dir: DirCache::default(),
+                revoking: 0,
+                used: now,
+            });
+            if reply.version >= cached.version {
+                cached.attr = attr.clone();
+                cached.version = reply.version;
+            }
+            cached.used = now;
+        }
+        for grant in &reply.grants {
+            self.take_grant(*grant);
+        }
+    }
+
+    fn take_grant(&mut self, grant: CapGrant) {
+        let Some(cached) = self.inodes.get_mut(&grant.ino) else {
+            return;
+        };
+        if cached.cap.is_some_and(|held| held.seq >= grant.seq) {
+            return;
+        }
+        let mode = match cached.revoked {
+            Some((seq, to)) if grant.seq <= seq => to.map(|to| to.min(grant.mode)),
+            _ => Some(grant.mode),
+        };
+        cached.cap = mode.map(|mode| HeldCap {
+            mode,
+            seq: grant.seq,
+        });
+    }
+
+    /// Records that `name` in `parent` is `ino` (or absent), as of
+    /// `version`; kept only under the parent's cap.
+    pub fn note_entry(&mut self, parent: InodeId, name: &[u8], ino: Option<InodeId>, version: u64) {
+        let Some(cached) = self.inodes.get_mut(&parent) else {
+            return;
+        };
+        if cached.cap.is_none() {
+            return;
+        }
+        let entry = cached.dir.names.entry(name.to_vec()).or_insert((ino, 0));
+        if version >= entry.1 {
+            *entry = (ino, version);
+        }
+    }
+
+    /// Forgets what the cache knows of `name` in `parent`.
+    pub fn forget_entry(&mut self, parent: InodeId, name: &[u8]) {
+        if let Some(cached) = self.inodes.get_mut(&parent) {
+            cached.dir.names.remove(name);
+            cached.dir.complete = false;
+        }
+    }
+
+    /// `dir` was just made by this session and is empty.
+    pub fn note_complete(&mut self, dir: InodeId) {
+        if let Some(cached) = self.inodes.get_mut(&dir)
+            && cached.cap.is_some()
+        {
+            cached.dir.complete = true;
+        }
+    }
+
+    /// The inode `name` in `parent` is known to be.
+    pub fn entry(&self, parent: InodeId, name: &[u8]) -> Option<InodeId> {
+        let cached = self.inodes.get(&parent)?;
+        cached.cap?;
+        cached.dir.names.get(name).and_then(|(ino, _)| *ino)
+    }
+
+    /// Records a write under Exclusive: the size grows to `end`.
+    pub fn note_write(&mut self, ino: InodeId, end: u64, writer: &Caller) {
+        let Some(cached) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        let size = cached
+            .unreported
+            .as_ref()
+            .map_or(cached.attr.size, |u| u.size);
+        cached.unreported = Some(Unreported {
+            size: size.max(end),
+            mtime: Timestamp::now(),
+            writer: writer.clone(),
+        });
+    }
+
+    /// Unreported writes of `ino`.
+    pub fn unreported(&self, ino: InodeId) -> Option<Unreported> {
+        self.inodes.get(&ino).and_then(|c| c.unreported.clone())
+    }
+
+    /// The MDS now has `reported`: it stops overriding the attributes
+    /// unless written again since.
+    pub fn reported(&mut self, ino: InodeId, reported: &Unreported) {
+        if let Some(cached) = self.inodes.get_mut(&ino)
+            && cached.unreported.as_ref() == Some(reported)
+        {
+            cached.unreported = None;
+        }
+    }
+
+    /// Inodes with writes the MDS has not heard of, made before `cutoff`.
+    pub fn unreported_inodes(&self, cutoff: Timestamp) -> Vec<InodeId> {
+        self.inodes
+            .iter()
+            .filter(|(_, c)| c.unreported.as_ref().is_some_and(|u| u.mtime < cutoff))
+            .map(|(ino, _)| *ino)
+            .collect()
+    }
+
+    /// Forgets unreported writes (they were lost with the session).
+    pub fn drop_unreported(&mut self, ino: InodeId) {
+        if let Some(cached) = self.inodes.get_mut(&ino) {
+            cached.unreported = None;
+        }
+    }
+
+    /// A revocation starts: until [`CapCache::finish_revoke`], the last
+    /// known attributes still answer (the MDS holds back whoever asked
+    /// for it, so they are still right).
+    pub fn begin_revoke(&mut self, revoke: &Revoke) -> Option<HeldCap> {
+        let cached = self.inodes.get_mut(&revoke.ino)?;
+        cached.revoking += 1;
+        cached.cap.filter(|held| held.seq <= revoke.seq)
+    }
+
+    /// A revocation is carried out: the cap is down to what it asked,
+    /// and what a lost cap covered goes. Remembered for late grants.
+    pub fn finish_revoke(&mut self, revoke: &Revoke) {
+        let Some(cached) = self.inodes.get_mut(&revoke.ino) else {
+            if self.late.len() >= MAX_LATE_REVOCATIONS {
+                self.late.clear();
+            }
+            let seen = self
+                .late
+                .entry(revoke.ino)
+                .or_insert((revoke.seq, revoke.to));
+            if seen.0 < revoke.seq {
+                *seen = (revoke.seq, revoke.to);
+            }
+            return;
+        };
+        cached.revoking = cached.revoking.saturating_sub(1);
+        if cached.revoked.is_none_or(|(seq, _)| seq <= revoke.seq) {
+            cached.revoked = Some((revoke.seq, revoke.to));
+        }
+        if let Some(held) = cached.cap
+            && held.seq <= revoke.seq
+        {
+            cached.cap = revoke.to.map(|to| HeldCap {
+                mode: to.min(held.mode),
+                seq: held.seq,
+            });
+        }
+        if cached.cap.is_none() {
+            cached.drop_cached();
+        }
+    }
+
+    /// Drops `ino`'s cap (given back to the MDS) and what it covered.
+    pub fn release(&mut self, ino: InodeId) -> Option<HeldCap> {
+        let cached = self.inodes.get_mut(&ino)?;
+        let held = cached.cap.take();
+        cached.drop_cached();
+        held
+    }
+
+    /// Forgets every cap (the session ended); the inodes that had one.
+    pub fn clear(&mut self) -> Vec<InodeId> {
+        let inodes = self.inodes.keys().copied().collect();
+        self.inodes.clear();
+        self.late.clear();
+        inodes
+    }
+
+    /// Least recently used inodes with a cap, beyond the limit, that
+    /// `busy` does not keep; at most [`TRIM_BATCH`].
+    pub fn trim_candidates(&self, busy: impl Fn(InodeId) -> bool) -> Vec<(InodeId, u64)> {
+        if self.inodes.len() <= MAX_CACHED_INODES {
+            return Vec::new();
+        }
+        let mut idle: Vec<(u64, InodeId, u64)> = self
+            .inodes
+            .iter()
+            .filter(|(ino, c)| c.revoking == 0 && c.unreported.is_none() && !busy(**ino))
+            .filter_map(|(ino, c)| c.cap.map(|held| (c.used, *ino, held.seq)))
+            .collect();
+        idle.sort_unstable();
+        let excess = (self.inodes.len() - MAX_CACHED_INODES).max(TRIM_BATCH);
+        idle.into_iter()
+            .take(excess.min(TRIM_BATCH))
+            .map(|(_, ino, seq)| (ino, seq))
+            .collect()
+    }
+
+    /// Forgets inodes that hold no cap and are not being revoked.
+    pub fn forget_uncapped(&mut self) {
+        self.inodes
+            .retain(|_, c| c.cap.is_some() || c.revoking > 0 || c.unreported.is_some());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aspen_proto::fs::FileType;
+    use aspen_proto::mds::NsReply;
+
+    fn attr(ino: u64, size: u64) -> Attr {
+        Attr {
+            ino: InodeId(ino),
+            kind: FileType::Regular,
+            perm: 0o6755,
+            nlink: 1,
+            uid: 1,
+            gid: 1,
+            size,
+            atime: Timestamp::default(),
+            mtime: Timestamp::default(),
+            ctime: Timestamp::default(),
+            rdev: 0,
+            generation: 1,
+            layout: Default::default(),
+            acl: None,
+        }
+    }
+
+    fn reply(attrs: Vec<Attr>, grants: Vec<CapGrant>, version: u64) -> CapReply {
+        CapReply {
+            result: Ok(NsReply::Done),
+            grants,
+            attrs,
+            version,
+            barrier: 0,
+        }
+    }
+
+    fn grant(ino: u64, mode: CapMode, seq: u64) -> CapGrant {
+        CapGrant {
+            ino: InodeId(ino),
+            mode,
+            seq,
+        }
+    }
+
+    #[test]
+    fn nothing_is_answered_without_a_cap_and_older_answers_lose() {
+        let mut cache = CapCache::default();
+        cache.absorb(&reply(vec![attr(5, 10)], vec![], 3));
+        assert_eq!(cache.attr(InodeId(5)), None, "no cap, no answer");
+        cache.absorb(&reply(
+            vec![attr(5, 20)],
+            vec![grant(5, CapMode::Shared, 1)],
+            9,
+        ));
+        assert_eq!(cache.attr(InodeId(5)).unwrap().size, 20);
+        cache.absorb(&reply(vec![attr(5, 15)], vec![], 4));
+        assert_eq!(cache.attr(InodeId(5)).unwrap().size, 20, "an older answer");
+    }
+
+    #[test]
+    fn a_revocation_that_overtakes_its_grant_still_counts() {
+        let mut cache = CapCache::default();
+        cache.absorb(&reply(
+            vec![attr(5, 10)],
+            vec![grant(5, CapMode::Shared, 1)],
+            1,
+        ));
+        let revoke = Revoke {
+            ino: InodeId(5),
+            seq: 4,
+            to: None,
+        };
+        assert!(cache.begin_revoke(&revoke).is_some());
+        assert!(cache.attr(InodeId(5)).is_some(), "answers while revoking");
+        cache.finish_revoke(&revoke);
+        assert_eq!(cache.cap(InodeId(5)), None);
+        cache.absorb(&reply(
+            vec![attr(5, 10)],
+            vec![grant(5, CapMode::Exclusive, 4)],
+            2,
+        ));
+        assert_eq!(cache.cap(InodeId(5)), None, "grant 4 was revoked");
+        cache.absorb(&reply(
+            vec![attr(5, 10)],
+            vec![grant(5, CapMode::Shared, 6)],
+            3,
+        ));
+        assert_eq!(cache.cap(InodeId(5)).unwrap().mode, CapMode::Shared);
+
+        let unknown = Revoke {
+            ino: InodeId(8),
+            seq: 3,
+            to: Some(CapMode::Shared),
+        };
+        assert!(cache.begin_revoke(&unknown).is_none());
+        cache.finish_revoke(&unknown);
+        cache.absorb(&reply(
+            vec![attr(8, 1)],
+            vec![grant(8, CapMode::Exclusive, 3)],
+            4,
+        ));
+        assert_eq!(
+            cache.cap(InodeId(8)).unwrap().mode,
+            CapMode::Shared,
+            "a revocation that came before anything else of the inode"
+        );
+    }
+
+    #[test]
+    fn entries_need_the_directory_cap_and_keep_the_newest_answer() {
+        let mut cache = CapCache::default();
+        let dir = Attr {
+            kind: FileType::Directory,
+            ..attr(2, 0)
+        };
+        cache.absorb(&reply(vec![dir.clone(), attr(5, 1)], vec![], 1));
+        cache.note_entry(InodeId(2), b"a", Some(InodeId(5)), 1);
+        assert_eq!(cache.lookup(InodeId(2), b"a"), None, "no directory cap");
+        let grants = vec![grant(2, CapMode::Shared, 1), grant(5, CapMode::Shared, 2)];
+        cache.absorb(&reply(vec![dir, attr(5, 1)], grants, 2));
+        cache.note_entry(InodeId(2), b"a", Some(InodeId(5)), 5);
+        cache.note_entry(InodeId(2), b"a", None, 4);
+        assert!(
+            matches!(cache.lookup(InodeId(2), b"a"), Some(Found::Entry(a)) if a.ino == InodeId(5))
+        );
+        cache.note_entry(InodeId(2), b"a", None, 6);
+        assert_eq!(cache.lookup(InodeId(2), b"a"), Some(Found::Absent));
+        assert_eq!(cache.lookup(InodeId(2), b"b"), None);
+        cache.note_complete(InodeId(2));
+        assert_eq!(cache.lookup(InodeId(2), b"b"), Some(Found::Absent));
+        let revoke = Revoke {
+            ino: InodeId(2),
+            seq: 1,
+            to: None,
+        };
+        cache.begin_revoke(&revoke);
+        cache.finish_revoke(&revoke);
+        assert_eq!(
+            cache.lookup(InodeId(2), b"b"),
+            None,
+            "the cap took the entries"
+        );
+    }
+
+    #[test]
+    fn unreported_writes_show_until_reported() {
+        let mut cache = CapCache::default();
+        cache.absorb(&reply(
+            vec![attr(5, 10)],
+            vec![grant(5, CapMode::Exclusive, 1)],
+            1,
+        ));
+        let writer = Caller::new(7, 7, vec![]);
+        cache.note_write(InodeId(5), 100, &writer);
+        let shown = cache.attr(InodeId(5)).unwrap();
+        assert_eq!(shown.size, 100);
+        assert_eq!(
+            shown.perm, 0o755,
+            "a write by a non-root caller drops setuid and setgid"
+        );
+        let unreported = cache.unreported(InodeId(5)).unwrap();
+        cache.note_write(InodeId(5), 50, &writer);
+        cache.reported(InodeId(5), &unreported);
+        assert!(
+            cache.unreported(InodeId(5)).is_some(),
+            "written again since"
+        );
+    }
+}

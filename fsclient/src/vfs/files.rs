@@ -1,0 +1,680 @@
+//! Open files and their bytes: the handle table, reads and writes, and
+//! write-back.
+//!
+//! Reading needs a cap on the file (Shared at least: nobody else buffers
+//! writes to it); writing needs Exclusive. Under Exclusive, writes are
+//! buffered ([`DirtyExtents`]) and the size and mtime they produce kept in
+//! the cache; the buffers go to the OSDs when a file has
+//! [`WRITEBACK_CHUNK`] of them, when all files together pass
+//! [`MAX_DIRTY_BYTES`] (the writer waits), on close, on a timer, and when
+//! the cap is revoked; fsync waits until the bytes are durable on the OSDs
+//! and the size and mtime at the MDS. Reads see buffered bytes over what
+//! the OSDs hold. `O_DIRECT` writes go straight to the OSDs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aspen_proto::caps::{CapMode, CapOp, Flushed};
+use aspen_proto::fs::{Attr, Caller, open_flags};
+use aspen_proto::mds::{HandleId, NsOp, NsReply};
+use aspen_proto::{Errno, InodeId};
+use tokio::sync::{Notify, RwLock, Semaphore};
+
+use super::{Vfs, attr_reply, lock};
+use crate::data::{self, FileObjects};
+use crate::writeback::DirtyExtents;
+
+/// The buffered bytes of one file that start its write-back.
+pub const WRITEBACK_CHUNK: u64 = 16 << 20;
+/// The buffered bytes of all files beyond which writers wait for theirs
+/// to go out.
+pub const MAX_DIRTY_BYTES: u64 = 256 << 20;
+/// How long written bytes and sizes may stay unsent when nothing else
+/// sends them.
+pub const WRITEBACK_INTERVAL: Duration = Duration::from_secs(2);
+/// Files written back at once.
+pub const MAX_FLUSHES: usize = 16;
+/// The most bytes copy_file_range moves per read and write.
+pub const COPY_CHUNK: u64 = 4 << 20;
+
+/// The I/O state of a file that is open here or has buffered writes.
+pub(super) struct FileIo {
+    pub(super) file: FileObjects,
+    /// Reads and writes share it; truncation, hole punching and the
+    /// revocation of the Exclusive cap take it alone.
+    pub(super) io: RwLock<()>,
+    state: Mutex<IoState>,
+    /// One write-back at a time.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct IoState {
+    dirty: DirtyExtents,
+    /// Bytes a write-back is sending: reads still see them.
+    in_flight: Option<Arc<DirtyExtents>>,
+    /// A background write-back failed: the next flush or fsync says so.
+    error: Option<Errno>,
+    opens: usize,
+    /// A background write-back is queued or running.
+    scheduled: bool,
+    /// When the oldest buffered byte was written.
+    dirty_since: Option<Instant>,
+}
+
+#[derive(Clone)]
+pub(super) struct OpenFile {
+    pub(super) ino: InodeId,
+    handle: HandleId,
+    flags: u32,
+    /// The session it was opened in.
+    generation: u64,
+}
+
+impl OpenFile {
+    pub(super) fn writable(&self) -> bool {
+        self.flags & open_flags::O_ACCMODE != open_flags::O_RDONLY
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Files {
+    handles: HashMap<u64, OpenFile>,
+    pub(super) inodes: HashMap<InodeId, Arc<FileIo>>,
+}
+
+impl Files {
+    /// Whether `ino` is open or has buffered writes here.
+    pub(super) fn holds(&self, ino: InodeId) -> bool {
+        self.inodes.contains_key(&ino)
+    }
+}
+
+/// Buffered bytes across all files.
+pub(super) struct WriteBack {
+    dirty: AtomicU64,
+    /// Wakes writers waiting for buffered bytes to go out.
+    sent: Notify,
+    flushes: Semaphore,
+}
+
+impl Default for WriteBack {
+    fn default() -> WriteBack {
+        WriteBack {
+            dirty: AtomicU64::new(0),
+            sent: Notify::new(),
+            flushes: Semaphore::new(MAX_FLUSHES),
+        }
+    }
+}
+
+impl WriteBack {
+    fn add(&self, grown: i64) {
+        if grown >= 0 {
+            self.dirty.fetch_add(grown as u64, Ordering::AcqRel);
+        } else {
+            self.dirty.fetch_sub(grown.unsigned_abs(), Ordering::AcqRel);
+            self.sent.notify_waiters();
+        }
+    }
+}
+
+impl Vfs {
+    pub(super) fn file_io(&self, ino: InodeId) -> Option<Arc<FileIo>> {
+        lock(&self.files).inodes.get(&ino).cloned()
+    }
+
+    /// Inodes with bytes buffered for at least `age`.
+    pub(super) fn written_inodes(&self, age: Duration) -> Vec<InodeId> {
+        lock(&self.files)
+            .inodes
+            .iter()
+            .filter(|(_, io)| {
+                lock(&io.state)
+                    .dirty_since
+                    .is_some_and(|since| since.elapsed() >= age)
+            })
+            .map(|(ino, _)| *ino)
+            .collect()
+    }
+
+    /// Whether this client has `ino` open.
+    pub(super) fn is_open(&self, ino: InodeId) -> bool {
+        self.file_io(ino)
+            .is_some_and(|io| lock(&io.state).opens > 0)
+    }
+
+    pub(super) fn open_file(&self, fh: u64) -> Result<(OpenFile, Arc<FileIo>), Errno> {
+        let files = lock(&self.files);
+        let file = files.handles.get(&fh).ok_or(Errno::EBADF)?.clone();
+        if file.generation != self.session.generation() {
+            // Opened in a session the MDS ended: the handle is gone.
+            return Err(Errno::EIO);
+        }
+        let io = files.inodes.get(&file.ino).ok_or(Errno::EBADF)?.clone();
+        Ok((file, io))
+    }
+
+    /// Records an opened handle; returns the handle number for the kernel.
+    fn register(&self, attr: &Attr, handle: HandleId, flags: u32) -> u64 {
+        let mut files = lock(&self.files);
+        files.handles.insert(
+            handle.0,
+            OpenFile {
+                ino: attr.ino,
+                handle,
+                flags,
+                generation: self.session.generation(),
+            },
+        );
+        let io = files.inodes.entry(attr.ino).or_insert_with(|| {
+            Arc::new(FileIo {
+                file: FileObjects {
+                    ino: attr.ino,
+                    layout: attr.layout,
+                },
+                io: RwLock::new(()),
+                state: Mutex::new(IoState::default()),
+                flushing: tokio::sync::Mutex::new(()),
+            })
+        });
+        lock(&io.state).opens += 1;
+        handle.0
+    }
+
+    /// Forgets `ino`'s I/O state once nothing holds it.
+    fn forget_io_if_idle(&self, ino: InodeId) {
+        let mut files = lock(&self.files);
+        let idle = files.inodes.get(&ino).is_some_and(|io| {
+            let state = lock(&io.state);
+            state.opens == 0
+                && state.dirty.is_empty()
+                && state.in_flight.is_none()
+                && !state.scheduled
+        });
+        if idle {
+            files.inodes.remove(&ino);
+        }
+    }
+
+    pub async fn open(
+        &self,
+        caller: &Caller,
+        ino: InodeId,
+        flags: u32,
+    ) -> Result<(u64, Attr), Errno> {
+        let op = NsOp::Open { ino, flags };
+        let reply = if flags & open_flags::O_TRUNC != 0 {
+            self.resize(caller, ino, 0, op).await?
+        } else {
+            self.mutate(caller, op).await?
+        };
+        let Ok(NsReply::Opened { attr, handle }) = reply.result else {
+            return Err(reply.result.err().unwrap_or(Errno::EIO));
+        };
+        let fh = self.register(&attr, handle, flags);
+        Ok((fh, self.shown(attr)))
+    }
+
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        parent: InodeId,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: u32,
+    ) -> Result<(u64, Attr), Errno> {
+        let op = NsOp::Create {
+            parent,
+            name: name.to_vec(),
+            mode,
+            umask,
+            flags,
+        };
+        let reply = self.mutate(caller, op).await?;
+        let Ok(NsReply::Opened { attr, handle }) = reply.result else {
+            return Err(reply.result.err().unwrap_or(Errno::EIO));
+        };
+        let fh = self.register(&attr, handle, flags);
+        Ok((fh, self.shown(attr)))
+    }
+
+    /// Applies `op`, which sets the size of regular file `ino` to
+    /// `new_size` (a truncating setattr or open), then cuts the objects
+    /// past it. It takes Exclusive first (other clients send what they
+    /// buffered, so the old size is known here) and holds the file's I/O
+    /// throughout, so no write lands in the range while it is cut.
+    pub(super) async fn resize(
+        &self,
+        caller: &Caller,
+        ino: InodeId,
+        new_size: u64,
+        op: NsOp,
+    ) -> Result<aspen_proto::caps::CapReply, Errno> {
+        self.want(ino, CapMode::Exclusive).await?;
+        let io = self.file_io(ino);
+        let _cutting = match &io {
+            Some(io) => Some(io.io.write().await),
+            None => None,
+        };
+        self.flush_and_report(ino).await?;
+        let cached = self.cache().attr(ino);
+        let old_size = match cached {
+            Some(attr) => attr.size,
+            None => self.getattr(ino).await?.size,
+        };
+        let reply = self.mutate(caller, op).await?;
+        let attr = attr_reply(&reply)?;
+        let file = FileObjects {
+            ino,
+            layout: attr.layout,
+        };
+        if let Err(errno) = self.data.truncate(file, new_size, old_size).await {
+            if let Ok(NsReply::Opened { handle, .. }) = reply.result {
+                let _ = self
+                    .session
+                    .mutate(&Caller::root(), NsOp::Release { handle })
+                    .await;
+            }
+            return Err(errno);
+        }
+        Ok(reply)
+    }
+
+    /// Makes sure reads of `ino` may go on: a cap is held, or one is being
+    /// revoked (its holder still knows the file as it is).
+    async fn readable(&self, ino: InodeId) -> Result<(), Errno> {
+        let covered = {
+            let cache = self.cache();
+            cache.cap(ino).is_some() || cache.revoking(ino)
+        };
+        if covered {
+            return Ok(());
+        }
+        self.want(ino, CapMode::Shared).await
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Vec<u8>, Errno> {
+        let (file, io) = self.open_file(fh)?;
+        loop {
+            self.readable(file.ino).await?;
+            let _reading = io.io.read().await;
+            let Some(attr) = self.cache().attr(file.ino) else {
+                continue;
+            };
+            return self
+                .read_bytes(&io, offset, u64::from(len), attr.size)
+                .await;
+        }
+    }
+
+    /// Bytes from the OSDs with the buffered ones laid over them.
+    async fn read_bytes(
+        &self,
+        io: &FileIo,
+        offset: u64,
+        len: u64,
+        size: u64,
+    ) -> Result<Vec<u8>, Errno> {
+        let end = offset.saturating_add(len).min(size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let (in_flight, dirty) = {
+            let state = lock(&io.state);
+            (
+                state.in_flight.clone(),
+                state.dirty.slice(offset, end - offset),
+            )
+        };
+        let mut bytes = if dirty.covers(offset, end - offset) {
+            vec![0; (end - offset) as usize]
+        } else {
+            self.data.read(io.file, offset, len, size).await?
+        };
+        if let Some(in_flight) = in_flight {
+            in_flight.overlay(offset, &mut bytes);
+        }
+        dirty.overlay(offset, &mut bytes);
+        Ok(bytes)
+    }
+
+    pub async fn write(
+        &self,
+        caller: &Caller,
+        fh: u64,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<u32, Errno> {
+        let (file, io) = self.open_file(fh)?;
+        if !file.writable() {
+            return Err(Errno::EBADF);
+        }
+        let direct = file.flags & open_flags::O_DIRECT != 0;
+        loop {
+            self.want(file.ino, CapMode::Exclusive).await?;
+            let _writing = io.io.read().await;
+            let (exclusive, revoking, size) = {
+                let mut cache = self.cache();
+                let exclusive = cache
+                    .cap(file.ino)
+                    .is_some_and(|held| held.mode == CapMode::Exclusive);
+                let size = cache.attr(file.ino).map_or(0, |attr| attr.size);
+                (exclusive, cache.revoking(file.ino), size)
+            };
+            if !exclusive {
+                continue;
+            }
+            let offset = if file.flags & open_flags::O_APPEND != 0 {
+                size
+            } else {
+                offset
+            };
+            let end = data::write_end(offset, bytes.len() as u64)?;
+            // During a revocation nothing more is buffered: it must be on
+            // the OSDs before the cap goes.
+            if direct || revoking {
+                self.data.write(io.file, offset, bytes).await?;
+            } else {
+                let mut state = lock(&io.state);
+                let before = state.dirty.bytes();
+                state.dirty_since.get_or_insert_with(Instant::now);
+                state.dirty.insert(offset, bytes);
+                self.writeback
+                    .add(state.dirty.bytes() as i64 - before as i64);
+            }
+            self.cache().note_write(file.ino, end, caller);
+            break;
+        }
+        self.after_write(file.ino, &io).await?;
+        Ok(bytes.len() as u32)
+    }
+
+    /// Starts write-back of a file with enough buffered, and makes the
+    /// writer wait while too much is buffered overall.
+    async fn after_write(&self, ino: InodeId, io: &FileIo) -> Result<(), Errno> {
+        if lock(&io.state).dirty.bytes() >= WRITEBACK_CHUNK {
+            self.schedule_flush(ino);
+        }
+        while self.writeback.dirty.load(Ordering::Acquire) > MAX_DIRTY_BYTES {
+            let sent = self.writeback.sent.notified();
+            if lock(&io.state).dirty.is_empty() {
+                // Others' bytes are over the limit: wait for some to go.
+                for other in self.written_inodes(Duration::ZERO) {
+                    self.schedule_flush(other);
+                }
+                let _ = tokio::time::timeout(WRITEBACK_INTERVAL, sent).await;
+                continue;
+            }
+            self.flush_data(ino).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `ino`'s buffered bytes to the OSDs (those buffered when it
+    /// starts); returns once they are durable.
+    pub(super) async fn flush_data(&self, ino: InodeId) -> Result<(), Errno> {
+        let Some(io) = self.file_io(ino) else {
+            return Ok(());
+        };
+        let _one = io.flushing.lock().await;
+        let sending = {
+            let mut state = lock(&io.state);
+            if state.dirty.is_empty() {
+                return Ok(());
+            }
+            let sending = Arc::new(state.dirty.take_all());
+            state.dirty_since = None;
+            state.in_flight = Some(sending.clone());
+            sending
+        };
+        let sent = self.data.write_extents(io.file, sending.clone()).await;
+        lock(&io.state).in_flight = None;
+        self.writeback.add(-(sending.bytes() as i64));
+        if let Err(errno) = sent {
+            tracing::warn!("writing back inode {ino}: {errno}");
+            lock(&io.state).error = Some(errno);
+            return Err(errno);
+        }
+        Ok(())
+    }
+
+    /// Tells the MDS the size and mtime this client's writes produced.
+    pub(super) async fn report(&self, ino: InodeId) -> Result<(), Errno> {
+        let Some(written) = self.cache().unreported(ino) else {
+            return Ok(());
+        };
+        let flushed = Flushed {
+            size: written.size,
+            mtime: written.mtime,
+        };
+        let reply = self
+            .cap_call(&written.writer, CapOp::Flush { ino, flushed })
+            .await?;
+        match reply.result {
+            Ok(_) => {
+                self.cache().reported(ino, &written);
+                Ok(())
+            }
+            // The cap went: a revocation reported it, or the file is gone.
+            Err(Errno::EBADF) => Ok(()),
+            Err(errno) => Err(errno),
+        }
+    }
+
+    /// Buffered bytes out, then the size reported: what fsync promises.
+    pub(super) async fn flush_and_report(&self, ino: InodeId) -> Result<(), Errno> {
+        self.flush_data(ino).await?;
+        self.report(ino).await
+    }
+
+    /// Writes `ino` back in the background (once at a time); a file with
+    /// nothing buffered only has its size reported.
+    pub(super) fn schedule_flush(&self, ino: InodeId) {
+        let Some(vfs) = self.me.upgrade() else {
+            return;
+        };
+        let Some(io) = self.file_io(ino) else {
+            tokio::spawn(async move {
+                if let Err(errno) = vfs.report(ino).await {
+                    tracing::warn!("reporting the size of inode {ino}: {errno}");
+                }
+            });
+            return;
+        };
+        {
+            let mut state = lock(&io.state);
+            if state.scheduled {
+                return;
+            }
+            state.scheduled = true;
+        }
+        tokio::spawn(async move {
+            let permit = vfs.writeback.flushes.acquire().await;
+            if let Err(errno) = vfs.flush_and_report(ino).await {
+                lock(&io.state).error.get_or_insert(errno);
+            }
+            drop(permit);
+            lock(&io.state).scheduled = false;
+            vfs.forget_io_if_idle(ino);
+        });
+    }
+
+    /// Writes back every file (unmount).
+    pub(super) async fn flush_everything(&self) {
+        let inodes: Vec<InodeId> = lock(&self.files).inodes.keys().copied().collect();
+        for ino in inodes {
+            if let Err(errno) = self.flush_and_report(ino).await {
+                tracing::warn!("writing back inode {ino}: {errno}");
+            }
+        }
+    }
+
+    /// Throws away `ino`'s buffered bytes (the file is gone, or the
+    /// session that held the cap is).
+    pub(super) fn drop_buffers(&self, ino: InodeId) {
+        if let Some(io) = self.file_io(ino) {
+            let dropped = {
+                let mut state = lock(&io.state);
+                state.dirty_since = None;
+                state.dirty.take_all()
+            };
+            self.writeback.add(-(dropped.bytes() as i64));
+        }
+        self.forget_io_if_idle(ino);
+    }
+
+    /// Makes the next flush or fsync of `ino` fail: what was buffered is
+    /// lost.
+    pub(super) fn fail_io(&self, ino: InodeId) {
+        if let Some(io) = self.file_io(ino) {
+            lock(&io.state).error = Some(Errno::EIO);
+        }
+    }
+
+    /// The error a background write-back of the file met, once.
+    fn take_error(io: &FileIo) -> Result<(), Errno> {
+        lock(&io.state).error.take().map_or(Ok(()), Err)
+    }
+
+    /// close(2) of one descriptor: what was written goes out (in the
+    /// background), and an earlier write-back failure is reported.
+    pub async fn flush(&self, fh: u64) -> Result<(), Errno> {
+        let (file, io) = self.open_file(fh)?;
+        self.schedule_flush(file.ino);
+        Vfs::take_error(&io)
+    }
+
+    /// A close: [`Vfs::flush`], and `lock_owner`'s POSIX locks on the file
+    /// go (POSIX drops a process's locks at its close of any descriptor).
+    pub async fn flush_on_close(&self, fh: u64, lock_owner: u64) -> Result<(), Errno> {
+        let (file, _) = self.open_file(fh)?;
+        let flushed = self.flush(fh).await;
+        let released = self.release_locks(file.ino, lock_owner).await;
+        flushed.and(released)
+    }
+
+    /// The written bytes durable on the OSDs and the size at the MDS.
+    pub async fn fsync(&self, fh: u64) -> Result<(), Errno> {
+        let (file, io) = self.open_file(fh)?;
+        Vfs::take_error(&io)?;
+        self.flush_and_report(file.ino).await
+    }
+
+    pub async fn release(&self, fh: u64) -> Result<(), Errno> {
+        // The handle leaves the table first, so of two racing releases of
+        // it (the kernel's and unmount's) only one goes on.
+        let (file, io) = {
+            let mut files = lock(&self.files);
+            let file = files.handles.remove(&fh).ok_or(Errno::EBADF)?;
+            let io = files.inodes.get(&file.ino).cloned().ok_or(Errno::EBADF)?;
+            (file, io)
+        };
+        let last = {
+            let mut state = lock(&io.state);
+            state.opens -= 1;
+            state.opens == 0
+        };
+        let unlinked = self.cache().attr(file.ino).is_some_and(|a| a.nlink == 0);
+        if last && unlinked {
+            // Nobody can reach its bytes any more: none go out after it.
+            let _one = io.flushing.lock().await;
+            self.discard(file.ino);
+        } else if last {
+            self.schedule_flush(file.ino);
+        }
+        self.forget_io_if_idle(file.ino);
+        if file.generation != self.session.generation() {
+            return Ok(());
+        }
+        let release = NsOp::Release {
+            handle: file.handle,
+        };
+        self.session
+            .mutate(&Caller::root(), release)
+            .await
+            .map(drop)
+    }
+
+    // ---- data operations beyond read and write ----
+
+    /// fallocate: allocation (the size grows unless KEEP_SIZE), punching a
+    /// hole (with KEEP_SIZE) and zeroing a range. Space is not reserved.
+    pub async fn fallocate(
+        &self,
+        caller: &Caller,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> Result<(), Errno> {
+        use nix::libc::{
+            FALLOC_FL_KEEP_SIZE as KEEP_SIZE, FALLOC_FL_PUNCH_HOLE as PUNCH_HOLE,
+            FALLOC_FL_ZERO_RANGE as ZERO_RANGE,
+        };
+        let (file, io) = self.open_file(fh)?;
+        if !file.writable() {
+            return Err(Errno::EBADF);
+        }
+        if len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let end = data::write_end(offset, len)?;
+        let zeroes = match mode & !KEEP_SIZE {
+            0 => false,
+            PUNCH_HOLE if mode & KEEP_SIZE != 0 => true,
+            ZERO_RANGE => true,
+            _ => return Err(Errno::EOPNOTSUPP),
+        };
+        self.want(file.ino, CapMode::Exclusive).await?;
+        let _cutting = io.io.write().await;
+        // Buffered bytes in the range must not land over the zeros.
+        self.flush_data(file.ino).await?;
+        let size = self.cache().attr(file.ino).map_or(0, |attr| attr.size);
+        if zeroes && offset < size {
+            self.data
+                .zero(io.file, offset, end.min(size) - offset)
+                .await?;
+        }
+        let grows = mode & KEEP_SIZE == 0 && end > size;
+        if grows || zeroes {
+            let end = if grows { end } else { size };
+            self.cache().note_write(file.ino, end, caller);
+        }
+        Ok(())
+    }
+
+    /// SEEK_DATA and SEEK_HOLE.
+    pub async fn lseek(&self, fh: u64, offset: u64, whence: i32) -> Result<u64, Errno> {
+        let (file, io) = self.open_file(fh)?;
+        self.readable(file.ino).await?;
+        self.flush_data(file.ino).await?;
+        let size = self.cache().attr(file.ino).map_or(0, |attr| attr.size);
+        self.data.seek(io.file, offset, size, whence).await
+    }
+
+    /// Copies up to `len` bytes between open files; returns how many.
+    pub async fn copy_file_range(
+        &self,
+        caller: &Caller,
+        (fh_in, offset_in): (u64, u64),
+        (fh_out, offset_out): (u64, u64),
+        len: u64,
+    ) -> Result<u64, Errno> {
+        let mut copied = 0;
+        while copied < len {
+            let chunk = (len - copied).min(COPY_CHUNK) as u32;
+            let bytes = self.read(fh_in, offset_in + copied, chunk).await?;
+            if bytes.is_empty() {
+                break;
+            }
+            self.write(caller, fh_out, offset_out + copied, &bytes)
+                .await?;
+            copied += bytes.len() as u64;
+        }
+        Ok(copied)
+    }
+}

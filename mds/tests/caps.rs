@@ -1,0 +1,382 @@
+//! Capabilities on a real MDS (one member, real iroh endpoints on
+//! 127.0.0.1) with two client sessions: grants, revocation delivered by
+//! the event long poll and answered with a flush, a change that clears
+//! every other cache, eviction (with the OSD map blocklisting the
+//! session) of a holder that does not answer, and an unlinked
+//! inode's caps going with it.
+
+use std::collections::BTreeMap;
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use aspen_mds::raft::Command;
+use aspen_mds::server::{MdsConfig, MdsServer, node_id};
+use aspen_proto::caps::{CapEvents, CapGrant, CapMode, CapOp, CapReply, Flushed, Revoke};
+use aspen_proto::fs::{Caller, SetAttr, Timestamp, open_flags};
+use aspen_proto::mds::{KeyEntry, MdsRequest, MdsResponse, NsOp, NsReply, Role, SessionId};
+use aspen_proto::transport::{
+    ALPN_MDS, AuthorizedKeys, RpcClient, SecretKey, Transport, endpoint::peer_addr,
+};
+use aspen_proto::{Errno, FileLayout, InodeId};
+
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Client {
+    rpc: RpcClient,
+    session: SessionId,
+    next_request: u64,
+}
+
+impl Client {
+    async fn call(&self, request: &MdsRequest) -> MdsResponse {
+        loop {
+            let (response, _): (MdsResponse, Vec<u8>) = self.rpc.call(request, &[]).await.unwrap();
+            if response != MdsResponse::Busy {
+                return response;
+            }
+        }
+    }
+
+    async fn cap(&mut self, op: CapOp) -> CapReply {
+        self.next_request += 1;
+        let request = MdsRequest::Cap {
+            caller: Caller::root(),
+            session: self.session,
+            request: self.next_request,
+            op,
+        };
+        match self.call(&request).await {
+            MdsResponse::Cap(reply) => reply,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Revocations delivered within `wait`.
+    async fn events(&self) -> CapEvents {
+        let request = MdsRequest::CapEvents {
+            session: self.session,
+            instance: 0,
+            after: 0,
+        };
+        match self.call(&request).await {
+            MdsResponse::CapEvents(events) => events,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    server: MdsServer,
+}
+
+async fn start() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let config = MdsConfig {
+        data_dir: dir.path().to_path_buf(),
+        listen: UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap(),
+        raft_id: 1,
+        peers: vec![node_id(dir.path()).unwrap()],
+        session_timeout: Duration::from_secs(60),
+        revoke_timeout: REVOKE_TIMEOUT,
+        osd_grace: (Duration::from_secs(60), Duration::from_secs(60)),
+        snapshots: (1000, 100),
+    };
+    let server = MdsServer::start(config).await.unwrap();
+    server
+        .initialize(BTreeMap::from([(1, server.member())]))
+        .await
+        .unwrap();
+    server
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let format = NsOp::Format {
+        mode: 0o777,
+        uid: 0,
+        gid: 0,
+        layout: FileLayout::default(),
+    };
+    let ctx = aspen_mds::namespace::OpContext {
+        caller: Caller::root(),
+        now: Timestamp::now(),
+        session: SessionId(0),
+    };
+    server
+        .propose(Command::Namespace {
+            op: format,
+            ctx,
+            request: 0,
+        })
+        .await
+        .unwrap();
+    Setup { _dir: dir, server }
+}
+
+async fn client(setup: &Setup, name: &str) -> Client {
+    let key = SecretKey::generate();
+    let entry = KeyEntry {
+        name: name.into(),
+        node_id: key.public().to_string(),
+        role: Role::Client,
+    };
+    setup.server.propose(Command::AddKey(entry)).await.unwrap();
+    let transport = Transport::bind(
+        key,
+        "127.0.0.1:0".parse().unwrap(),
+        vec![],
+        AuthorizedKeys::default(),
+    )
+    .await
+    .unwrap();
+    let member = setup.server.member();
+    let rpc = RpcClient::new(
+        transport,
+        peer_addr(member.node_id.parse().unwrap(), &member.addrs),
+        ALPN_MDS,
+    );
+    let mut client = Client {
+        rpc,
+        session: SessionId(0),
+        next_request: 0,
+    };
+    client.session = match client.call(&MdsRequest::OpenSession).await {
+        MdsResponse::Session(session) => session,
+        other => panic!("unexpected {other:?}"),
+    };
+    client
+}
+
+fn grant_on(reply: &CapReply, ino: InodeId) -> Option<CapGrant> {
+    reply.grants.iter().copied().find(|g| g.ino == ino)
+}
+
+async fn create(client: &mut Client, name: &str) -> (InodeId, CapReply) {
+    let reply = client
+        .cap(CapOp::Mutate(NsOp::Create {
+            parent: InodeId::ROOT,
+            name: name.into(),
+            mode: 0o644,
+            umask: 0,
+            flags: open_flags::O_RDWR | open_flags::O_CREAT,
+        }))
+        .await;
+    let Ok(NsReply::Opened { attr, .. }) = &reply.result else {
+        panic!("create failed: {reply:?}");
+    };
+    (attr.ino, reply)
+}
+
+#[tokio::test]
+async fn a_reader_waits_for_the_writer_to_flush_and_sees_its_size() {
+    let setup = start().await;
+    let mut a = client(&setup, "client.a").await;
+    let mut b = client(&setup, "client.b").await;
+    let (file, created) = create(&mut a, "f").await;
+    let held = grant_on(&created, file).expect("the creator gets a cap");
+    assert_eq!(held.mode, CapMode::Exclusive);
+    assert!(
+        grant_on(&created, InodeId::ROOT).is_some(),
+        "and Shared on the directory it changed"
+    );
+
+    // B's getattr must wait until A flushes what it buffered.
+    let reader = tokio::spawn(async move {
+        let reply = b.cap(CapOp::GetAttr { ino: file }).await;
+        (reply, b)
+    });
+    let events = a.events().await;
+    assert_eq!(
+        events.revokes.iter().map(|(_, r)| *r).collect::<Vec<_>>(),
+        vec![Revoke {
+            ino: file,
+            seq: held.seq,
+            to: Some(CapMode::Shared)
+        }]
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!reader.is_finished(), "the read waits for the flush");
+    let mtime = Timestamp::new(1_700_000_000, 5);
+    let acked = a
+        .cap(CapOp::Ack {
+            ino: file,
+            seq: held.seq,
+            to: Some(CapMode::Shared),
+            flushed: Some(Flushed { size: 12345, mtime }),
+        })
+        .await;
+    assert_eq!(acked.result, Ok(NsReply::Done));
+    let (reply, _b) = reader.await.unwrap();
+    let Ok(NsReply::Attr(attr)) = reply.result.clone() else {
+        panic!("{reply:?}");
+    };
+    assert_eq!((attr.size, attr.mtime), (12345, mtime));
+    assert_eq!(grant_on(&reply, file).unwrap().mode, CapMode::Shared);
+    let own = setup.server.state.cap_of(a.session, file).unwrap().unwrap();
+    assert_eq!(own.mode, CapMode::Shared, "A keeps reading from its cache");
+}
+
+#[tokio::test]
+async fn a_change_takes_every_other_sessions_cap() {
+    let setup = start().await;
+    let mut a = client(&setup, "client.a").await;
+    let mut b = client(&setup, "client.b").await;
+    let (file, _) = create(&mut a, "f").await;
+    let released = a
+        .cap(CapOp::Release {
+            caps: vec![(file, u64::MAX)],
+        })
+        .await;
+    assert_eq!(released.result, Ok(NsReply::Done));
+    let read_a = a.cap(CapOp::GetAttr { ino: file }).await;
+    let read_b = b.cap(CapOp::GetAttr { ino: file }).await;
+    assert_eq!(grant_on(&read_a, file).unwrap().mode, CapMode::Shared);
+    assert_eq!(grant_on(&read_b, file).unwrap().mode, CapMode::Shared);
+
+    let chmod = NsOp::SetAttr {
+        ino: file,
+        changes: SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        },
+    };
+    let changer = tokio::spawn(async move { (a.cap(CapOp::Mutate(chmod)).await, a) });
+    let events = b.events().await;
+    let revoke = events.revokes[0].1;
+    assert_eq!((revoke.ino, revoke.to), (file, None));
+    b.cap(CapOp::Ack {
+        ino: file,
+        seq: revoke.seq,
+        to: None,
+        flushed: None,
+    })
+    .await;
+    let (changed, a) = changer.await.unwrap();
+    assert!(matches!(changed.result, Ok(NsReply::Attr(ref attr)) if attr.perm == 0o600));
+    assert!(
+        setup
+            .server
+            .state
+            .cap_of(b.session, file)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        setup
+            .server
+            .state
+            .cap_of(a.session, file)
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_holder_that_does_not_answer_is_evicted_and_blocklisted() {
+    let setup = start().await;
+    let mut a = client(&setup, "client.a").await;
+    let mut b = client(&setup, "client.b").await;
+    let (file, _) = create(&mut a, "f").await;
+    let started = Instant::now();
+    let reply = b.cap(CapOp::GetAttr { ino: file }).await;
+    let waited = started.elapsed();
+    assert!(reply.result.is_ok(), "{reply:?}");
+    assert!(waited >= REVOKE_TIMEOUT, "answered after {waited:?}");
+    assert!(waited < REVOKE_TIMEOUT * 4, "answered after {waited:?}");
+    let map = setup.server.state.cluster_map().unwrap();
+    assert!(map.osdmap.is_blocklisted(a.session.0));
+    assert!(
+        reply.barrier >= map.osdmap.epoch().0,
+        "readers learn the epoch that fences the evicted session"
+    );
+    assert!(a.events().await.ended);
+    let late = a
+        .cap(CapOp::Flush {
+            ino: file,
+            flushed: Flushed {
+                size: 1,
+                mtime: Timestamp::now(),
+            },
+        })
+        .await;
+    assert_eq!(
+        late.result,
+        Err(Errno::ESTALE),
+        "the evicted session is refused"
+    );
+}
+
+#[tokio::test]
+async fn an_unlinked_inode_goes_with_its_caps_once_no_handle_holds_it() {
+    let setup = start().await;
+    let mut a = client(&setup, "client.a").await;
+    let (file, created) = create(&mut a, "f").await;
+    let Ok(NsReply::Opened { handle, .. }) = created.result else {
+        unreachable!()
+    };
+    let unlinked = a
+        .cap(CapOp::Mutate(NsOp::Unlink {
+            parent: InodeId::ROOT,
+            name: b"f".to_vec(),
+        }))
+        .await;
+    assert_eq!(unlinked.result, Ok(NsReply::Done));
+    let shown = unlinked.attrs.iter().find(|attr| attr.ino == file);
+    assert_eq!(shown.map(|attr| attr.nlink), Some(0), "{unlinked:?}");
+    let strays = setup.server.state.read(|ns| ns.strays().unwrap());
+    assert_eq!(strays, vec![file], "the open handle holds it");
+    assert!(
+        setup
+            .server
+            .state
+            .cap_of(a.session, file)
+            .unwrap()
+            .is_some()
+    );
+    a.cap(CapOp::Mutate(NsOp::Release { handle })).await;
+    let strays = setup.server.state.read(|ns| ns.strays().unwrap());
+    assert!(strays.is_empty());
+    let gone = setup.server.state.read(|ns| ns.getattr(file).unwrap());
+    assert_eq!(gone, Err(Errno::ENOENT));
+    assert!(
+        setup
+            .server
+            .state
+            .cap_of(a.session, file)
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_plain_read_brings_an_exclusive_holder_down_to_shared() {
+    let setup = start().await;
+    let mut a = client(&setup, "client.a").await;
+    let b = client(&setup, "client.b").await;
+    let (file, created) = create(&mut a, "f").await;
+    let seq = grant_on(&created, file).unwrap().seq;
+    let reader = tokio::spawn(async move {
+        let answer = b.call(&MdsRequest::GetAttr { ino: file }).await;
+        (answer, b)
+    });
+    let events = a.events().await;
+    assert_eq!(events.revokes[0].1.to, Some(CapMode::Shared));
+    a.cap(CapOp::Ack {
+        ino: file,
+        seq,
+        to: Some(CapMode::Shared),
+        flushed: Some(Flushed {
+            size: 7,
+            mtime: Timestamp::now(),
+        }),
+    })
+    .await;
+    let (answer, _) = reader.await.unwrap();
+    assert!(
+        matches!(answer, MdsResponse::Attr(Ok(ref attr)) if attr.size == 7),
+        "{answer:?}"
+    );
+}

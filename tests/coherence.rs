@@ -1,0 +1,286 @@
+//! Coherent caching across two mounts of one cluster (an MDS, three OSD
+//! processes, two `aspen mount` processes), with the client caches and
+//! write-back under capabilities:
+//! - a write on A is read on B at once, even while A still has it open
+//!   and buffered;
+//! - a rename or unlink on A is seen by lookups on B that had cached the
+//!   old name;
+//! - O_APPEND from both mounts loses no byte;
+//! - the size and mtime B sees right after A's close are A's;
+//! - kill -9 of A while it holds an Exclusive cap with unwritten data: B
+//!   goes on after the eviction timeout, and what A had fsynced is intact;
+//! - a stopped A whose session is evicted meanwhile has its late writes
+//!   refused by the OSDs once it runs again.
+
+mod common;
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aspen_mds::server::revoke::REVOKE_TIMEOUT;
+use common::{MOUNT_DAEMONS, TwoMounts};
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+#[test]
+fn each_mount_sees_the_others_changes_at_once() {
+    let cluster = TwoMounts::start();
+    let [a, b] = &cluster.mounts;
+
+    // A whole write and close on A, read on B.
+    std::fs::write(a.join("note"), b"first").unwrap();
+    assert_eq!(read(&b.join("note")), b"first");
+
+    // Written on A and still open (buffered there): B reads it anyway.
+    let mut open = OpenOptions::new().write(true).open(a.join("note")).unwrap();
+    open.write_all(b"second").unwrap();
+    assert_eq!(read(&b.join("note")), b"second", "B waits for A's buffer");
+    // A writes again after B took a cap: B sees that too.
+    open.write_all(b" and third").unwrap();
+    assert_eq!(read(&b.join("note")), b"second and third");
+    drop(open);
+
+    // B cached the names; A renames and unlinks; B sees both at once.
+    std::fs::create_dir(a.join("dir")).unwrap();
+    std::fs::write(a.join("dir/old"), b"x").unwrap();
+    std::fs::write(a.join("dir/doomed"), b"y").unwrap();
+    assert!(b.join("dir/old").exists() && b.join("dir/doomed").exists());
+    assert!(!b.join("dir/new").exists());
+    std::fs::rename(a.join("dir/old"), a.join("dir/new")).unwrap();
+    assert!(!b.join("dir/old").exists(), "B still sees the old name");
+    assert_eq!(read(&b.join("dir/new")), b"x");
+    std::fs::remove_file(a.join("dir/doomed")).unwrap();
+    let gone = std::fs::metadata(b.join("dir/doomed")).unwrap_err();
+    assert_eq!(gone.kind(), ErrorKind::NotFound);
+    let listed: Vec<String> = std::fs::read_dir(b.join("dir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(listed, vec!["new".to_string()]);
+
+    // B has the file's attributes cached; A writes and closes; B's stat
+    // right after shows A's size and mtime.
+    let before = std::fs::metadata(b.join("note")).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(a.join("note"), vec![1u8; 1000]).unwrap();
+    let on_b = std::fs::metadata(b.join("note")).unwrap();
+    let on_a = std::fs::metadata(a.join("note")).unwrap();
+    assert_eq!(on_b.len(), 1000);
+    assert_eq!(
+        (on_b.mtime(), on_b.mtime_nsec()),
+        (on_a.mtime(), on_a.mtime_nsec())
+    );
+    assert!(
+        (on_b.mtime(), on_b.mtime_nsec()) > (before.mtime(), before.mtime_nsec()),
+        "the mtime moved"
+    );
+    // And a chmod on B is seen on A.
+    std::fs::set_permissions(
+        b.join("note"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::metadata(a.join("note")).unwrap().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn appends_from_both_mounts_lose_no_byte() {
+    const RECORDS: usize = 150;
+    const RECORD: usize = 64;
+    let cluster = TwoMounts::start();
+    File::create(cluster.mounts[0].join("log")).unwrap();
+    let writers: Vec<_> = cluster
+        .mounts
+        .iter()
+        .enumerate()
+        .map(|(n, mount)| {
+            let path = mount.join("log");
+            std::thread::spawn(move || {
+                let mut log = OpenOptions::new().append(true).open(path).unwrap();
+                for i in 0..RECORDS {
+                    let mut record = format!("{n}:{i:05}:").into_bytes();
+                    record.resize(RECORD - 1, b'a' + n as u8);
+                    record.push(b'\n');
+                    log.write_all(&record).unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let log = read(&cluster.mounts[1].join("log"));
+    assert_eq!(
+        log.len(),
+        2 * RECORDS * RECORD,
+        "bytes were lost or doubled"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for record in log.chunks(RECORD) {
+        let text = std::str::from_utf8(record).expect("a torn record");
+        let (id, rest) = text.split_at(8);
+        let n = id.as_bytes()[0] - b'0';
+        assert!(
+            rest.trim_end().bytes().all(|c| c == b'a' + n),
+            "torn: {text:?}"
+        );
+        assert!(seen.insert(id.to_string()), "{id} twice");
+    }
+    assert_eq!(seen.len(), 2 * RECORDS);
+}
+
+/// A daemon stopped with SIGSTOP until this is dropped.
+struct Stopped<'a> {
+    cluster: &'a TwoMounts,
+    daemon: u64,
+}
+
+impl<'a> Stopped<'a> {
+    fn new(cluster: &'a TwoMounts, daemon: u64) -> Stopped<'a> {
+        cluster.daemons.signal(daemon, "-STOP");
+        Stopped { cluster, daemon }
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        self.cluster.daemons.signal(self.daemon, "-CONT");
+    }
+}
+
+/// A Python process holding a file open on a mount: it writes `D` bytes
+/// and fsyncs them, then writes `L` bytes it does not, and then answers
+/// `fsync` and `close` commands. The file lives in its own process (not
+/// the test's) so no other process this test starts inherits it: a file
+/// of a stopped mount cannot be closed.
+const WRITER: &str = r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+os.write(fd, b"D" * int(sys.argv[2]))
+os.fsync(fd)
+os.write(fd, b"L" * int(sys.argv[3]))
+print("written", flush=True)
+for line in sys.stdin:
+    try:
+        if line.strip() == "fsync":
+            os.fsync(fd)
+        else:
+            os.close(fd)
+        print("ok", flush=True)
+    except OSError as e:
+        print("error", e.errno, flush=True)
+"#;
+
+struct Writer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Writer {
+    fn start(cluster: &TwoMounts, path: &Path, durable: usize, buffered: usize) -> Writer {
+        let script = cluster.root.join("writer.py");
+        std::fs::write(&script, WRITER).unwrap();
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(path)
+            .args([durable.to_string(), buffered.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "written");
+        Writer {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn ask(&mut self, command: &str) -> String {
+        writeln!(self.stdin, "{command}").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_killed_writer_is_evicted_and_its_fsynced_data_stays() {
+    let mut cluster = TwoMounts::start();
+    let [a, b] = cluster.mounts.clone();
+    let writer = Writer::start(&cluster, &a.join("f"), 8192, 4096);
+    cluster.daemons.kill(MOUNT_DAEMONS);
+    drop(writer);
+
+    let started = Instant::now();
+    let seen = read(&b.join("f"));
+    let waited = started.elapsed();
+    assert!(
+        waited >= REVOKE_TIMEOUT - Duration::from_secs(1),
+        "B read after {waited:?}, before A could have been evicted"
+    );
+    assert!(
+        waited < REVOKE_TIMEOUT + Duration::from_secs(30),
+        "B waited {waited:?}"
+    );
+    assert!(
+        seen.len() >= 8192,
+        "fsynced bytes lost: {} left",
+        seen.len()
+    );
+    assert!(
+        seen[..8192].iter().all(|b| *b == b'D'),
+        "fsynced bytes changed"
+    );
+    let status = common::status(&cluster.config);
+    assert!(status.contains("HEALTH_OK"), "{status}");
+}
+
+#[test]
+fn an_evicted_writers_late_writes_are_refused() {
+    let cluster = TwoMounts::start();
+    let [a, b] = cluster.mounts.clone();
+    // Buffered on A, and A stopped before its write-back timer fires (it
+    // sends only bytes older than its interval).
+    let mut writer = Writer::start(&cluster, &a.join("f"), 4096, 4096);
+    let stopped = Stopped::new(&cluster, MOUNT_DAEMONS);
+    let durable = vec![b'D'; 4096];
+    let seen = read(&b.join("f"));
+    assert_eq!(seen, durable, "B sees what A had written out, and no more");
+
+    // A runs again: its buffered write must not land.
+    drop(stopped);
+    assert_eq!(writer.ask("fsync"), format!("error {}", nix::libc::EIO));
+    writer.ask("close");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        read(&b.join("f")),
+        durable,
+        "a late write of the evicted session landed"
+    );
+
+    // A's mount goes on with a new session.
+    std::fs::write(a.join("after"), b"ok").unwrap();
+    assert_eq!(read(&b.join("after")), b"ok");
+}
