@@ -353,6 +353,8 @@ impl Vfs {
         if !file.writable() {
             return Err(Errno::EBADF);
         }
+        // A failed write-back (ENOSPC, EIO) stops the writer at once.
+        Vfs::take_error(&io)?;
         let direct = file.flags & open_flags::O_DIRECT != 0;
         loop {
             self.want(file.ino, CapMode::Exclusive).await?;
@@ -590,13 +592,17 @@ impl Vfs {
         if file.generation != self.session.generation() {
             return Ok(());
         }
-        let release = NsOp::Release {
-            handle: file.handle,
-        };
-        self.session
-            .mutate(&Caller::root(), release)
-            .await
-            .map(drop)
+        // Nobody waits for the MDS to drop the handle: the close is done.
+        let session = self.session.clone();
+        tokio::spawn(async move {
+            let release = NsOp::Release {
+                handle: file.handle,
+            };
+            if let Err(errno) = session.mutate(&Caller::root(), release).await {
+                tracing::warn!(handle = file.handle.0, "releasing a handle: {errno}");
+            }
+        });
+        Ok(())
     }
 
     // ---- data operations beyond read and write ----
