@@ -5,6 +5,8 @@
 //!   and buffered;
 //! - a rename or unlink on A is seen by lookups on B that had cached the
 //!   old name;
+//! - a file open on B (opened under B's cap, without asking the MDS)
+//!   keeps working after A unlinks it;
 //! - O_APPEND from both mounts loses no byte;
 //! - the size and mtime B sees right after A's close are A's;
 //! - kill -9 of A while it holds an Exclusive cap with unwritten data: B
@@ -15,7 +17,7 @@
 mod common;
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -90,6 +92,48 @@ fn each_mount_sees_the_others_changes_at_once() {
         std::fs::metadata(a.join("note")).unwrap().mode() & 0o777,
         0o600
     );
+}
+
+#[test]
+fn a_file_open_on_one_mount_outlives_an_unlink_on_the_other() {
+    let cluster = TwoMounts::start();
+    let [a, b] = &cluster.mounts;
+    // B wrote the file and holds its Exclusive cap, so this open stays on
+    // B: the MDS knows of no handle on it.
+    std::fs::write(b.join("kept"), b"contents").unwrap();
+    let mut held = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(b.join("kept"))
+        .unwrap();
+    std::fs::remove_file(a.join("kept")).unwrap();
+    assert!(!b.join("kept").exists(), "B still sees the name");
+    let mut text = String::new();
+    held.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "contents");
+    held.write_all(b" and more").unwrap();
+    held.sync_all().unwrap();
+    held.seek(SeekFrom::Start(0)).unwrap();
+    text.clear();
+    held.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "contents and more");
+    drop(held);
+    assert!(std::fs::read_dir(a).unwrap().next().is_none());
+
+    // The same when the mount that has it open unlinks it itself.
+    std::fs::write(a.join("own"), b"mine").unwrap();
+    let mut held = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(a.join("own"))
+        .unwrap();
+    std::fs::remove_file(a.join("own")).unwrap();
+    held.write_all(b" still").unwrap();
+    held.sync_all().unwrap();
+    held.seek(SeekFrom::Start(0)).unwrap();
+    text.clear();
+    held.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "mine still");
 }
 
 #[test]

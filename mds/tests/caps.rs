@@ -206,6 +206,7 @@ async fn a_reader_waits_for_the_writer_to_flush_and_sees_its_size() {
             seq: held.seq,
             to: Some(CapMode::Shared),
             flushed: Some(Flushed { size: 12345, mtime }),
+            pin: false,
         })
         .await;
     assert_eq!(acked.result, Ok(NsReply::Done));
@@ -252,6 +253,7 @@ async fn a_change_takes_every_other_sessions_cap() {
         seq: revoke.seq,
         to: None,
         flushed: None,
+        pin: false,
     })
     .await;
     let (changed, a) = changer.await.unwrap();
@@ -372,6 +374,7 @@ async fn a_plain_read_brings_an_exclusive_holder_down_to_shared() {
             size: 7,
             mtime: Timestamp::now(),
         }),
+        pin: false,
     })
     .await;
     let (answer, _) = reader.await.unwrap();
@@ -379,4 +382,50 @@ async fn a_plain_read_brings_an_exclusive_holder_down_to_shared() {
         matches!(answer, MdsResponse::Attr(Ok(ref attr)) if attr.size == 7),
         "{answer:?}"
     );
+}
+
+#[tokio::test]
+async fn a_pinned_open_keeps_an_inode_another_session_unlinks() {
+    let setup = start().await;
+    let mut a = client(&setup, "client.a").await;
+    let mut b = client(&setup, "client.b").await;
+    let (file, created) = create(&mut a, "f").await;
+    let Ok(NsReply::Opened { handle, .. }) = created.result else {
+        unreachable!()
+    };
+    // A keeps the file open under its cap only.
+    a.cap(CapOp::Mutate(NsOp::Release { handle })).await;
+    let unlinker = tokio::spawn(async move {
+        let op = NsOp::Unlink {
+            parent: InodeId::ROOT,
+            name: b"f".to_vec(),
+        };
+        (b.cap(CapOp::Mutate(op)).await, b)
+    });
+    // The unlink changes the directory too: A answers for both.
+    let mut pin = None;
+    while pin.is_none() {
+        for (_, revoke) in a.events().await.revokes {
+            let acked = a
+                .cap(CapOp::Ack {
+                    ino: revoke.ino,
+                    seq: revoke.seq,
+                    to: revoke.to,
+                    flushed: None,
+                    pin: revoke.ino == file && revoke.to.is_none(),
+                })
+                .await;
+            if let Ok(NsReply::Opened { handle, .. }) = acked.result {
+                pin = Some(handle);
+            }
+        }
+    }
+    let pin = pin.unwrap();
+    let (unlinked, _b) = unlinker.await.unwrap();
+    assert_eq!(unlinked.result, Ok(NsReply::Done));
+    let strays = setup.server.state.read(|ns| ns.strays().unwrap());
+    assert_eq!(strays, vec![file], "the pin holds the unlinked file");
+    a.cap(CapOp::Mutate(NsOp::Release { handle: pin })).await;
+    let gone = setup.server.state.read(|ns| ns.getattr(file).unwrap());
+    assert_eq!(gone, Err(Errno::ENOENT));
 }

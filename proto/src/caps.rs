@@ -77,13 +77,20 @@ pub enum CapOp {
     /// Asks for `mode` on `ino` (a writer wants Exclusive).
     Want { ino: InodeId, mode: CapMode },
     /// Answers a revocation: the cap is now `to`, after `flushed` (when
-    /// the session held Exclusive and had written).
+    /// the session held Exclusive and had written). With `pin`, the session
+    /// has the inode open without a handle (it opened it under its cap) and
+    /// takes one, so the inode outlives an unlink until it closes it (the
+    /// answer is [`NsReply::Opened`]).
     Ack {
         ino: InodeId,
         seq: u64,
         to: Option<CapMode>,
         flushed: Option<Flushed>,
+        pin: bool,
     },
+    /// Takes a handle on an inode the session holds a cap on and has open
+    /// without one (before it unlinks a name of it).
+    Pin { ino: InodeId },
     /// Reports writes while keeping the Exclusive cap (fsync, close, timer).
     Flush { ino: InodeId, flushed: Flushed },
     /// Gives caps back (each up to the grant `seq` named).
@@ -96,7 +103,7 @@ impl CapOp {
     pub fn is_own(&self) -> bool {
         matches!(
             self,
-            CapOp::Ack { .. } | CapOp::Flush { .. } | CapOp::Release { .. }
+            CapOp::Ack { .. } | CapOp::Flush { .. } | CapOp::Release { .. } | CapOp::Pin { .. }
         )
     }
 }

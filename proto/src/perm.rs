@@ -117,6 +117,38 @@ pub fn drop_privileges(kind: FileType, perm: u32) -> u32 {
     perm
 }
 
+/// The access an open with `flags` asks for.
+pub fn open_access(flags: u32) -> u32 {
+    use crate::fs::open_flags;
+    let mut mask = match flags & open_flags::O_ACCMODE {
+        open_flags::O_RDONLY => access::R_OK,
+        open_flags::O_WRONLY => access::W_OK,
+        _ => access::R_OK | access::W_OK,
+    };
+    if flags & open_flags::O_TRUNC != 0 {
+        mask |= access::W_OK;
+    }
+    mask
+}
+
+/// Whether `caller` may open `attr` with `flags`, as Linux decides.
+pub fn check_open(attr: &Attr, caller: &Caller, flags: u32) -> Result<(), Errno> {
+    use crate::fs::open_flags;
+    if flags & open_flags::O_ACCMODE == open_flags::O_ACCMODE {
+        return Err(Errno::EINVAL);
+    }
+    let writes = open_access(flags) & access::W_OK != 0;
+    match attr.kind {
+        FileType::Directory if writes => return Err(Errno::EISDIR),
+        FileType::Symlink => return Err(Errno::ELOOP),
+        kind if kind != FileType::Directory && flags & open_flags::O_DIRECTORY != 0 => {
+            return Err(Errno::ENOTDIR);
+        }
+        _ => {}
+    }
+    check(attr, caller, open_access(flags))
+}
+
 /// Owner, group and setgid of a new inode in `parent`: the caller owns it;
 /// in a setgid directory it takes the directory's group (and a new
 /// directory stays setgid); a caller outside the resulting group cannot

@@ -138,6 +138,8 @@ impl Vfs {
         } else {
             None
         };
+        // Opens made under the cap keep the file once it goes.
+        let pin = held.is_some() && revoke.to.is_none() && self.needs_pin(revoke.ino);
         self.cache().finish_revoke(&revoke);
         let flushed = unreported.as_ref().map(|written| Flushed {
             size: written.size,
@@ -151,11 +153,15 @@ impl Vfs {
             seq: revoke.seq,
             to: revoke.to,
             flushed,
+            pin,
         };
         match self.cap_call(&caller, ack).await {
             Ok(reply) if reply.result.is_ok() => {
                 if let Some(written) = &unreported {
                     self.cache().reported(revoke.ino, written);
+                }
+                if let Ok(aspen_proto::mds::NsReply::Opened { handle, .. }) = reply.result {
+                    self.keep_pin(revoke.ino, handle);
                 }
             }
             Ok(reply) => tracing::warn!(?revoke, "the MDS refused an ack: {:?}", reply.result),

@@ -10,6 +10,11 @@
 //! the cap is revoked; fsync waits until the bytes are durable on the OSDs
 //! and the size and mtime at the MDS. Reads see buffered bytes over what
 //! the OSDs hold. `O_DIRECT` writes go straight to the OSDs.
+//!
+//! A file this client holds a cap on (Exclusive, to write) is opened here,
+//! with no MDS handle; such opens are pinned (given an MDS handle, so an
+//! unlink does not delete the file under them) when the cap is revoked,
+//! and before this client unlinks a name of the file.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +58,10 @@ pub(super) struct FileIo {
 #[derive(Default)]
 struct IoState {
     dirty: DirtyExtents,
+    /// Opens made here without an MDS handle, and the handle that pins
+    /// them once one was needed.
+    local_opens: usize,
+    pin: Option<HandleId>,
     /// Bytes a write-back is sending: reads still see them.
     in_flight: Option<Arc<DirtyExtents>>,
     /// A background write-back failed: the next flush or fsync says so.
@@ -67,7 +76,8 @@ struct IoState {
 #[derive(Clone)]
 pub(super) struct OpenFile {
     pub(super) ino: InodeId,
-    handle: HandleId,
+    /// The MDS handle (none for an open made under a cap here).
+    handle: Option<HandleId>,
     flags: u32,
     /// The session it was opened in.
     generation: u64,
@@ -83,6 +93,9 @@ impl OpenFile {
 pub(super) struct Files {
     handles: HashMap<u64, OpenFile>,
     pub(super) inodes: HashMap<InodeId, Arc<FileIo>>,
+    /// The last number given to an open made here (counting down from
+    /// the top, clear of the MDS's handle numbers).
+    last_local: u64,
 }
 
 impl Files {
@@ -157,11 +170,19 @@ impl Vfs {
         Ok((file, io))
     }
 
-    /// Records an opened handle; returns the handle number for the kernel.
-    fn register(&self, attr: &Attr, handle: HandleId, flags: u32) -> u64 {
+    /// Records an open (with its MDS handle, if it has one); returns the
+    /// handle number for the kernel.
+    fn register(&self, attr: &Attr, handle: Option<HandleId>, flags: u32) -> u64 {
         let mut files = lock(&self.files);
+        let fh = match handle {
+            Some(handle) => handle.0,
+            None => {
+                files.last_local = files.last_local.checked_sub(1).unwrap_or(u64::MAX);
+                files.last_local
+            }
+        };
         files.handles.insert(
-            handle.0,
+            fh,
             OpenFile {
                 ino: attr.ino,
                 handle,
@@ -180,8 +201,104 @@ impl Vfs {
                 flushing: tokio::sync::Mutex::new(()),
             })
         });
-        lock(&io.state).opens += 1;
-        handle.0
+        let mut state = lock(&io.state);
+        state.opens += 1;
+        state.local_opens += usize::from(handle.is_none());
+        fh
+    }
+
+    /// Opens `ino` here, without the MDS, if this client holds the cap
+    /// the open needs (Exclusive to write), no revocation of it is under
+    /// way, and the permission rules allow `caller` (a refusal by those
+    /// rules is the open's answer). The open is recorded under the cache
+    /// lock, so a revocation that starts next sees it and pins it.
+    fn open_here(
+        &self,
+        caller: &Caller,
+        ino: InodeId,
+        flags: u32,
+    ) -> Result<Option<(u64, Attr)>, Errno> {
+        let writes = aspen_proto::perm::open_access(flags) & aspen_proto::fs::access::W_OK != 0;
+        let needed = if writes {
+            CapMode::Exclusive
+        } else {
+            CapMode::Shared
+        };
+        let mut cache = self.cache();
+        let held = cache.cap(ino).is_some_and(|cap| cap.mode >= needed);
+        if !held || cache.revoking(ino) || flags & open_flags::O_TRUNC != 0 {
+            return Ok(None);
+        }
+        let Some(attr) = cache.attr(ino) else {
+            return Ok(None);
+        };
+        aspen_proto::perm::check_open(&attr, caller, flags)?;
+        let fh = self.register(&attr, None, flags);
+        drop(cache);
+        Ok(Some((fh, attr)))
+    }
+
+    /// Whether some file is open here without an MDS handle to keep it.
+    pub(super) fn any_unpinned(&self) -> bool {
+        lock(&self.files).inodes.values().any(|io| {
+            let state = lock(&io.state);
+            state.local_opens > 0 && state.pin.is_none()
+        })
+    }
+
+    /// Whether `ino` is open here without an MDS handle to keep it.
+    pub(super) fn needs_pin(&self, ino: InodeId) -> bool {
+        self.file_io(ino).is_some_and(|io| {
+            let state = lock(&io.state);
+            state.local_opens > 0 && state.pin.is_none()
+        })
+    }
+
+    /// Keeps `pin`, the MDS handle taken for `ino`'s opens made here.
+    pub(super) fn keep_pin(&self, ino: InodeId, pin: HandleId) {
+        let spare = match self.file_io(ino) {
+            Some(io) => {
+                let mut state = lock(&io.state);
+                if state.local_opens > 0 && state.pin.is_none() {
+                    state.pin = Some(pin);
+                    None
+                } else {
+                    Some(pin)
+                }
+            }
+            None => Some(pin),
+        };
+        if let Some(spare) = spare {
+            self.release_handle(spare);
+        }
+    }
+
+    /// Pins `ino`'s opens made here before this client unlinks a name of
+    /// it (the MDS would delete it under them otherwise).
+    pub(super) async fn pin(&self, ino: InodeId) -> Result<(), Errno> {
+        if !self.needs_pin(ino) {
+            return Ok(());
+        }
+        let reply = self.cap_call(&Caller::root(), CapOp::Pin { ino }).await?;
+        match reply.result {
+            Ok(NsReply::Opened { handle, .. }) => {
+                self.keep_pin(ino, handle);
+                Ok(())
+            }
+            Ok(_) => Err(Errno::EIO),
+            Err(errno) => Err(errno),
+        }
+    }
+
+    /// Drops an MDS handle in the background (nobody waits for it).
+    fn release_handle(&self, handle: HandleId) {
+        let session = self.session.clone();
+        tokio::spawn(async move {
+            let release = NsOp::Release { handle };
+            if let Err(errno) = session.mutate(&Caller::root(), release).await {
+                tracing::warn!(handle = handle.0, "releasing a handle: {errno}");
+            }
+        });
     }
 
     /// Forgets `ino`'s I/O state once nothing holds it.
@@ -205,6 +322,9 @@ impl Vfs {
         ino: InodeId,
         flags: u32,
     ) -> Result<(u64, Attr), Errno> {
+        if let Some(opened) = self.open_here(caller, ino, flags)? {
+            return Ok(opened);
+        }
         let op = NsOp::Open { ino, flags };
         let reply = if flags & open_flags::O_TRUNC != 0 {
             self.resize(caller, ino, 0, op).await?
@@ -214,7 +334,7 @@ impl Vfs {
         let Ok(NsReply::Opened { attr, handle }) = reply.result else {
             return Err(reply.result.err().unwrap_or(Errno::EIO));
         };
-        let fh = self.register(&attr, handle, flags);
+        let fh = self.register(&attr, Some(handle), flags);
         Ok((fh, self.shown(attr)))
     }
 
@@ -238,7 +358,7 @@ impl Vfs {
         let Ok(NsReply::Opened { attr, handle }) = reply.result else {
             return Err(reply.result.err().unwrap_or(Errno::EIO));
         };
-        let fh = self.register(&attr, handle, flags);
+        let fh = self.register(&attr, Some(handle), flags);
         Ok((fh, self.shown(attr)))
     }
 
@@ -575,10 +695,15 @@ impl Vfs {
             let io = files.inodes.get(&file.ino).cloned().ok_or(Errno::EBADF)?;
             (file, io)
         };
-        let last = {
+        let (last, unpinned) = {
             let mut state = lock(&io.state);
             state.opens -= 1;
-            state.opens == 0
+            state.local_opens -= usize::from(file.handle.is_none());
+            let unpinned = match state.local_opens {
+                0 => state.pin.take(),
+                _ => None,
+            };
+            (state.opens == 0, unpinned)
         };
         let unlinked = self.cache().attr(file.ino).is_some_and(|a| a.nlink == 0);
         if last && unlinked {
@@ -592,16 +717,10 @@ impl Vfs {
         if file.generation != self.session.generation() {
             return Ok(());
         }
-        // Nobody waits for the MDS to drop the handle: the close is done.
-        let session = self.session.clone();
-        tokio::spawn(async move {
-            let release = NsOp::Release {
-                handle: file.handle,
-            };
-            if let Err(errno) = session.mutate(&Caller::root(), release).await {
-                tracing::warn!(handle = file.handle.0, "releasing a handle: {errno}");
-            }
-        });
+        // Nobody waits for the MDS to drop the handles: the close is done.
+        for handle in file.handle.into_iter().chain(unpinned) {
+            self.release_handle(handle);
+        }
         Ok(())
     }
 

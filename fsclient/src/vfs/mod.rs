@@ -337,7 +337,7 @@ impl Vfs {
     /// Removes `name` in `parent`; the buffered writes of the file it
     /// names go out first (none may land after it is gone).
     pub async fn unlink(&self, caller: &Caller, parent: InodeId, name: &[u8]) -> Result<(), Errno> {
-        self.settle_entry(parent, name).await;
+        self.settle_entry(caller, parent, name).await?;
         let op = NsOp::Unlink {
             parent,
             name: name.to_vec(),
@@ -384,7 +384,7 @@ impl Vfs {
         (new_parent, new_name): (InodeId, &[u8]),
         flags: u32,
     ) -> Result<(), Errno> {
-        self.settle_entry(new_parent, new_name).await;
+        self.settle_entry(caller, new_parent, new_name).await?;
         let op = NsOp::Rename {
             parent,
             name: name.to_vec(),
@@ -558,15 +558,29 @@ fn unlinked(reply: &CapReply) -> impl Iterator<Item = InodeId> + '_ {
 }
 
 impl Vfs {
-    /// Finishes the write-back of the file `name` in `parent` names, if
-    /// the cache knows it (before the name goes, and the file perhaps).
-    async fn settle_entry(&self, parent: InodeId, name: &[u8]) {
-        let known = self.cache().entry(parent, name);
-        if let Some(ino) = known
-            && let Err(errno) = self.flush_data(ino).await
-        {
+    /// Before a name of a file goes (and perhaps the file): its buffered
+    /// writes go out, and opens of it made here are pinned. The file is
+    /// the one the cache knows by that name, or the MDS's answer when some
+    /// open here would need a pin.
+    async fn settle_entry(
+        &self,
+        caller: &Caller,
+        parent: InodeId,
+        name: &[u8],
+    ) -> Result<(), Errno> {
+        let mut known = self.cache().entry(parent, name);
+        if known.is_none() && self.any_unpinned() {
+            known = self
+                .lookup(caller, parent, name)
+                .await
+                .ok()
+                .map(|attr| attr.ino);
+        }
+        let Some(ino) = known else { return Ok(()) };
+        if let Err(errno) = self.flush_data(ino).await {
             tracing::warn!("writing back inode {ino} before its unlink: {errno}");
         }
+        self.pin(ino).await
     }
 
     /// A file left with no link and no handle here is gone: nothing of

@@ -113,9 +113,26 @@ fn set(conn: &Connection, session: SessionId, ino: InodeId, mode: Option<CapMode
     Ok(())
 }
 
-/// Drops every cap of `session` (it ended).
-pub(crate) fn end_session(conn: &Connection, session: SessionId) -> OpResult<()> {
+/// Drops every cap of `session` (it ended), and every cap on `released`
+/// inodes that went with its handles.
+pub(crate) fn end_session(
+    conn: &Connection,
+    session: SessionId,
+    released: &[InodeId],
+) -> OpResult<()> {
     conn.execute_cached("DELETE FROM caps WHERE session = ?1", [session.0 as i64])?;
+    forget_gone(conn, released)?;
+    Ok(())
+}
+
+/// Drops the caps on those of `inodes` that no longer exist.
+fn forget_gone(conn: &Connection, inodes: &[InodeId]) -> Result<(), StoreError> {
+    for ino in inodes {
+        conn.execute_cached(
+            "DELETE FROM caps WHERE ino = ?1 AND NOT EXISTS (SELECT 1 FROM inodes WHERE ino = ?1)",
+            [ino.0 as i64],
+        )?;
+    }
     Ok(())
 }
 
@@ -262,6 +279,7 @@ pub(crate) fn mutate(
         if !conflicts.is_empty() {
             return Ok(CapOutcome::Conflict(conflicts));
         }
+        forget_gone(conn, &changed)?;
         let reply = answer(conn, ctx, result, &wanted, &changed, version)?;
         Ok(CapOutcome::Answer(reply))
     })
@@ -350,14 +368,23 @@ pub(crate) fn apply(
             seq,
             to,
             flushed,
+            pin,
         } => own_op(conn, ctx, version, *ino, |conn, cap| {
             if let Some(flushed) = flushed {
                 report(conn, ctx, cap, *ino, *flushed)?;
             }
-            set(conn, cap.session, *ino, caps::after_ack(cap, *seq, *to))
+            let pinned = match pin {
+                true => Some(super::open::pin(conn, ctx, *ino)?),
+                false => None,
+            };
+            set(conn, cap.session, *ino, caps::after_ack(cap, *seq, *to))?;
+            Ok(pinned)
+        }),
+        CapOp::Pin { ino } => own_op(conn, ctx, version, *ino, |conn, _| {
+            super::open::pin(conn, ctx, *ino).map(Some)
         }),
         CapOp::Flush { ino, flushed } => own_op(conn, ctx, version, *ino, |conn, cap| {
-            report(conn, ctx, cap, *ino, *flushed)
+            report(conn, ctx, cap, *ino, *flushed).map(|()| None)
         }),
         CapOp::Release { caps: released } => {
             let Some(session) = requester(ctx) else {
@@ -389,13 +416,14 @@ pub(crate) fn apply(
 }
 
 /// A request about the session's own cap on `ino`, which it must hold
-/// (`EBADF` otherwise: it was revoked, or the session was evicted).
+/// (`EBADF` otherwise: it was revoked, or the session was evicted); `work`
+/// may take a handle, which the answer names.
 fn own_op(
     conn: &Connection,
     ctx: &OpContext,
     version: u64,
     ino: InodeId,
-    work: impl FnOnce(&Connection, HeldCap) -> OpResult<()>,
+    work: impl FnOnce(&Connection, HeldCap) -> OpResult<Option<super::HandleId>>,
 ) -> Result<CapOutcome, StoreError> {
     guarded(conn, || {
         let held = match requester(ctx) {
@@ -406,14 +434,14 @@ fn own_op(
             None => Err(Errno::EBADF),
             Some(cap) => split(super::savepoint(conn, |conn| work(conn, cap)))?,
         };
-        let reply = answer(
-            conn,
-            ctx,
-            result.map(|()| NsReply::Done),
-            &[],
-            &[ino],
-            version,
-        )?;
+        let result = match result {
+            Ok(Some(handle)) => {
+                split(store::load(conn, ino))?.map(|attr| NsReply::Opened { attr, handle })
+            }
+            Ok(None) => Ok(NsReply::Done),
+            Err(errno) => Err(errno),
+        };
+        let reply = answer(conn, ctx, result, &[], &[ino], version)?;
         Ok(CapOutcome::Answer(reply))
     })
 }

@@ -1,7 +1,7 @@
 //! Open handles: open, create, release, and the end of a session. An
 //! inode unlinked while open stays (as a stray) until its last handle goes.
 
-use aspen_proto::fs::{Attr, FileType, access, mode, open_flags};
+use aspen_proto::fs::{Attr, FileType, mode, open_flags};
 use aspen_proto::{Errno, InodeId};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -9,33 +9,8 @@ use super::store::{self, NEXT_HANDLE};
 use super::{HandleId, NsReply, OpContext, OpResult, SessionId, create, perm};
 use crate::sql::CachedStatements;
 
-/// The access an open asks for.
-fn access_mask(flags: u32) -> u32 {
-    let mut mask = match flags & open_flags::O_ACCMODE {
-        open_flags::O_RDONLY => access::R_OK,
-        open_flags::O_WRONLY => access::W_OK,
-        _ => access::R_OK | access::W_OK,
-    };
-    if flags & open_flags::O_TRUNC != 0 {
-        mask |= access::W_OK;
-    }
-    mask
-}
-
 fn check_open(attr: &Attr, ctx: &OpContext, flags: u32) -> OpResult<()> {
-    if flags & open_flags::O_ACCMODE == open_flags::O_ACCMODE {
-        return Err(Errno::EINVAL.into());
-    }
-    let writes = access_mask(flags) & access::W_OK != 0;
-    match attr.kind {
-        FileType::Directory if writes => return Err(Errno::EISDIR.into()),
-        FileType::Symlink => return Err(Errno::ELOOP.into()),
-        kind if kind != FileType::Directory && flags & open_flags::O_DIRECTORY != 0 => {
-            return Err(Errno::ENOTDIR.into());
-        }
-        _ => {}
-    }
-    Ok(perm::check(attr, &ctx.caller, access_mask(flags))?)
+    Ok(perm::check_open(attr, &ctx.caller, flags)?)
 }
 
 /// Records a handle and applies `O_TRUNC`.
@@ -99,6 +74,18 @@ pub(super) fn create(
     register(conn, ctx, attr, flags & !open_flags::O_TRUNC)
 }
 
+/// A handle on `ino` for a session that has it open without one (it
+/// opened it under its cap, and now the inode must outlive an unlink until
+/// it closes it): no permission check, the session must hold a cap on it.
+pub(super) fn pin(conn: &Connection, ctx: &OpContext, ino: InodeId) -> OpResult<HandleId> {
+    let handle = HandleId(store::next_counter(conn, NEXT_HANDLE)?);
+    conn.execute_cached(
+        "INSERT INTO handles (handle, session, ino, flags) VALUES (?1, ?2, ?3, ?4)",
+        params![handle.0 as i64, ctx.session.0 as i64, ino.0 as i64, 0],
+    )?;
+    Ok(handle)
+}
+
 /// The inode and open flags of `handle`, which this session must own
 /// (`EBADF` otherwise).
 fn own_handle(conn: &Connection, ctx: &OpContext, handle: HandleId) -> OpResult<(InodeId, u32)> {
@@ -143,10 +130,11 @@ pub(super) fn end_session(conn: &Connection, session: SessionId) -> OpResult<()>
         .query_map([session.0 as i64], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     conn.execute_cached("DELETE FROM handles WHERE session = ?1", [session.0 as i64])?;
-    for ino in inodes {
-        forget_if_stray(conn, InodeId(ino as u64))?;
+    let inodes: Vec<InodeId> = inodes.into_iter().map(|ino| InodeId(ino as u64)).collect();
+    for ino in &inodes {
+        forget_if_stray(conn, *ino)?;
     }
-    super::caps::end_session(conn, session)
+    super::caps::end_session(conn, session, &inodes)
 }
 
 fn forget_if_stray(conn: &Connection, ino: InodeId) -> OpResult<()> {

@@ -382,8 +382,9 @@ fn queue_purge(conn: &Connection, attr: &Attr) -> OpResult<()> {
 }
 
 /// Forgets an inode whose last link is gone: kept as a stray while it is
-/// open, otherwise deleted (with every cap on it) and its data queued for
-/// purge.
+/// open, otherwise deleted and its data queued for purge. Caps on it stay
+/// until the caller has checked them for conflicts (see
+/// `caps::forget_gone`).
 pub(crate) fn release_if_unlinked(conn: &Connection, attr: &Attr) -> OpResult<()> {
     if attr.nlink > 0 {
         return Ok(());
@@ -402,7 +403,6 @@ pub(crate) fn release_if_unlinked(conn: &Connection, attr: &Attr) -> OpResult<()
     conn.execute_cached("DELETE FROM strays WHERE ino = ?1", [ino])?;
     conn.execute_cached("DELETE FROM xattrs WHERE ino = ?1", [ino])?;
     conn.execute_cached("DELETE FROM symlinks WHERE ino = ?1", [ino])?;
-    conn.execute_cached("DELETE FROM caps WHERE ino = ?1", [ino])?;
     conn.execute_cached("DELETE FROM inodes WHERE ino = ?1", [ino])?;
     Ok(())
 }
