@@ -43,6 +43,10 @@ pub const WRITEBACK_INTERVAL: Duration = Duration::from_secs(2);
 pub const MAX_FLUSHES: usize = 16;
 /// The most bytes copy_file_range moves per read and write.
 pub const COPY_CHUNK: u64 = 4 << 20;
+/// Handle releases wait this long and go to the MDS together: one commit
+/// for many closes, instead of a commit per close that the next create
+/// would wait behind.
+pub const RELEASE_DELAY: Duration = Duration::from_millis(100);
 
 /// The I/O state of a file that is open here or has buffered writes.
 pub(super) struct FileIo {
@@ -96,6 +100,10 @@ pub(super) struct Files {
     /// The last number given to an open made here (counting down from
     /// the top, clear of the MDS's handle numbers).
     last_local: u64,
+    /// MDS handles closed here and not yet released, with the session
+    /// generation they belong to; `release_due` once a send is scheduled.
+    releasing: Vec<(u64, HandleId)>,
+    release_due: bool,
 }
 
 impl Files {
@@ -290,15 +298,44 @@ impl Vfs {
         }
     }
 
-    /// Drops an MDS handle in the background (nobody waits for it).
+    /// Drops an MDS handle in the background (nobody waits for it), with
+    /// the others closed within [`RELEASE_DELAY`].
     fn release_handle(&self, handle: HandleId) {
-        let session = self.session.clone();
+        let generation = self.session.generation();
+        let schedule = {
+            let mut files = lock(&self.files);
+            files.releasing.push((generation, handle));
+            !std::mem::replace(&mut files.release_due, true)
+        };
+        let Some(vfs) = self.me.upgrade().filter(|_| schedule) else {
+            return;
+        };
         tokio::spawn(async move {
-            let release = NsOp::Release { handle };
-            if let Err(errno) = session.mutate(&Caller::root(), release).await {
-                tracing::warn!(handle = handle.0, "releasing a handle: {errno}");
-            }
+            tokio::time::sleep(RELEASE_DELAY).await;
+            vfs.send_releases().await;
         });
+    }
+
+    /// Releases every waiting handle of the current session at once (the
+    /// MDS ended older sessions with their handles).
+    async fn send_releases(&self) {
+        let generation = self.session.generation();
+        let waiting = {
+            let mut files = lock(&self.files);
+            files.release_due = false;
+            std::mem::take(&mut files.releasing)
+        };
+        let mut sends = tokio::task::JoinSet::new();
+        for (_, handle) in waiting.into_iter().filter(|(g, _)| *g == generation) {
+            let session = self.session.clone();
+            sends.spawn(async move {
+                let release = NsOp::Release { handle };
+                if let Err(errno) = session.mutate(&Caller::root(), release).await {
+                    tracing::warn!(handle = handle.0, "releasing a handle: {errno}");
+                }
+            });
+        }
+        sends.join_all().await;
     }
 
     /// Forgets `ino`'s I/O state once nothing holds it.
