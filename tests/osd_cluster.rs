@@ -93,6 +93,50 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
                 aspen_proto::osd::OsdError::NotFound
             ))
         ));
+
+        // A vectored write: pieces in order (a later one over an earlier
+        // one wins), one op, replicated like any other.
+        let name = b"vec.00000000".to_vec();
+        let pieces = [(0u64, 4096u64), (8192, 100), (1 << 20, 70_000), (0, 10)];
+        let body = payload(77, pieces.iter().map(|(_, len)| *len as usize).sum());
+        let info = client
+            .write_extents(pool, &name, pieces.to_vec(), &body)
+            .await
+            .unwrap();
+        assert_eq!(info.size, (1 << 20) + 70_000);
+        let mut expected = vec![0u8; info.size as usize];
+        let mut rest = &body[..];
+        for (offset, len) in pieces {
+            let (piece, after) = rest.split_at(len as usize);
+            expected[offset as usize..(offset + len) as usize].copy_from_slice(piece);
+            rest = after;
+        }
+        assert_eq!(
+            client.read(pool, &name, 0, info.size).await.unwrap(),
+            expected
+        );
+        let pg = client.map().await.osdmap.object_pg(pool, &name).unwrap();
+        let scrubbed = ok(aspen(&[
+            "pg",
+            "deep-scrub",
+            &pg.to_string(),
+            "--config",
+            config,
+        ]));
+        assert!(scrubbed.contains("0 inconsistent"), "{scrubbed}");
+        // Pieces that do not add up to the body are refused.
+        let refused = client
+            .write_extents(pool, &name, vec![(0, 5)], b"four")
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(aspen_osd::client::ClientError::Osd(
+                    aspen_proto::osd::OsdError::Invalid(_)
+                ))
+            ),
+            "{refused:?}"
+        );
     });
     let shown = ok(aspen(&["status", "--config", config]));
     assert!(shown.contains("space:"), "{shown}");

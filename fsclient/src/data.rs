@@ -9,7 +9,7 @@ use std::sync::Arc;
 use aspen_osd::client::{ClientError, ObjectClient, cut_file, ignore_missing, run_bounded};
 use aspen_proto::ids::{ObjectId, ObjectNo};
 use aspen_proto::layout::{FileLayout, MAX_FILE_SIZE, ObjectExtent};
-use aspen_proto::osd::OsdError;
+use aspen_proto::osd::{MAX_WRITE_EXTENTS, OsdError};
 use aspen_proto::{Errno, InodeId};
 
 use crate::writeback::DirtyExtents;
@@ -17,6 +17,58 @@ use nix::libc::{SEEK_DATA, SEEK_HOLE};
 /// How many objects a SEEK_DATA or SEEK_HOLE looks at before it answers
 /// conservatively (data where it stopped, or a hole at the end of file).
 pub const MAX_SEEK_OBJECTS: u64 = 4096;
+
+/// The most bytes one vectored write of a write-back carries.
+pub const MAX_WRITE_BATCH: u64 = 16 << 20;
+
+/// Part of a buffered extent (the one at file offset `source`, from byte
+/// `start`) that goes to object offset `at`.
+struct Piece {
+    source: u64,
+    start: usize,
+    len: u64,
+    at: u64,
+}
+
+/// Pieces for one object, sent as one write.
+struct Batch {
+    objno: u64,
+    pieces: Vec<Piece>,
+    bytes: u64,
+}
+
+/// `extents` cut at object boundaries and grouped per object, in writes of
+/// at most [`MAX_WRITE_EXTENTS`] pieces and [`MAX_WRITE_BATCH`] bytes.
+fn batch_by_object(file: &FileObjects, extents: &DirtyExtents) -> Result<Vec<Batch>, Errno> {
+    let mut open: std::collections::BTreeMap<u64, Batch> = Default::default();
+    let mut done = Vec::new();
+    for (offset, bytes) in extents.iter() {
+        for extent in file.extents(offset, bytes.len() as u64)? {
+            let objno = extent.objno.0;
+            let full = open.get(&objno).is_some_and(|batch| {
+                batch.pieces.len() == MAX_WRITE_EXTENTS
+                    || batch.bytes + extent.len > MAX_WRITE_BATCH
+            });
+            if full {
+                done.extend(open.remove(&objno));
+            }
+            let batch = open.entry(objno).or_insert_with(|| Batch {
+                objno,
+                pieces: Vec::new(),
+                bytes: 0,
+            });
+            batch.bytes += extent.len;
+            batch.pieces.push(Piece {
+                source: offset,
+                start: (extent.file_offset - offset) as usize,
+                len: extent.len,
+                at: extent.offset,
+            });
+        }
+    }
+    done.extend(open.into_values());
+    Ok(done)
+}
 
 /// Reads and writes file bytes as object operations.
 #[derive(Clone)]
@@ -131,28 +183,35 @@ impl FileData {
         run_bounded(writes, |_| Ok(())).await.map_err(errno)
     }
 
-    /// Writes every extent of `extents`, all objects at once (bounded);
-    /// returns once every one is durable.
+    /// Writes every extent of `extents`, all objects at once (bounded),
+    /// the pieces of one object together in vectored writes; returns once
+    /// every one is durable.
     pub async fn write_extents(
         &self,
         file: FileObjects,
         extents: Arc<DirtyExtents>,
     ) -> Result<(), Errno> {
-        let mut pieces = Vec::new();
-        for (offset, bytes) in extents.iter() {
-            for extent in file.extents(offset, bytes.len() as u64)? {
-                pieces.push((offset, extent));
-            }
-        }
         let pool = file.layout.pool();
-        let writes = pieces.into_iter().map(|(offset, extent)| {
-            let (objects, name) = (self.objects.clone(), file.name(extent.objno.0));
+        let writes = batch_by_object(&file, &extents)?.into_iter().map(|batch| {
+            let (objects, name) = (self.objects.clone(), file.name(batch.objno));
             let extents = extents.clone();
             async move {
-                let bytes = extents.get(offset).expect("listed above");
-                let start = (extent.file_offset - offset) as usize;
-                let piece = &bytes[start..start + extent.len as usize];
-                objects.write(pool, &name, extent.offset, piece).await
+                let bytes_of = |piece: &Piece| {
+                    let bytes = extents
+                        .get(piece.source)
+                        .expect("listed from these extents");
+                    &bytes[piece.start..piece.start + piece.len as usize]
+                };
+                if let [piece] = &batch.pieces[..] {
+                    return objects.write(pool, &name, piece.at, bytes_of(piece)).await;
+                }
+                let mut body = Vec::with_capacity(batch.bytes as usize);
+                let mut list = Vec::with_capacity(batch.pieces.len());
+                for piece in &batch.pieces {
+                    body.extend_from_slice(bytes_of(piece));
+                    list.push((piece.at, piece.len));
+                }
+                objects.write_extents(pool, &name, list, &body).await
             }
         });
         run_bounded(writes, |_| Ok(())).await.map_err(errno)

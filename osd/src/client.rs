@@ -285,6 +285,19 @@ impl ObjectClient {
             .await
     }
 
+    /// Writes `data` as pieces at each `(offset, len)` of `extents`, in
+    /// one op (at most [`aspen_proto::osd::MAX_WRITE_EXTENTS`] pieces).
+    pub async fn write_extents(
+        &self,
+        pool: PoolId,
+        name: &[u8],
+        extents: Vec<(u64, u64)>,
+        data: &[u8],
+    ) -> Result<ObjectInfo, ClientError> {
+        self.mutation(pool, name, ObjectOp::WriteExtents { extents }, data)
+            .await
+    }
+
     pub async fn truncate(
         &self,
         pool: PoolId,

@@ -73,6 +73,9 @@ pub struct ContentStore {
     next_segment: Option<i64>,
     /// Segments written since the last [`ContentStore::sync`].
     dirty: BTreeSet<i64>,
+    /// Bytes of chunks stored inline (in the database, so in its log)
+    /// since [`ContentStore::take_inline_written`].
+    inline_written: u64,
 }
 
 impl ContentStore {
@@ -83,6 +86,7 @@ impl ContentStore {
             active: None,
             next_segment: None,
             dirty: BTreeSet::new(),
+            inline_written: 0,
         })
     }
 
@@ -150,6 +154,12 @@ impl ContentStore {
     /// With `verify_existing` (recovery and repair installing a known-good
     /// copy), an existing chunk with that id is read back first, and if its
     /// stored bytes are damaged they are replaced by these.
+    /// The inline bytes stored since the last call (the database log's
+    /// growth, which decides when to checkpoint).
+    pub fn take_inline_written(&mut self) -> u64 {
+        std::mem::take(&mut self.inline_written)
+    }
+
     pub fn put(
         &mut self,
         conn: &Connection,
@@ -174,6 +184,7 @@ impl ContentStore {
                 "INSERT INTO chunks (id, segment, offset, len, refs, data) VALUES (?1, ?2, 0, ?3, 0, ?4)",
             )?
             .execute(params![&id[..], INLINE, bytes.len() as i64, bytes])?;
+            self.inline_written += bytes.len() as u64;
             return Ok(id);
         }
         let (segment, file, len) = self.active(conn)?;

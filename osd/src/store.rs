@@ -33,6 +33,14 @@ pub use aspen_proto::osd::{
 };
 /// Commits between two durable checkpoints of the database.
 pub const CHECKPOINT_EVERY_COMMITS: u64 = 2048;
+/// Inline chunk bytes between two checkpoints: a long write-ahead log
+/// makes every page lookup slower, and vectored writes log many chunks
+/// per commit.
+pub const CHECKPOINT_EVERY_LOG_BYTES: u64 = 64 << 20;
+
+/// The database's page cache, in KiB (SQLite's default of 2 MiB makes
+/// extent and chunk lookups read pages from the kernel again and again).
+pub const CACHE_KIB: i64 = 32 << 10;
 
 const DATABASE: &str = "objects.db";
 const SEGMENTS: &str = "segments";
@@ -109,6 +117,8 @@ struct Inner {
     content: ContentStore,
     committed: u64,
     since_checkpoint: u64,
+    /// Inline chunk bytes committed since the last checkpoint.
+    logged_bytes: u64,
 }
 
 #[derive(Default)]
@@ -207,6 +217,7 @@ impl ObjectStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "OFF")?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(content::SCHEMA)?;
         conn.execute_batch(pglog::SCHEMA)?;
@@ -223,6 +234,7 @@ impl ObjectStore {
                 content,
                 committed: 0,
                 since_checkpoint: 0,
+                logged_bytes: 0,
             }),
             wal,
             sync: Mutex::new(SyncState::default()),
@@ -240,11 +252,12 @@ impl ObjectStore {
             let value = in_transaction(&mut inner, change)?;
             inner.committed += 1;
             inner.since_checkpoint += 1;
+            inner.logged_bytes += inner.content.take_inline_written();
             // The commit is durable through the log either way; a failed
             // checkpoint is retried with the next commit.
-            if inner.since_checkpoint >= CHECKPOINT_EVERY_COMMITS
-                && let Err(error) = self.checkpoint(&mut inner)
-            {
+            let due = inner.since_checkpoint >= CHECKPOINT_EVERY_COMMITS
+                || inner.logged_bytes >= CHECKPOINT_EVERY_LOG_BYTES;
+            if due && let Err(error) = self.checkpoint(&mut inner) {
                 tracing::warn!(%error, "object store checkpoint failed");
             }
             (value, inner.committed)
@@ -262,6 +275,7 @@ impl ObjectStore {
         }
         durable_checkpoint(&inner.conn)?;
         inner.since_checkpoint = 0;
+        inner.logged_bytes = 0;
         Ok(())
     }
 
@@ -713,20 +727,65 @@ fn write_in(
     data: &[u8],
     verify_existing: bool,
 ) -> Result<ObjectStat, StoreError> {
+    write_all_in(conn, content, key, &[(offset, data)], verify_existing)
+}
+
+/// Writes `data` as consecutive pieces at the `(offset, len)` of each.
+fn write_pieces_in(
+    conn: &Connection,
+    content: &mut ContentStore,
+    key: &ObjectKey,
+    extents: &[(u64, u64)],
+    data: &[u8],
+) -> Result<ObjectStat, StoreError> {
+    let mut pieces = Vec::with_capacity(extents.len());
+    let mut rest = data;
+    for &(offset, len) in extents {
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|len| *len <= rest.len())
+            .ok_or_else(|| StoreError::Invalid("the pieces run past the body".into()))?;
+        let (piece, after) = rest.split_at(len);
+        pieces.push((offset, piece));
+        rest = after;
+    }
+    if pieces.is_empty() || !rest.is_empty() {
+        return Err(StoreError::Invalid(
+            "the pieces do not add up to the body".into(),
+        ));
+    }
+    write_all_in(conn, content, key, &pieces, false)
+}
+
+/// Writes each `(offset, bytes)` in order (a later one over an earlier
+/// one wins), with one edit of the object's extent map.
+fn write_all_in(
+    conn: &Connection,
+    content: &mut ContentStore,
+    key: &ObjectKey,
+    writes: &[(u64, &[u8])],
+    verify_existing: bool,
+) -> Result<ObjectStat, StoreError> {
     check_key(key)?;
-    let end = check_range(offset, data.len() as u64)?;
+    let (mut start, mut end) = (u64::MAX, 0);
+    for (offset, data) in writes {
+        start = start.min(*offset);
+        end = end.max(check_range(*offset, data.len() as u64)?);
+    }
     let (object, size) = ObjectStore::object_or_create(conn, key)?;
     let mut pieces = Vec::new();
-    for (index, piece) in data.chunks(MAX_CHUNK).enumerate() {
-        let chunk = content.put(conn, piece, verify_existing)?;
-        pieces.push(Extent {
-            offset: offset + (index * MAX_CHUNK) as u64,
-            len: piece.len() as u64,
-            chunk,
-            chunk_offset: 0,
-        });
+    for (offset, data) in writes {
+        for (index, piece) in data.chunks(MAX_CHUNK).enumerate() {
+            let chunk = content.put(conn, piece, verify_existing)?;
+            pieces.push(Extent {
+                offset: offset + (index * MAX_CHUNK) as u64,
+                len: piece.len() as u64,
+                chunk,
+                chunk_offset: 0,
+            });
+        }
     }
-    ObjectStore::edit_extents(conn, content, object, (offset, end), |map| {
+    ObjectStore::edit_extents(conn, content, object, (start.min(end), end), |map| {
         let mut change = RefChange::default();
         for piece in pieces {
             let step = map.write(piece);
@@ -828,6 +887,9 @@ fn apply_entry_in(
 ) -> Result<Option<ObjectStat>, StoreError> {
     let stat = match &entry.op {
         ObjectOp::Write { offset } => Some(write_in(conn, content, key, *offset, data, false)?),
+        ObjectOp::WriteExtents { extents } => {
+            Some(write_pieces_in(conn, content, key, extents, data)?)
+        }
         ObjectOp::Truncate { size } => Some(truncate_in(conn, content, key, *size)?),
         ObjectOp::Zero { offset, len } => Some(zero_in(conn, content, key, *offset, *len)?),
         ObjectOp::Delete => {

@@ -250,4 +250,21 @@ fn logged_mutations_and_the_pg_log_commit_together() {
     assert_eq!(store.read(&k, 0, 10).unwrap(), b"hell".to_vec());
     let entries = store.pg_entries_after(k.pg, at(1)).unwrap();
     assert_eq!(entries, vec![entry(2, ObjectOp::Truncate { size: 4 })]);
+    // A vectored write applies its pieces in order, as one entry.
+    let pieces = ObjectOp::WriteExtents {
+        extents: vec![(0, 2), (6, 3), (1, 1)],
+    };
+    store
+        .apply_logged(&k, &entry(3, pieces), b"ABxyzC")
+        .unwrap();
+    assert_eq!(store.read(&k, 0, 10).unwrap(), b"ACll\0\0xyz".to_vec());
+    assert_eq!(store.pg_last(k.pg).unwrap(), at(3));
+    let short = ObjectOp::WriteExtents {
+        extents: vec![(0, 4)],
+    };
+    assert!(matches!(
+        store.apply_logged(&k, &entry(4, short), b"ab"),
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(store.pg_last(k.pg).unwrap(), at(3));
 }

@@ -13,6 +13,9 @@ pub const MAX_IO_LEN: u64 = 64 * 1024 * 1024;
 /// The largest object: one frame carries a whole object when recovery
 /// copies it, and scrub reads it in one piece.
 pub const MAX_OBJECT_LEN: u64 = MAX_IO_LEN;
+/// The most pieces one [`ObjectOp::WriteExtents`] carries (its list is in
+/// the frame header, which is bounded).
+pub const MAX_WRITE_EXTENTS: usize = 4096;
 /// Attribute limits.
 pub const MAX_ATTR_NAME_LEN: usize = 255;
 pub const MAX_ATTR_VALUE_LEN: usize = 64 * 1024;
@@ -53,6 +56,13 @@ pub enum ObjectOp {
     GetAttr {
         name: Vec<u8>,
     },
+    /// Writes the frame body in pieces, in order: `(offset, len)` each,
+    /// their lengths adding up to the body's. One log entry, one
+    /// replication and one sync for all of them (a client's write-back of
+    /// many small extents of one object).
+    WriteExtents {
+        extents: Vec<(u64, u64)>,
+    },
 }
 
 impl ObjectOp {
@@ -70,6 +80,27 @@ impl ObjectOp {
     pub fn validate(&self, body_len: usize) -> Result<(), OsdError> {
         let invalid = |why: &str| Err(OsdError::Invalid(why.to_string()));
         match self {
+            ObjectOp::WriteExtents { extents } => {
+                if extents.is_empty() || extents.len() > MAX_WRITE_EXTENTS {
+                    return invalid("a vectored write has 1 to 4096 pieces");
+                }
+                if body_len as u64 > MAX_IO_LEN {
+                    return invalid("a write is at most 64 MiB");
+                }
+                let mut total = 0u64;
+                for (offset, len) in extents {
+                    if offset
+                        .checked_add(*len)
+                        .is_none_or(|end| end > MAX_OBJECT_LEN)
+                    {
+                        return invalid("the write ends past the largest object (64 MiB)");
+                    }
+                    total = total.saturating_add(*len);
+                }
+                if total != body_len as u64 {
+                    return invalid("the pieces do not add up to the body");
+                }
+            }
             ObjectOp::Write { offset } => {
                 if body_len as u64 > MAX_IO_LEN {
                     return invalid("a write is at most 64 MiB");
@@ -112,8 +143,9 @@ impl ObjectOp {
         Ok(())
     }
 
-    fn carries_body(&self) -> bool {
-        matches!(self, ObjectOp::Write { .. })
+    /// Whether the op writes the frame body (the only ops that have one).
+    pub fn carries_body(&self) -> bool {
+        matches!(self, ObjectOp::Write { .. } | ObjectOp::WriteExtents { .. })
     }
 }
 
@@ -356,6 +388,21 @@ pub enum OsdResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vectored_writes_are_bounded_before_use() {
+        let write = |extents: Vec<(u64, u64)>| ObjectOp::WriteExtents { extents };
+        assert!(write(vec![(0, 4), (100, 6)]).validate(10).is_ok());
+        assert!(write(vec![(0, 4), (100, 6)]).validate(11).is_err(), "sum");
+        assert!(write(vec![]).validate(0).is_err(), "empty");
+        assert!(write(vec![(MAX_OBJECT_LEN - 1, 2)]).validate(2).is_err());
+        assert!(write(vec![(u64::MAX, 1)]).validate(1).is_err());
+        assert!(write(vec![(0, u64::MAX), (0, 2)]).validate(1).is_err());
+        let many = vec![(0, 1); MAX_WRITE_EXTENTS + 1];
+        assert!(write(many).validate(MAX_WRITE_EXTENTS + 1).is_err());
+        let most = vec![(0, 1); MAX_WRITE_EXTENTS];
+        assert!(write(most).validate(MAX_WRITE_EXTENTS).is_ok());
+    }
 
     #[test]
     fn ops_are_bounded_before_use() {

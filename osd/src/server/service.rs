@@ -425,7 +425,7 @@ impl OsdService {
         if !self.is_active(pg, &acting) {
             return Err(OsdError::Unavailable(format!("{pg:?} is peering")));
         }
-        if let ObjectOp::Write { .. } = op {
+        if op.carries_body() {
             self.space.admit(body.len() as u64)?;
         }
         let last = self.last_logged(pg).await?;
@@ -516,11 +516,11 @@ impl OsdService {
         entry: LogEntry,
         body: Vec<u8>,
     ) -> Result<(), OsdError> {
-        if let ObjectOp::Write { .. } = entry.op {
+        if entry.op.carries_body() {
             entry.op.validate(body.len())?;
         }
         self.check_from_primary(&peer, pg, epoch).await?;
-        if let ObjectOp::Write { .. } = entry.op {
+        if entry.op.carries_body() {
             self.space.admit(body.len() as u64)?;
         }
         let lock = self.pg_lock(pg);
