@@ -46,7 +46,10 @@ CREATE TABLE IF NOT EXISTS chunks (
     -- the bytes of an inline chunk (segment 0)
     data BLOB
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS chunks_by_segment ON chunks (segment);
+-- by segment, with lengths: the space used is summed from the index
+-- alone, never from the rows (an inline chunk's row holds its bytes)
+DROP INDEX IF EXISTS chunks_by_segment;
+CREATE INDEX IF NOT EXISTS chunks_by_segment_len ON chunks (segment, len);
 CREATE INDEX IF NOT EXISTS unreferenced_chunks ON chunks (refs) WHERE refs = 0;
 CREATE TABLE IF NOT EXISTS segments (
     id INTEGER PRIMARY KEY,
