@@ -77,6 +77,13 @@ struct IoState {
     dirty_since: Option<Instant>,
 }
 
+impl IoState {
+    /// Opened here, and no MDS handle keeps the file for those opens.
+    fn unpinned(&self) -> bool {
+        self.local_opens > 0 && self.pin.is_none()
+    }
+}
+
 #[derive(Clone)]
 pub(super) struct OpenFile {
     pub(super) ino: InodeId,
@@ -248,18 +255,16 @@ impl Vfs {
 
     /// Whether some file is open here without an MDS handle to keep it.
     pub(super) fn any_unpinned(&self) -> bool {
-        lock(&self.files).inodes.values().any(|io| {
-            let state = lock(&io.state);
-            state.local_opens > 0 && state.pin.is_none()
-        })
+        lock(&self.files)
+            .inodes
+            .values()
+            .any(|io| lock(&io.state).unpinned())
     }
 
     /// Whether `ino` is open here without an MDS handle to keep it.
     pub(super) fn needs_pin(&self, ino: InodeId) -> bool {
-        self.file_io(ino).is_some_and(|io| {
-            let state = lock(&io.state);
-            state.local_opens > 0 && state.pin.is_none()
-        })
+        self.file_io(ino)
+            .is_some_and(|io| lock(&io.state).unpinned())
     }
 
     /// Keeps `pin`, the MDS handle taken for `ino`'s opens made here.
@@ -267,7 +272,7 @@ impl Vfs {
         let spare = match self.file_io(ino) {
             Some(io) => {
                 let mut state = lock(&io.state);
-                if state.local_opens > 0 && state.pin.is_none() {
+                if state.unpinned() {
                     state.pin = Some(pin);
                     None
                 } else {

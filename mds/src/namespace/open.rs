@@ -9,10 +9,6 @@ use super::store::{self, NEXT_HANDLE};
 use super::{HandleId, NsReply, OpContext, OpResult, SessionId, create, perm};
 use crate::sql::CachedStatements;
 
-fn check_open(attr: &Attr, ctx: &OpContext, flags: u32) -> OpResult<()> {
-    Ok(perm::check_open(attr, &ctx.caller, flags)?)
-}
-
 /// Records a handle and applies `O_TRUNC`.
 fn register(conn: &Connection, ctx: &OpContext, mut attr: Attr, flags: u32) -> OpResult<NsReply> {
     // As for setattr, the client cuts the data; the high water mark stays.
@@ -25,17 +21,18 @@ fn register(conn: &Connection, ctx: &OpContext, mut attr: Attr, flags: u32) -> O
         }
         store::save(conn, &attr)?;
     }
+    let handle = new_handle(conn, ctx, attr.ino, flags)?;
+    Ok(NsReply::Opened { attr, handle })
+}
+
+/// A new handle of the requesting session on `ino`.
+fn new_handle(conn: &Connection, ctx: &OpContext, ino: InodeId, flags: u32) -> OpResult<HandleId> {
     let handle = HandleId(store::next_counter(conn, NEXT_HANDLE)?);
     conn.execute_cached(
         "INSERT INTO handles (handle, session, ino, flags) VALUES (?1, ?2, ?3, ?4)",
-        params![
-            handle.0 as i64,
-            ctx.session.0 as i64,
-            attr.ino.0 as i64,
-            flags
-        ],
+        params![handle.0 as i64, ctx.session.0 as i64, ino.0 as i64, flags],
     )?;
-    Ok(NsReply::Opened { attr, handle })
+    Ok(handle)
 }
 
 pub(super) fn open(
@@ -45,7 +42,7 @@ pub(super) fn open(
     flags: u32,
 ) -> OpResult<NsReply> {
     let attr = store::load(conn, ino)?;
-    check_open(&attr, ctx, flags)?;
+    perm::check_open(&attr, &ctx.caller, flags)?;
     register(conn, ctx, attr, flags)
 }
 
@@ -78,12 +75,7 @@ pub(super) fn create(
 /// opened it under its cap, and now the inode must outlive an unlink until
 /// it closes it): no permission check, the session must hold a cap on it.
 pub(super) fn pin(conn: &Connection, ctx: &OpContext, ino: InodeId) -> OpResult<HandleId> {
-    let handle = HandleId(store::next_counter(conn, NEXT_HANDLE)?);
-    conn.execute_cached(
-        "INSERT INTO handles (handle, session, ino, flags) VALUES (?1, ?2, ?3, ?4)",
-        params![handle.0 as i64, ctx.session.0 as i64, ino.0 as i64, 0],
-    )?;
-    Ok(handle)
+    new_handle(conn, ctx, ino, 0)
 }
 
 /// The inode and open flags of `handle`, which this session must own
