@@ -35,10 +35,13 @@ impl DirtyExtents {
             return;
         }
         // Every extent that overlaps or touches [offset, end) merges.
+        // Extents do not overlap, so their ends rise with their starts: walk
+        // back from `end` and stop at the first that ends before `offset`.
         let touching: Vec<u64> = self
             .extents
             .range(..=end)
-            .filter(|(start, bytes)| **start + bytes.len() as u64 >= offset)
+            .rev()
+            .take_while(|(start, bytes)| **start + bytes.len() as u64 >= offset)
             .map(|(start, _)| *start)
             .collect();
         let mut start = offset;

@@ -42,14 +42,29 @@ CREATE TABLE IF NOT EXISTS chunks (
     segment INTEGER NOT NULL,
     offset INTEGER NOT NULL,
     len INTEGER NOT NULL,
-    refs INTEGER NOT NULL,
-    -- the bytes of an inline chunk (segment 0)
-    data BLOB
+    refs INTEGER NOT NULL
 ) WITHOUT ROWID;
--- by segment, with lengths: the space used is summed from the index
--- alone, never from the rows (an inline chunk's row holds its bytes)
+-- The bytes of inline chunks (segment 0; a chunk's offset is its row
+-- here). Not in the chunk index: a WITHOUT ROWID table keeps whole rows in
+-- its interior pages, and bytes there made every lookup read overflow
+-- pages. Appended by rowid, so a new chunk dirties no random page here.
+CREATE TABLE IF NOT EXISTS inline_chunks (
+    row INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+);
+-- The bytes inline chunks hold (one row), kept as they come and go so
+-- the space used is never summed from the chunks.
+CREATE TABLE IF NOT EXISTS inline_usage (
+    only INTEGER PRIMARY KEY CHECK (only = 0),
+    bytes INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO inline_usage (only, bytes)
+    SELECT 0, COALESCE(SUM(len), 0) FROM chunks WHERE segment = 0;
+-- Chunks in segment files, by segment (compaction lists them). Inline
+-- chunks stay out, so storing one touches no page of this index.
 DROP INDEX IF EXISTS chunks_by_segment;
-CREATE INDEX IF NOT EXISTS chunks_by_segment_len ON chunks (segment, len);
+DROP INDEX IF EXISTS chunks_by_segment_len;
+CREATE INDEX IF NOT EXISTS chunks_in_segment_files ON chunks (segment) WHERE segment <> 0;
 CREATE INDEX IF NOT EXISTS unreferenced_chunks ON chunks (refs) WHERE refs = 0;
 CREATE TABLE IF NOT EXISTS segments (
     id INTEGER PRIMARY KEY,
@@ -57,6 +72,48 @@ CREATE TABLE IF NOT EXISTS segments (
     live INTEGER NOT NULL
 );
 ";
+
+/// The bytes inline chunks hold.
+pub(crate) fn inline_bytes(conn: &Connection) -> Result<u64, StoreError> {
+    let bytes: i64 = conn.query_row("SELECT bytes FROM inline_usage", [], |r| r.get(0))?;
+    Ok(bytes as u64)
+}
+
+/// Moves inline bytes out of the chunk index of a store written before
+/// they had their own table.
+pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let old: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('chunks') WHERE name = 'data'",
+        [],
+        |r| r.get(0),
+    )?;
+    if old == 0 {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN")?;
+    let moved = (|| {
+        let inline: Vec<(Vec<u8>, Vec<u8>)> = conn
+            .prepare("SELECT id, data FROM chunks WHERE segment = ?1 AND data IS NOT NULL")?
+            .query_map([INLINE], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, data) in inline {
+            conn.execute("INSERT INTO inline_chunks (data) VALUES (?1)", [&data])?;
+            conn.execute(
+                "UPDATE chunks SET offset = ?2 WHERE id = ?1",
+                params![id, conn.last_insert_rowid()],
+            )?;
+        }
+        conn.execute_batch("ALTER TABLE chunks DROP COLUMN data")
+    })();
+    match moved {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(e) => {
+            conn.execute_batch("ROLLBACK")?;
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
 
 /// Where a chunk's bytes are.
 #[derive(Clone, Copy, Debug)]
@@ -183,10 +240,19 @@ impl ContentStore {
             return Ok(id);
         }
         if bytes.len() <= INLINE_MAX {
+            conn.prepare_cached("INSERT INTO inline_chunks (data) VALUES (?1)")?
+                .execute([bytes])?;
             conn.prepare_cached(
-                "INSERT INTO chunks (id, segment, offset, len, refs, data) VALUES (?1, ?2, 0, ?3, 0, ?4)",
+                "INSERT INTO chunks (id, segment, offset, len, refs) VALUES (?1, ?2, ?3, ?4, 0)",
             )?
-            .execute(params![&id[..], INLINE, bytes.len() as i64, bytes])?;
+            .execute(params![
+                &id[..],
+                INLINE,
+                conn.last_insert_rowid(),
+                bytes.len() as i64
+            ])?;
+            conn.prepare_cached("UPDATE inline_usage SET bytes = bytes + ?1")?
+                .execute([bytes.len() as i64])?;
             self.inline_written += bytes.len() as u64;
             return Ok(id);
         }
@@ -215,8 +281,8 @@ impl ContentStore {
     ) -> Result<(), StoreError> {
         if old.segment == INLINE {
             conn.execute(
-                "UPDATE chunks SET data = ?2 WHERE id = ?1",
-                params![&id[..], bytes],
+                "INSERT OR REPLACE INTO inline_chunks (row, data) VALUES (?1, ?2)",
+                params![old.offset as i64, bytes],
             )?;
             return Ok(());
         }
@@ -264,8 +330,9 @@ impl ContentStore {
             .locate(conn, id)?
             .ok_or_else(|| StoreError::Corrupt(format!("chunk {} is missing", hex(id))))?;
         let bytes = if location.segment == INLINE {
-            conn.prepare_cached("SELECT data FROM chunks WHERE id = ?1")?
-                .query_row([&id[..]], |r| r.get::<_, Option<Vec<u8>>>(0))?
+            conn.prepare_cached("SELECT data FROM inline_chunks WHERE row = ?1")?
+                .query_row([location.offset as i64], |r| r.get::<_, Vec<u8>>(0))
+                .optional()?
                 .ok_or_else(|| {
                     StoreError::Corrupt(format!("inline chunk {} has no data", hex(id)))
                 })?
@@ -324,6 +391,16 @@ impl ContentStore {
     /// Forgets chunks nothing references (their bytes stay in their segment
     /// until compaction rewrites it).
     pub fn drop_unreferenced(&self, conn: &Connection) -> Result<u64, StoreError> {
+        conn.execute(
+            "UPDATE inline_usage SET bytes = bytes - \
+             (SELECT COALESCE(SUM(len), 0) FROM chunks WHERE refs = 0 AND segment = ?1)",
+            [INLINE],
+        )?;
+        conn.execute(
+            "DELETE FROM inline_chunks WHERE row IN \
+             (SELECT offset FROM chunks WHERE refs = 0 AND segment = ?1)",
+            [INLINE],
+        )?;
         Ok(conn.execute("DELETE FROM chunks WHERE refs = 0", [])? as u64)
     }
 
@@ -367,7 +444,7 @@ impl ContentStore {
     /// ([`ContentStore::remove_segment`]).
     pub fn compact(&mut self, conn: &Connection, segment: i64) -> Result<u64, StoreError> {
         let live: Vec<Vec<u8>> = conn
-            .prepare_cached("SELECT id FROM chunks WHERE segment = ?1")?
+            .prepare_cached("SELECT id FROM chunks WHERE segment = ?1 AND segment <> 0")?
             .query_map([segment], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         let mut moved = 0;

@@ -220,6 +220,7 @@ impl ObjectStore {
         conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(content::SCHEMA)?;
+        content::migrate(&conn)?;
         conn.execute_batch(pglog::SCHEMA)?;
         conn.set_prepared_statement_cache_capacity(64);
         let mut wal_path = path.into_os_string();
@@ -496,13 +497,13 @@ impl ObjectStore {
     /// Bytes of content stored (segments as written, inline chunks).
     pub fn used_bytes(&self) -> Result<u64, StoreError> {
         let inner = lock(&self.inner);
-        let used: i64 = inner.conn.query_row(
-            "SELECT (SELECT COALESCE(SUM(written), 0) FROM segments) \
-             + (SELECT COALESCE(SUM(len), 0) FROM chunks WHERE segment = 0)",
-            [],
-            |r| r.get(0),
-        )?;
-        Ok(used as u64)
+        let in_segments: i64 =
+            inner
+                .conn
+                .query_row("SELECT COALESCE(SUM(written), 0) FROM segments", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(in_segments as u64 + content::inline_bytes(&inner.conn)?)
     }
 
     /// Every object of `pg` with the log position of its last change.

@@ -105,6 +105,41 @@ fn objects_survive_reopening() {
 }
 
 #[test]
+fn inline_bytes_of_the_old_layout_move_to_their_own_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key("small");
+    {
+        let store = ObjectStore::open(dir.path()).unwrap();
+        store.write(&k, 0, &pattern(10, 4096)).unwrap();
+    }
+    // Put the store back in the layout where the chunk index held the
+    // inline bytes.
+    {
+        let db = rusqlite::Connection::open(dir.path().join("objects.db")).unwrap();
+        db.execute_batch(
+            "ALTER TABLE chunks ADD COLUMN data BLOB;
+             UPDATE chunks SET data = (SELECT data FROM inline_chunks i WHERE i.row = chunks.offset),
+                 offset = 0;
+             DROP TABLE inline_chunks;
+             DROP TABLE inline_usage;",
+        )
+        .unwrap();
+    }
+    let store = ObjectStore::open(dir.path()).unwrap();
+    assert_eq!(store.read(&k, 0, 4096).unwrap(), pattern(10, 4096));
+    assert_eq!(store.used_bytes().unwrap(), 4096);
+    store.write(&k, 0, &pattern(12, 4096)).unwrap();
+    assert_eq!(store.used_bytes().unwrap(), 8192);
+    store.collect_garbage().unwrap();
+    assert_eq!(store.read(&k, 0, 4096).unwrap(), pattern(12, 4096));
+    assert_eq!(
+        store.used_bytes().unwrap(),
+        4096,
+        "the overwritten chunk's bytes are no longer counted"
+    );
+}
+
+#[test]
 fn a_damaged_byte_is_an_error_never_data() {
     let dir = tempfile::tempdir().unwrap();
     let store = ObjectStore::open(dir.path()).unwrap();
