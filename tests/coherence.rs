@@ -7,6 +7,8 @@
 //!   old name;
 //! - a file open on B (opened under B's cap, without asking the MDS)
 //!   keeps working after A unlinks it;
+//! - files A creates on its own (in a directory it made) are seen by B
+//!   at once, with the inode numbers and modes A answered with;
 //! - O_APPEND from both mounts loses no byte;
 //! - the size and mtime B sees right after A's close are A's;
 //! - kill -9 of A while it holds an Exclusive cap with unwritten data: B
@@ -134,6 +136,55 @@ fn a_file_open_on_one_mount_outlives_an_unlink_on_the_other() {
     text.clear();
     held.read_to_string(&mut text).unwrap();
     assert_eq!(text, "mine still");
+}
+
+#[test]
+fn creates_answered_by_one_mount_are_seen_by_the_other_at_once() {
+    let cluster = TwoMounts::start();
+    let [a, b] = &cluster.mounts;
+    // A made the directory, so it creates files in it on its own (numbers
+    // it reserved, the MDS told afterwards). B sees every one at once,
+    // with the inode, mode and owner A answered with.
+    std::fs::create_dir(a.join("burst")).unwrap();
+    let mut made = Vec::new();
+    for i in 0..300 {
+        let path = a.join(format!("burst/f{i}"));
+        std::fs::write(&path, format!("file {i}")).unwrap();
+        made.push(std::fs::metadata(&path).unwrap());
+    }
+    let mut listed: Vec<String> = std::fs::read_dir(b.join("burst"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    listed.sort();
+    let mut expected: Vec<String> = (0..300).map(|i| format!("f{i}")).collect();
+    expected.sort();
+    assert_eq!(listed, expected, "B lists every file A created");
+    for (i, on_a) in made.iter().enumerate() {
+        let on_b = std::fs::metadata(b.join(format!("burst/f{i}"))).unwrap();
+        assert_eq!(
+            (on_b.ino(), on_b.mode(), on_b.uid(), on_b.gid()),
+            (on_a.ino(), on_a.mode(), on_a.uid(), on_a.gid())
+        );
+        assert_eq!(
+            read(&b.join(format!("burst/f{i}"))),
+            format!("file {i}").into_bytes()
+        );
+    }
+    // B creates in A's directory now, and A sees it; A creating again
+    // after that meets B's name.
+    std::fs::write(b.join("burst/from_b"), b"b").unwrap();
+    assert_eq!(read(&a.join("burst/from_b")), b"b");
+    let clash = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(a.join("burst/from_b"))
+        .unwrap_err();
+    assert_eq!(clash.kind(), ErrorKind::AlreadyExists);
+    // A created right before B looked the name up.
+    std::fs::create_dir(a.join("race")).unwrap();
+    File::create(a.join("race/new")).unwrap();
+    assert!(b.join("race/new").exists(), "B sees A's create at once");
 }
 
 #[test]

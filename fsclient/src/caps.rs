@@ -63,6 +63,9 @@ struct Cached {
     /// Set while a revocation is being carried out.
     revoking: usize,
     used: u64,
+    /// The inode has no `security.capability` xattr (the kernel asks
+    /// before every write).
+    no_file_caps: bool,
 }
 
 impl Cached {
@@ -81,6 +84,7 @@ impl Cached {
 
     fn drop_cached(&mut self) {
         self.dir = DirCache::default();
+        self.no_file_caps = false;
     }
 }
 
@@ -99,6 +103,9 @@ pub struct CapCache {
     /// answers of grants still on their way.
     late: HashMap<InodeId, (u64, Option<CapMode>)>,
     clock: u64,
+    /// The newest MDS version absorbed (what a change made here is as new
+    /// as).
+    latest: u64,
 }
 
 impl CapCache {
@@ -147,6 +154,7 @@ impl CapCache {
     /// by any revocation that overtook them).
     pub fn absorb(&mut self, reply: &CapReply) {
         let now = self.tick();
+        self.latest = self.latest.max(reply.version);
         for attr in &reply.attrs {
             let late = &mut self.late;
             let cached = self.inodes.entry(attr.ino).or_insert_with(|| Cached {
@@ -158,6 +166,7 @@ impl CapCache {
                 dir: DirCache::default(),
                 revoking: 0,
                 used: now,
+                no_file_caps: false,
             });
             if reply.version >= cached.version {
                 cached.attr = attr.clone();
@@ -200,6 +209,80 @@ impl CapCache {
         if version >= entry.1 {
             *entry = (ino, version);
         }
+    }
+
+    /// Records a regular file this client created itself as `name` in
+    /// `parent` (Exclusive on it, until the MDS's grant replaces the
+    /// placeholder), and moves the parent's times to the file's.
+    pub fn note_created(&mut self, parent: InodeId, name: &[u8], attr: &Attr) {
+        let now = self.tick();
+        let version = self.latest;
+        self.inodes.insert(
+            attr.ino,
+            Cached {
+                attr: attr.clone(),
+                version,
+                cap: Some(HeldCap {
+                    mode: CapMode::Exclusive,
+                    seq: 0,
+                }),
+                revoked: None,
+                unreported: None,
+                dir: DirCache::default(),
+                revoking: 0,
+                used: now,
+                no_file_caps: true,
+            },
+        );
+        self.note_entry(parent, name, Some(attr.ino), version);
+        self.touch_at_least(parent, attr.ctime);
+    }
+
+    /// Whether a cap covers the knowledge that `ino` has no
+    /// `security.capability` xattr.
+    pub fn lacks_file_caps(&self, ino: InodeId) -> bool {
+        self.inodes
+            .get(&ino)
+            .is_some_and(|c| c.cap.is_some() && c.no_file_caps)
+    }
+
+    /// The MDS said `ino` has no `security.capability` xattr, asked while
+    /// this client held grant `seq` on it: kept if that grant still
+    /// stands (another client's change would have revoked it first).
+    pub fn note_no_file_caps(&mut self, ino: InodeId, seq: u64) {
+        if let Some(cached) = self.inodes.get_mut(&ino)
+            && cached.revoking == 0
+            && cached.cap.is_some_and(|held| held.seq == seq)
+        {
+            cached.no_file_caps = true;
+        }
+    }
+
+    /// This client changes `ino`'s xattrs: what was known of them goes.
+    pub fn forget_xattrs(&mut self, ino: InodeId) {
+        if let Some(cached) = self.inodes.get_mut(&ino) {
+            cached.no_file_caps = false;
+        }
+    }
+
+    /// Moves `dir`'s mtime and ctime up to `at` (a change made here that
+    /// an older MDS answer does not show yet).
+    pub fn touch_at_least(&mut self, dir: InodeId, at: Timestamp) {
+        if let Some(cached) = self.inodes.get_mut(&dir) {
+            cached.attr.mtime = cached.attr.mtime.max(at);
+            cached.attr.ctime = cached.attr.ctime.max(at);
+        }
+    }
+
+    /// Whether `parent`'s listing is complete and has no `name`.
+    pub fn known_absent(&self, parent: InodeId, name: &[u8]) -> bool {
+        self.inodes.get(&parent).is_some_and(|cached| {
+            cached.cap.is_some()
+                && match cached.dir.names.get(name) {
+                    Some((ino, _)) => ino.is_none(),
+                    None => cached.dir.complete,
+                }
+        })
     }
 
     /// Forgets what the cache knows of `name` in `parent`.

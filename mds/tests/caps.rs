@@ -429,3 +429,99 @@ async fn a_pinned_open_keeps_an_inode_another_session_unlinks() {
     let gone = setup.server.state.read(|ns| ns.getattr(file).unwrap());
     assert_eq!(gone, Err(Errno::ENOENT));
 }
+
+#[tokio::test]
+async fn a_session_creates_under_reserved_numbers_in_a_directory_it_made() {
+    let setup = start().await;
+    let mut a = client(&setup, "client.a").await;
+    let mut b = client(&setup, "client.b").await;
+    let made = a
+        .cap(CapOp::Mutate(NsOp::Mkdir {
+            parent: InodeId::ROOT,
+            name: b"d".to_vec(),
+            mode: 0o755,
+            umask: 0,
+        }))
+        .await;
+    let Ok(NsReply::Attr(dir)) = &made.result else {
+        panic!("mkdir failed: {made:?}");
+    };
+    let dir = dir.ino;
+    assert_eq!(
+        grant_on(&made, dir).map(|g| g.mode),
+        Some(CapMode::Exclusive),
+        "the maker of a directory holds it Exclusive"
+    );
+
+    let reserved = a.cap(CapOp::Reserve { count: 3 }).await;
+    let Ok(NsReply::Reserved(numbers)) = reserved.result else {
+        panic!("reserve failed: {reserved:?}");
+    };
+    assert_eq!(numbers.len(), 3);
+    let (ino, generation) = numbers[0];
+    let now = Timestamp::new(1_700_000_000, 5);
+    let create_as = |name: &str, ino| {
+        CapOp::Mutate(NsOp::CreateAs {
+            parent: dir,
+            name: name.into(),
+            mode: 0o666,
+            umask: 0o022,
+            ino,
+            now,
+        })
+    };
+    // Another session may not use A's numbers.
+    let stolen = b.cap(create_as("stolen", ino)).await;
+    assert_eq!(stolen.result, Err(Errno::EINVAL));
+
+    let created = a.cap(create_as("f", ino)).await;
+    let Ok(NsReply::Attr(attr)) = &created.result else {
+        panic!("create failed: {created:?}");
+    };
+    assert_eq!(
+        (attr.ino, attr.generation, attr.perm, attr.mtime),
+        (ino, generation, 0o644, now),
+        "the file is what the client worked out"
+    );
+    assert_eq!(
+        grant_on(&created, ino).map(|g| g.mode),
+        Some(CapMode::Exclusive)
+    );
+    let again = a.cap(create_as("g", ino)).await;
+    assert_eq!(again.result, Err(Errno::EINVAL), "a number is used once");
+    let taken = a.cap(create_as("f", numbers[1].0)).await;
+    assert_eq!(taken.result, Err(Errno::EEXIST));
+
+    // B's lookup in the directory takes A's Exclusive down first.
+    let looker = tokio::spawn(async move {
+        let reply = b
+            .cap(CapOp::Lookup {
+                parent: dir,
+                name: b"f".to_vec(),
+            })
+            .await;
+        (reply, b)
+    });
+    let events = a.events().await;
+    assert!(
+        events
+            .revokes
+            .iter()
+            .any(|(_, r)| r.ino == dir && r.to == Some(CapMode::Shared)),
+        "A is asked to share the directory: {events:?}"
+    );
+    for (_, revoke) in &events.revokes {
+        let acked = a
+            .cap(CapOp::Ack {
+                ino: revoke.ino,
+                seq: revoke.seq,
+                to: revoke.to,
+                flushed: None,
+                pin: false,
+            })
+            .await;
+        assert!(acked.result.is_ok(), "{acked:?}");
+    }
+    let (found, _b) = looker.await.unwrap();
+    assert!(matches!(found.result, Ok(NsReply::Attr(ref attr)) if attr.ino == ino));
+}

@@ -28,6 +28,10 @@ use crate::store::{StoreError, io};
 pub const MAX_CHUNK: usize = 64 * 1024;
 /// Chunks up to this size are stored inline in the database.
 pub const INLINE_MAX: usize = 16 * 1024;
+/// A write of at most this many bytes in all is stored inline whatever
+/// its chunks' sizes: a small file's bytes then cost one log sync, where
+/// a segment would add a second sync of its own.
+pub const SMALL_WRITE_MAX: usize = 64 * 1024;
 /// The segment number of inline chunks.
 const INLINE: i64 = 0;
 /// A segment stops taking appends once it is this large.
@@ -220,11 +224,14 @@ impl ContentStore {
         std::mem::take(&mut self.inline_written)
     }
 
+    /// With `small_write`, the chunk is part of a write of at most
+    /// [`SMALL_WRITE_MAX`] bytes and goes inline.
     pub fn put(
         &mut self,
         conn: &Connection,
         bytes: &[u8],
         verify_existing: bool,
+        small_write: bool,
     ) -> Result<ChunkId, StoreError> {
         if bytes.len() > MAX_CHUNK {
             return Err(StoreError::Invalid(format!(
@@ -239,7 +246,7 @@ impl ContentStore {
             }
             return Ok(id);
         }
-        if bytes.len() <= INLINE_MAX {
+        if bytes.len() <= INLINE_MAX || small_write {
             conn.prepare_cached("INSERT INTO inline_chunks (data) VALUES (?1)")?
                 .execute([bytes])?;
             conn.prepare_cached(

@@ -774,10 +774,12 @@ fn write_all_in(
         end = end.max(check_range(*offset, data.len() as u64)?);
     }
     let (object, size) = ObjectStore::object_or_create(conn, key)?;
+    let total: usize = writes.iter().map(|(_, data)| data.len()).sum();
+    let small_write = total <= content::SMALL_WRITE_MAX;
     let mut pieces = Vec::new();
     for (offset, data) in writes {
         for (index, piece) in data.chunks(MAX_CHUNK).enumerate() {
-            let chunk = content.put(conn, piece, verify_existing)?;
+            let chunk = content.put(conn, piece, verify_existing, small_write)?;
             pieces.push(Extent {
                 offset: offset + (index * MAX_CHUNK) as u64,
                 len: piece.len() as u64,

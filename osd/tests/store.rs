@@ -140,12 +140,30 @@ fn inline_bytes_of_the_old_layout_move_to_their_own_table() {
 }
 
 #[test]
+fn a_small_write_is_stored_inline_a_larger_one_in_a_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ObjectStore::open(dir.path()).unwrap();
+    let (small, large) = (key("small"), key("large"));
+    store.write(&small, 0, &pattern(13, 64 << 10)).unwrap();
+    store
+        .write(&large, 0, &pattern(14, (64 << 10) + 1))
+        .unwrap();
+    assert!(!store.segment_of(&small).unwrap().exists());
+    assert!(store.segment_of(&large).unwrap().exists());
+    assert_eq!(
+        store.read(&small, 0, 64 << 10).unwrap(),
+        pattern(13, 64 << 10)
+    );
+    assert_eq!(store.used_bytes().unwrap(), (128 << 10) + 1);
+}
+
+#[test]
 fn a_damaged_byte_is_an_error_never_data() {
     let dir = tempfile::tempdir().unwrap();
     let store = ObjectStore::open(dir.path()).unwrap();
     let k = key("victim");
-    // Larger than the inline limit, so its bytes are in a segment file.
-    store.write(&k, 0, &pattern(6, 65536)).unwrap();
+    // Larger than a small write, so its bytes are in a segment file.
+    store.write(&k, 0, &pattern(6, 128 << 10)).unwrap();
     let segment = store.segment_of(&k).unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[100] ^= 0x40;
@@ -163,19 +181,19 @@ fn overwritten_space_is_reclaimed_and_live_data_kept() {
     let first_segment = {
         let store = ObjectStore::open(dir.path()).unwrap();
         store.write(&a, 0, &pattern(7, 1 << 20)).unwrap();
-        store.write(&b, 0, &pattern(8, 64 << 10)).unwrap();
+        store.write(&b, 0, &pattern(8, 128 << 10)).unwrap();
         store.segment_of(&a).unwrap()
     };
     let store = ObjectStore::open(dir.path()).unwrap();
     store.write(&a, 0, &pattern(9, 1 << 20)).unwrap();
     let moved = store.collect_garbage().unwrap();
-    assert_eq!(moved, 64 << 10, "only b's live chunk is copied");
+    assert_eq!(moved, 128 << 10, "only b's live chunks are copied");
     assert!(!first_segment.exists(), "the mostly dead segment is gone");
     assert_eq!(store.read(&a, 0, 1 << 20).unwrap(), pattern(9, 1 << 20));
-    assert_eq!(store.read(&b, 0, 64 << 10).unwrap(), pattern(8, 64 << 10));
+    assert_eq!(store.read(&b, 0, 128 << 10).unwrap(), pattern(8, 128 << 10));
     drop(store);
     let store = ObjectStore::open(dir.path()).unwrap();
-    assert_eq!(store.read(&b, 0, 64 << 10).unwrap(), pattern(8, 64 << 10));
+    assert_eq!(store.read(&b, 0, 128 << 10).unwrap(), pattern(8, 128 << 10));
 }
 
 #[derive(Clone, Debug)]

@@ -26,6 +26,8 @@ pub const BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(1000
 pub const MAX_RELEASE: usize = 4096;
 /// The most revocations one event reply carries.
 pub const MAX_EVENTS: usize = 4096;
+/// The most inode numbers one reservation takes.
+pub const MAX_RESERVE: u32 = 1024;
 
 /// How much a session may cache about an inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -95,6 +97,9 @@ pub enum CapOp {
     Flush { ino: InodeId, flushed: Flushed },
     /// Gives caps back (each up to the grant `seq` named).
     Release { caps: Vec<(InodeId, u64)> },
+    /// Reserves up to [`MAX_RESERVE`] inode numbers for the session's own
+    /// creates ([`NsOp::CreateAs`]); they lapse with the session.
+    Reserve { count: u32 },
 }
 
 impl CapOp {
@@ -103,7 +108,11 @@ impl CapOp {
     pub fn is_own(&self) -> bool {
         matches!(
             self,
-            CapOp::Ack { .. } | CapOp::Flush { .. } | CapOp::Release { .. } | CapOp::Pin { .. }
+            CapOp::Ack { .. }
+                | CapOp::Flush { .. }
+                | CapOp::Release { .. }
+                | CapOp::Pin { .. }
+                | CapOp::Reserve { .. }
         )
     }
 }

@@ -12,7 +12,7 @@ use crate::caps::{CapEvents, CapOp, CapReply};
 use crate::lock::{Lock, LockFlavor, LockRequest};
 
 use crate::errno::Errno;
-use crate::fs::{Attr, Caller, DirEntry, SetAttr, StatFs};
+use crate::fs::{Attr, Caller, DirEntry, SetAttr, StatFs, Timestamp};
 use crate::ids::InodeId;
 use crate::layout::FileLayout;
 
@@ -113,6 +113,19 @@ pub enum NsOp {
     EndSession {
         session: SessionId,
     },
+    /// Creates regular file `name` in `parent` as inode `ino`, which the
+    /// session reserved ([`crate::caps::CapOp::Reserve`]), at time `now`:
+    /// a create the client answered itself under its Exclusive cap on
+    /// `parent`, sent afterwards. No handle is taken (the client's open
+    /// is its own, pinned like any open made under a cap).
+    CreateAs {
+        parent: InodeId,
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+        ino: InodeId,
+        now: Timestamp,
+    },
 }
 
 /// What a successful mutation returns.
@@ -125,6 +138,8 @@ pub enum NsReply {
         attr: Attr,
         handle: HandleId,
     },
+    /// Inode numbers reserved for the session, each with its generation.
+    Reserved(Vec<(InodeId, u64)>),
 }
 /// One member of the MDS group.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

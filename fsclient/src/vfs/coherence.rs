@@ -13,7 +13,7 @@ use aspen_proto::InodeId;
 use aspen_proto::caps::{CapMode, CapOp, Flushed, MAX_RELEASE, Revoke};
 use aspen_proto::fs::{Caller, Timestamp};
 
-use super::files::WRITEBACK_INTERVAL;
+use super::files::{Report, WRITEBACK_INTERVAL};
 use super::{Vfs, lock};
 
 /// How often unused caps are given back when the cache is over its size.
@@ -87,12 +87,12 @@ async fn housekeeping(vfs: Weak<Vfs>) {
         // What was written within the interval may be written again
         // soon: it waits for the next round.
         for ino in vfs.written_inodes(WRITEBACK_INTERVAL) {
-            vfs.schedule_flush(ino);
+            vfs.schedule_flush(ino, Report::Later);
         }
         let cutoff = Timestamp::now().sec - WRITEBACK_INTERVAL.as_secs() as i64;
         let stale = vfs.cache().unreported_inodes(Timestamp::new(cutoff, 0));
         for ino in stale {
-            vfs.schedule_flush(ino);
+            vfs.schedule_flush(ino, Report::Now);
         }
         ticks += 1;
         if ticks.is_multiple_of(TRIM_INTERVAL.as_secs() / WRITEBACK_INTERVAL.as_secs().max(1)) {
@@ -225,6 +225,7 @@ impl Vfs {
             session = self.session.id().0,
             "the MDS ended this client's session: its cached state and unwritten data are lost"
         );
+        self.creates.clear();
         let cached = self.cache().clear();
         for ino in cached {
             self.invalidate_data(ino).await;

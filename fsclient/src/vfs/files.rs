@@ -48,6 +48,17 @@ pub const COPY_CHUNK: u64 = 4 << 20;
 /// would wait behind.
 pub const RELEASE_DELAY: Duration = Duration::from_millis(100);
 
+/// Whether a background write-back also tells the MDS the size and mtime
+/// the writes produced. Writes going out (close, a full buffer, memory
+/// pressure) leave that to the next round of reports: nobody else can see
+/// the file without revoking the cap, which reports it, and one MDS commit
+/// per closed file would hold up the creates behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Report {
+    Now,
+    Later,
+}
+
 /// The I/O state of a file that is open here or has buffered writes.
 pub(super) struct FileIo {
     pub(super) file: FileObjects,
@@ -187,7 +198,7 @@ impl Vfs {
 
     /// Records an open (with its MDS handle, if it has one); returns the
     /// handle number for the kernel.
-    fn register(&self, attr: &Attr, handle: Option<HandleId>, flags: u32) -> u64 {
+    pub(super) fn register(&self, attr: &Attr, handle: Option<HandleId>, flags: u32) -> u64 {
         let mut files = lock(&self.files);
         let fh = match handle {
             Some(handle) => handle.0,
@@ -389,6 +400,9 @@ impl Vfs {
         umask: u32,
         flags: u32,
     ) -> Result<(u64, Attr), Errno> {
+        if let Some(created) = self.create_here(caller, parent, name, (mode, umask, flags))? {
+            return Ok(created);
+        }
         let op = NsOp::Create {
             parent,
             name: name.to_vec(),
@@ -561,14 +575,14 @@ impl Vfs {
     /// writer wait while too much is buffered overall.
     async fn after_write(&self, ino: InodeId, io: &FileIo) -> Result<(), Errno> {
         if lock(&io.state).dirty.bytes() >= WRITEBACK_CHUNK {
-            self.schedule_flush(ino);
+            self.schedule_flush(ino, Report::Later);
         }
         while self.writeback.dirty.load(Ordering::Acquire) > MAX_DIRTY_BYTES {
             let sent = self.writeback.sent.notified();
             if lock(&io.state).dirty.is_empty() {
                 // Others' bytes are over the limit: wait for some to go.
                 for other in self.written_inodes(Duration::ZERO) {
-                    self.schedule_flush(other);
+                    self.schedule_flush(other, Report::Later);
                 }
                 let _ = tokio::time::timeout(WRITEBACK_INTERVAL, sent).await;
                 continue;
@@ -635,13 +649,17 @@ impl Vfs {
         self.report(ino).await
     }
 
-    /// Writes `ino` back in the background (once at a time); a file with
-    /// nothing buffered only has its size reported.
-    pub(super) fn schedule_flush(&self, ino: InodeId) {
+    /// Writes `ino` back in the background (once at a time), and with
+    /// [`Report::Now`] reports its size; a file with nothing buffered only
+    /// has its size reported.
+    pub(super) fn schedule_flush(&self, ino: InodeId, report: Report) {
         let Some(vfs) = self.me.upgrade() else {
             return;
         };
         let Some(io) = self.file_io(ino) else {
+            if report == Report::Later {
+                return;
+            }
             tokio::spawn(async move {
                 if let Err(errno) = vfs.report(ino).await {
                     tracing::warn!("reporting the size of inode {ino}: {errno}");
@@ -658,7 +676,11 @@ impl Vfs {
         }
         tokio::spawn(async move {
             let permit = vfs.writeback.flushes.acquire().await;
-            if let Err(errno) = vfs.flush_and_report(ino).await {
+            let flushed = match report {
+                Report::Now => vfs.flush_and_report(ino).await,
+                Report::Later => vfs.flush_data(ino).await,
+            };
+            if let Err(errno) = flushed {
                 lock(&io.state).error.get_or_insert(errno);
             }
             drop(permit);
@@ -708,7 +730,7 @@ impl Vfs {
     /// background), and an earlier write-back failure is reported.
     pub async fn flush(&self, fh: u64) -> Result<(), Errno> {
         let (file, io) = self.open_file(fh)?;
-        self.schedule_flush(file.ino);
+        self.schedule_flush(file.ino, Report::Later);
         Vfs::take_error(&io)
     }
 
@@ -753,7 +775,7 @@ impl Vfs {
             let _one = io.flushing.lock().await;
             self.discard(file.ino);
         } else if last {
-            self.schedule_flush(file.ino);
+            self.schedule_flush(file.ino, Report::Later);
         }
         self.forget_io_if_idle(file.ino);
         if file.generation != self.session.generation() {

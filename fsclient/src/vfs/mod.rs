@@ -11,6 +11,7 @@
 //! longer wants and starts over when the MDS ends the session.
 
 mod coherence;
+mod creates;
 mod files;
 mod locks;
 
@@ -33,6 +34,10 @@ pub use files::{COPY_CHUNK, MAX_DIRTY_BYTES, WRITEBACK_CHUNK, WRITEBACK_INTERVAL
 
 /// How many entries one readdir asks the MDS for.
 pub const READDIR_BATCH: u32 = 256;
+
+/// The xattr the kernel reads before every write (to drop file
+/// capabilities), answered from the cache when a cap covers its absence.
+const FILE_CAPS_XATTR: &[u8] = b"security.capability";
 
 /// Drops the kernel's cached data of an inode (the frontend's part of
 /// giving up a cap).
@@ -57,6 +62,7 @@ pub struct Vfs {
     /// One session recovery at a time.
     recovery: tokio::sync::Mutex<()>,
     closing: AtomicBool,
+    creates: creates::LocalCreates,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -69,7 +75,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 fn attr_reply(reply: &CapReply) -> Result<Attr, Errno> {
     match &reply.result {
         Ok(NsReply::Attr(attr) | NsReply::Opened { attr, .. }) => Ok(attr.clone()),
-        Ok(NsReply::Done) => Err(Errno::EIO),
+        Ok(NsReply::Done | NsReply::Reserved(_)) => Err(Errno::EIO),
         Err(errno) => Err(*errno),
     }
 }
@@ -91,6 +97,7 @@ impl Vfs {
             revoking: Mutex::new(HashSet::new()),
             recovery: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
+            creates: creates::LocalCreates::default(),
         });
         coherence::start(&vfs);
         vfs
@@ -106,11 +113,13 @@ impl Vfs {
     }
 
     async fn ask(&self, request: MdsRequest) -> Result<MdsResponse, Errno> {
+        self.settled().await;
         self.session.ask(&request).await
     }
 
     /// A request under capabilities; what it grants goes into the cache.
     async fn cap_call(&self, caller: &Caller, op: CapOp) -> Result<CapReply, Errno> {
+        self.settled().await;
         let reply = self.session.cap(caller, op).await.map_err(|errno| {
             if errno == Errno::ESTALE {
                 Errno::EIO
@@ -331,7 +340,15 @@ impl Vfs {
             mode,
             umask,
         };
-        attr_reply(&self.mutate(caller, op).await?)
+        let attr = attr_reply(&self.mutate(caller, op).await?)?;
+        let exclusive = self
+            .cache()
+            .cap(attr.ino)
+            .is_some_and(|held| held.mode == CapMode::Exclusive);
+        if exclusive {
+            self.creates.allow(attr.ino);
+        }
+        Ok(attr)
     }
 
     /// Removes `name` in `parent`; the buffered writes of the file it
@@ -480,15 +497,27 @@ impl Vfs {
         ino: InodeId,
         name: &[u8],
     ) -> Result<Vec<u8>, Errno> {
+        let file_caps = name == FILE_CAPS_XATTR;
+        let held = {
+            let cache = self.cache();
+            if file_caps && cache.lacks_file_caps(ino) {
+                return Err(Errno::ENODATA);
+            }
+            cache.cap(ino)
+        };
         let request = MdsRequest::GetXattr {
             caller: caller.clone(),
             ino,
             name: name.to_vec(),
         };
-        match self.ask(request).await? {
+        let result = match self.ask(request).await? {
             MdsResponse::Bytes(result) => result,
             other => Err(unexpected(&other)),
+        };
+        if let (true, Err(Errno::ENODATA), Some(held)) = (file_caps, &result, held) {
+            self.cache().note_no_file_caps(ino, held.seq);
         }
+        result
     }
 
     pub async fn setxattr(
@@ -499,13 +528,19 @@ impl Vfs {
         value: &[u8],
         flags: u32,
     ) -> Result<(), Errno> {
+        // An ACL may change what a new file inherits, which the MDS alone
+        // works out.
+        self.creates.disallow(ino);
+        self.cache().forget_xattrs(ino);
         let op = NsOp::SetXattr {
             ino,
             name: name.to_vec(),
             value: value.to_vec(),
             flags,
         };
-        self.mutate(caller, op).await?.result.map(drop)
+        let changed = self.mutate(caller, op).await?.result.map(drop);
+        self.cache().forget_xattrs(ino);
+        changed
     }
 
     pub async fn listxattr(&self, caller: &Caller, ino: InodeId) -> Result<Vec<Vec<u8>>, Errno> {
@@ -525,11 +560,15 @@ impl Vfs {
         ino: InodeId,
         name: &[u8],
     ) -> Result<(), Errno> {
+        self.creates.disallow(ino);
+        self.cache().forget_xattrs(ino);
         let op = NsOp::RemoveXattr {
             ino,
             name: name.to_vec(),
         };
-        self.mutate(caller, op).await?.result.map(drop)
+        let changed = self.mutate(caller, op).await?.result.map(drop);
+        self.cache().forget_xattrs(ino);
+        changed
     }
 
     pub async fn access(&self, caller: &Caller, ino: InodeId, mask: u32) -> Result<(), Errno> {

@@ -212,8 +212,31 @@ fn corrupt(errno: Errno) -> StoreError {
 }
 
 /// The caps a mutation's requester takes beyond Shared on what it changed:
-/// Exclusive on a file it opens for writing or creates.
-fn wanted_by(op: &NsOp, reply: &NsReply) -> Option<(InodeId, CapMode)> {
+/// Exclusive on a file it opens for writing or creates, and on a directory
+/// it makes (so it may create in it on its own) unless the directory has a
+/// default ACL (whose inheritance the MDS alone works out).
+fn wanted_by(
+    conn: &Connection,
+    op: &NsOp,
+    reply: &NsReply,
+) -> Result<Option<(InodeId, CapMode)>, StoreError> {
+    match (op, reply) {
+        (NsOp::CreateAs { .. }, NsReply::Attr(attr)) => {
+            return Ok(Some((attr.ino, CapMode::Exclusive)));
+        }
+        (NsOp::Mkdir { .. }, NsReply::Attr(attr)) => {
+            let inherits = split(super::xattr::default_acl(conn, attr.ino))?
+                .map_err(corrupt)?
+                .is_some();
+            return Ok((!inherits).then_some((attr.ino, CapMode::Exclusive)));
+        }
+        _ => {}
+    }
+    Ok(opened_wants(op, reply))
+}
+
+/// Exclusive on a file opened (or created) for writing, else Shared.
+fn opened_wants(op: &NsOp, reply: &NsReply) -> Option<(InodeId, CapMode)> {
     let NsReply::Opened { attr, .. } = reply else {
         return None;
     };
@@ -261,7 +284,7 @@ pub(crate) fn mutate(
         let mut wanted: Vec<(InodeId, CapMode)> = Vec::new();
         if grants && let Ok(reply) = &result {
             wanted.extend(changed.iter().map(|ino| (*ino, CapMode::Shared)));
-            if let Some((ino, mode)) = wanted_by(op, reply) {
+            if let Some((ino, mode)) = wanted_by(conn, op, reply)? {
                 wanted.retain(|(i, _)| *i != ino);
                 wanted.push((ino, mode));
             }
@@ -385,6 +408,17 @@ pub(crate) fn apply(
         }),
         CapOp::Flush { ino, flushed } => own_op(conn, ctx, version, *ino, |conn, cap| {
             report(conn, ctx, cap, *ino, *flushed).map(|()| None)
+        }),
+        CapOp::Reserve { count } => guarded(conn, || {
+            let result = split(super::create::reserve(conn, ctx, *count))?;
+            Ok(CapOutcome::Answer(answer(
+                conn,
+                ctx,
+                result.map(NsReply::Reserved),
+                &[],
+                &[],
+                version,
+            )?))
         }),
         CapOp::Release { caps: released } => {
             let Some(session) = requester(ctx) else {

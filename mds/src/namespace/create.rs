@@ -3,7 +3,9 @@
 use aspen_proto::acl::PosixAcl;
 use aspen_proto::fs::{Attr, FileType, MAX_NLINK, MAX_SYMLINK_LEN, mode, validate_name};
 use aspen_proto::{Errno, FileLayout, InodeId};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::sql::CachedStatements;
 
 use super::store::{self, NEXT_GENERATION, NEXT_INO};
 use super::{NsReply, OpContext, OpResult, perm, touch_dir, xattr};
@@ -105,6 +107,25 @@ fn make(
     umask: u32,
     rdev: u64,
 ) -> OpResult<Attr> {
+    make_as(
+        conn, ctx, parent_ino, name, kind, requested, umask, rdev, None,
+    )
+}
+
+/// [`make`], with the inode number and generation given (reserved by the
+/// session) instead of drawn from the counters.
+#[allow(clippy::too_many_arguments)]
+fn make_as(
+    conn: &Connection,
+    ctx: &OpContext,
+    parent_ino: InodeId,
+    name: &[u8],
+    kind: FileType,
+    requested: u32,
+    umask: u32,
+    rdev: u64,
+    identity: Option<(InodeId, u64)>,
+) -> OpResult<Attr> {
     let mut parent = store::load(conn, parent_ino)?;
     check_create(conn, ctx, &parent, name)?;
     if kind == FileType::Directory && parent.nlink >= MAX_NLINK {
@@ -112,8 +133,15 @@ fn make(
     }
     let inherited = inherit(conn, &parent, kind, requested, umask)?;
     let (uid, gid, perm_bits) = perm::new_inode_owner(&parent, &ctx.caller, kind, inherited.perm);
+    let (ino, generation) = match identity {
+        Some(given) => given,
+        None => (
+            InodeId(store::next_counter(conn, NEXT_INO)?),
+            store::next_counter(conn, NEXT_GENERATION)?,
+        ),
+    };
     let attr = Attr {
-        ino: InodeId(store::next_counter(conn, NEXT_INO)?),
+        ino,
         kind,
         perm: perm_bits,
         nlink: if kind == FileType::Directory { 2 } else { 1 },
@@ -124,7 +152,7 @@ fn make(
         mtime: ctx.now,
         ctime: ctx.now,
         rdev,
-        generation: store::next_counter(conn, NEXT_GENERATION)?,
+        generation,
         layout: parent.layout,
         acl: inherited.acl,
     };
@@ -176,6 +204,65 @@ pub(super) fn mknod(
         umask,
         rdev,
     )
+}
+
+/// Reserves up to `count` inode numbers, with their generations, for the
+/// session of `ctx`.
+pub(super) fn reserve(
+    conn: &Connection,
+    ctx: &OpContext,
+    count: u32,
+) -> OpResult<Vec<(InodeId, u64)>> {
+    if ctx.session.0 == 0 {
+        return Err(Errno::EINVAL.into());
+    }
+    let count = count.min(aspen_proto::caps::MAX_RESERVE);
+    let mut reserved = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let ino = InodeId(store::next_counter(conn, NEXT_INO)?);
+        let generation = store::next_counter(conn, NEXT_GENERATION)?;
+        conn.execute_cached(
+            "INSERT INTO reserved_inodes (ino, session, generation) VALUES (?1, ?2, ?3)",
+            rusqlite::params![ino.0 as i64, ctx.session.0 as i64, generation as i64],
+        )?;
+        reserved.push((ino, generation));
+    }
+    Ok(reserved)
+}
+
+/// Creates regular file `name` in `parent` as `ino`, which the session of
+/// `ctx` reserved (`EINVAL` otherwise), as at `ctx.now`.
+pub(super) fn create_reserved(
+    conn: &Connection,
+    ctx: &OpContext,
+    parent: InodeId,
+    name: &[u8],
+    (mode_bits, umask): (u32, u32),
+    ino: InodeId,
+) -> OpResult<Attr> {
+    let generation: Option<i64> = conn
+        .query_row_cached(
+            "SELECT generation FROM reserved_inodes WHERE ino = ?1 AND session = ?2",
+            rusqlite::params![ino.0 as i64, ctx.session.0 as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(generation) = generation.filter(|_| ctx.session.0 != 0) else {
+        return Err(Errno::EINVAL.into());
+    };
+    let attr = make_as(
+        conn,
+        ctx,
+        parent,
+        name,
+        FileType::Regular,
+        mode_bits & mode::PERMISSIONS,
+        umask,
+        0,
+        Some((ino, generation as u64)),
+    )?;
+    conn.execute_cached("DELETE FROM reserved_inodes WHERE ino = ?1", [ino.0 as i64])?;
+    Ok(attr)
 }
 
 pub(super) fn mkdir(

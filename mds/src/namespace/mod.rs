@@ -339,6 +339,21 @@ fn dispatch(conn: &Connection, op: &NsOp, ctx: &OpContext) -> OpResult<NsReply> 
             setattr::written(conn, ctx, *handle, *end).map(NsReply::Attr)
         }
         NsOp::EndSession { session } => open::end_session(conn, *session).map(|_| NsReply::Done),
+        NsOp::CreateAs {
+            parent,
+            name,
+            mode,
+            umask,
+            ino,
+            now,
+        } => {
+            let ctx = OpContext {
+                now: *now,
+                ..ctx.clone()
+            };
+            create::create_reserved(conn, &ctx, *parent, name, (*mode, *umask), *ino)
+                .map(NsReply::Attr)
+        }
     }
 }
 

@@ -122,6 +122,10 @@ pub(super) fn end_session(conn: &Connection, session: SessionId) -> OpResult<()>
         .query_map([session.0 as i64], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     conn.execute_cached("DELETE FROM handles WHERE session = ?1", [session.0 as i64])?;
+    conn.execute_cached(
+        "DELETE FROM reserved_inodes WHERE session = ?1",
+        [session.0 as i64],
+    )?;
     let inodes: Vec<InodeId> = inodes.into_iter().map(|ino| InodeId(ino as u64)).collect();
     for ino in &inodes {
         forget_if_stray(conn, *ino)?;

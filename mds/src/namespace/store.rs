@@ -68,6 +68,13 @@ CREATE TABLE IF NOT EXISTS caps (
     PRIMARY KEY (ino, session)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS caps_by_session ON caps (session);
+-- inode numbers (with generations) a session reserved for its own creates
+CREATE TABLE IF NOT EXISTS reserved_inodes (
+    ino INTEGER PRIMARY KEY,
+    session INTEGER NOT NULL,
+    generation INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reserved_by_session ON reserved_inodes (session);
 CREATE TABLE IF NOT EXISTS purge_queue (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     ino INTEGER NOT NULL,
