@@ -11,7 +11,7 @@
 //! caller at once, on the MDS a moment later, lost if the client dies
 //! first (fsync on the directory or file waits for it).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -24,9 +24,9 @@ use tokio::sync::Notify;
 use super::{Vfs, lock};
 
 /// Inode numbers asked for at once.
-pub const RESERVE_BATCH: u32 = 256;
+pub const RESERVE_BATCH: u32 = aspen_proto::caps::MAX_RESERVE;
 /// Below this many unused reserved numbers, more are asked for.
-pub const RESERVE_LOW: usize = 64;
+pub const RESERVE_LOW: usize = 512;
 /// Creates sent and not yet answered, at most; past it creates go to the
 /// MDS in the caller's time.
 pub const MAX_CREATES_IN_FLIGHT: usize = 256;
@@ -40,8 +40,15 @@ pub(super) struct LocalCreates {
     refilling: AtomicBool,
     /// Directories this client made and may create in on its own.
     dirs: Mutex<HashSet<InodeId>>,
-    in_flight: Mutex<usize>,
+    in_flight: Mutex<InFlight>,
     settled: Notify,
+}
+
+/// Creates sent and not yet answered, by ticket (in the order they began).
+#[derive(Default)]
+struct InFlight {
+    next: u64,
+    open: BTreeSet<u64>,
 }
 
 impl LocalCreates {
@@ -86,33 +93,42 @@ impl LocalCreates {
         lock(&self.dirs).clear();
     }
 
-    fn begin(&self) -> bool {
+    /// A ticket for a create about to be sent, unless too many are.
+    fn begin(&self) -> Option<u64> {
         let mut in_flight = lock(&self.in_flight);
-        if *in_flight >= MAX_CREATES_IN_FLIGHT {
-            return false;
+        if in_flight.open.len() >= MAX_CREATES_IN_FLIGHT {
+            return None;
         }
-        *in_flight += 1;
-        true
+        let ticket = in_flight.next;
+        in_flight.next += 1;
+        in_flight.open.insert(ticket);
+        Some(ticket)
     }
 
-    fn end(&self) {
-        let mut in_flight = lock(&self.in_flight);
-        *in_flight -= 1;
-        if *in_flight == 0 {
-            self.settled.notify_waiters();
-        }
+    fn end(&self, ticket: u64) {
+        lock(&self.in_flight).open.remove(&ticket);
+        self.settled.notify_waiters();
+    }
+
+    /// Whether every create begun before ticket `before` is answered.
+    fn answered_before(&self, before: u64) -> bool {
+        lock(&self.in_flight)
+            .open
+            .first()
+            .is_none_or(|oldest| *oldest >= before)
     }
 }
 
 impl Vfs {
     /// Returns once every create answered here before the call is applied
-    /// at the MDS.
+    /// at the MDS (later ones do not hold it up).
     pub(super) async fn settled(&self) {
+        let before = lock(&self.creates.in_flight).next;
         loop {
             let settled = self.creates.settled.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
-            if *lock(&self.creates.in_flight) == 0 {
+            if self.creates.answered_before(before) {
                 return;
             }
             settled.await;
@@ -149,12 +165,13 @@ impl Vfs {
         if dir.nlink == 0 {
             return Ok(None);
         }
-        let Some((ino, generation)) = self.creates.take_reserved(self.session.generation()) else {
+        let Some(ticket) = self.creates.begin() else {
             return Ok(None);
         };
-        if !self.creates.begin() {
+        let Some((ino, generation)) = self.creates.take_reserved(self.session.generation()) else {
+            self.creates.end(ticket);
             return Ok(None);
-        }
+        };
         let now = Timestamp::now();
         let requested = mode_bits & mode::PERMISSIONS & !umask;
         let (uid, gid, perm) =
@@ -188,16 +205,16 @@ impl Vfs {
         };
         if let Some(vfs) = self.me.upgrade() {
             let caller = caller.clone();
-            tokio::spawn(async move { vfs.send_create(caller, op).await });
+            tokio::spawn(async move { vfs.send_create(caller, op, ticket).await });
         } else {
-            self.creates.end();
+            self.creates.end(ticket);
         }
         Ok(Some((fh, attr)))
     }
 
     /// Sends a create made here; if the MDS refuses it (it should not),
     /// the name and inode are forgotten here too.
-    async fn send_create(&self, caller: Caller, op: NsOp) {
+    async fn send_create(&self, caller: Caller, op: NsOp, ticket: u64) {
         let NsOp::CreateAs {
             parent,
             ref name,
@@ -225,7 +242,7 @@ impl Vfs {
             cache.forget_entry(parent, &name);
             cache.release(ino);
         }
-        self.creates.end();
+        self.creates.end(ticket);
     }
 
     /// Asks for more inode numbers in the background when few are left.
@@ -242,7 +259,9 @@ impl Vfs {
             let op = CapOp::Reserve {
                 count: RESERVE_BATCH,
             };
-            match vfs.cap_call(&Caller::root(), op).await {
+            // Nothing waits on the order of a reservation: it goes past
+            // the creates still on their way.
+            match vfs.session.cap(&Caller::root(), op).await {
                 Ok(reply) => match reply.result {
                     Ok(NsReply::Reserved(inodes)) => vfs.creates.add_reserved(generation, inodes),
                     other => tracing::warn!("reserving inode numbers: {other:?}"),
