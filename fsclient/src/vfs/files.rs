@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aspen_proto::caps::{CapMode, CapOp, Flushed};
-use aspen_proto::fs::{Attr, Caller, open_flags};
+use aspen_proto::fs::{Attr, Caller, Timestamp, open_flags};
 use aspen_proto::mds::{HandleId, NsOp, NsReply};
 use aspen_proto::{Errno, InodeId};
 use tokio::sync::{Notify, RwLock, Semaphore};
@@ -689,12 +689,20 @@ impl Vfs {
         });
     }
 
-    /// Writes back every file (unmount).
+    /// Writes back every file and reports every size not yet reported,
+    /// including those of files already written back and closed
+    /// (unmount).
     pub(super) async fn flush_everything(&self) {
         let inodes: Vec<InodeId> = lock(&self.files).inodes.keys().copied().collect();
         for ino in inodes {
             if let Err(errno) = self.flush_and_report(ino).await {
                 tracing::warn!("writing back inode {ino}: {errno}");
+            }
+        }
+        let unreported = self.cache().unreported_inodes(Timestamp::new(i64::MAX, 0));
+        for ino in unreported {
+            if let Err(errno) = self.report(ino).await {
+                tracing::warn!("reporting the size of inode {ino}: {errno}");
             }
         }
     }
