@@ -324,6 +324,11 @@ impl Drop for Writer {
 fn a_killed_writer_is_evicted_and_its_fsynced_data_stays() {
     let mut cluster = TwoMounts::start();
     let [a, b] = cluster.mounts.clone();
+    // A answers creates in a directory it made itself; once the directory
+    // is fsynced, they are at the MDS.
+    std::fs::create_dir(a.join("made")).unwrap();
+    File::create(a.join("made/kept")).unwrap();
+    File::open(a.join("made")).unwrap().sync_all().unwrap();
     let writer = Writer::start(&cluster, &a.join("f"), 8192, 4096);
     cluster.daemons.kill(MOUNT_DAEMONS);
     drop(writer);
@@ -347,6 +352,10 @@ fn a_killed_writer_is_evicted_and_its_fsynced_data_stays() {
     assert!(
         seen[..8192].iter().all(|b| *b == b'D'),
         "fsynced bytes changed"
+    );
+    assert!(
+        b.join("made/kept").exists(),
+        "a create A answered and fsynced is lost"
     );
     let status = common::status(&cluster.config);
     assert!(status.contains("HEALTH_OK"), "{status}");

@@ -588,6 +588,20 @@ impl Filesystem for AspenFuse {
         });
     }
 
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _node: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|vfs| async move {
+            vfs.fsyncdir().await;
+            reply.ok();
+        });
+    }
+
     fn releasedir(
         &self,
         _req: &Request,

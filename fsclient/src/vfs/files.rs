@@ -752,10 +752,21 @@ impl Vfs {
     }
 
     /// The written bytes durable on the OSDs and the size at the MDS.
+    /// The written bytes durable on the OSDs and the size at the MDS, and
+    /// the creates this client answered itself applied there (the file's
+    /// own among them).
     pub async fn fsync(&self, fh: u64) -> Result<(), Errno> {
         let (file, io) = self.open_file(fh)?;
         Vfs::take_error(&io)?;
-        self.flush_and_report(file.ino).await
+        self.flush_and_report(file.ino).await?;
+        self.settled().await;
+        Ok(())
+    }
+
+    /// A directory's changes durable: the creates this client answered
+    /// itself are applied at the MDS (every other change already is).
+    pub async fn fsyncdir(&self) {
+        self.settled().await;
     }
 
     pub async fn release(&self, fh: u64) -> Result<(), Errno> {
