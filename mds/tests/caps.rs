@@ -525,3 +525,22 @@ async fn a_session_creates_under_reserved_numbers_in_a_directory_it_made() {
     let (found, _b) = looker.await.unwrap();
     assert!(matches!(found.result, Ok(NsReply::Attr(ref attr)) if attr.ino == ino));
 }
+
+#[tokio::test]
+async fn a_report_overtaken_by_a_larger_one_does_not_shrink_the_file() {
+    let setup = start().await;
+    let mut a = client(&setup, "client.a").await;
+    let (file, _) = create(&mut a, "grown").await;
+    let report = |size| CapOp::Flush {
+        ino: file,
+        flushed: Flushed {
+            size,
+            mtime: Timestamp::now(),
+        },
+    };
+    assert!(a.cap(report(200)).await.result.is_ok());
+    let late = a.cap(report(100)).await;
+    assert!(late.result.is_ok(), "{late:?}");
+    let attr = late.attrs.iter().find(|a| a.ino == file).unwrap();
+    assert_eq!(attr.size, 200);
+}

@@ -131,7 +131,10 @@ pub(super) fn flushed(
     if attr.kind != FileType::Regular {
         return Err(Errno::EINVAL.into());
     }
-    attr.size = flushed.size;
+    // Writes only grow a file (a truncation is its own operation, after
+    // the holder's report): a report that would shrink it was overtaken
+    // by a later one, sent before the cap moved and applied after.
+    attr.size = attr.size.max(flushed.size);
     attr.mtime = flushed.mtime;
     attr.ctime = flushed.mtime.max(attr.ctime);
     if !ctx.caller.is_root() {
