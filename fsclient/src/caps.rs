@@ -69,6 +69,21 @@ struct Cached {
 }
 
 impl Cached {
+    /// `attr` as of `version`, with no cap yet.
+    fn new(attr: Attr, version: u64, used: u64) -> Cached {
+        Cached {
+            attr,
+            version,
+            cap: None,
+            revoked: None,
+            unreported: None,
+            dir: DirCache::default(),
+            revoking: 0,
+            used,
+            no_file_caps: false,
+        }
+    }
+
     fn shown(&self) -> Attr {
         let mut attr = self.attr.clone();
         if let Some(written) = &self.unreported {
@@ -158,15 +173,8 @@ impl CapCache {
         for attr in &reply.attrs {
             let late = &mut self.late;
             let cached = self.inodes.entry(attr.ino).or_insert_with(|| Cached {
-                attr: attr.clone(),
-                version: 0,
-                cap: None,
                 revoked: late.remove(&attr.ino),
-                unreported: None,
-                dir: DirCache::default(),
-                revoking: 0,
-                used: now,
-                no_file_caps: false,
+                ..Cached::new(attr.clone(), 0, now)
             });
             if reply.version >= cached.version {
                 cached.attr = attr.clone();
@@ -220,18 +228,12 @@ impl CapCache {
         self.inodes.insert(
             attr.ino,
             Cached {
-                attr: attr.clone(),
-                version,
                 cap: Some(HeldCap {
                     mode: CapMode::Exclusive,
                     seq: 0,
                 }),
-                revoked: None,
-                unreported: None,
-                dir: DirCache::default(),
-                revoking: 0,
-                used: now,
                 no_file_caps: true,
+                ..Cached::new(attr.clone(), version, now)
             },
         );
         self.note_entry(parent, name, Some(attr.ino), version);
@@ -272,17 +274,6 @@ impl CapCache {
             cached.attr.mtime = cached.attr.mtime.max(at);
             cached.attr.ctime = cached.attr.ctime.max(at);
         }
-    }
-
-    /// Whether `parent`'s listing is complete and has no `name`.
-    pub fn known_absent(&self, parent: InodeId, name: &[u8]) -> bool {
-        self.inodes.get(&parent).is_some_and(|cached| {
-            cached.cap.is_some()
-                && match cached.dir.names.get(name) {
-                    Some((ino, _)) => ino.is_none(),
-                    None => cached.dir.complete,
-                }
-        })
     }
 
     /// Forgets what the cache knows of `name` in `parent`.

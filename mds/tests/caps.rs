@@ -51,6 +51,18 @@ impl Client {
         }
     }
 
+    /// Answers `revoke` with nothing written.
+    async fn ack(&mut self, revoke: Revoke, pin: bool) -> CapReply {
+        self.cap(CapOp::Ack {
+            ino: revoke.ino,
+            seq: revoke.seq,
+            to: revoke.to,
+            flushed: None,
+            pin,
+        })
+        .await
+    }
+
     /// Revocations delivered within `wait`.
     async fn events(&self) -> CapEvents {
         let request = MdsRequest::CapEvents {
@@ -406,15 +418,8 @@ async fn a_pinned_open_keeps_an_inode_another_session_unlinks() {
     let mut pin = None;
     while pin.is_none() {
         for (_, revoke) in a.events().await.revokes {
-            let acked = a
-                .cap(CapOp::Ack {
-                    ino: revoke.ino,
-                    seq: revoke.seq,
-                    to: revoke.to,
-                    flushed: None,
-                    pin: revoke.ino == file && revoke.to.is_none(),
-                })
-                .await;
+            let pins = revoke.ino == file && revoke.to.is_none();
+            let acked = a.ack(revoke, pins).await;
             if let Ok(NsReply::Opened { handle, .. }) = acked.result {
                 pin = Some(handle);
             }
@@ -511,15 +516,7 @@ async fn a_session_creates_under_reserved_numbers_in_a_directory_it_made() {
         "A is asked to share the directory: {events:?}"
     );
     for (_, revoke) in &events.revokes {
-        let acked = a
-            .cap(CapOp::Ack {
-                ino: revoke.ino,
-                seq: revoke.seq,
-                to: revoke.to,
-                flushed: None,
-                pin: false,
-            })
-            .await;
+        let acked = a.ack(*revoke, false).await;
         assert!(acked.result.is_ok(), "{acked:?}");
     }
     let (found, _b) = looker.await.unwrap();

@@ -94,28 +94,21 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     if old == 0 {
         return Ok(());
     }
-    conn.execute_batch("BEGIN")?;
-    let moved = (|| {
-        let inline: Vec<(Vec<u8>, Vec<u8>)> = conn
-            .prepare("SELECT id, data FROM chunks WHERE segment = ?1 AND data IS NOT NULL")?
-            .query_map([INLINE], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        for (id, data) in inline {
-            conn.execute("INSERT INTO inline_chunks (data) VALUES (?1)", [&data])?;
-            conn.execute(
-                "UPDATE chunks SET offset = ?2 WHERE id = ?1",
-                params![id, conn.last_insert_rowid()],
-            )?;
-        }
-        conn.execute_batch("ALTER TABLE chunks DROP COLUMN data")
-    })();
-    match moved {
-        Ok(()) => conn.execute_batch("COMMIT")?,
-        Err(e) => {
-            conn.execute_batch("ROLLBACK")?;
-            return Err(e.into());
-        }
+    // Rolled back on drop unless committed.
+    let tx = conn.unchecked_transaction()?;
+    let inline: Vec<(Vec<u8>, Vec<u8>)> = tx
+        .prepare("SELECT id, data FROM chunks WHERE segment = ?1 AND data IS NOT NULL")?
+        .query_map([INLINE], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, data) in inline {
+        tx.execute("INSERT INTO inline_chunks (data) VALUES (?1)", [&data])?;
+        tx.execute(
+            "UPDATE chunks SET offset = ?2 WHERE id = ?1",
+            params![id, tx.last_insert_rowid()],
+        )?;
     }
+    tx.execute_batch("ALTER TABLE chunks DROP COLUMN data")?;
+    tx.commit()?;
     Ok(())
 }
 

@@ -12,8 +12,8 @@
 //! first (fsync on the directory or file waits for it).
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use aspen_proto::caps::{CapMode, CapOp};
 use aspen_proto::fs::{Attr, Caller, FileType, Timestamp, mode, open_flags, validate_name};
@@ -22,6 +22,7 @@ use aspen_proto::{Errno, InodeId};
 use tokio::sync::Notify;
 
 use super::{Vfs, lock};
+use crate::caps::Found;
 
 /// Inode numbers asked for at once.
 pub const RESERVE_BATCH: u32 = aspen_proto::caps::MAX_RESERVE;
@@ -67,24 +68,18 @@ impl LocalCreates {
         lock(&self.dirs).contains(&dir)
     }
 
-    fn take_reserved(&self, generation: u64) -> Option<(InodeId, u64)> {
+    /// The unused numbers of session `generation` (an older session's
+    /// are void).
+    fn reserved(&self, generation: u64) -> MutexGuard<'_, (u64, VecDeque<(InodeId, u64)>)> {
         let mut reserved = lock(&self.reserved);
         if reserved.0 != generation {
             *reserved = (generation, VecDeque::new());
         }
-        reserved.1.pop_front()
+        reserved
     }
 
     fn reserved_low(&self) -> bool {
         lock(&self.reserved).1.len() < RESERVE_LOW
-    }
-
-    fn add_reserved(&self, generation: u64, inodes: Vec<(InodeId, u64)>) {
-        let mut reserved = lock(&self.reserved);
-        if reserved.0 != generation {
-            *reserved = (generation, VecDeque::new());
-        }
-        reserved.1.extend(inodes);
     }
 
     /// Forgets everything (the session that reserved and allowed is gone).
@@ -154,7 +149,8 @@ impl Vfs {
         let exclusive = cache
             .cap(parent)
             .is_some_and(|held| held.mode == CapMode::Exclusive);
-        if !exclusive || cache.revoking(parent) || !cache.known_absent(parent, name) {
+        let absent = matches!(cache.lookup(parent, name), Some(Found::Absent));
+        if !exclusive || cache.revoking(parent) || !absent {
             return Ok(None);
         }
         let Some(dir) = cache.attr(parent) else {
@@ -168,7 +164,12 @@ impl Vfs {
         let Some(ticket) = self.creates.begin() else {
             return Ok(None);
         };
-        let Some((ino, generation)) = self.creates.take_reserved(self.session.generation()) else {
+        let reserved = self
+            .creates
+            .reserved(self.session.generation())
+            .1
+            .pop_front();
+        let Some((ino, generation)) = reserved else {
             self.creates.end(ticket);
             return Ok(None);
         };
@@ -204,29 +205,28 @@ impl Vfs {
             now,
         };
         if let Some(vfs) = self.me.upgrade() {
-            let caller = caller.clone();
-            tokio::spawn(async move { vfs.send_create(caller, op, ticket).await });
+            let (caller, name) = (caller.clone(), name.to_vec());
+            tokio::spawn(async move {
+                vfs.send_create(&caller, op, (parent, &name, ino, now))
+                    .await;
+                vfs.creates.end(ticket);
+            });
         } else {
             self.creates.end(ticket);
         }
         Ok(Some((fh, attr)))
     }
 
-    /// Sends a create made here; if the MDS refuses it (it should not),
-    /// the name and inode are forgotten here too.
-    async fn send_create(&self, caller: Caller, op: NsOp, ticket: u64) {
-        let NsOp::CreateAs {
-            parent,
-            ref name,
-            ino,
-            now,
-            ..
-        } = op
-        else {
-            return;
-        };
-        let name = name.clone();
-        let refused = match self.session.cap(&caller, CapOp::Mutate(op)).await {
+    /// Sends `op`, the create of `name` in `parent` as `ino` made here at
+    /// `now`; if the MDS refuses it (it should not), the name and inode are
+    /// forgotten here too.
+    async fn send_create(
+        &self,
+        caller: &Caller,
+        op: NsOp,
+        (parent, name, ino, now): (InodeId, &[u8], InodeId, Timestamp),
+    ) {
+        let refused = match self.session.cap(caller, CapOp::Mutate(op)).await {
             Ok(reply) => {
                 self.objects.require_epoch(reply.barrier);
                 let mut cache = self.cache();
@@ -239,10 +239,9 @@ impl Vfs {
         if let Some(errno) = refused {
             tracing::warn!("the MDS refused inode {ino}, created here in {parent}: {errno}");
             let mut cache = self.cache();
-            cache.forget_entry(parent, &name);
+            cache.forget_entry(parent, name);
             cache.release(ino);
         }
-        self.creates.end(ticket);
     }
 
     /// Asks for more inode numbers in the background when few are left.
@@ -263,7 +262,9 @@ impl Vfs {
             // the creates still on their way.
             match vfs.session.cap(&Caller::root(), op).await {
                 Ok(reply) => match reply.result {
-                    Ok(NsReply::Reserved(inodes)) => vfs.creates.add_reserved(generation, inodes),
+                    Ok(NsReply::Reserved(inodes)) => {
+                        vfs.creates.reserved(generation).1.extend(inodes)
+                    }
                     other => tracing::warn!("reserving inode numbers: {other:?}"),
                 },
                 Err(errno) => tracing::warn!("reserving inode numbers: {errno}"),

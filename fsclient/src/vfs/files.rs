@@ -751,7 +751,6 @@ impl Vfs {
         flushed.and(released)
     }
 
-    /// The written bytes durable on the OSDs and the size at the MDS.
     /// The written bytes durable on the OSDs and the size at the MDS, and
     /// the creates this client answered itself applied there (the file's
     /// own among them).

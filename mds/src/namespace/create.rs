@@ -95,27 +95,10 @@ fn inherit(
 }
 
 /// Makes a new inode of `kind` named `name` in `parent`, with the
-/// `requested` mode bits (before the umask).
+/// `requested` mode bits (before the umask); its number and generation are
+/// `identity` (reserved by the session) or drawn from the counters.
 #[allow(clippy::too_many_arguments)]
 fn make(
-    conn: &Connection,
-    ctx: &OpContext,
-    parent_ino: InodeId,
-    name: &[u8],
-    kind: FileType,
-    requested: u32,
-    umask: u32,
-    rdev: u64,
-) -> OpResult<Attr> {
-    make_as(
-        conn, ctx, parent_ino, name, kind, requested, umask, rdev, None,
-    )
-}
-
-/// [`make`], with the inode number and generation given (reserved by the
-/// session) instead of drawn from the counters.
-#[allow(clippy::too_many_arguments)]
-fn make_as(
     conn: &Connection,
     ctx: &OpContext,
     parent_ino: InodeId,
@@ -203,6 +186,7 @@ pub(super) fn mknod(
         mode_bits & mode::PERMISSIONS,
         umask,
         rdev,
+        None,
     )
 }
 
@@ -240,17 +224,18 @@ pub(super) fn create_reserved(
     (mode_bits, umask): (u32, u32),
     ino: InodeId,
 ) -> OpResult<Attr> {
+    // Taken whatever follows: a failed create rolls the whole op back.
     let generation: Option<i64> = conn
         .query_row_cached(
-            "SELECT generation FROM reserved_inodes WHERE ino = ?1 AND session = ?2",
+            "DELETE FROM reserved_inodes WHERE ino = ?1 AND session = ?2 RETURNING generation",
             rusqlite::params![ino.0 as i64, ctx.session.0 as i64],
             |r| r.get(0),
         )
         .optional()?;
-    let Some(generation) = generation.filter(|_| ctx.session.0 != 0) else {
+    let Some(generation) = generation else {
         return Err(Errno::EINVAL.into());
     };
-    let attr = make_as(
+    make(
         conn,
         ctx,
         parent,
@@ -260,9 +245,7 @@ pub(super) fn create_reserved(
         umask,
         0,
         Some((ino, generation as u64)),
-    )?;
-    conn.execute_cached("DELETE FROM reserved_inodes WHERE ino = ?1", [ino.0 as i64])?;
-    Ok(attr)
+    )
 }
 
 pub(super) fn mkdir(
@@ -283,6 +266,7 @@ pub(super) fn mkdir(
         requested,
         umask,
         0,
+        None,
     )
 }
 
@@ -299,7 +283,17 @@ pub(super) fn symlink(
     if target.is_empty() || target.contains(&0) {
         return Err(Errno::ENOENT.into());
     }
-    let mut attr = make(conn, ctx, parent, name, FileType::Symlink, 0o777, 0, 0)?;
+    let mut attr = make(
+        conn,
+        ctx,
+        parent,
+        name,
+        FileType::Symlink,
+        0o777,
+        0,
+        0,
+        None,
+    )?;
     store::set_symlink_target(conn, attr.ino, target)?;
     attr.size = target.len() as u64;
     store::save(conn, &attr)?;
