@@ -139,7 +139,7 @@ fn a_file_open_on_one_mount_outlives_an_unlink_on_the_other() {
 }
 
 #[test]
-fn creates_answered_by_one_mount_are_seen_by_the_other_at_once() {
+fn creates_and_unlinks_answered_by_one_mount_are_seen_by_the_other_at_once() {
     let cluster = TwoMounts::start();
     let [a, b] = &cluster.mounts;
     // A made the directory, so it creates files in it on its own (numbers
@@ -185,6 +185,34 @@ fn creates_answered_by_one_mount_are_seen_by_the_other_at_once() {
     std::fs::create_dir(a.join("race")).unwrap();
     File::create(a.join("race/new")).unwrap();
     assert!(b.join("race/new").exists(), "B sees A's create at once");
+
+    // Unlinks A answers itself: B lists the directory right after and
+    // finds exactly what is left; a name freed is free for A again at once.
+    std::fs::create_dir(a.join("churn")).unwrap();
+    for i in 0..200 {
+        File::create(a.join(format!("churn/f{i}"))).unwrap();
+    }
+    for i in 0..200 {
+        std::fs::metadata(a.join(format!("churn/f{i}"))).unwrap();
+    }
+    for i in (0..200).step_by(2) {
+        std::fs::remove_file(a.join(format!("churn/f{i}"))).unwrap();
+        let gone = std::fs::metadata(a.join(format!("churn/f{i}"))).unwrap_err();
+        assert_eq!(gone.kind(), ErrorKind::NotFound, "A still finds f{i}");
+    }
+    std::fs::remove_file(a.join("churn/f1")).unwrap();
+    std::fs::write(a.join("churn/f1"), b"again").unwrap();
+    let mut listed: Vec<String> = std::fs::read_dir(b.join("churn"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    listed.sort();
+    let mut expected: Vec<String> = (1..200).step_by(2).map(|i| format!("f{i}")).collect();
+    expected.sort();
+    assert_eq!(listed, expected, "B lists what A left");
+    let gone = std::fs::metadata(b.join("churn/f0")).unwrap_err();
+    assert_eq!(gone.kind(), ErrorKind::NotFound);
+    assert_eq!(read(&b.join("churn/f1")), b"again");
 }
 
 #[test]

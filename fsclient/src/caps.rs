@@ -240,6 +240,16 @@ impl CapCache {
         self.touch_at_least(parent, attr.ctime);
     }
 
+    /// Records that this client unlinked `name` (file `ino`, its last
+    /// link) from `parent` itself at `at`: the name is free, the file and
+    /// its cap are gone.
+    pub fn note_unlinked(&mut self, parent: InodeId, name: &[u8], ino: InodeId, at: Timestamp) {
+        let version = self.latest;
+        self.note_entry(parent, name, None, version);
+        self.touch_at_least(parent, at);
+        self.inodes.remove(&ino);
+    }
+
     /// Whether a cap covers the knowledge that `ino` has no
     /// `security.capability` xattr.
     pub fn lacks_file_caps(&self, ino: InodeId) -> bool {

@@ -1,7 +1,9 @@
 //! The FUSE frontend: translates each kernel request one to one into a
-//! [`Vfs`] call. Every request runs as its own task on the tokio runtime,
-//! so one slow request never stalls the others; the reply travels with
-//! the task.
+//! [`Vfs`] call. A request the client answers without waiting (a lookup
+//! or getattr from the cache, a create or unlink it makes itself, a close)
+//! is answered on the thread that read it; every other request runs as
+//! its own task on the tokio runtime, so one slow request never stalls the
+//! others; the reply travels with the task.
 //!
 //! Caching: attributes and entries are cached by the client under its
 //! caps, not by the kernel ([`ATTR_TTL`] is zero: a revocation then never
@@ -146,6 +148,23 @@ fn reply_entry(reply: ReplyEntry, result: Result<aspen_proto::fs::Attr, Errno>) 
     }
 }
 
+fn reply_created(
+    reply: ReplyCreate,
+    result: Result<(u64, aspen_proto::fs::Attr), Errno>,
+    flags: u32,
+) {
+    match result {
+        Ok((fh, attr)) => reply.created(
+            &ATTR_TTL,
+            &file_attr(&attr),
+            Generation(attr.generation),
+            FileHandle(fh),
+            fopen_flags(flags),
+        ),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
 /// A kernel lock type: shared, exclusive, or `None` to unlock.
 fn lock_kind(typ: i32) -> Result<Option<LockKind>, ()> {
     match typ {
@@ -204,6 +223,9 @@ impl Filesystem for AspenFuse {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (caller, name) = (caller_of(req), name_bytes(name));
+        if let Some(found) = self.vfs.lookup_now(&caller, ino(parent), &name) {
+            return reply_entry(reply, found);
+        }
         self.spawn(|vfs| async move {
             reply_entry(reply, vfs.lookup(&caller, ino(parent), &name).await)
         });
@@ -214,6 +236,9 @@ impl Filesystem for AspenFuse {
     }
 
     fn getattr(&self, _req: &Request, node: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(attr) = self.vfs.getattr_now(ino(node)) {
+            return reply.attr(&ATTR_TTL, &file_attr(&attr));
+        }
         self.spawn(|vfs| async move {
             match vfs.getattr(ino(node)).await {
                 Ok(attr) => reply.attr(&ATTR_TTL, &file_attr(&attr)),
@@ -309,6 +334,13 @@ impl Filesystem for AspenFuse {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (caller, name) = (caller_of(req), name_bytes(name));
+        let answered = {
+            let _runtime = self.runtime.enter();
+            self.vfs.unlink_now(&caller, ino(parent), &name)
+        };
+        if let Some(result) = answered {
+            return reply_empty(reply, result);
+        }
         self.spawn(|vfs| async move {
             reply_empty(reply, vfs.unlink(&caller, ino(parent), &name).await)
         });
@@ -418,6 +450,16 @@ impl Filesystem for AspenFuse {
         reply: ReplyWrite,
     ) {
         let caller = Caller::new(req.uid(), req.gid(), Vec::new());
+        let answered = {
+            let _runtime = self.runtime.enter();
+            self.vfs.write_now(&caller, fh.0, offset, data)
+        };
+        if let Some(result) = answered {
+            return match result {
+                Ok(written) => reply.written(written),
+                Err(e) => reply.error(errno(e)),
+            };
+        }
         let data = data.to_vec();
         self.spawn(|vfs| async move {
             match vfs.write(&caller, fh.0, offset, &data).await {
@@ -435,6 +477,13 @@ impl Filesystem for AspenFuse {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let answered = {
+            let _runtime = self.runtime.enter();
+            self.vfs.flush_on_close_now(fh.0, lock_owner.0)
+        };
+        if let Some(result) = answered {
+            return reply_empty(reply, result);
+        }
         self.spawn(|vfs| async move {
             reply_empty(reply, vfs.flush_on_close(fh.0, lock_owner.0).await)
         });
@@ -502,7 +551,8 @@ impl Filesystem for AspenFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|vfs| async move { reply_empty(reply, vfs.release(fh.0).await) });
+        let _runtime = self.runtime.enter();
+        reply_empty(reply, self.vfs.release(fh.0));
     }
 
     fn fsync(
@@ -602,6 +652,22 @@ impl Filesystem for AspenFuse {
         });
     }
 
+    /// No file here is a terminal or takes device controls: ENOTTY, the
+    /// answer `isatty` and friends expect (quietly: programs ask often).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _node: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(fuser::Errno::ENOTTY);
+    }
+
     fn releasedir(
         &self,
         _req: &Request,
@@ -652,6 +718,9 @@ impl Filesystem for AspenFuse {
     }
 
     fn getxattr(&self, req: &Request, node: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if let Some(answer) = self.vfs.getxattr_now(ino(node), name.as_bytes()) {
+            return reply_xattr(reply, size, answer);
+        }
         let (caller, name) = (caller_of(req), name_bytes(name));
         self.spawn(|vfs| async move {
             reply_xattr(reply, size, vfs.getxattr(&caller, ino(node), &name).await)
@@ -703,20 +772,19 @@ impl Filesystem for AspenFuse {
     ) {
         let (caller, name) = (caller_of(req), name_bytes(name));
         let flags = flags as u32;
+        let answered = {
+            let _runtime = self.runtime.enter();
+            self.vfs
+                .create_now(&caller, ino(parent), &name, (mode, umask, flags))
+        };
+        if let Some(result) = answered {
+            return reply_created(reply, result, flags);
+        }
         self.spawn(|vfs| async move {
-            match vfs
+            let result = vfs
                 .create(&caller, ino(parent), &name, mode, umask, flags)
-                .await
-            {
-                Ok((fh, attr)) => reply.created(
-                    &ATTR_TTL,
-                    &file_attr(&attr),
-                    Generation(attr.generation),
-                    FileHandle(fh),
-                    fopen_flags(flags),
-                ),
-                Err(e) => reply.error(errno(e)),
-            }
+                .await;
+            reply_created(reply, result, flags)
         });
     }
 

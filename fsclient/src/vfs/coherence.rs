@@ -129,9 +129,16 @@ impl Vfs {
         if held.is_some() && revoke.to.is_none() {
             self.invalidate_data(revoke.ino).await;
         }
+        // From the last write-back to the cap's change no write may start:
+        // one that did would be missing from the size the ack carries.
+        let io = was_exclusive.then(|| self.file_io(revoke.ino)).flatten();
+        let quiet = match &io {
+            Some(io) => Some(io.io.write().await),
+            None => None,
+        };
         if was_exclusive {
             // Writes that arrived meanwhile went straight to the OSDs.
-            self.drain_writes(revoke.ino).await;
+            self.write_back_for_revoke(revoke.ino).await;
         }
         let unreported = if was_exclusive {
             self.cache().unreported(revoke.ino)
@@ -141,6 +148,7 @@ impl Vfs {
         // Opens made under the cap keep the file once it goes.
         let pin = held.is_some() && revoke.to.is_none() && self.needs_pin(revoke.ino);
         self.cache().finish_revoke(&revoke);
+        drop(quiet);
         let flushed = unreported.as_ref().map(|written| Flushed {
             size: written.size,
             mtime: written.mtime,
@@ -173,6 +181,10 @@ impl Vfs {
     async fn drain_writes(&self, ino: InodeId) {
         let Some(io) = self.file_io(ino) else { return };
         drop(io.io.write().await);
+        self.write_back_for_revoke(ino).await;
+    }
+
+    async fn write_back_for_revoke(&self, ino: InodeId) {
         if let Err(errno) = self.flush_data(ino).await {
             tracing::warn!("writing back inode {ino} for a revocation: {errno}");
         }
@@ -225,15 +237,14 @@ impl Vfs {
             session = self.session.id().0,
             "the MDS ended this client's session: its cached state and unwritten data are lost"
         );
-        self.creates.clear();
+        self.local.clear();
         let cached = self.cache().clear();
         for ino in cached {
             self.invalidate_data(ino).await;
         }
         let buffered: Vec<InodeId> = lock(&self.files).inodes.keys().copied().collect();
         for ino in buffered {
-            self.drop_buffers(ino);
-            self.fail_io(ino);
+            self.lose_buffers(ino);
         }
         lock(&self.lockers).clear();
         while !closing(self) {

@@ -391,6 +391,19 @@ impl Vfs {
         Ok((fh, self.shown(attr)))
     }
 
+    /// [`Vfs::create`] when this client answers it itself, without
+    /// waiting (runs within the tokio runtime: it sends in the background).
+    pub fn create_now(
+        &self,
+        caller: &Caller,
+        parent: InodeId,
+        name: &[u8],
+        (mode, umask, flags): (u32, u32, u32),
+    ) -> Option<Result<(u64, Attr), Errno>> {
+        self.create_here(caller, parent, name, (mode, umask, flags))
+            .transpose()
+    }
+
     pub async fn create(
         &self,
         caller: &Caller,
@@ -535,40 +548,79 @@ impl Vfs {
         loop {
             self.want(file.ino, CapMode::Exclusive).await?;
             let _writing = io.io.read().await;
-            let (exclusive, revoking, size) = {
-                let mut cache = self.cache();
-                let exclusive = cache
-                    .cap(file.ino)
-                    .is_some_and(|held| held.mode == CapMode::Exclusive);
-                let size = cache.attr(file.ino).map_or(0, |attr| attr.size);
-                (exclusive, cache.revoking(file.ino), size)
-            };
-            if !exclusive {
+            let Some((revoking, size)) = self.exclusive_size(file.ino) else {
                 continue;
-            }
-            let offset = if file.flags & open_flags::O_APPEND != 0 {
-                size
-            } else {
-                offset
             };
+            let offset = write_offset(&file, offset, size);
             let end = data::write_end(offset, bytes.len() as u64)?;
             // During a revocation nothing more is buffered: it must be on
             // the OSDs before the cap goes.
             if direct || revoking {
                 self.data.write(io.file, offset, bytes).await?;
             } else {
-                let mut state = lock(&io.state);
-                let before = state.dirty.bytes();
-                state.dirty_since.get_or_insert_with(Instant::now);
-                state.dirty.insert(offset, bytes);
-                self.writeback
-                    .add(state.dirty.bytes() as i64 - before as i64);
+                self.buffer(&io, offset, bytes);
             }
             self.cache().note_write(file.ino, end, caller);
             break;
         }
         self.after_write(file.ino, &io).await?;
         Ok(bytes.len() as u32)
+    }
+
+    /// [`Vfs::write`] without waiting, when it only buffers: the cap is
+    /// Exclusive and not being revoked, nobody holds the file's I/O alone,
+    /// and the client's buffers have room (runs within the tokio runtime:
+    /// a write-back it starts goes on there).
+    pub fn write_now(
+        &self,
+        caller: &Caller,
+        fh: u64,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Option<Result<u32, Errno>> {
+        let (file, io) = self.open_file(fh).ok()?;
+        let buffered = file.writable() && file.flags & open_flags::O_DIRECT == 0;
+        if !buffered || self.writeback.dirty.load(Ordering::Acquire) > MAX_DIRTY_BYTES {
+            return None;
+        }
+        let writing = io.io.try_read().ok()?;
+        let (revoking, size) = self.exclusive_size(file.ino)?;
+        if revoking {
+            return None;
+        }
+        let written = Vfs::take_error(&io).and_then(|()| {
+            let offset = write_offset(&file, offset, size);
+            let end = data::write_end(offset, bytes.len() as u64)?;
+            self.buffer(&io, offset, bytes);
+            self.cache().note_write(file.ino, end, caller);
+            Ok(bytes.len() as u32)
+        });
+        drop(writing);
+        if lock(&io.state).dirty.bytes() >= WRITEBACK_CHUNK {
+            self.schedule_flush(file.ino, Report::Later);
+        }
+        Some(written)
+    }
+
+    /// Whether this client holds Exclusive on `ino` (and if so, whether a
+    /// revocation is under way, and the size as shown here).
+    fn exclusive_size(&self, ino: InodeId) -> Option<(bool, u64)> {
+        let mut cache = self.cache();
+        let exclusive = cache
+            .cap(ino)
+            .is_some_and(|held| held.mode == CapMode::Exclusive);
+        let size = cache.attr(ino).map_or(0, |attr| attr.size);
+        exclusive.then(|| (cache.revoking(ino), size))
+    }
+
+    /// Adds a write to `io`'s buffer.
+    fn buffer(&self, io: &FileIo, offset: u64, bytes: &[u8]) {
+        let mut state = lock(&io.state);
+        let before = state.dirty.bytes();
+        state.dirty_since.get_or_insert_with(Instant::now);
+        state.dirty.insert(offset, bytes);
+        self.writeback
+            .add(state.dirty.bytes() as i64 - before as i64);
     }
 
     /// Starts write-back of a file with enough buffered, and makes the
@@ -721,12 +773,20 @@ impl Vfs {
         self.forget_io_if_idle(ino);
     }
 
-    /// Makes the next flush or fsync of `ino` fail: what was buffered is
-    /// lost.
-    pub(super) fn fail_io(&self, ino: InodeId) {
+    /// Drops `ino`'s buffered bytes and makes its next flush or fsync
+    /// fail (the session they were written under ended). One step, so an
+    /// fsync never finds the bytes gone without the error.
+    pub(super) fn lose_buffers(&self, ino: InodeId) {
         if let Some(io) = self.file_io(ino) {
-            lock(&io.state).error = Some(Errno::EIO);
+            let dropped = {
+                let mut state = lock(&io.state);
+                state.dirty_since = None;
+                state.error = Some(Errno::EIO);
+                state.dirty.take_all()
+            };
+            self.writeback.add(-(dropped.bytes() as i64));
         }
+        self.forget_io_if_idle(ino);
     }
 
     /// The error a background write-back of the file met, once.
@@ -736,7 +796,8 @@ impl Vfs {
 
     /// close(2) of one descriptor: what was written goes out (in the
     /// background), and an earlier write-back failure is reported.
-    pub async fn flush(&self, fh: u64) -> Result<(), Errno> {
+    /// Runs within the tokio runtime (the write-back starts there).
+    pub fn flush(&self, fh: u64) -> Result<(), Errno> {
         let (file, io) = self.open_file(fh)?;
         self.schedule_flush(file.ino, Report::Later);
         Vfs::take_error(&io)
@@ -746,9 +807,22 @@ impl Vfs {
     /// go (POSIX drops a process's locks at its close of any descriptor).
     pub async fn flush_on_close(&self, fh: u64, lock_owner: u64) -> Result<(), Errno> {
         let (file, _) = self.open_file(fh)?;
-        let flushed = self.flush(fh).await;
+        let flushed = self.flush(fh);
         let released = self.release_locks(file.ino, lock_owner).await;
         flushed.and(released)
+    }
+
+    /// [`Vfs::flush_on_close`] without waiting, when `lock_owner` holds no
+    /// lock on the file (runs within the tokio runtime).
+    pub fn flush_on_close_now(&self, fh: u64, lock_owner: u64) -> Option<Result<(), Errno>> {
+        let file = match self.open_file(fh) {
+            Ok((file, _)) => file,
+            Err(errno) => return Some(Err(errno)),
+        };
+        if self.holds_locks(file.ino, lock_owner) {
+            return None;
+        }
+        Some(self.flush(fh))
     }
 
     /// The written bytes durable on the OSDs and the size at the MDS, and
@@ -757,9 +831,11 @@ impl Vfs {
     pub async fn fsync(&self, fh: u64) -> Result<(), Errno> {
         let (file, io) = self.open_file(fh)?;
         Vfs::take_error(&io)?;
-        self.flush_and_report(file.ino).await?;
+        let flushed = self.flush_and_report(file.ino).await;
         self.settled().await;
-        Ok(())
+        // The session may have ended meanwhile, losing the buffered bytes.
+        Vfs::take_error(&io)?;
+        flushed
     }
 
     /// A directory's changes durable: the creates this client answered
@@ -768,7 +844,9 @@ impl Vfs {
         self.settled().await;
     }
 
-    pub async fn release(&self, fh: u64) -> Result<(), Errno> {
+    /// The last close of a handle; runs within the tokio runtime (what
+    /// is left to write back or discard goes on there).
+    pub fn release(&self, fh: u64) -> Result<(), Errno> {
         // The handle leaves the table first, so of two racing releases of
         // it (the kernel's and unmount's) only one goes on.
         let (file, io) = {
@@ -790,8 +868,13 @@ impl Vfs {
         let unlinked = self.cache().attr(file.ino).is_some_and(|a| a.nlink == 0);
         if last && unlinked {
             // Nobody can reach its bytes any more: none go out after it.
-            let _one = io.flushing.lock().await;
-            self.discard(file.ino);
+            if let Some(vfs) = self.me.upgrade() {
+                tokio::spawn(async move {
+                    let _one = io.flushing.lock().await;
+                    vfs.discard(file.ino);
+                    vfs.forget_io_if_idle(file.ino);
+                });
+            }
         } else if last {
             self.schedule_flush(file.ino, Report::Later);
         }
@@ -883,5 +966,14 @@ impl Vfs {
             copied += bytes.len() as u64;
         }
         Ok(copied)
+    }
+}
+
+/// Where a write to `file` at `offset` lands: with O_APPEND, at the end.
+fn write_offset(file: &OpenFile, offset: u64, size: u64) -> u64 {
+    if file.flags & open_flags::O_APPEND != 0 {
+        size
+    } else {
+        offset
     }
 }

@@ -88,6 +88,11 @@ impl Vfs {
         }
     }
 
+    /// Whether `owner` holds (or may hold) POSIX locks on `ino`.
+    pub(super) fn holds_locks(&self, ino: InodeId, owner: u64) -> bool {
+        lock(&self.lockers).contains(&(ino, owner))
+    }
+
     pub(super) async fn release_locks(&self, ino: InodeId, owner: u64) -> Result<(), Errno> {
         if !lock(&self.lockers).remove(&(ino, owner)) {
             return Ok(());

@@ -13,7 +13,9 @@
 mod coherence;
 mod creates;
 mod files;
+mod local;
 mod locks;
+mod unlinks;
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
@@ -62,7 +64,7 @@ pub struct Vfs {
     /// One session recovery at a time.
     recovery: tokio::sync::Mutex<()>,
     closing: AtomicBool,
-    creates: creates::LocalCreates,
+    local: local::LocalOps,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -97,7 +99,7 @@ impl Vfs {
             revoking: Mutex::new(HashSet::new()),
             recovery: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
-            creates: creates::LocalCreates::default(),
+            local: local::LocalOps::default(),
         });
         coherence::start(&vfs);
         vfs
@@ -187,6 +189,37 @@ impl Vfs {
         found.map(|attr| self.shown(attr))
     }
 
+    /// [`Vfs::lookup`] when the cache answers it, without waiting.
+    pub fn lookup_now(
+        &self,
+        caller: &Caller,
+        parent: InodeId,
+        name: &[u8],
+    ) -> Option<Result<Attr, Errno>> {
+        self.cached_lookup(caller, parent, name)
+            .unwrap_or_else(|errno| Some(Err(errno)))
+    }
+
+    /// [`Vfs::getattr`] when the cache answers it, without waiting.
+    pub fn getattr_now(&self, ino: InodeId) -> Option<Attr> {
+        self.cache().attr(ino)
+    }
+
+    /// [`Vfs::unlink`] when this client answers it itself, without
+    /// waiting (runs within the tokio runtime: it sends in the background).
+    pub fn unlink_now(
+        &self,
+        caller: &Caller,
+        parent: InodeId,
+        name: &[u8],
+    ) -> Option<Result<(), Errno>> {
+        match self.unlink_here(caller, parent, name) {
+            Ok(true) => Some(Ok(())),
+            Ok(false) => None,
+            Err(errno) => Some(Err(errno)),
+        }
+    }
+
     /// A lookup answered from the cache, when the parent's cap covers it.
     fn cached_lookup(
         &self,
@@ -214,7 +247,7 @@ impl Vfs {
     pub fn forget(&self, _ino: InodeId, _lookups: u64) {}
 
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr, Errno> {
-        if let Some(attr) = self.cache().attr(ino) {
+        if let Some(attr) = self.getattr_now(ino) {
             return Ok(attr);
         }
         let reply = self
@@ -346,7 +379,7 @@ impl Vfs {
             .cap(attr.ino)
             .is_some_and(|held| held.mode == CapMode::Exclusive);
         if exclusive {
-            self.creates.allow(attr.ino);
+            self.local.allow(attr.ino);
         }
         Ok(attr)
     }
@@ -354,6 +387,9 @@ impl Vfs {
     /// Removes `name` in `parent`; the buffered writes of the file it
     /// names go out first (none may land after it is gone).
     pub async fn unlink(&self, caller: &Caller, parent: InodeId, name: &[u8]) -> Result<(), Errno> {
+        if self.unlink_here(caller, parent, name)? {
+            return Ok(());
+        }
         self.settle_entry(caller, parent, name).await?;
         let op = NsOp::Unlink {
             parent,
@@ -491,20 +527,24 @@ impl Vfs {
 
     // ---- xattrs and access ----
 
+    /// [`Vfs::getxattr`] when the cache answers it (the kernel's read of
+    /// `security.capability` before each write), without waiting.
+    pub fn getxattr_now(&self, ino: InodeId, name: &[u8]) -> Option<Result<Vec<u8>, Errno>> {
+        let absent = name == FILE_CAPS_XATTR && self.cache().lacks_file_caps(ino);
+        absent.then_some(Err(Errno::ENODATA))
+    }
+
     pub async fn getxattr(
         &self,
         caller: &Caller,
         ino: InodeId,
         name: &[u8],
     ) -> Result<Vec<u8>, Errno> {
+        if let Some(answer) = self.getxattr_now(ino, name) {
+            return answer;
+        }
         let file_caps = name == FILE_CAPS_XATTR;
-        let held = {
-            let cache = self.cache();
-            if file_caps && cache.lacks_file_caps(ino) {
-                return Err(Errno::ENODATA);
-            }
-            cache.cap(ino)
-        };
+        let held = self.cache().cap(ino);
         let request = MdsRequest::GetXattr {
             caller: caller.clone(),
             ino,
@@ -530,7 +570,7 @@ impl Vfs {
     ) -> Result<(), Errno> {
         // An ACL may change what a new file inherits, which the MDS alone
         // works out.
-        self.creates.disallow(ino);
+        self.local.disallow(ino);
         self.cache().forget_xattrs(ino);
         let op = NsOp::SetXattr {
             ino,
@@ -560,7 +600,7 @@ impl Vfs {
         ino: InodeId,
         name: &[u8],
     ) -> Result<(), Errno> {
-        self.creates.disallow(ino);
+        self.local.disallow(ino);
         self.cache().forget_xattrs(ino);
         let op = NsOp::RemoveXattr {
             ino,

@@ -1,0 +1,95 @@
+//! Unlinks this client answers itself (see [`local`](super::local) for
+//! when and how they are ordered): the last link of a regular file this
+//! client holds Exclusive on, that nothing here has open or buffered, is
+//! removed from the cache at once and [`NsOp::Unlink`] goes to the MDS
+//! behind it.
+
+use aspen_proto::caps::{CapMode, CapOp};
+use aspen_proto::fs::{Caller, FileType, Timestamp, validate_name};
+use aspen_proto::mds::NsOp;
+use aspen_proto::{Errno, InodeId};
+
+use super::Vfs;
+use crate::caps::Found;
+
+impl Vfs {
+    /// Unlinks `name` in `parent` here when the cache holds all the MDS
+    /// would decide by (see the module doc); `false` for the MDS to
+    /// decide. A refusal by the permission rules is the answer.
+    pub(super) fn unlink_here(
+        &self,
+        caller: &Caller,
+        parent: InodeId,
+        name: &[u8],
+    ) -> Result<bool, Errno> {
+        if validate_name(name).is_err() {
+            return Ok(false);
+        }
+        let mut cache = self.cache();
+        if !self.may_change_here(&cache, parent) {
+            return Ok(false);
+        }
+        let Some(Found::Entry(victim)) = cache.lookup(parent, name) else {
+            return Ok(false);
+        };
+        let sole_holder = cache
+            .cap(victim.ino)
+            .is_some_and(|held| held.mode == CapMode::Exclusive)
+            && !cache.revoking(victim.ino);
+        let plain_file = victim.kind == FileType::Regular && victim.nlink == 1;
+        if !sole_holder || !plain_file || self.file_io(victim.ino).is_some() {
+            return Ok(false);
+        }
+        let Some(dir) = cache.attr(parent) else {
+            return Ok(false);
+        };
+        aspen_proto::perm::check_search(&dir, caller)?;
+        aspen_proto::perm::check_modify_dir(&dir, caller)?;
+        aspen_proto::perm::check_sticky(&dir, &victim, caller)?;
+        let Some(ticket) = self.local.begin(parent, name) else {
+            return Ok(false);
+        };
+        let now = Timestamp::now();
+        cache.note_unlinked(parent, name, victim.ino, now);
+        drop(cache);
+        let Some(vfs) = self.me.upgrade() else {
+            self.local.end(ticket);
+            return Ok(true);
+        };
+        let (caller, name) = (caller.clone(), name.to_vec());
+        tokio::spawn(async move {
+            vfs.send_unlink(&caller, parent, &name, now).await;
+            vfs.local.end(ticket);
+        });
+        Ok(true)
+    }
+
+    /// Sends the unlink of `name` in `parent` made here at `now`; if the
+    /// MDS refuses it (it should not), the cache forgets the name so the
+    /// MDS answers for it again.
+    async fn send_unlink(&self, caller: &Caller, parent: InodeId, name: &[u8], now: Timestamp) {
+        let op = NsOp::Unlink {
+            parent,
+            name: name.to_vec(),
+        };
+        let refused = match self.session.cap(caller, CapOp::Mutate(op)).await {
+            Ok(reply) => {
+                self.objects.require_epoch(reply.barrier);
+                {
+                    let mut cache = self.cache();
+                    cache.absorb(&reply);
+                    cache.touch_at_least(parent, now);
+                }
+                self.forget_unlinked(&reply);
+                reply.result.err()
+            }
+            Err(errno) => Some(errno),
+        };
+        if let Some(errno) = refused {
+            tracing::warn!(
+                "the MDS refused the unlink of {name:?} in {parent}, made here: {errno}"
+            );
+            self.cache().forget_entry(parent, name);
+        }
+    }
+}
