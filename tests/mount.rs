@@ -191,6 +191,23 @@ fn a_mounted_replicated_cluster_keeps_file_data_right() {
         (!cluster.object_exists(ino, 0) && !cluster.object_exists(ino, 1)).then_some(())
     });
 
+    // A file written back but not yet reported to the MDS (closed a moment
+    // ago, in a directory this mount made) is purged whole when unlinked.
+    let fresh = cluster.path("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    let written = fresh.join("written");
+    std::fs::write(&written, pattern(7, 2 * OBJECT_SIZE as usize)).unwrap();
+    let ino = std::fs::metadata(&written).unwrap().ino();
+    eventually("the close's write-back", 30, || {
+        cluster.object_exists(ino, 1).then_some(())
+    });
+    std::fs::remove_file(&written).unwrap();
+    eventually(
+        "the MDS to purge the file unlinked right after its close",
+        30,
+        || (!cluster.object_exists(ino, 0) && !cluster.object_exists(ino, 1)).then_some(()),
+    );
+
     // A directory's layout goes to the files made in it; a layout naming a
     // pool the map lacks is refused.
     let small = cluster.path("small-objects");

@@ -1,9 +1,9 @@
 //! The FUSE frontend: translates each kernel request one to one into a
-//! [`Vfs`] call. A request the client answers without waiting (a lookup
-//! or getattr from the cache, a create or unlink it makes itself, a close)
-//! is answered on the thread that read it; every other request runs as
-//! its own task on the tokio runtime, so one slow request never stalls the
-//! others; the reply travels with the task.
+//! [`Vfs`] call. A request the client answers without waiting (a lookup,
+//! getattr or open the cache covers, a create or unlink it makes itself,
+//! a buffered write, a close) is answered on the thread that read it;
+//! every other request runs as its own task on the tokio runtime, so one
+//! slow request never stalls the others; the reply travels with the task.
 //!
 //! Caching: attributes and entries are cached by the client under its
 //! caps, not by the kernel ([`ATTR_TTL`] is zero: a revocation then never
@@ -144,6 +144,13 @@ impl AspenFuse {
 fn reply_entry(reply: ReplyEntry, result: Result<aspen_proto::fs::Attr, Errno>) {
     match result {
         Ok(attr) => reply.entry(&ATTR_TTL, &file_attr(&attr), Generation(attr.generation)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn reply_opened(reply: ReplyOpen, result: Result<(u64, aspen_proto::fs::Attr), Errno>, flags: u32) {
+    match result {
+        Ok((fh, _)) => reply.opened(FileHandle(fh), fopen_flags(flags)),
         Err(e) => reply.error(errno(e)),
     }
 }
@@ -410,11 +417,11 @@ impl Filesystem for AspenFuse {
     fn open(&self, req: &Request, node: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let caller = caller_of(req);
         let flags = open_flags(flags);
+        if let Some(opened) = self.vfs.open_now(&caller, ino(node), flags) {
+            return reply_opened(reply, opened, flags);
+        }
         self.spawn(|vfs| async move {
-            match vfs.open(&caller, ino(node), flags).await {
-                Ok((fh, _)) => reply.opened(FileHandle(fh), fopen_flags(flags)),
-                Err(e) => reply.error(errno(e)),
-            }
+            reply_opened(reply, vfs.open(&caller, ino(node), flags).await, flags)
         });
     }
 

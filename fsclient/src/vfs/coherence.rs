@@ -204,15 +204,21 @@ impl Vfs {
     /// Gives back the caps of the least recently used inodes beyond the
     /// cache's size.
     async fn trim(&self) {
+        // The cache lock before the files lock, as everywhere: and one
+        // critical section, so no open made here meanwhile loses its cap.
         let idle = {
+            let mut cache = self.cache();
             let files = lock(&self.files);
-            self.cache().trim_candidates(|ino| files.holds(ino))
+            let idle = cache.trim_candidates(|ino| files.holds(ino));
+            for (ino, _) in &idle {
+                cache.release(*ino);
+            }
+            idle
         };
         if idle.is_empty() {
             return;
         }
         for (ino, _) in &idle {
-            self.cache().release(*ino);
             self.invalidate_data(*ino).await;
         }
         self.cache().forget_uncapped();
@@ -244,6 +250,13 @@ impl Vfs {
         }
         let buffered: Vec<InodeId> = lock(&self.files).inodes.keys().copied().collect();
         for ino in buffered {
+            // Under the file's I/O lock, so no write in progress buffers
+            // its bytes after they were dropped.
+            let io = self.file_io(ino);
+            let _quiet = match &io {
+                Some(io) => Some(io.io.write().await),
+                None => None,
+            };
             self.lose_buffers(ino);
         }
         lock(&self.lockers).clear();

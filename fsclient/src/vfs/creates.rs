@@ -26,7 +26,7 @@ impl Vfs {
         name: &[u8],
         (mode_bits, umask, flags): (u32, u32, u32),
     ) -> Result<Option<(u64, Attr)>, Errno> {
-        if validate_name(name).is_err() {
+        if !self.local.allowed(parent) || validate_name(name).is_err() {
             return Ok(None);
         }
         self.refill_reserved();

@@ -391,6 +391,17 @@ impl Vfs {
         Ok((fh, self.shown(attr)))
     }
 
+    /// [`Vfs::open`] when the cache answers it (a cap covers the open),
+    /// without waiting.
+    pub fn open_now(
+        &self,
+        caller: &Caller,
+        ino: InodeId,
+        flags: u32,
+    ) -> Option<Result<(u64, Attr), Errno>> {
+        self.open_here(caller, ino, flags).transpose()
+    }
+
     /// [`Vfs::create`] when this client answers it itself, without
     /// waiting (runs within the tokio runtime: it sends in the background).
     pub fn create_now(

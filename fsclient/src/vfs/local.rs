@@ -67,7 +67,7 @@ impl LocalOps {
         lock(&self.dirs).remove(&dir);
     }
 
-    fn allowed(&self, dir: InodeId) -> bool {
+    pub(super) fn allowed(&self, dir: InodeId) -> bool {
         lock(&self.dirs).contains(&dir)
     }
 

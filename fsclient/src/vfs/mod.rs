@@ -656,7 +656,8 @@ impl Vfs {
                 .map(|attr| attr.ino);
         }
         let Some(ino) = known else { return Ok(()) };
-        if let Err(errno) = self.flush_data(ino).await {
+        // The MDS purges the file's objects up to the size it knows.
+        if let Err(errno) = self.flush_and_report(ino).await {
             tracing::warn!("writing back inode {ino} before its unlink: {errno}");
         }
         self.pin(ino).await

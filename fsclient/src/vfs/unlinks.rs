@@ -1,8 +1,8 @@
 //! Unlinks this client answers itself (see [`local`](super::local) for
 //! when and how they are ordered): the last link of a regular file this
-//! client holds Exclusive on, that nothing here has open or buffered, is
-//! removed from the cache at once and [`NsOp::Unlink`] goes to the MDS
-//! behind it.
+//! client holds Exclusive on, with nothing of it open, buffered or
+//! unreported here, is removed from the cache at once and
+//! [`NsOp::Unlink`] goes to the MDS behind it.
 
 use aspen_proto::caps::{CapMode, CapOp};
 use aspen_proto::fs::{Caller, FileType, Timestamp, validate_name};
@@ -37,7 +37,10 @@ impl Vfs {
             .is_some_and(|held| held.mode == CapMode::Exclusive)
             && !cache.revoking(victim.ino);
         let plain_file = victim.kind == FileType::Regular && victim.nlink == 1;
-        if !sole_holder || !plain_file || self.file_io(victim.ino).is_some() {
+        // Written bytes the MDS has no size for would escape its purge:
+        // those unlinks report first, through the MDS path.
+        let settled = self.file_io(victim.ino).is_none() && cache.unreported(victim.ino).is_none();
+        if !sole_holder || !plain_file || !settled {
             return Ok(false);
         }
         let Some(dir) = cache.attr(parent) else {
@@ -78,6 +81,9 @@ impl Vfs {
                 {
                     let mut cache = self.cache();
                     cache.absorb(&reply);
+                    if reply.result.is_ok() {
+                        cache.note_entry(parent, name, None, reply.version);
+                    }
                     cache.touch_at_least(parent, now);
                 }
                 self.forget_unlinked(&reply);
