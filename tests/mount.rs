@@ -227,7 +227,14 @@ fn a_mounted_replicated_cluster_keeps_file_data_right() {
         .unwrap();
     assert!(output.status.success(), "{output:?}");
     let small_ino = std::fs::metadata(small.join("f")).unwrap().ino();
-    assert!(cluster.object_exists(small_ino, 2) && !cluster.object_exists(small_ino, 3));
+    // The close starts the write-back; it ends a moment later.
+    eventually("the small-object file's write-back", 30, || {
+        cluster.object_exists(small_ino, 2).then_some(())
+    });
+    assert!(
+        !cluster.object_exists(small_ino, 3),
+        "a fourth 1 MiB object"
+    );
 
     // A 2 GiB file reads back with the same checksum.
     let large = cluster.path("large");
