@@ -169,16 +169,6 @@ fn check_key(key: &ObjectKey) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn check_read(key: &ObjectKey, len: u64) -> Result<(), StoreError> {
-    check_key(key)?;
-    if len > MAX_READ_LEN {
-        return Err(StoreError::Invalid(format!(
-            "reads are at most {MAX_READ_LEN} bytes"
-        )));
-    }
-    Ok(())
-}
-
 fn check_range(offset: u64, len: u64) -> Result<u64, StoreError> {
     offset
         .checked_add(len)
@@ -636,34 +626,16 @@ impl ObjectStore {
     /// Reads up to `len` bytes at `offset` (fewer at the end of the object;
     /// holes read as zeros).
     pub fn read(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        check_read(key, len)?;
-        ObjectStore::read_locked(&lock(&self.inner), key, offset, len)
-    }
-
-    /// [`ObjectStore::read`] if nobody holds the store (no write or
-    /// checkpoint under way); `None` otherwise, without waiting.
-    pub fn try_read(
-        &self,
-        key: &ObjectKey,
-        offset: u64,
-        len: u64,
-    ) -> Option<Result<Vec<u8>, StoreError>> {
-        if let Err(error) = check_read(key, len) {
-            return Some(Err(error));
+        check_key(key)?;
+        if len > MAX_READ_LEN {
+            return Err(StoreError::Invalid(format!(
+                "reads are at most {MAX_READ_LEN} bytes"
+            )));
         }
-        let inner = self.inner.try_lock().ok()?;
-        Some(ObjectStore::read_locked(&inner, key, offset, len))
-    }
-
-    fn read_locked(
-        inner: &Inner,
-        key: &ObjectKey,
-        offset: u64,
-        len: u64,
-    ) -> Result<Vec<u8>, StoreError> {
+        let inner = lock(&self.inner);
         let (object, size) =
             ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
-        read_in(inner, object, offset, offset.saturating_add(len).min(size))
+        read_in(&inner, object, offset, offset.saturating_add(len).min(size))
     }
 
     pub fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectStat>, StoreError> {

@@ -28,10 +28,6 @@ use super::space::Space;
 pub const MAP_CATCH_UP: Duration = Duration::from_secs(5);
 /// How long a replica may take to apply one entry.
 pub const REPLICATE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Reads up to this long run on the task that received them when the
-/// store is idle; longer ones, or any while it is busy, go to a blocking
-/// thread.
-pub const INLINE_READ_MAX: u64 = 64 << 10;
 
 /// A PG this OSD leads: its pool's size, its mapping and acting members.
 pub(super) struct Led {
@@ -387,15 +383,7 @@ impl OsdService {
         let store = self.store.clone();
         match op {
             ObjectOp::Read { offset, len } => {
-                // A small read of an idle store costs less than the hop to
-                // a blocking thread.
-                let inline = (len <= INLINE_READ_MAX)
-                    .then(|| store.try_read(&key, offset, len))
-                    .flatten();
-                let bytes = match inline {
-                    Some(read) => read.map_err(OsdError::from)?,
-                    None => blocking(move || store.read(&key, offset, len)).await?,
-                };
+                let bytes = blocking(move || store.read(&key, offset, len)).await?;
                 Ok((OsdResponse::Data, bytes))
             }
             ObjectOp::Stat => {
