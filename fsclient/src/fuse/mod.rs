@@ -133,6 +133,14 @@ fn name_bytes(name: &OsStr) -> Vec<u8> {
 
 impl AspenFuse {
     /// Runs `work` as its own task.
+    /// Runs a VFS call that answers without waiting, here, on the thread
+    /// that read the request (within the runtime: tasks it starts go
+    /// there).
+    fn answer_here<T>(&self, call: impl FnOnce(&Vfs) -> T) -> T {
+        let _runtime = self.runtime.enter();
+        call(&self.vfs)
+    }
+
     fn spawn<F>(&self, work: impl FnOnce(Arc<Vfs>) -> F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
@@ -144,6 +152,13 @@ impl AspenFuse {
 fn reply_entry(reply: ReplyEntry, result: Result<aspen_proto::fs::Attr, Errno>) {
     match result {
         Ok(attr) => reply.entry(&ATTR_TTL, &file_attr(&attr), Generation(attr.generation)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn reply_written(reply: ReplyWrite, result: Result<u32, Errno>) {
+    match result {
+        Ok(written) => reply.written(written),
         Err(e) => reply.error(errno(e)),
     }
 }
@@ -341,11 +356,7 @@ impl Filesystem for AspenFuse {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (caller, name) = (caller_of(req), name_bytes(name));
-        let answered = {
-            let _runtime = self.runtime.enter();
-            self.vfs.unlink_now(&caller, ino(parent), &name)
-        };
-        if let Some(result) = answered {
+        if let Some(result) = self.answer_here(|vfs| vfs.unlink_now(&caller, ino(parent), &name)) {
             return reply_empty(reply, result);
         }
         self.spawn(|vfs| async move {
@@ -457,22 +468,12 @@ impl Filesystem for AspenFuse {
         reply: ReplyWrite,
     ) {
         let caller = Caller::new(req.uid(), req.gid(), Vec::new());
-        let answered = {
-            let _runtime = self.runtime.enter();
-            self.vfs.write_now(&caller, fh.0, offset, data)
-        };
-        if let Some(result) = answered {
-            return match result {
-                Ok(written) => reply.written(written),
-                Err(e) => reply.error(errno(e)),
-            };
+        if let Some(result) = self.answer_here(|vfs| vfs.write_now(&caller, fh.0, offset, data)) {
+            return reply_written(reply, result);
         }
         let data = data.to_vec();
         self.spawn(|vfs| async move {
-            match vfs.write(&caller, fh.0, offset, &data).await {
-                Ok(written) => reply.written(written),
-                Err(e) => reply.error(errno(e)),
-            }
+            reply_written(reply, vfs.write(&caller, fh.0, offset, &data).await)
         });
     }
 
@@ -484,11 +485,7 @@ impl Filesystem for AspenFuse {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let answered = {
-            let _runtime = self.runtime.enter();
-            self.vfs.flush_on_close_now(fh.0, lock_owner.0)
-        };
-        if let Some(result) = answered {
+        if let Some(result) = self.answer_here(|vfs| vfs.flush_on_close_now(fh.0, lock_owner.0)) {
             return reply_empty(reply, result);
         }
         self.spawn(|vfs| async move {
@@ -558,8 +555,7 @@ impl Filesystem for AspenFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _runtime = self.runtime.enter();
-        reply_empty(reply, self.vfs.release(fh.0));
+        reply_empty(reply, self.answer_here(|vfs| vfs.release(fh.0)));
     }
 
     fn fsync(
@@ -779,11 +775,8 @@ impl Filesystem for AspenFuse {
     ) {
         let (caller, name) = (caller_of(req), name_bytes(name));
         let flags = flags as u32;
-        let answered = {
-            let _runtime = self.runtime.enter();
-            self.vfs
-                .create_now(&caller, ino(parent), &name, (mode, umask, flags))
-        };
+        let answered = self
+            .answer_here(|vfs| vfs.create_now(&caller, ino(parent), &name, (mode, umask, flags)));
         if let Some(result) = answered {
             return reply_created(reply, result, flags);
         }

@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use aspen_proto::InodeId;
 use aspen_proto::caps::{CapMode, CapOp, Flushed, MAX_RELEASE, Revoke};
 use aspen_proto::fs::{Caller, Timestamp};
+use aspen_proto::{Errno, InodeId};
 
 use super::files::{Report, WRITEBACK_INTERVAL};
 use super::{Vfs, lock};
@@ -131,10 +131,10 @@ impl Vfs {
         }
         // From the last write-back to the cap's change no write may start:
         // one that did would be missing from the size the ack carries.
-        let io = was_exclusive.then(|| self.file_io(revoke.ino)).flatten();
-        let quiet = match &io {
-            Some(io) => Some(io.io.write().await),
-            None => None,
+        let quiet = if was_exclusive {
+            self.io_alone(revoke.ino).await
+        } else {
+            None
         };
         if was_exclusive {
             // Writes that arrived meanwhile went straight to the OSDs.
@@ -179,8 +179,7 @@ impl Vfs {
 
     /// Waits for writes in flight on `ino`, then sends its buffered bytes.
     async fn drain_writes(&self, ino: InodeId) {
-        let Some(io) = self.file_io(ino) else { return };
-        drop(io.io.write().await);
+        drop(self.io_alone(ino).await);
         self.write_back_for_revoke(ino).await;
     }
 
@@ -252,12 +251,8 @@ impl Vfs {
         for ino in buffered {
             // Under the file's I/O lock, so no write in progress buffers
             // its bytes after they were dropped.
-            let io = self.file_io(ino);
-            let _quiet = match &io {
-                Some(io) => Some(io.io.write().await),
-                None => None,
-            };
-            self.lose_buffers(ino);
+            let _quiet = self.io_alone(ino).await;
+            self.drop_buffers(ino, Some(Errno::EIO));
         }
         lock(&self.lockers).clear();
         while !closing(self) {

@@ -83,44 +83,18 @@ impl Vfs {
             ino,
             now,
         };
-        if let Some(vfs) = self.me.upgrade() {
-            let (caller, name) = (caller.clone(), name.to_vec());
-            tokio::spawn(async move {
-                vfs.send_create(&caller, op, (parent, &name, ino, now))
-                    .await;
-                vfs.local.end(ticket);
-            });
-        } else {
-            self.local.end(ticket);
-        }
-        Ok(Some((fh, attr)))
-    }
-
-    /// Sends `op`, the create of `name` in `parent` as `ino` made here at
-    /// `now`; if the MDS refuses it (it should not), the name and inode are
-    /// forgotten here too.
-    async fn send_create(
-        &self,
-        caller: &Caller,
-        op: NsOp,
-        (parent, name, ino, now): (InodeId, &[u8], InodeId, Timestamp),
-    ) {
-        let refused = match self.session.cap(caller, CapOp::Mutate(op)).await {
-            Ok(reply) => {
-                self.objects.require_epoch(reply.barrier);
-                let mut cache = self.cache();
-                cache.absorb(&reply);
-                cache.touch_at_least(parent, now);
-                reply.result.err()
+        // If the MDS refuses it (it should not), the name and inode are
+        // forgotten here too.
+        let name = name.to_vec();
+        self.send_behind(caller, ticket, (op, parent, now), move |vfs, outcome| {
+            if let Err(errno) = outcome {
+                tracing::warn!("the MDS refused inode {ino}, created here in {parent}: {errno}");
+                let mut cache = vfs.cache();
+                cache.forget_entry(parent, &name);
+                cache.release(ino);
             }
-            Err(errno) => Some(errno),
-        };
-        if let Some(errno) = refused {
-            tracing::warn!("the MDS refused inode {ino}, created here in {parent}: {errno}");
-            let mut cache = self.cache();
-            cache.forget_entry(parent, name);
-            cache.release(ino);
-        }
+        });
+        Ok(Some((fh, attr)))
     }
 
     /// Asks for more inode numbers in the background when few are left.

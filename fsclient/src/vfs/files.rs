@@ -25,7 +25,7 @@ use aspen_proto::caps::{CapMode, CapOp, Flushed};
 use aspen_proto::fs::{Attr, Caller, Timestamp, open_flags};
 use aspen_proto::mds::{HandleId, NsOp, NsReply};
 use aspen_proto::{Errno, InodeId};
-use tokio::sync::{Notify, RwLock, Semaphore};
+use tokio::sync::{Notify, OwnedRwLockWriteGuard, RwLock, Semaphore};
 
 use super::{Vfs, attr_reply, lock};
 use crate::data::{self, FileObjects};
@@ -64,7 +64,7 @@ pub(super) struct FileIo {
     pub(super) file: FileObjects,
     /// Reads and writes share it; truncation, hole punching and the
     /// revocation of the Exclusive cap take it alone.
-    pub(super) io: RwLock<()>,
+    io: Arc<RwLock<()>>,
     state: Mutex<IoState>,
     /// One write-back at a time.
     flushing: tokio::sync::Mutex<()>,
@@ -165,6 +165,13 @@ impl Vfs {
         lock(&self.files).inodes.get(&ino).cloned()
     }
 
+    /// Holds `ino`'s I/O alone (no read or write of it runs) until the
+    /// guard drops; `None` when nothing of it is open or buffered here.
+    pub(super) async fn io_alone(&self, ino: InodeId) -> Option<OwnedRwLockWriteGuard<()>> {
+        let io = self.file_io(ino)?;
+        Some(io.io.clone().write_owned().await)
+    }
+
     /// Inodes with bytes buffered for at least `age`.
     pub(super) fn written_inodes(&self, age: Duration) -> Vec<InodeId> {
         lock(&self.files)
@@ -222,7 +229,7 @@ impl Vfs {
                     ino: attr.ino,
                     layout: attr.layout,
                 },
-                io: RwLock::new(()),
+                io: Arc::new(RwLock::new(())),
                 state: Mutex::new(IoState::default()),
                 flushing: tokio::sync::Mutex::new(()),
             })
@@ -455,11 +462,7 @@ impl Vfs {
         op: NsOp,
     ) -> Result<aspen_proto::caps::CapReply, Errno> {
         self.want(ino, CapMode::Exclusive).await?;
-        let io = self.file_io(ino);
-        let _cutting = match &io {
-            Some(io) => Some(io.io.write().await),
-            None => None,
-        };
+        let _cutting = self.io_alone(ino).await;
         self.flush_and_report(ino).await?;
         let cached = self.cache().attr(ino);
         let old_size = match cached {
@@ -771,28 +774,17 @@ impl Vfs {
     }
 
     /// Throws away `ino`'s buffered bytes (the file is gone, or the
-    /// session that held the cap is).
-    pub(super) fn drop_buffers(&self, ino: InodeId) {
+    /// session that held the cap is); with `error`, its next flush or
+    /// fsync fails with it, set in the same step so an fsync never finds
+    /// the bytes gone without the error.
+    pub(super) fn drop_buffers(&self, ino: InodeId, error: Option<Errno>) {
         if let Some(io) = self.file_io(ino) {
             let dropped = {
                 let mut state = lock(&io.state);
                 state.dirty_since = None;
-                state.dirty.take_all()
-            };
-            self.writeback.add(-(dropped.bytes() as i64));
-        }
-        self.forget_io_if_idle(ino);
-    }
-
-    /// Drops `ino`'s buffered bytes and makes its next flush or fsync
-    /// fail (the session they were written under ended). One step, so an
-    /// fsync never finds the bytes gone without the error.
-    pub(super) fn lose_buffers(&self, ino: InodeId) {
-        if let Some(io) = self.file_io(ino) {
-            let dropped = {
-                let mut state = lock(&io.state);
-                state.dirty_since = None;
-                state.error = Some(Errno::EIO);
+                if error.is_some() {
+                    state.error = error;
+                }
                 state.dirty.take_all()
             };
             self.writeback.add(-(dropped.bytes() as i64));
@@ -883,7 +875,6 @@ impl Vfs {
                 tokio::spawn(async move {
                     let _one = io.flushing.lock().await;
                     vfs.discard(file.ino);
-                    vfs.forget_io_if_idle(file.ino);
                 });
             }
         } else if last {

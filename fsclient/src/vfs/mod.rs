@@ -676,7 +676,7 @@ impl Vfs {
 
     /// Drops what is cached or buffered about `ino`.
     fn discard(&self, ino: InodeId) {
-        self.drop_buffers(ino);
+        self.drop_buffers(ino, None);
         let mut cache = self.cache();
         cache.drop_unreported(ino);
         cache.release(ino);

@@ -4,7 +4,7 @@
 //! unreported here, is removed from the cache at once and
 //! [`NsOp::Unlink`] goes to the MDS behind it.
 
-use aspen_proto::caps::{CapMode, CapOp};
+use aspen_proto::caps::CapMode;
 use aspen_proto::fs::{Caller, FileType, Timestamp, validate_name};
 use aspen_proto::mds::NsOp;
 use aspen_proto::{Errno, InodeId};
@@ -55,47 +55,30 @@ impl Vfs {
         let now = Timestamp::now();
         cache.note_unlinked(parent, name, victim.ino, now);
         drop(cache);
-        let Some(vfs) = self.me.upgrade() else {
-            self.local.end(ticket);
-            return Ok(true);
-        };
-        let (caller, name) = (caller.clone(), name.to_vec());
-        tokio::spawn(async move {
-            vfs.send_unlink(&caller, parent, &name, now).await;
-            vfs.local.end(ticket);
-        });
-        Ok(true)
-    }
-
-    /// Sends the unlink of `name` in `parent` made here at `now`; if the
-    /// MDS refuses it (it should not), the cache forgets the name so the
-    /// MDS answers for it again.
-    async fn send_unlink(&self, caller: &Caller, parent: InodeId, name: &[u8], now: Timestamp) {
         let op = NsOp::Unlink {
             parent,
             name: name.to_vec(),
         };
-        let refused = match self.session.cap(caller, CapOp::Mutate(op)).await {
-            Ok(reply) => {
-                self.objects.require_epoch(reply.barrier);
-                {
-                    let mut cache = self.cache();
-                    cache.absorb(&reply);
-                    if reply.result.is_ok() {
-                        cache.note_entry(parent, name, None, reply.version);
-                    }
-                    cache.touch_at_least(parent, now);
+        // If the MDS refuses it (it should not), the cache forgets the
+        // name so the MDS answers for it again.
+        let name = name.to_vec();
+        self.send_behind(
+            caller,
+            ticket,
+            (op, parent, now),
+            move |vfs, outcome| match outcome {
+                Ok(reply) => {
+                    vfs.cache().note_entry(parent, &name, None, reply.version);
+                    vfs.forget_unlinked(reply);
                 }
-                self.forget_unlinked(&reply);
-                reply.result.err()
-            }
-            Err(errno) => Some(errno),
-        };
-        if let Some(errno) = refused {
-            tracing::warn!(
-                "the MDS refused the unlink of {name:?} in {parent}, made here: {errno}"
-            );
-            self.cache().forget_entry(parent, name);
-        }
+                Err(errno) => {
+                    tracing::warn!(
+                        "the MDS refused the unlink of {name:?} in {parent}, made here: {errno}"
+                    );
+                    vfs.cache().forget_entry(parent, &name);
+                }
+            },
+        );
+        Ok(true)
     }
 }
