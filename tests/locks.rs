@@ -1,10 +1,11 @@
-//! fcntl locks across two mounts of one cluster (an MDS, three OSD
-//! processes, two `aspen mount` processes): F_GETLK on one mount reports
+//! fcntl and flock locks across two mounts of one cluster (an MDS, three
+//! OSD processes, two `aspen mount` processes): F_GETLK on one mount reports
 //! the other's lock and pid, F_SETLK is refused while it is held, F_SETLKW
 //! waits and is woken when it goes, a close drops the closer's locks, two
 //! owners waiting for each other get EDEADLK, a client killed with
 //! kill -9 loses its locks when its session times out, and a lock outlives
-//! kill -9 of the MDS leader (three MDS members).
+//! kill -9 of the MDS leader (three MDS members). A flock holds across the
+//! mounts too and lasts until the last close of its open file description.
 
 mod common;
 
@@ -17,11 +18,14 @@ use aspen_mds::server::sessions::SESSION_TIMEOUT;
 use common::{MOUNT_DAEMONS, TwoMounts};
 
 /// A Python process that runs lock commands read from stdin, one per line
-/// (`lock|trylock|unlock|getlk START LEN`, `close`, `reopen`), and answers
-/// each with one line.
+/// (`lock|trylock|unlock|getlk START LEN`, `flock|tryflock|tryshflock|unflock`,
+/// `openclose` (another descriptor of the file opened and closed), `close`,
+/// `reopen`), and answers each with one line.
 const LOCKER: &str = r#"
 import fcntl, os, struct, sys
 path = sys.argv[1]
+FLOCKS = {"flock": fcntl.LOCK_EX, "tryflock": fcntl.LOCK_EX | fcntl.LOCK_NB,
+          "tryshflock": fcntl.LOCK_SH | fcntl.LOCK_NB, "unflock": fcntl.LOCK_UN}
 fd = os.open(path, os.O_RDWR)
 print("pid", os.getpid(), flush=True)
 for line in sys.stdin:
@@ -38,6 +42,10 @@ for line in sys.stdin:
             kind, _, start, length, pid = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, query))
             print("getlk", kind, start, length, pid, flush=True)
             continue
+        elif word[0] in FLOCKS:
+            fcntl.flock(fd, FLOCKS[word[0]])
+        elif word[0] == "openclose":
+            os.close(os.open(path, os.O_RDWR))
         elif word[0] == "close":
             os.close(fd)
         elif word[0] == "reopen":
@@ -150,6 +158,44 @@ fn fcntl_locks_hold_across_two_mounts() {
     assert_eq!(a.answer_within(30).as_deref(), Some("ok"));
     assert_eq!(b.ask("reopen"), "ok");
     assert_eq!(b.ask("trylock 0 10"), refused(nix::libc::EAGAIN));
+}
+
+#[test]
+fn flock_holds_across_two_mounts_until_its_last_close() {
+    let cluster = TwoMounts::start();
+    let script = cluster.root.join("locker.py");
+    std::fs::write(&script, LOCKER).unwrap();
+    std::fs::write(cluster.mounts[0].join("shared"), vec![7u8; 4096]).unwrap();
+    let mut a = Locker::start(&script, &cluster.mounts[0].join("shared"));
+    let mut b = Locker::start(&script, &cluster.mounts[1].join("shared"));
+    let mut a2 = Locker::start(&script, &cluster.mounts[0].join("shared"));
+    let busy = refused(nix::libc::EWOULDBLOCK);
+
+    assert_eq!(a.ask("flock"), "ok");
+    assert_eq!(b.ask("tryflock"), busy, "B's mount");
+    assert_eq!(a2.ask("tryshflock"), busy, "another process on A's mount");
+    // Unlike an fcntl lock, a flock outlives the close of another
+    // descriptor of the file.
+    assert_eq!(a.ask("openclose"), "ok");
+    assert_eq!(b.ask("tryflock"), busy, "after A closed another descriptor");
+
+    // B waits; the last close of A's descriptor wakes it.
+    b.send("flock");
+    assert_eq!(b.answer_within(2), None, "B got a flock A holds");
+    assert_eq!(a.ask("close"), "ok");
+    assert_eq!(b.answer_within(30).as_deref(), Some("ok"));
+    assert_eq!(a.ask("reopen"), "ok");
+    assert_eq!(a.ask("tryshflock"), busy);
+
+    // Shared flocks on both mounts; neither can make its own exclusive.
+    assert_eq!(b.ask("unflock"), "ok");
+    assert_eq!(a.ask("tryshflock"), "ok");
+    assert_eq!(b.ask("tryshflock"), "ok");
+    assert_eq!(a2.ask("tryshflock"), "ok");
+    assert_eq!(b.ask("tryflock"), busy, "B upgrades while A shares");
+    assert_eq!(a.ask("unflock"), "ok");
+    assert_eq!(a2.ask("unflock"), "ok");
+    assert_eq!(b.ask("tryflock"), "ok", "B upgrades once alone");
 }
 
 #[test]

@@ -238,8 +238,13 @@ impl Filesystem for AspenFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        // fcntl locks go to the MDS, so they hold across clients.
+        // fcntl and flock locks go to the MDS, so they hold across clients.
+        // The kernel sends a flock as a lock on the whole file whose owner
+        // is the open file description, and fuser does not pass on the flag
+        // that tells it from an fcntl lock: as on NFS, the two kinds are
+        // one family here, so a flock and an fcntl lock on one file conflict.
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS);
+        let _ = config.add_capabilities(InitFlags::FUSE_FLOCK_LOCKS);
         Ok(())
     }
 
@@ -551,11 +556,15 @@ impl Filesystem for AspenFuse {
         _node: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        flock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.answer_here(|vfs| vfs.release(fh.0)));
+        let flock_owner = flock_owner.map(|owner| owner.0);
+        reply_empty(
+            reply,
+            self.answer_here(|vfs| vfs.release(fh.0, flock_owner)),
+        );
     }
 
     fn fsync(

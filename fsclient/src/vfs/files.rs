@@ -848,8 +848,10 @@ impl Vfs {
     }
 
     /// The last close of a handle; runs within the tokio runtime (what
-    /// is left to write back or discard goes on there).
-    pub fn release(&self, fh: u64) -> Result<(), Errno> {
+    /// is left to write back or discard goes on there). `flock_owner`'s
+    /// locks on the file go too: the handle was its owner (flock locks
+    /// belong to an open file description and last until its last close).
+    pub fn release(&self, fh: u64, flock_owner: Option<u64>) -> Result<(), Errno> {
         // The handle leaves the table first, so of two racing releases of
         // it (the kernel's and unmount's) only one goes on.
         let (file, io) = {
@@ -883,6 +885,16 @@ impl Vfs {
         self.forget_io_if_idle(file.ino);
         if file.generation != self.session.generation() {
             return Ok(());
+        }
+        if let Some(owner) = flock_owner.filter(|owner| self.holds_locks(file.ino, *owner))
+            && let Some(vfs) = self.me.upgrade()
+        {
+            let ino = file.ino;
+            tokio::spawn(async move {
+                if let Err(error) = vfs.release_locks(ino, owner).await {
+                    tracing::warn!(?ino, %error, "releasing a closed file's flock failed");
+                }
+            });
         }
         // Nobody waits for the MDS to drop the handles: the close is done.
         for handle in file.handle.into_iter().chain(unpinned) {

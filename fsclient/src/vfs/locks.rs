@@ -1,6 +1,11 @@
-//! Advisory locks: fcntl byte-range locks, held at the MDS (so they hold
-//! across clients and survive a leader change), and released when their
-//! owner closes the file.
+//! Advisory locks: fcntl byte-range locks and flock locks, held at the MDS
+//! (so they hold across clients and survive a leader change), and released
+//! when their owner closes the file: a process at its close of any
+//! descriptor of the file (fcntl), an open file description at its last
+//! close (flock). The FUSE kernel module sends a flock as a whole-file
+//! lock owned by the open file description, without a flag this side can
+//! read, so both go to the MDS as POSIX locks: as on NFS, a flock and an
+//! fcntl lock on one file conflict.
 
 use aspen_proto::lock::{Lock, LockFlavor, LockKind, LockOwner, LockRequest};
 use aspen_proto::mds::{MdsRequest, MdsResponse};
