@@ -5,7 +5,8 @@
 //! owners waiting for each other get EDEADLK, a client killed with
 //! kill -9 loses its locks when its session times out, and a lock outlives
 //! kill -9 of the MDS leader (three MDS members). A flock holds across the
-//! mounts too and lasts until the last close of its open file description.
+//! mounts too and lasts until the last close of its open file description;
+//! a process waiting for a lock can be interrupted by a signal or killed.
 
 mod common;
 
@@ -19,10 +20,11 @@ use common::{MOUNT_DAEMONS, TwoMounts};
 
 /// A Python process that runs lock commands read from stdin, one per line
 /// (`lock|trylock|unlock|getlk START LEN`, `flock|tryflock|tryshflock|unflock`,
+/// `flockalarm SECONDS` (a blocking flock that SIGALRM interrupts),
 /// `openclose` (another descriptor of the file opened and closed), `close`,
 /// `reopen`), and answers each with one line.
 const LOCKER: &str = r#"
-import fcntl, os, struct, sys
+import fcntl, os, signal, struct, sys
 path = sys.argv[1]
 FLOCKS = {"flock": fcntl.LOCK_EX, "tryflock": fcntl.LOCK_EX | fcntl.LOCK_NB,
           "tryshflock": fcntl.LOCK_SH | fcntl.LOCK_NB, "unflock": fcntl.LOCK_UN}
@@ -44,6 +46,18 @@ for line in sys.stdin:
             continue
         elif word[0] in FLOCKS:
             fcntl.flock(fd, FLOCKS[word[0]])
+        elif word[0] == "flockalarm":
+            def on_alarm(signum, frame):
+                raise TimeoutError()
+            signal.signal(signal.SIGALRM, on_alarm)
+            signal.alarm(int(word[1]))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except TimeoutError:
+                print("interrupted", flush=True)
+                continue
+            finally:
+                signal.alarm(0)
         elif word[0] == "openclose":
             os.close(os.open(path, os.O_RDWR))
         elif word[0] == "close":
@@ -196,6 +210,49 @@ fn flock_holds_across_two_mounts_until_its_last_close() {
     assert_eq!(a.ask("unflock"), "ok");
     assert_eq!(a2.ask("unflock"), "ok");
     assert_eq!(b.ask("tryflock"), "ok", "B upgrades once alone");
+}
+
+#[test]
+fn a_blocked_lock_wait_gives_way_to_a_signal() {
+    let cluster = TwoMounts::start();
+    let script = cluster.root.join("locker.py");
+    std::fs::write(&script, LOCKER).unwrap();
+    std::fs::write(cluster.mounts[0].join("shared"), vec![7u8; 4096]).unwrap();
+    let mut a = Locker::start(&script, &cluster.mounts[0].join("shared"));
+    let mut b = Locker::start(&script, &cluster.mounts[1].join("shared"));
+    let mut c = Locker::start(&script, &cluster.mounts[0].join("shared"));
+    assert_eq!(a.ask("flock"), "ok");
+
+    // B's wait is interrupted by its alarm, and B holds nothing after.
+    let asked = Instant::now();
+    b.send("flockalarm 1");
+    assert_eq!(b.answer_within(15).as_deref(), Some("interrupted"));
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "the interrupted wait took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(a.ask("unflock"), "ok");
+    assert_eq!(
+        c.ask("tryflock"),
+        "ok",
+        "the interrupted waiter got the lock"
+    );
+
+    // kill -9 of a waiting process ends it (it does not wait for the lock).
+    b.send("flock");
+    assert_eq!(b.answer_within(2), None, "B got a flock C holds");
+    b.child.kill().unwrap();
+    let killed = Instant::now();
+    while b.child.try_wait().unwrap().is_none() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "a waiter killed with kill -9 is still there"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(c.ask("unflock"), "ok");
+    assert_eq!(a.ask("tryflock"), "ok", "the killed waiter got the lock");
 }
 
 #[test]

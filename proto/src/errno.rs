@@ -35,6 +35,7 @@ macro_rules! errnos {
 errnos! {
     EPERM = 1, "operation not permitted";
     ENOENT = 2, "no such file or directory";
+    EINTR = 4, "interrupted system call";
     EIO = 5, "input/output error";
     ENXIO = 6, "no such device or address";
     EBADF = 9, "bad file descriptor";

@@ -344,8 +344,9 @@ pub struct MdsStatus {
 }
 
 /// The longest an F_SETLKW waits at the MDS before the client is told to
-/// ask again.
-pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// ask again. Short, because between two asks the client checks whether
+/// the waiting process was interrupted by a signal (and gives up then).
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An MDS's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

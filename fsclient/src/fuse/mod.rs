@@ -13,6 +13,7 @@
 //! acknowledges. `O_DIRECT` opens bypass the page cache.
 
 mod convert;
+mod signals;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -529,7 +530,7 @@ impl Filesystem for AspenFuse {
 
     fn setlk(
         &self,
-        _req: &Request,
+        req: &Request,
         node: INodeNo,
         _fh: FileHandle,
         lock_owner: LockOwner,
@@ -543,9 +544,16 @@ impl Filesystem for AspenFuse {
         let Ok(kind) = lock_kind(typ) else {
             return reply.error(fuser::Errno::EINVAL);
         };
+        // fuser answers FUSE_INTERRUPT with ENOSYS, so the kernel waits for
+        // this answer even when the caller gets a signal: the wait looks
+        // at the calling thread's pending signals itself.
+        let thread = req.pid();
         self.spawn(move |vfs| async move {
             let owner = (lock_owner.0, pid);
-            let result = vfs.setlk(ino(node), owner, kind, (start, end), sleep).await;
+            let interrupted = || signals::pending(thread);
+            let result = vfs
+                .setlk(ino(node), owner, kind, (start, end), sleep, interrupted)
+                .await;
             reply_empty(reply, result)
         });
     }

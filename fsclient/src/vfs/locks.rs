@@ -61,7 +61,10 @@ impl Vfs {
 
     /// F_SETLK (`wait: false`) and F_SETLKW: takes, converts (`Some`) or
     /// drops (`None`) `owner`'s POSIX lock on bytes `start..=end`. A
-    /// waiting request is woken by the MDS when a lock it waits for goes.
+    /// waiting request is woken by the MDS when a lock it waits for goes;
+    /// it fails with EINTR once `interrupted` says the caller has a signal
+    /// to take (checked each time the MDS's wait runs out, when nothing is
+    /// pending there that could still grant it).
     pub async fn setlk(
         &self,
         ino: InodeId,
@@ -69,6 +72,7 @@ impl Vfs {
         kind: Option<LockKind>,
         range: (u64, u64),
         wait: bool,
+        interrupted: impl Fn() -> bool,
     ) -> Result<(), Errno> {
         let request = self.lock_request(owner, pid, kind, range);
         let session = self.session.id();
@@ -80,8 +84,13 @@ impl Vfs {
         };
         loop {
             match self.ask(ask.clone()).await? {
-                // The MDS's wait ran out: ask again.
-                MdsResponse::Unit(Err(Errno::EAGAIN)) if wait => continue,
+                // The MDS's wait ran out: ask again, unless the caller
+                // has stopped waiting.
+                MdsResponse::Unit(Err(Errno::EAGAIN)) if wait => {
+                    if interrupted() {
+                        return Err(Errno::EINTR);
+                    }
+                }
                 MdsResponse::Unit(result) => {
                     if result.is_ok() && kind.is_some() {
                         lock(&self.lockers).insert((ino, owner));

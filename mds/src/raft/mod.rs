@@ -116,14 +116,20 @@ impl Command {
         }
     }
 
-    /// Whether applying it can free an advisory lock (waiters look again).
-    pub(crate) fn touches_locks(&self) -> bool {
-        match self {
-            Command::SetLock { .. }
-            | Command::ReleaseLocks { .. }
-            | Command::CloseSession(_)
-            | Command::Evict(_) => true,
-            Command::Batch(commands) => commands.iter().any(Command::touches_locks),
+    /// Whether applying it, with `response` as the outcome, can have freed
+    /// an advisory lock (waiters look again). A refused lock request
+    /// changed nothing: counting it would wake its own waiter, which asks
+    /// again at once, in a loop of Raft writes.
+    pub(crate) fn may_free_locks(&self, response: &Response) -> bool {
+        match (self, response) {
+            (Command::SetLock { .. }, Response::Lock(granted)) => granted.is_ok(),
+            (Command::ReleaseLocks { .. } | Command::CloseSession(_) | Command::Evict(_), _) => {
+                true
+            }
+            (Command::Batch(commands), Response::Batch(responses)) => commands
+                .iter()
+                .zip(responses)
+                .any(|(command, response)| command.may_free_locks(response)),
             _ => false,
         }
     }
@@ -183,4 +189,60 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error
 
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, postcard::Error> {
     postcard::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aspen_proto::lock::LockKind;
+
+    fn set_lock() -> Command {
+        Command::SetLock {
+            ino: InodeId(7),
+            request: LockRequest {
+                owner: LockOwner {
+                    session: 1,
+                    owner: 2,
+                },
+                pid: 3,
+                flavor: LockFlavor::Posix,
+                kind: Some(LockKind::Exclusive),
+                start: 0,
+                end: u64::MAX,
+            },
+        }
+    }
+
+    #[test]
+    fn only_a_lock_change_that_happened_wakes_lock_waiters() {
+        let holder = Lock {
+            owner: LockOwner {
+                session: 4,
+                owner: 5,
+            },
+            pid: 6,
+            flavor: LockFlavor::Posix,
+            kind: LockKind::Shared,
+            start: 0,
+            end: 10,
+        };
+        let refused = Response::Lock(Err(holder));
+        let granted = Response::Lock(Ok(()));
+        assert!(!set_lock().may_free_locks(&refused));
+        assert!(set_lock().may_free_locks(&granted));
+        let batch = Command::Batch(vec![set_lock(), set_lock()]);
+        let one_granted = Response::Batch(vec![refused.clone(), granted]);
+        assert!(batch.may_free_locks(&one_granted));
+        let none_granted = Response::Batch(vec![refused.clone(), refused]);
+        assert!(!batch.may_free_locks(&none_granted));
+        let release = Command::ReleaseLocks {
+            ino: InodeId(7),
+            owner: LockOwner {
+                session: 1,
+                owner: 2,
+            },
+            flavor: LockFlavor::Posix,
+        };
+        assert!(release.may_free_locks(&Response::Done(Ok(()))));
+    }
 }

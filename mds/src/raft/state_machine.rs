@@ -778,7 +778,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut caps_touched = false;
         for entry in entries {
             access_changed |= changes_access(&entry);
-            locks_touched |= matches!(&entry.payload, EntryPayload::Normal(c) if c.touches_locks());
             caps_touched |= matches!(&entry.payload, EntryPayload::Normal(c) if c.touches_caps());
             let log_id = entry.log_id;
             let response = match &entry.payload {
@@ -795,6 +794,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             };
             write_meta(&tx, LAST_APPLIED, &Some(log_id))?;
+            locks_touched |= matches!(&entry.payload,
+                EntryPayload::Normal(command) if command.may_free_locks(&response));
             responses.push(response);
         }
         tx.commit().map_err(|e| sm_error(ErrorVerb::Write, e))?;

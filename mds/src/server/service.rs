@@ -684,6 +684,9 @@ impl MdsService {
                 Ok(other) => break MdsResponse::Failed(format!("unexpected reply {other:?}")),
                 Err(response) => break response,
             }
+            if tokio::time::Instant::now() >= deadline {
+                break MdsResponse::Unit(Err(Errno::EAGAIN));
+            }
             let holders = match self.state.locks(ino) {
                 Ok(held) => locks::blockers(&held, &request),
                 Err(error) => break MdsResponse::Failed(error.to_string()),
