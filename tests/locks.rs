@@ -132,14 +132,22 @@ impl Drop for Locker {
     }
 }
 
-#[test]
-fn fcntl_locks_hold_across_two_mounts() {
-    let cluster = TwoMounts::start();
+/// Writes the locker script and a file `shared` into `cluster`; the
+/// answer starts a locker on that file through mount 0 or 1.
+fn lockers(cluster: &TwoMounts) -> impl Fn(usize) -> Locker + use<> {
     let script = cluster.root.join("locker.py");
     std::fs::write(&script, LOCKER).unwrap();
     std::fs::write(cluster.mounts[0].join("shared"), vec![7u8; 4096]).unwrap();
-    let mut a = Locker::start(&script, &cluster.mounts[0].join("shared"));
-    let mut b = Locker::start(&script, &cluster.mounts[1].join("shared"));
+    let files: Vec<_> = cluster.mounts.iter().map(|m| m.join("shared")).collect();
+    move |mount| Locker::start(&script, &files[mount])
+}
+
+#[test]
+fn fcntl_locks_hold_across_two_mounts() {
+    let cluster = TwoMounts::start();
+    let locker = lockers(&cluster);
+    let mut a = locker(0);
+    let mut b = locker(1);
 
     // A holds bytes 0..100: B sees it with A's pid and cannot take it.
     assert_eq!(a.ask("lock 0 100"), "ok");
@@ -177,12 +185,10 @@ fn fcntl_locks_hold_across_two_mounts() {
 #[test]
 fn flock_holds_across_two_mounts_until_its_last_close() {
     let cluster = TwoMounts::start();
-    let script = cluster.root.join("locker.py");
-    std::fs::write(&script, LOCKER).unwrap();
-    std::fs::write(cluster.mounts[0].join("shared"), vec![7u8; 4096]).unwrap();
-    let mut a = Locker::start(&script, &cluster.mounts[0].join("shared"));
-    let mut b = Locker::start(&script, &cluster.mounts[1].join("shared"));
-    let mut a2 = Locker::start(&script, &cluster.mounts[0].join("shared"));
+    let locker = lockers(&cluster);
+    let mut a = locker(0);
+    let mut b = locker(1);
+    let mut a2 = locker(0);
     let busy = refused(nix::libc::EWOULDBLOCK);
 
     assert_eq!(a.ask("flock"), "ok");
@@ -215,12 +221,10 @@ fn flock_holds_across_two_mounts_until_its_last_close() {
 #[test]
 fn a_blocked_lock_wait_gives_way_to_a_signal() {
     let cluster = TwoMounts::start();
-    let script = cluster.root.join("locker.py");
-    std::fs::write(&script, LOCKER).unwrap();
-    std::fs::write(cluster.mounts[0].join("shared"), vec![7u8; 4096]).unwrap();
-    let mut a = Locker::start(&script, &cluster.mounts[0].join("shared"));
-    let mut b = Locker::start(&script, &cluster.mounts[1].join("shared"));
-    let mut c = Locker::start(&script, &cluster.mounts[0].join("shared"));
+    let locker = lockers(&cluster);
+    let mut a = locker(0);
+    let mut b = locker(1);
+    let mut c = locker(0);
     assert_eq!(a.ask("flock"), "ok");
 
     // B's wait is interrupted by its alarm, and B holds nothing after.
@@ -258,11 +262,9 @@ fn a_blocked_lock_wait_gives_way_to_a_signal() {
 #[test]
 fn a_dead_clients_locks_go_with_its_session() {
     let mut cluster = TwoMounts::start();
-    let script = cluster.root.join("locker.py");
-    std::fs::write(&script, LOCKER).unwrap();
-    std::fs::write(cluster.mounts[0].join("shared"), vec![7u8; 4096]).unwrap();
-    let mut a = Locker::start(&script, &cluster.mounts[0].join("shared"));
-    let mut b = Locker::start(&script, &cluster.mounts[1].join("shared"));
+    let locker = lockers(&cluster);
+    let mut a = locker(0);
+    let mut b = locker(1);
     assert_eq!(a.ask("lock 0 0"), "ok", "A locks the whole file");
     b.send("lock 0 0");
     assert_eq!(b.answer_within(2), None, "B got a lock A holds");
@@ -280,11 +282,9 @@ fn a_dead_clients_locks_go_with_its_session() {
 #[test]
 fn a_lock_survives_kill_9_of_the_mds_leader() {
     let mut cluster = TwoMounts::with_mds_members(3);
-    let script = cluster.root.join("locker.py");
-    std::fs::write(&script, LOCKER).unwrap();
-    std::fs::write(cluster.mounts[0].join("shared"), vec![7u8; 4096]).unwrap();
-    let mut a = Locker::start(&script, &cluster.mounts[0].join("shared"));
-    let mut b = Locker::start(&script, &cluster.mounts[1].join("shared"));
+    let locker = lockers(&cluster);
+    let mut a = locker(0);
+    let mut b = locker(1);
     assert_eq!(a.ask("lock 0 100"), "ok");
 
     let leader = common::mds_leader(&cluster.config).expect("a leader");
