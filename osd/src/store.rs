@@ -17,6 +17,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aspen_placement::PgId;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use aspen_proto::osd::{LogEntry, LogVersion, ObjectCopy, ObjectOp};
@@ -214,6 +215,11 @@ impl ObjectStore {
         std::fs::create_dir_all(dir).map_err(io)?;
         let path = dir.join(DATABASE);
         let conn = Connection::open(&path)?;
+        // This connection is the database's only user: holding its locks
+        // for good keeps the log index in memory, and spares every
+        // transaction the file locking (and keeps a second OSD process
+        // off the same store).
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "OFF")?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -223,6 +229,11 @@ impl ObjectStore {
         content::migrate(&conn)?;
         conn.execute_batch(pglog::SCHEMA)?;
         conn.set_prepared_statement_cache_capacity(64);
+        // The query planner stability guarantee keeps cached statements
+        // prepared: without it SQLite expires one whose plan might depend
+        // on a bound value (a range over an indexed column) whenever the
+        // cache clears its bindings, and a read parsed its SQL again.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         let mut wal_path = path.into_os_string();
         wal_path.push("-wal");
         let wal = File::open(&wal_path).map_err(io)?;
