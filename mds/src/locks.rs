@@ -10,6 +10,7 @@
 //! converts that part to the new kind.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 pub use aspen_proto::lock::{Lock, LockFlavor, LockKind, LockOwner, LockRequest, TO_END};
 
@@ -114,15 +115,36 @@ pub fn release_owner(locks: &mut Vec<Lock>, owner: LockOwner, flavor: LockFlavor
 }
 
 /// Who waits for whom, across every inode, to refuse a wait that would
-/// never end (EDEADLK) as Linux does for POSIX locks.
+/// never end (EDEADLK) as Linux does for POSIX locks. A client waits in
+/// asks of bounded length; between two asks its waiter stays here,
+/// paused, so a cycle closed in that moment is still seen. A paused waiter
+/// that is not asked for again by the time given lapses (its process gave
+/// up or its client died).
 #[derive(Clone, Debug, Default)]
 pub struct WaitGraph {
-    waits_for: BTreeMap<LockOwner, BTreeSet<LockOwner>>,
+    waits_for: BTreeMap<LockOwner, Waiter>,
+}
+
+#[derive(Clone, Debug)]
+struct Waiter {
+    holders: BTreeSet<LockOwner>,
+    lapses_at: Option<Instant>,
+}
+
+impl Waiter {
+    fn live(&self, now: Instant) -> bool {
+        self.lapses_at.is_none_or(|at| now < at)
+    }
 }
 
 impl WaitGraph {
-    /// Whether `waiter` waiting for `holders` closes a cycle.
-    pub fn would_deadlock(&self, waiter: LockOwner, holders: &BTreeSet<LockOwner>) -> bool {
+    /// Whether `waiter` waiting for `holders` closes a cycle at `now`.
+    pub fn would_deadlock(
+        &self,
+        waiter: LockOwner,
+        holders: &BTreeSet<LockOwner>,
+        now: Instant,
+    ) -> bool {
         let mut seen = BTreeSet::new();
         let mut next: Vec<LockOwner> = holders.iter().copied().collect();
         while let Some(owner) = next.pop() {
@@ -130,18 +152,28 @@ impl WaitGraph {
                 return true;
             }
             if seen.insert(owner)
-                && let Some(theirs) = self.waits_for.get(&owner)
+                && let Some(theirs) = self.waits_for.get(&owner).filter(|w| w.live(now))
             {
-                next.extend(theirs.iter().copied());
+                next.extend(theirs.holders.iter().copied());
             }
         }
         false
     }
 
     /// Records that `waiter` waits for `holders` (replacing what it waited
-    /// for before).
-    pub fn wait(&mut self, waiter: LockOwner, holders: BTreeSet<LockOwner>) {
-        self.waits_for.insert(waiter, holders);
+    /// for before), and forgets the waiters that lapsed by `now`.
+    pub fn wait(&mut self, waiter: LockOwner, holders: BTreeSet<LockOwner>, now: Instant) {
+        self.waits_for.retain(|_, w| w.live(now));
+        let lapses_at = None;
+        self.waits_for.insert(waiter, Waiter { holders, lapses_at });
+    }
+
+    /// `waiter`'s ask ran out: it still waits if asked for again before
+    /// `lapses_at`.
+    pub fn pause(&mut self, waiter: LockOwner, lapses_at: Instant) {
+        if let Some(waiting) = self.waits_for.get_mut(&waiter) {
+            waiting.lapses_at = Some(lapses_at);
+        }
     }
 
     /// `waiter` no longer waits (granted, refused or gone).
@@ -222,16 +254,35 @@ mod tests {
 
     #[test]
     fn two_owners_waiting_for_each_other_deadlock() {
+        let now = Instant::now();
         let mut graph = WaitGraph::default();
-        graph.wait(A, BTreeSet::from([B]));
-        assert!(graph.would_deadlock(B, &BTreeSet::from([A])));
+        graph.wait(A, BTreeSet::from([B]), now);
+        assert!(graph.would_deadlock(B, &BTreeSet::from([A]), now));
         let c = LockOwner {
             session: 3,
             owner: 30,
         };
-        assert!(!graph.would_deadlock(c, &BTreeSet::from([A])));
+        assert!(!graph.would_deadlock(c, &BTreeSet::from([A]), now));
         graph.done(A);
-        assert!(!graph.would_deadlock(B, &BTreeSet::from([A])));
+        assert!(!graph.would_deadlock(B, &BTreeSet::from([A]), now));
+    }
+
+    #[test]
+    fn a_waiter_between_two_asks_still_waits_until_it_lapses() {
+        let now = Instant::now();
+        let later = |ms| now + std::time::Duration::from_millis(ms);
+        let mut graph = WaitGraph::default();
+        graph.wait(A, BTreeSet::from([B]), now);
+        graph.pause(A, later(1000));
+        assert!(graph.would_deadlock(B, &BTreeSet::from([A]), later(999)));
+        assert!(!graph.would_deadlock(B, &BTreeSet::from([A]), later(1000)));
+        // Asked for again in time: waiting, with no end, once more.
+        graph.wait(A, BTreeSet::from([B]), later(500));
+        assert!(graph.would_deadlock(B, &BTreeSet::from([A]), later(5000)));
+        // A lapsed waiter is forgotten by the next wait.
+        graph.pause(A, later(1000));
+        graph.wait(B, BTreeSet::new(), later(2000));
+        assert!(!graph.waits_for.contains_key(&A));
     }
 
     /// Requests name bytes below SPAN; byte SPAN of the model stands for

@@ -347,6 +347,9 @@ pub struct MdsStatus {
 /// ask again. Short, because between two asks the client checks whether
 /// the waiting process was interrupted by a signal (and gives up then).
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long after an F_SETLKW's ask ran out the MDS still counts its owner
+/// as waiting (for deadlock detection): the client asks again at once.
+pub const LOCK_REASK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An MDS's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

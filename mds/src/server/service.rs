@@ -5,7 +5,8 @@
 use aspen_proto::caps::{BUSY_WAIT, CapEvents, CapOp, CapReply, EVENT_WAIT, Revoke};
 use aspen_proto::fs::{Attr, Caller, Timestamp};
 use aspen_proto::mds::{
-    ClusterMap, LOCK_WAIT, MdsRequest, MdsResponse, MdsStatus, NsOp, PgStat, Role, SessionId,
+    ClusterMap, LOCK_REASK_GRACE, LOCK_WAIT, MdsRequest, MdsResponse, MdsStatus, NsOp, PgStat,
+    Role, SessionId,
 };
 use aspen_proto::transport::frame::FrameError;
 use aspen_proto::transport::{EndpointId, Service};
@@ -671,10 +672,13 @@ impl MdsService {
 
     /// Takes a lock; with `wait`, waits (woken by every applied change that
     /// may free one, for at most [`LOCK_WAIT`]) until it is granted, unless
-    /// the wait closes a cycle of POSIX waiters (EDEADLK).
+    /// the wait closes a cycle of POSIX waiters (EDEADLK). A wait that runs
+    /// out stays in the wait graph for [`LOCK_REASK_GRACE`], the time the
+    /// client has to ask again.
     async fn set_lock(&self, ino: InodeId, request: LockRequest, wait: bool) -> MdsResponse {
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         let mut changes = self.state.watch_locks();
+        let ask_again = MdsResponse::Unit(Err(Errno::EAGAIN));
         let outcome = loop {
             changes.borrow_and_update();
             match self.write(Command::SetLock { ino, request }).await {
@@ -685,7 +689,7 @@ impl MdsService {
                 Err(response) => break response,
             }
             if tokio::time::Instant::now() >= deadline {
-                break MdsResponse::Unit(Err(Errno::EAGAIN));
+                break ask_again.clone();
             }
             let holders = match self.state.locks(ino) {
                 Ok(held) => locks::blockers(&held, &request),
@@ -694,22 +698,25 @@ impl MdsService {
             {
                 let mut graph = self.lock_waits.lock().unwrap_or_else(|p| p.into_inner());
                 let posix = request.flavor == LockFlavor::Posix;
-                if posix && graph.would_deadlock(request.owner, &holders) {
+                let now = std::time::Instant::now();
+                if posix && graph.would_deadlock(request.owner, &holders, now) {
                     break MdsResponse::Unit(Err(Errno::EDEADLK));
                 }
-                graph.wait(request.owner, holders);
+                graph.wait(request.owner, holders, now);
             }
             if tokio::time::timeout_at(deadline, changes.changed())
                 .await
                 .is_err()
             {
-                break MdsResponse::Unit(Err(Errno::EAGAIN));
+                break ask_again.clone();
             }
         };
-        self.lock_waits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .done(request.owner);
+        let mut graph = self.lock_waits.lock().unwrap_or_else(|p| p.into_inner());
+        if wait && outcome == ask_again {
+            graph.pause(request.owner, std::time::Instant::now() + LOCK_REASK_GRACE);
+        } else {
+            graph.done(request.owner);
+        }
         outcome
     }
 
