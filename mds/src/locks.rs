@@ -164,8 +164,13 @@ impl WaitGraph {
     /// for before), and forgets the waiters that lapsed by `now`.
     pub fn wait(&mut self, waiter: LockOwner, holders: BTreeSet<LockOwner>, now: Instant) {
         self.waits_for.retain(|_, w| w.live(now));
-        let lapses_at = None;
-        self.waits_for.insert(waiter, Waiter { holders, lapses_at });
+        self.waits_for.insert(
+            waiter,
+            Waiter {
+                holders,
+                lapses_at: None,
+            },
+        );
     }
 
     /// `waiter`'s ask ran out: it still waits if asked for again before

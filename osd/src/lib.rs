@@ -8,6 +8,8 @@
 //! - [`content`]: content addressed by BLAKE3, appended to segment files and
 //!   indexed in SQLite, verified on every read, reference counted and
 //!   reclaimed by segment compaction.
+//! - [`batch`]: group commit: concurrent mutations share one transaction
+//!   and one sync, each undone alone if it fails.
 //! - [`store`]: the local object store: objects in pools (named by inode
 //!   and object number, or free-form), their sizes, versions, attributes and
 //!   extent maps in SQLite over the content store; durable when an
@@ -24,6 +26,7 @@
 //! `aspen-placement` (PGs, the OSD map). It must never depend on the MDS
 //! crate: the MDS is reached only through the messages in `aspen-proto`.
 
+mod batch;
 pub mod bench;
 pub mod client;
 pub mod content;

@@ -2,11 +2,12 @@
 //! a version, a modification time, small attributes and an extent map over
 //! the [`ContentStore`]. All metadata is in one SQLite database.
 //!
-//! Durable when an operation returns: a mutation commits without waiting
-//! for the disk, then waits for a group sync that covers it: the segment
-//! files it wrote first, then the database's write-ahead log. Concurrent
-//! callers share one sync. Checkpoints are durable too (the log is synced
-//! before the copy, the database after).
+//! Durable when an operation returns: a mutation joins the open batch
+//! transaction (see [`crate::batch`]), then waits for the sync that covers
+//! it: the batch is committed without waiting for the disk, the segment
+//! files it wrote are synced first, then the database's write-ahead log.
+//! Concurrent callers share one commit and one sync. Checkpoints are
+//! durable too (the log is synced before the copy, the database after).
 //!
 //! Reads check every chunk against its hash: a damaged byte is an error,
 //! never returned.
@@ -14,6 +15,8 @@
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard};
+
+use crate::batch::{Batches, Committed, Failure, Outcome};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aspen_placement::PgId;
@@ -32,7 +35,7 @@ pub use aspen_proto::osd::{
     MAX_ATTR_NAME_LEN, MAX_ATTR_VALUE_LEN, MAX_IO_LEN as MAX_READ_LEN,
     MAX_OBJECT_LEN as MAX_OBJECT_SIZE, MAX_OBJECT_NAME_LEN as MAX_NAME_LEN,
 };
-/// Commits between two durable checkpoints of the database.
+/// Batch commits between two durable checkpoints of the database.
 pub const CHECKPOINT_EVERY_COMMITS: u64 = 2048;
 /// Inline chunk bytes between two checkpoints: a long write-ahead log
 /// makes every page lookup slower, and vectored writes log many chunks
@@ -116,16 +119,10 @@ pub struct ObjectStat {
 struct Inner {
     conn: Connection,
     content: ContentStore,
-    committed: u64,
+    batches: Batches,
     since_checkpoint: u64,
     /// Inline chunk bytes committed since the last checkpoint.
     logged_bytes: u64,
-}
-
-#[derive(Default)]
-struct SyncState {
-    synced: u64,
-    syncing: bool,
 }
 
 /// The object store. Share it behind an `Arc`; every method blocks (call
@@ -133,7 +130,8 @@ struct SyncState {
 pub struct ObjectStore {
     inner: Mutex<Inner>,
     wal: File,
-    sync: Mutex<SyncState>,
+    /// Whether a caller is committing and syncing a batch.
+    syncing: Mutex<bool>,
     synced: Condvar,
 }
 
@@ -203,6 +201,12 @@ impl Drop for ObjectStore {
     /// and then deletes the log: leave nothing for it to copy.
     fn drop(&mut self) {
         let mut inner = lock(&self.inner);
+        // Every member of an open batch waits for it: none is left but an
+        // empty one.
+        let Inner { batches, conn, .. } = &mut *inner;
+        if let Committed::Batch(outcome) = batches.commit(conn) {
+            let _ = outcome.set(Ok(()));
+        }
         if let Err(error) = self.checkpoint(&mut inner) {
             tracing::warn!(%error, "object store final checkpoint failed");
         }
@@ -244,37 +248,39 @@ impl ObjectStore {
             inner: Mutex::new(Inner {
                 conn,
                 content,
-                committed: 0,
+                batches: Batches::default(),
                 since_checkpoint: 0,
                 logged_bytes: 0,
             }),
             wal,
-            sync: Mutex::new(SyncState::default()),
+            syncing: Mutex::new(false),
             synced: Condvar::new(),
         })
     }
 
-    /// Runs `change` in one transaction and returns once it is durable.
+    /// Runs `change` atomically (all of it or none) and returns once it is
+    /// durable.
     fn mutate<T>(
         &self,
         change: impl FnOnce(&Connection, &mut ContentStore) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let (value, ticket) = {
+        let (value, outcome) = {
             let mut inner = lock(&self.inner);
-            let value = in_transaction(&mut inner, change)?;
-            inner.committed += 1;
-            inner.since_checkpoint += 1;
-            inner.logged_bytes += inner.content.take_inline_written();
-            // The commit is durable through the log either way; a failed
-            // checkpoint is retried with the next commit.
-            let due = inner.since_checkpoint >= CHECKPOINT_EVERY_COMMITS
-                || inner.logged_bytes >= CHECKPOINT_EVERY_LOG_BYTES;
-            if due && let Err(error) = self.checkpoint(&mut inner) {
-                tracing::warn!(%error, "object store checkpoint failed");
+            let Inner {
+                conn,
+                content,
+                batches,
+                ..
+            } = &mut *inner;
+            let outcome = batches.join(conn)?;
+            let value = batches.apply(conn, content, change);
+            if value.is_err() {
+                // Its segment row or chunks may have been undone.
+                content.abandon_active();
             }
-            (value, inner.committed)
+            (value?, outcome)
         };
-        self.make_durable(ticket)?;
+        self.make_durable(&outcome)?;
         Ok(value)
     }
 
@@ -291,47 +297,68 @@ impl ObjectStore {
         Ok(())
     }
 
-    /// Waits until commit `ticket` is durable, syncing if nobody else is.
-    fn make_durable(&self, ticket: u64) -> Result<(), StoreError> {
-        let mut state = lock(&self.sync);
-        while state.synced < ticket {
-            if state.syncing {
-                state = self
+    /// Waits until the batch of `outcome` is durable (or failed),
+    /// committing and syncing the open batch if nobody else is.
+    fn make_durable(&self, outcome: &Outcome) -> Result<(), StoreError> {
+        let mut syncing = lock(&self.syncing);
+        loop {
+            if let Some(settled) = outcome.get() {
+                return settled.clone().map_err(|failure| failure.to_error());
+            }
+            if *syncing {
+                syncing = self
                     .synced
-                    .wait(state)
+                    .wait(syncing)
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 continue;
             }
-            state.syncing = true;
-            drop(state);
-            let outcome = self.sync_committed();
-            state = lock(&self.sync);
-            state.syncing = false;
-            if let Ok(target) = outcome {
-                state.synced = state.synced.max(target);
-            }
+            *syncing = true;
+            drop(syncing);
+            self.sync_open_batch();
+            syncing = lock(&self.syncing);
+            *syncing = false;
             self.synced.notify_all();
-            outcome?;
         }
-        Ok(())
     }
 
-    /// Syncs everything committed so far: segments, then the log. Returns
-    /// the last commit covered.
-    fn sync_committed(&self) -> Result<u64, StoreError> {
-        let (target, dirty, files) = {
+    /// Commits the open batch and makes it durable: the segments it wrote,
+    /// then the log. Settles its outcome either way.
+    fn sync_open_batch(&self) {
+        let (outcome, dirty, files) = {
             let mut inner = lock(&self.inner);
+            let Inner {
+                conn,
+                content,
+                batches,
+                ..
+            } = &mut *inner;
+            let outcome = match batches.commit(conn) {
+                Committed::Batch(outcome) => outcome,
+                Committed::Failed => {
+                    content.abandon_active();
+                    return;
+                }
+                Committed::Nothing => return,
+            };
+            inner.since_checkpoint += 1;
+            inner.logged_bytes += inner.content.take_inline_written();
+            // The batch is durable through the log either way; a failed
+            // checkpoint is retried after the next batch.
+            let due = inner.since_checkpoint >= CHECKPOINT_EVERY_COMMITS
+                || inner.logged_bytes >= CHECKPOINT_EVERY_LOG_BYTES;
+            if due && let Err(error) = self.checkpoint(&mut inner) {
+                tracing::warn!(%error, "object store checkpoint failed");
+            }
             let dirty = inner.content.take_dirty();
             let files = inner.content.segment_files(&dirty);
-            (inner.committed, dirty, files)
+            (outcome, dirty, files)
         };
-        if let Err(error) = content::sync_files(&files) {
+        let synced = content::sync_files(&files).and_then(|()| self.wal.sync_data().map_err(io));
+        if synced.is_err() {
             // Put them back so a later sync retries them.
             lock(&self.inner).content.restore_dirty(&dirty);
-            return Err(error);
         }
-        self.wal.sync_data().map_err(io)?;
-        Ok(target)
+        let _ = outcome.set(synced.map_err(|error| Failure::of(&error)));
     }
 
     fn object_id(conn: &Connection, key: &ObjectKey) -> Result<Option<(i64, u64)>, StoreError> {
@@ -693,22 +720,15 @@ impl ObjectStore {
     /// that are mostly dead, deleting their files once the rewrite is
     /// durable. Returns the bytes moved.
     pub fn collect_garbage(&self) -> Result<u64, StoreError> {
-        let (moved, emptied) = {
-            let mut inner = lock(&self.inner);
-            let (moved, emptied) = in_transaction(&mut inner, |tx, content| {
-                content.drop_unreferenced(tx)?;
-                let emptied = content.compactable(tx)?;
-                let mut moved = 0;
-                for segment in &emptied {
-                    moved += content.compact(tx, *segment)?;
-                }
-                Ok((moved, emptied))
-            })?;
-            inner.committed += 1;
-            (moved, emptied)
-        };
-        let ticket = lock(&self.inner).committed;
-        self.make_durable(ticket)?;
+        let (moved, emptied) = self.mutate(|tx, content| {
+            content.drop_unreferenced(tx)?;
+            let emptied = content.compactable(tx)?;
+            let mut moved = 0;
+            for segment in &emptied {
+                moved += content.compact(tx, *segment)?;
+            }
+            Ok((moved, emptied))
+        })?;
         let inner = lock(&self.inner);
         for segment in emptied {
             inner.content.remove_segment(segment)?;
@@ -918,29 +938,6 @@ fn apply_entry_in(
         set_logged_at(conn, key, entry.at)?;
     }
     Ok(stat)
-}
-
-/// The bytes of `object` in `[offset, end)`, every chunk verified.
-/// Runs `change` in one transaction. When it fails, the content store
-/// stops appending to its current segment, whose index row or chunk
-/// records may have been rolled back with it.
-fn in_transaction<T>(
-    inner: &mut Inner,
-    change: impl FnOnce(&Connection, &mut ContentStore) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    let Inner { conn, content, .. } = inner;
-    let result = conn
-        .unchecked_transaction()
-        .map_err(StoreError::from)
-        .and_then(|tx| {
-            let value = change(&tx, content)?;
-            tx.commit()?;
-            Ok(value)
-        });
-    if result.is_err() {
-        content.abandon_active();
-    }
-    result
 }
 
 fn read_in(inner: &Inner, object: i64, offset: u64, end: u64) -> Result<Vec<u8>, StoreError> {

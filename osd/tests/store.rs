@@ -321,3 +321,57 @@ fn logged_mutations_and_the_pg_log_commit_together() {
     ));
     assert_eq!(store.pg_last(k.pg).unwrap(), at(3));
 }
+
+/// Concurrent mutations share commits (see `batch`): a change that fails
+/// half-way through (here an install that deletes the old copy, then
+/// finds its data too long) is undone alone, while the changes committed
+/// beside it stay, durably.
+#[test]
+fn a_failed_change_among_concurrent_ones_undoes_only_itself() {
+    use aspen_proto::osd::{LogVersion, ObjectCopy};
+    use std::sync::Arc;
+    const WRITERS: usize = 6;
+    const WRITES_EACH: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let victim = key("victim");
+    {
+        let store = Arc::new(ObjectStore::open(dir.path()).unwrap());
+        store.write(&victim, 0, &pattern(9, 10_000)).unwrap();
+        let threads: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let (store, victim) = (store.clone(), victim.clone());
+                std::thread::spawn(move || {
+                    for i in 0..WRITES_EACH {
+                        if writer % 2 == 0 {
+                            let too_short = ObjectCopy {
+                                size: 1,
+                                attrs: Vec::new(),
+                                at: LogVersion::default(),
+                            };
+                            let failed = store.install_object(&victim, Some(&too_short), b"ab");
+                            assert!(matches!(failed, Err(StoreError::Invalid(_))));
+                        } else {
+                            let k = key(&format!("w{writer}.{i}"));
+                            store.write(&k, 0, &pattern(i as u8, 4_096)).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+    }
+    let store = ObjectStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.read(&victim, 0, 20_000).unwrap(),
+        pattern(9, 10_000),
+        "the failed installs deleted nothing"
+    );
+    for writer in (1..WRITERS).step_by(2) {
+        for i in 0..WRITES_EACH {
+            let k = key(&format!("w{writer}.{i}"));
+            assert_eq!(store.read(&k, 0, 4_096).unwrap(), pattern(i as u8, 4_096));
+        }
+    }
+}

@@ -678,7 +678,9 @@ impl MdsService {
     async fn set_lock(&self, ino: InodeId, request: LockRequest, wait: bool) -> MdsResponse {
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         let mut changes = self.state.watch_locks();
-        let ask_again = MdsResponse::Unit(Err(Errno::EAGAIN));
+        // Set where the wait ran out (the client asks again), not where a
+        // non-waiting request was refused.
+        let mut ran_out = false;
         let outcome = loop {
             changes.borrow_and_update();
             match self.write(Command::SetLock { ino, request }).await {
@@ -689,7 +691,8 @@ impl MdsService {
                 Err(response) => break response,
             }
             if tokio::time::Instant::now() >= deadline {
-                break ask_again.clone();
+                ran_out = true;
+                break MdsResponse::Unit(Err(Errno::EAGAIN));
             }
             let holders = match self.state.locks(ino) {
                 Ok(held) => locks::blockers(&held, &request),
@@ -708,11 +711,12 @@ impl MdsService {
                 .await
                 .is_err()
             {
-                break ask_again.clone();
+                ran_out = true;
+                break MdsResponse::Unit(Err(Errno::EAGAIN));
             }
         };
         let mut graph = self.lock_waits.lock().unwrap_or_else(|p| p.into_inner());
-        if wait && outcome == ask_again {
+        if ran_out {
             graph.pause(request.owner, std::time::Instant::now() + LOCK_REASK_GRACE);
         } else {
             graph.done(request.owner);
