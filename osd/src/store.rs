@@ -264,7 +264,17 @@ impl ObjectStore {
         &self,
         change: impl FnOnce(&Connection, &mut ContentStore) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let (value, outcome) = {
+        let mut results = self.mutate_each([change]);
+        results.pop().expect("one result per change")
+    }
+
+    /// Runs each change atomically on its own, all in the open batch, and
+    /// returns once they are durable: a result per change, in order.
+    fn mutate_each<T, C>(&self, changes: impl IntoIterator<Item = C>) -> Vec<Result<T, StoreError>>
+    where
+        C: FnOnce(&Connection, &mut ContentStore) -> Result<T, StoreError>,
+    {
+        let applied: Vec<(Result<T, StoreError>, Option<Outcome>)> = {
             let mut inner = lock(&self.inner);
             let Inner {
                 conn,
@@ -272,16 +282,33 @@ impl ObjectStore {
                 batches,
                 ..
             } = &mut *inner;
-            let outcome = batches.join(conn)?;
-            let value = batches.apply(conn, content, change);
-            if value.is_err() {
-                // Its segment row or chunks may have been undone.
-                content.abandon_active();
-            }
-            (value?, outcome)
+            changes
+                .into_iter()
+                .map(|change| {
+                    // Joined anew for each: a change that fails its whole
+                    // batch leaves the next to begin another.
+                    let outcome = match batches.join(conn) {
+                        Ok(outcome) => outcome,
+                        Err(error) => return (Err(error), None),
+                    };
+                    let value = batches.apply(conn, content, change);
+                    if value.is_err() {
+                        // Its segment row or chunks may have been undone.
+                        content.abandon_active();
+                    }
+                    (value, Some(outcome))
+                })
+                .collect()
         };
-        self.make_durable(&outcome)?;
-        Ok(value)
+        applied
+            .into_iter()
+            .map(|(value, outcome)| {
+                let value = value?;
+                // Settled after the first wait when (as usual) all share one.
+                self.make_durable(&outcome.expect("an applied change joined a batch"))?;
+                Ok(value)
+            })
+            .collect()
     }
 
     fn checkpoint(&self, inner: &mut Inner) -> Result<(), StoreError> {
@@ -523,13 +550,20 @@ impl ObjectStore {
         entry: &LogEntry,
         data: &[u8],
     ) -> Result<bool, StoreError> {
-        self.mutate(|conn, content| {
-            if entry.at <= pglog::last(conn, key.pg)? {
-                return Ok(false);
+        self.mutate(|conn, content| replicated_in(conn, content, key, entry, data))
+    }
+
+    /// [`ObjectStore::apply_replicated`] for several entries (of different
+    /// objects), each on its own but sharing one commit and one sync.
+    pub fn apply_replicated_each(
+        &self,
+        entries: &[(ObjectKey, LogEntry, &[u8])],
+    ) -> Vec<Result<bool, StoreError>> {
+        self.mutate_each(entries.iter().map(|(key, entry, data)| {
+            move |conn: &Connection, content: &mut ContentStore| {
+                replicated_in(conn, content, key, entry, data)
             }
-            apply_entry_in(conn, content, key, entry, data)?;
-            Ok(true)
-        })
+        }))
     }
 
     /// Bytes of content stored (segments as written, inline chunks).
@@ -749,6 +783,21 @@ impl ObjectStore {
         )?;
         Ok(inner.content.segment_file(segment))
     }
+}
+
+/// A replica's apply of `entry`, unless its PG log already reaches it.
+fn replicated_in(
+    conn: &Connection,
+    content: &mut ContentStore,
+    key: &ObjectKey,
+    entry: &LogEntry,
+    data: &[u8],
+) -> Result<bool, StoreError> {
+    if entry.at <= pglog::last(conn, key.pg)? {
+        return Ok(false);
+    }
+    apply_entry_in(conn, content, key, entry, data)?;
+    Ok(true)
 }
 
 fn write_in(

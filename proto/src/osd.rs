@@ -16,6 +16,8 @@ pub const MAX_OBJECT_LEN: u64 = MAX_IO_LEN;
 /// The most pieces one [`ObjectOp::WriteExtents`] carries (its list is in
 /// the frame header, which is bounded).
 pub const MAX_WRITE_EXTENTS: usize = 4096;
+/// The most log entries one [`OsdRequest::Replicate`] carries.
+pub const MAX_REPLICATE_BATCH: usize = 256;
 /// Attribute limits.
 pub const MAX_ATTR_NAME_LEN: usize = 255;
 pub const MAX_ATTR_VALUE_LEN: usize = 64 * 1024;
@@ -167,6 +169,39 @@ pub struct LogEntry {
     pub op: ObjectOp,
 }
 
+/// One mutation a primary replicates, with the map epoch it was ordered
+/// in and how many body bytes are its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaEntry {
+    pub pg: PgId,
+    pub epoch: u64,
+    pub entry: LogEntry,
+    pub body_len: u64,
+}
+
+impl ReplicaEntry {
+    /// Checks the shape of a [`OsdRequest::Replicate`] before anything of
+    /// it is used: 1 to [`MAX_REPLICATE_BATCH`] entries whose lengths add
+    /// up to the body's.
+    pub fn check_batch(entries: &[ReplicaEntry], body_len: usize) -> Result<(), OsdError> {
+        if entries.is_empty() || entries.len() > MAX_REPLICATE_BATCH {
+            return Err(OsdError::Invalid(format!(
+                "{} entries (1 to {MAX_REPLICATE_BATCH})",
+                entries.len()
+            )));
+        }
+        let total = entries
+            .iter()
+            .try_fold(0u64, |sum, e| sum.checked_add(e.body_len));
+        if total != Some(body_len as u64) {
+            return Err(OsdError::Invalid(
+                "the entries' lengths do not add up to the body".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OsdRequest {
     /// A client's operation, for the primary of the object's PG; `epoch`
@@ -178,13 +213,10 @@ pub enum OsdRequest {
         op: ObjectOp,
         session: u64,
     },
-    /// Primary to replica: apply this logged mutation (a write's bytes in
-    /// the body).
-    Replicate {
-        pg: PgId,
-        epoch: u64,
-        entry: LogEntry,
-    },
+    /// Primary to replica: apply these logged mutations (of different PGs
+    /// this OSD leads), each on its own; the body holds their bytes one
+    /// after the other. The answer is [`OsdResponse::ReplicatedEach`].
+    Replicate { entries: Vec<ReplicaEntry> },
     /// The names of a PG's objects.
     ListPg { pg: PgId },
     /// Peering: this member's newest log position for `pg` and, in the
@@ -367,8 +399,11 @@ pub enum OsdResponse {
     Stat(Option<ObjectInfo>),
     Attr(Vec<u8>),
     Names(Vec<Vec<u8>>),
-    /// A replica applied the entry (or a recovery step).
+    /// A recovery step is done.
     Replicated,
+    /// A replica's answer to [`OsdRequest::Replicate`]: one per entry, in
+    /// order (each durable when `Ok`).
+    ReplicatedEach(Vec<Result<(), OsdError>>),
     /// A member's newest log position (its objects in the body).
     PgObjects {
         last: LogVersion,
@@ -452,6 +487,35 @@ mod tests {
         assert!(ObjectOp::Stat.validate(0).is_ok());
         assert!(!ObjectOp::Stat.is_mutation());
         assert!(ObjectOp::Zero { offset: 0, len: 1 }.is_mutation());
+    }
+
+    #[test]
+    fn a_replicate_batch_is_checked_before_use() {
+        let entry = |body_len| ReplicaEntry {
+            pg: PgId {
+                pool: PoolId(1),
+                seed: 0,
+            },
+            epoch: 1,
+            entry: LogEntry {
+                at: LogVersion::default(),
+                object: b"o".to_vec(),
+                op: ObjectOp::Write { offset: 0 },
+            },
+            body_len,
+        };
+        assert!(ReplicaEntry::check_batch(&[entry(3), entry(4)], 7).is_ok());
+        assert!(ReplicaEntry::check_batch(&[], 0).is_err(), "empty");
+        assert!(ReplicaEntry::check_batch(&[entry(3), entry(4)], 8).is_err());
+        assert!(ReplicaEntry::check_batch(&[entry(3), entry(4)], 6).is_err());
+        assert!(
+            ReplicaEntry::check_batch(&[entry(u64::MAX), entry(2)], 1).is_err(),
+            "lengths that overflow"
+        );
+        let many = vec![entry(0); MAX_REPLICATE_BATCH + 1];
+        assert!(ReplicaEntry::check_batch(&many, 0).is_err());
+        let most = vec![entry(0); MAX_REPLICATE_BATCH];
+        assert!(ReplicaEntry::check_batch(&most, 0).is_ok());
     }
 
     proptest::proptest! {

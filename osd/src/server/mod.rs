@@ -7,6 +7,7 @@
 
 mod backfill;
 mod peering;
+mod replicator;
 mod scrub;
 mod service;
 mod space;

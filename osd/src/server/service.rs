@@ -13,7 +13,7 @@ use aspen_placement::{OsdId, PgId, PgMapping};
 use aspen_proto::mds::ClusterMap;
 use aspen_proto::osd::{
     LogEntry, LogVersion, MAX_OBJECT_NAME_LEN, ObjectInfo, ObjectOp, ObjectRef, OsdError,
-    OsdRequest, OsdResponse, PgFlags, PgReport,
+    OsdRequest, OsdResponse, PgFlags, PgReport, ReplicaEntry,
 };
 use aspen_proto::transport::{EndpointId, FrameError, RpcClient, Service, Transport};
 use tokio::sync::watch;
@@ -21,12 +21,13 @@ use tokio::sync::watch;
 use crate::links::Links;
 use crate::store::{ObjectKey, ObjectStat, ObjectStore, StoreError};
 
+use super::replicator::Replicators;
 use super::space::Space;
 
 /// How long a request naming a newer map epoch waits for this OSD to
 /// learn it.
 pub const MAP_CATCH_UP: Duration = Duration::from_secs(5);
-/// How long a replica may take to apply one entry.
+/// How long a replica may take to apply one message of entries.
 pub const REPLICATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A PG this OSD leads: its pool's size, its mapping and acting members.
@@ -46,6 +47,8 @@ pub struct OsdService {
     /// order.
     pg_locks: Mutex<HashMap<PgId, Arc<tokio::sync::Mutex<()>>>>,
     links: Links,
+    /// The queues of entries bound for each replica.
+    replicators: Replicators,
     /// The PGs this OSD leads and the acting set it last recovered each
     /// for: a PG serves only while its acting set is still that one.
     active: Mutex<HashMap<PgId, Vec<OsdId>>>,
@@ -121,6 +124,7 @@ impl OsdService {
             maps,
             pg_locks: Mutex::new(HashMap::new()),
             links: Links::new(transport),
+            replicators: Replicators::default(),
             active: Mutex::new(HashMap::new()),
             newest: Mutex::new(HashMap::new()),
             repeer: tokio::sync::Notify::new(),
@@ -445,42 +449,28 @@ impl OsdService {
             .filter(|osd| *osd != self.id)
             .map(|osd| Ok((osd, self.link(map, osd)?)))
             .collect::<Result<Vec<_>, OsdError>>()?;
-        let mut replicas = tokio::task::JoinSet::new();
-        for (osd, client) in links {
-            let request = OsdRequest::Replicate {
-                pg,
-                epoch: entry.at.epoch,
-                entry: entry.clone(),
-            };
-            let body = body.clone();
-            replicas.spawn(async move {
-                let answer = client
-                    .call_within::<_, OsdResponse>(REPLICATE_TIMEOUT, &request, &body)
-                    .await;
-                match answer {
-                    Ok((OsdResponse::Replicated, _)) => Ok(()),
-                    Ok((OsdResponse::Failed(error), _)) => Err((osd, error)),
-                    Ok((other, _)) => {
-                        Err((osd, OsdError::Unavailable(format!("unexpected {other:?}"))))
-                    }
-                    Err(error) => Err((osd, OsdError::Unavailable(error.to_string()))),
-                }
-            });
-        }
+        let replicas: Vec<_> = links
+            .into_iter()
+            .map(|(osd, client)| {
+                let sent = self
+                    .replicators
+                    .send(osd, client, pg, entry.clone(), body.clone());
+                (osd, sent)
+            })
+            .collect();
         let store = self.store.clone();
         let local_entry = entry.clone();
         let local = blocking(move || store.apply_logged(&key, &local_entry, &body)).await;
         let mut problems = Vec::new();
         let mut replica_full = false;
-        while let Some(done) = replicas.join_next().await {
-            match done {
-                Ok(Ok(())) => {}
-                Ok(Err((osd, error))) => {
-                    replica_full |= error == OsdError::NoSpace;
-                    problems.push(format!("osd.{}: {error}", osd.0));
-                }
-                Err(error) => problems.push(error.to_string()),
-            }
+        for (osd, sent) in replicas {
+            let error = match sent.await {
+                Ok(Ok(())) => continue,
+                Ok(Err(error)) => error,
+                Err(_) => OsdError::Unavailable("the replication task ended".into()),
+            };
+            replica_full |= error == OsdError::NoSpace;
+            problems.push(format!("osd.{}: {error}", osd.0));
         }
         self.set_newest(pg, local.is_ok().then_some(entry.at));
         if local.is_err() || !problems.is_empty() {
@@ -507,33 +497,99 @@ impl OsdService {
         }))
     }
 
-    /// Applies an entry the PG's primary sent.
+    /// Applies the entries PG primaries sent, each on its own (one commit
+    /// and one sync for all): a result per entry.
     async fn replicate(
         &self,
         peer: EndpointId,
-        pg: PgId,
-        epoch: u64,
-        entry: LogEntry,
+        entries: Vec<ReplicaEntry>,
         body: Vec<u8>,
-    ) -> Result<(), OsdError> {
-        if entry.op.carries_body() {
-            entry.op.validate(body.len())?;
+    ) -> Result<Vec<Result<(), OsdError>>, OsdError> {
+        ReplicaEntry::check_batch(&entries, body.len())?;
+        let mut verdicts = Vec::with_capacity(entries.len());
+        for replica in &entries {
+            verdicts.push(self.admit_replica_entry(&peer, replica).await);
         }
-        self.check_from_primary(&peer, pg, epoch).await?;
-        if entry.op.carries_body() {
-            self.space.admit(body.len() as u64)?;
+        let mut pgs: Vec<PgId> = entries
+            .iter()
+            .zip(&verdicts)
+            .filter(|(_, verdict)| verdict.is_ok())
+            .map(|(replica, _)| replica.pg)
+            .collect();
+        pgs.sort_unstable();
+        pgs.dedup();
+        // In PG order, as every multi-PG locker does: no lock cycle.
+        let locks: Vec<_> = pgs.iter().map(|pg| self.pg_lock(*pg)).collect();
+        let mut ordered = Vec::with_capacity(locks.len());
+        for lock in &locks {
+            ordered.push(lock.lock().await);
         }
-        let lock = self.pg_lock(pg);
-        let _ordered = lock.lock().await;
-        let key = ObjectKey {
-            pg,
-            name: entry.object.clone(),
-        };
+        let accepted: Vec<bool> = verdicts.iter().map(Result::is_ok).collect();
         let store = self.store.clone();
         // A resend of something already applied changes nothing.
-        blocking(move || store.apply_replicated(&key, &entry, &body)).await?;
+        let applied =
+            blocking(move || Ok(apply_accepted(&store, entries, &accepted, &body))).await?;
+        let mut applied = applied.into_iter();
+        Ok(verdicts
+            .into_iter()
+            .map(|verdict| {
+                verdict?;
+                match applied.next() {
+                    Some(result) => result.map(drop).map_err(OsdError::from),
+                    None => Err(OsdError::Io("an entry went unapplied".into())),
+                }
+            })
+            .collect())
+    }
+
+    /// Whether one replicated entry may be applied: well formed, from its
+    /// PG's primary, and with room for its bytes.
+    async fn admit_replica_entry(
+        &self,
+        peer: &EndpointId,
+        replica: &ReplicaEntry,
+    ) -> Result<(), OsdError> {
+        let op = &replica.entry.op;
+        if op.carries_body() {
+            let len = usize::try_from(replica.body_len)
+                .map_err(|_| OsdError::Invalid("body too long".into()))?;
+            op.validate(len)?;
+        } else if replica.body_len != 0 {
+            return Err(OsdError::Invalid(format!("{op:?} carries no bytes")));
+        }
+        self.check_from_primary(peer, replica.pg, replica.epoch)
+            .await?;
+        if op.carries_body() {
+            self.space.admit(replica.body_len)?;
+        }
         Ok(())
     }
+}
+
+/// Applies the `accepted` entries with their pieces of `body` (each entry's
+/// bytes follow the previous one's), in one store batch: a result for each
+/// accepted entry, in order.
+fn apply_accepted(
+    store: &ObjectStore,
+    entries: Vec<ReplicaEntry>,
+    accepted: &[bool],
+    body: &[u8],
+) -> Vec<Result<bool, StoreError>> {
+    let mut rest = body;
+    let mut items = Vec::new();
+    for (replica, accepted) in entries.into_iter().zip(accepted) {
+        // The lengths add up to the body (checked before).
+        let (bytes, after) = rest.split_at(replica.body_len as usize);
+        rest = after;
+        if *accepted {
+            let key = ObjectKey {
+                pg: replica.pg,
+                name: replica.entry.object.clone(),
+            };
+            items.push((key, replica.entry, bytes));
+        }
+    }
+    store.apply_replicated_each(&items)
 }
 
 impl Service for OsdService {
@@ -553,12 +609,10 @@ impl Service for OsdService {
                 op,
                 session,
             } => self.op(object, (epoch, session), op, body).await,
-            OsdRequest::Replicate { pg, epoch, entry } => {
-                match self.replicate(peer, pg, epoch, entry, body).await {
-                    Ok(()) => (OsdResponse::Replicated, Vec::new()),
-                    Err(error) => failed(error),
-                }
-            }
+            OsdRequest::Replicate { entries } => match self.replicate(peer, entries, body).await {
+                Ok(each) => (OsdResponse::ReplicatedEach(each), Vec::new()),
+                Err(error) => failed(error),
+            },
             recovery @ (OsdRequest::PgObjects { .. }
             | OsdRequest::GetObject { .. }
             | OsdRequest::PutObject { .. }
