@@ -169,14 +169,20 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn changes_share_one_batch_and_a_failed_one_undoes_only_itself() {
+    /// A table and an open batch holding one inserted row.
+    fn one_row_batch() -> (Connection, Batches, Outcome) {
         let mut conn = table();
         let mut batches = Batches::default();
-        let first = batches.join(&conn).unwrap();
+        let outcome = batches.join(&conn).unwrap();
         batches
             .apply(&mut conn, &mut (), |c, _| insert(c, 1))
             .unwrap();
+        (conn, batches, outcome)
+    }
+
+    #[test]
+    fn changes_share_one_batch_and_a_failed_one_undoes_only_itself() {
+        let (mut conn, mut batches, first) = one_row_batch();
         let second = batches.join(&conn).unwrap();
         assert!(Arc::ptr_eq(&first, &second), "one open batch");
         let failed = batches.apply(&mut conn, &mut (), |c, _| {
@@ -201,12 +207,7 @@ mod tests {
 
     #[test]
     fn a_batch_the_database_rolled_back_fails_all_its_members() {
-        let mut conn = table();
-        let mut batches = Batches::default();
-        let outcome = batches.join(&conn).unwrap();
-        batches
-            .apply(&mut conn, &mut (), |c, _| insert(c, 1))
-            .unwrap();
+        let (mut conn, mut batches, outcome) = one_row_batch();
         // A change that ends the whole transaction, as SQLite does itself
         // on some I/O errors.
         let failed = batches.apply(&mut conn, &mut (), |c, _| {

@@ -15,8 +15,6 @@
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard};
-
-use crate::batch::{Batches, Committed, Failure, Outcome};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aspen_placement::PgId;
@@ -25,6 +23,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use aspen_proto::osd::{LogEntry, LogVersion, ObjectCopy, ObjectOp};
 
+use crate::batch::{Batches, Committed, Failure, Outcome};
 use crate::content::{self, ContentStore, MAX_CHUNK};
 use crate::extents::{ChunkId, Extent, ExtentMap, ReadPiece, RefChange};
 use crate::pglog;
@@ -541,20 +540,10 @@ impl ObjectStore {
         self.mutate(|conn, content| apply_entry_in(conn, content, key, entry, data))
     }
 
-    /// A replica's apply: like [`ObjectStore::apply_logged`], unless the
-    /// PG log already reaches `entry` (a resend), in which case nothing
-    /// changes. Whether it applied.
-    pub fn apply_replicated(
-        &self,
-        key: &ObjectKey,
-        entry: &LogEntry,
-        data: &[u8],
-    ) -> Result<bool, StoreError> {
-        self.mutate(|conn, content| replicated_in(conn, content, key, entry, data))
-    }
-
-    /// [`ObjectStore::apply_replicated`] for several entries (of different
-    /// objects), each on its own but sharing one commit and one sync.
+    /// A replica's apply of logged mutations (of different objects): each
+    /// like [`ObjectStore::apply_logged`], unless its PG log already
+    /// reaches the entry (a resend: nothing changes), each on its own but
+    /// sharing one commit and one sync. Whether each applied.
     pub fn apply_replicated_each(
         &self,
         entries: &[(ObjectKey, LogEntry, &[u8])],

@@ -551,9 +551,8 @@ impl OsdService {
     ) -> Result<(), OsdError> {
         let op = &replica.entry.op;
         if op.carries_body() {
-            let len = usize::try_from(replica.body_len)
-                .map_err(|_| OsdError::Invalid("body too long".into()))?;
-            op.validate(len)?;
+            // Within the body's length (checked with the batch).
+            op.validate(replica.body_len as usize)?;
         } else if replica.body_len != 0 {
             return Err(OsdError::Invalid(format!("{op:?} carries no bytes")));
         }
