@@ -1,6 +1,7 @@
 //! One RPC client per OSD, dialled at the address the cluster map gives
 //! it and replaced when the map names another key for that OSD. Shared by
-//! the object client and the OSDs' replication and recovery.
+//! the object client and the OSDs' replication and recovery. A client of
+//! an OSD a map shows down can be cut, failing its calls in flight.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,5 +46,23 @@ impl Links {
         ));
         clients.insert(osd, (address.node_id.clone(), client.clone()));
         Ok(client)
+    }
+
+    /// Drops the client of every OSD that `map` does not show up, closing
+    /// its connection: calls in flight to it fail now rather than at their
+    /// time limits (a dead peer's QUIC connection only notices at its idle
+    /// timeout). A later [`Links::get`] dials afresh.
+    pub(crate) fn cut_down(&self, map: &ClusterMap) {
+        let down: Vec<Arc<RpcClient>> = {
+            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            clients
+                .extract_if(|osd, _| !map.osdmap.osd(*osd).is_ok_and(|state| state.up))
+                .map(|(_, (_, client))| client)
+                .collect()
+        };
+        for client in down {
+            // Apart: one may wait behind a dial to its dead peer.
+            tokio::spawn(async move { client.disconnect().await });
+        }
     }
 }

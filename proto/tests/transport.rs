@@ -17,6 +17,8 @@ const ALPN: &[u8] = b"aspen/test/1";
 enum Request {
     Echo(String),
     Sum(Vec<u64>),
+    /// Never answered.
+    Hang,
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -42,6 +44,7 @@ impl Service for TestService {
                 body,
             ),
             Request::Sum(values) => (Reply::Sum(values.iter().sum()), Vec::new()),
+            Request::Hang => std::future::pending().await,
         }
     }
 
@@ -169,4 +172,28 @@ fn secret_keys_persist_and_bad_files_are_errors() {
     );
     std::fs::write(&path, b"short").unwrap();
     assert!(load_or_create_secret_key(&path).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_fails_the_calls_in_flight_at_once_and_the_next_call_dials_afresh() {
+    let (server, client, _router) = pair().await;
+    let rpc = Arc::new(RpcClient::new(client, server.addr(), ALPN));
+    let limit = std::time::Duration::from_secs(60);
+    let hanging = {
+        let rpc = rpc.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let outcome = rpc
+                .call_within::<_, Reply>(limit, &Request::Hang, &[])
+                .await;
+            (outcome.map(|(reply, _)| reply), started.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    rpc.disconnect().await;
+    let (outcome, waited) = hanging.await.unwrap();
+    assert!(outcome.is_err(), "{outcome:?}");
+    assert!(waited < std::time::Duration::from_secs(10), "{waited:?}");
+    let (reply, _): (Reply, Vec<u8>) = rpc.call(&Request::Sum(vec![2, 3]), &[]).await.unwrap();
+    assert_eq!(reply, Reply::Sum(5));
 }

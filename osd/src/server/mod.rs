@@ -3,7 +3,9 @@
 //! (register with the MDS: id, addresses, host, weight, capacity), the
 //! heartbeat (with the bytes stored), the map follower (long polls for
 //! each new cluster map, and keeps the endpoint's allow-list equal to the
-//! registered keys), peering, and the garbage collector (`space`).
+//! registered keys), the link cutter (closes the connections to OSDs a
+//! new map shows down, failing what is in flight to them), peering, and
+//! the garbage collector (`space`).
 
 mod backfill;
 mod peering;
@@ -150,6 +152,7 @@ impl OsdServer {
         let router = serve(&transport, ALPN_OSD, service.clone());
         let service_for_reports = service.clone();
         let tasks = vec![
+            tokio::spawn(cut_links_to_down(service.clone(), maps.clone())),
             tokio::spawn(peering::peer_loop(service, maps.clone(), mds.clone())),
             tokio::spawn(follow_maps(mds.clone(), publish, authorized)),
             tokio::spawn(heartbeat(
@@ -214,6 +217,16 @@ async fn boot(mds: &MdsClient, transport: &Transport, file: &OsdFile) {
             Err(error) => tracing::warn!(%error, "booting"),
         }
         tokio::time::sleep(MDS_RETRY).await;
+    }
+}
+
+/// On every new map, cuts the links to the OSDs it shows down, so that
+/// replication to a dead OSD fails once the MDS marks it down, and the PG
+/// re-peers without it, instead of waiting out `REPLICATE_TIMEOUT`.
+async fn cut_links_to_down(service: Arc<OsdService>, mut maps: watch::Receiver<Arc<ClusterMap>>) {
+    while maps.changed().await.is_ok() {
+        let map = maps.borrow_and_update().clone();
+        service.cut_links_to_down(&map);
     }
 }
 

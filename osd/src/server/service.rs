@@ -336,6 +336,11 @@ impl OsdService {
         self.links.get(map, osd).map_err(OsdError::Unavailable)
     }
 
+    /// Cuts the links to the OSDs `map` shows down ([`Links::cut_down`]).
+    pub(super) fn cut_links_to_down(&self, map: &ClusterMap) {
+        self.links.cut_down(map);
+    }
+
     /// A client's operation; `(epoch, session)` are the client's map epoch
     /// and MDS session.
     async fn op(

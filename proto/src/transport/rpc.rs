@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use iroh::endpoint::Connection;
+use iroh::endpoint::{Connection, VarInt};
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
 use iroh::{EndpointAddr, EndpointId};
 use serde::Serialize;
@@ -29,6 +29,8 @@ pub enum RpcError {
 
 /// How long a call waits for its answer unless told otherwise.
 pub const DEFAULT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The QUIC error code of a connection closed because its peer is gone.
+pub const PEER_GONE: u32 = 410;
 
 /// What a server does with one request: its typed header, its body, and
 /// who sent it (the caller's authenticated node id).
@@ -129,6 +131,15 @@ impl RpcClient {
             .map_err(|e| RpcError::Connect(e.to_string()))?;
         *slot = Some(connection.clone());
         Ok(connection)
+    }
+
+    /// Closes the connection, if there is one: every call in flight on it
+    /// fails at once instead of at its time limit, and the next call dials
+    /// afresh. For a peer known to be gone.
+    pub async fn disconnect(&self) {
+        if let Some(connection) = self.connection.lock().await.take() {
+            connection.close(VarInt::from_u32(PEER_GONE), b"peer gone");
+        }
     }
 
     /// Sends `request` with `body` and waits (up to [`DEFAULT_CALL_TIMEOUT`])
