@@ -39,6 +39,27 @@ enum Command {
     Up(cmd::up::UpArgs),
 }
 
+impl Command {
+    /// Daemons must outlive a closed pipe or socket; the other commands
+    /// print a report and are done.
+    fn runs_a_daemon(&self) -> bool {
+        matches!(
+            self,
+            Command::Mds(_) | Command::Osd(_) | Command::Mount(_) | Command::Up(_)
+        )
+    }
+}
+
+/// A report piped into `head` or `grep -q` ends quietly once its reader
+/// goes, as Unix tools do, instead of panicking in `println!` (Rust starts
+/// programs with SIGPIPE ignored).
+fn end_quietly_when_the_reader_goes() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: installs no handler function (only the default action), so
+    // nothing can run in signal context.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -50,7 +71,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse_from(cmd::mount::helper_args(std::env::args_os())).command {
+    let command = Cli::parse_from(cmd::mount::helper_args(std::env::args_os())).command;
+    if !command.runs_a_daemon() {
+        end_quietly_when_the_reader_goes();
+    }
+    match command {
         Command::Crush(command) => cmd::crush::run(command),
         Command::Mds(args) => cmd::mds::run(args).await,
         Command::Osd(args) => cmd::osd::run(args).await,

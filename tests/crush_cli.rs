@@ -145,3 +145,29 @@ fn bad_maps_and_impossible_rules_fail_with_a_message() {
     let output = aspen(&["crush", "test", "--map", "/nonexistent/map.json"]);
     assert!(!output.status.success());
 }
+
+#[test]
+fn a_report_whose_reader_goes_ends_quietly_as_unix_tools_do() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let map = build(dir.path(), "map.json", 4, 2);
+    // Far more than a pipe holds, so the writer meets the closed pipe.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aspen"))
+        .args(["crush", "test", "--map", &map, "--pgs", "200000"])
+        .arg("--show-mappings")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(!first.is_empty());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let sigpipe = nix::sys::signal::Signal::SIGPIPE as i32;
+    assert_eq!(output.status.signal(), Some(sigpipe), "{stderr}");
+}
