@@ -6,8 +6,12 @@
                                        phase starts together (a barrier) and is
                                        timed from the first start to the last end
   fsops.py smallw DIR -n N --size S [--fsync]
-                                       write N files of S bytes, then syncfs
-                                       (or fsync each file with --fsync)
+                                       write N files of S bytes, then syncfs and
+                                       fsync each (a FUSE daemon never sees
+                                       syncfs: the kernel sends FUSE_SYNCFS to
+                                       virtiofs only, so a client that buffers
+                                       writes would still hold them); or fsync
+                                       each file as it is written (--fsync)
   fsops.py smallr DIR -n N             read the N files back
   fsops.py smallrm DIR -n N            remove them
 """
@@ -75,6 +79,10 @@ def small_write(args):
         fd = os.open(args.dir, os.O_RDONLY)
         os.syncfs(fd) if hasattr(os, "syncfs") else os.sync()
         os.close(fd)
+        for i in range(args.n):
+            fd = os.open(os.path.join(args.dir, f"s.{i}"), os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
     elapsed = time.monotonic() - start
     return {"files": args.n, "files_per_s": args.n / elapsed, "mib_per_s": args.n * args.size / elapsed / 2**20}
 

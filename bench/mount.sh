@@ -9,7 +9,8 @@
 #          (randwrite with end_fsync) and O_DIRECT
 #   meta   10,000 empty files in one directory: create, stat, unlink per
 #          second with 1 and with 4 processes (bench/fsops.py)
-#   small  2,000 x 64 KiB files written (one syncfs at the end) and read cold
+#   small  2,000 x 64 KiB files written (syncfs, then an fsync of each, at
+#          the end: durable when the clock stops) and read cold
 #
 # "cold": sync and drop the kernel caches; for Ceph also drop the OSD caches
 # and remount ceph-fuse (its own cache survives drop_caches). Aspen's client
