@@ -273,7 +273,7 @@ impl ObjectStore {
     where
         C: FnOnce(&Connection, &mut ContentStore) -> Result<T, StoreError>,
     {
-        let applied: Vec<(Result<T, StoreError>, Option<Outcome>)> = {
+        let applied: Vec<Result<(T, Outcome), StoreError>> = {
             let mut inner = lock(&self.inner);
             let Inner {
                 conn,
@@ -286,25 +286,22 @@ impl ObjectStore {
                 .map(|change| {
                     // Joined anew for each: a change that fails its whole
                     // batch leaves the next to begin another.
-                    let outcome = match batches.join(conn) {
-                        Ok(outcome) => outcome,
-                        Err(error) => return (Err(error), None),
-                    };
+                    let outcome = batches.join(conn)?;
                     let value = batches.apply(conn, content, change);
                     if value.is_err() {
                         // Its segment row or chunks may have been undone.
                         content.abandon_active();
                     }
-                    (value, Some(outcome))
+                    Ok((value?, outcome))
                 })
                 .collect()
         };
         applied
             .into_iter()
-            .map(|(value, outcome)| {
-                let value = value?;
+            .map(|applied| {
+                let (value, outcome) = applied?;
                 // Settled after the first wait when (as usual) all share one.
-                self.make_durable(&outcome.expect("an applied change joined a batch"))?;
+                self.make_durable(&outcome)?;
                 Ok(value)
             })
             .collect()
