@@ -5,23 +5,29 @@
 //! reference counts live in SQLite, in the object store's database, so a
 //! chunk and the extents naming it change in one transaction.
 //!
-//! Every read re-hashes the whole chunk and refuses bytes that do not match
-//! its name. Chunks are at most [`MAX_CHUNK`] bytes, so that costs little.
+//! Every read is hashed and refuses bytes that do not match the chunk's
+//! name. A chunk in a segment file is stored after its hash tree (see
+//! [`crate::tree`]), so a read of a few KiB hashes only the pieces it
+//! returns; inline chunks (and those of segments written before trees)
+//! are re-hashed whole. Reads are located under the store's lock and read
+//! from disk after it is released ([`ChunkRead`]).
 //! Space comes back in two steps: chunks no extent references leave the
 //! index ([`ContentStore::drop_unreferenced`]), and segments whose live
 //! bytes fell below [`COMPACT_BELOW_LIVE`] are rewritten
 //! ([`ContentStore::compact`]); a segment file is deleted only once every
 //! live chunk it held is durable elsewhere.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::extents::ChunkId;
 use crate::store::{StoreError, io};
+use crate::tree;
 
 /// The largest chunk: a write is cut into chunks of at most this size, and
 /// a read verifies whole chunks.
@@ -32,6 +38,9 @@ pub const INLINE_MAX: usize = 16 * 1024;
 /// its chunks' sizes: a small file's bytes then cost one log sync, where
 /// a segment would add a second sync of its own.
 pub const SMALL_WRITE_MAX: usize = 64 * 1024;
+/// Segment files kept open for reading; past this many, the cache is
+/// emptied and refilled as reads come.
+pub const MAX_OPEN_SEGMENTS: usize = 256;
 /// The segment number of inline chunks.
 const INLINE: i64 = 0;
 /// A segment stops taking appends once it is this large.
@@ -70,10 +79,14 @@ DROP INDEX IF EXISTS chunks_by_segment;
 DROP INDEX IF EXISTS chunks_by_segment_len;
 CREATE INDEX IF NOT EXISTS chunks_in_segment_files ON chunks (segment) WHERE segment <> 0;
 CREATE INDEX IF NOT EXISTS unreferenced_chunks ON chunks (refs) WHERE refs = 0;
+-- `tree` is 1 for segments that store each chunk's hash tree (see
+-- crate::tree) just before its bytes; segments written before trees were
+-- stored have 0.
 CREATE TABLE IF NOT EXISTS segments (
     id INTEGER PRIMARY KEY,
     written INTEGER NOT NULL,
-    live INTEGER NOT NULL
+    live INTEGER NOT NULL,
+    tree INTEGER NOT NULL DEFAULT 0
 );
 ";
 
@@ -83,15 +96,27 @@ pub(crate) fn inline_bytes(conn: &Connection) -> Result<u64, StoreError> {
     Ok(bytes as u64)
 }
 
-/// Moves inline bytes out of the chunk index of a store written before
-/// they had their own table.
-pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let old: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('chunks') WHERE name = 'data'",
-        [],
+fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
+    let count: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
         |r| r.get(0),
     )?;
-    if old == 0 {
+    Ok(count > 0)
+}
+
+/// Brings a store written by an earlier version up to this layout.
+pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    if !has_column(conn, "segments", "tree")? {
+        conn.execute_batch("ALTER TABLE segments ADD COLUMN tree INTEGER NOT NULL DEFAULT 0")?;
+    }
+    move_inline_bytes_out_of_the_index(conn)
+}
+
+/// Moves inline bytes out of the chunk index of a store written before
+/// they had their own table.
+fn move_inline_bytes_out_of_the_index(conn: &Connection) -> Result<(), StoreError> {
+    if !has_column(conn, "chunks", "data")? {
         return Ok(());
     }
     // Rolled back on drop unless committed.
@@ -116,8 +141,11 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
 #[derive(Clone, Copy, Debug)]
 struct Location {
     segment: i64,
+    /// Where the chunk's bytes start (its tree, if stored, ends there).
     offset: u64,
     len: u64,
+    /// Whether the chunk's tree is stored.
+    tree: bool,
 }
 
 /// The segment files of one store and the one appends go to.
@@ -133,6 +161,128 @@ pub struct ContentStore {
     /// Bytes of chunks stored inline (in the database, so in its log)
     /// since [`ContentStore::take_inline_written`].
     inline_written: u64,
+    /// Segment files open for reading. A handle outlives its file's
+    /// deletion by compaction, so a read located under the store's lock
+    /// still finds its bytes after the lock is released.
+    readers: Mutex<HashMap<i64, Arc<File>>>,
+}
+
+/// A chunk located under the store's lock: its bytes are read and
+/// verified by [`ChunkRead::verified`] once the lock is released. That
+/// is safe because segment files are append-only and never reused, and
+/// the open handle keeps a compacted segment's bytes readable.
+pub struct ChunkRead {
+    id: ChunkId,
+    source: ChunkSource,
+}
+
+enum ChunkSource {
+    /// An inline chunk's bytes, already read from the database.
+    Inline(Vec<u8>),
+    Segment {
+        file: Arc<File>,
+        offset: u64,
+        len: usize,
+        tree: bool,
+    },
+}
+
+impl ChunkRead {
+    pub fn id(&self) -> ChunkId {
+        self.id
+    }
+
+    /// The whole chunk, verified against its id.
+    pub fn verified(self) -> Result<Vec<u8>, StoreError> {
+        let len = self.len();
+        self.read(0..len)
+    }
+
+    fn len(&self) -> usize {
+        match &self.source {
+            ChunkSource::Inline(bytes) => bytes.len(),
+            ChunkSource::Segment { len, .. } => *len,
+        }
+    }
+
+    /// Bytes `range` of the chunk, verified: against the chunk's id, or,
+    /// when its tree is stored, against the tree (itself checked against
+    /// the id), hashing only the pieces the range touches.
+    pub fn read(self, range: std::ops::Range<usize>) -> Result<Vec<u8>, StoreError> {
+        if range.start > range.end || range.end > self.len() {
+            return Err(StoreError::Corrupt(format!(
+                "an extent runs past chunk {}",
+                hex(&self.id)
+            )));
+        }
+        match &self.source {
+            ChunkSource::Segment {
+                file,
+                offset,
+                len,
+                tree: true,
+            } if tree::pieces(*len) > 0 => self.read_pieces(file, *offset, *len, range),
+            _ => self.read_whole(range),
+        }
+    }
+
+    fn read_whole(self, range: std::ops::Range<usize>) -> Result<Vec<u8>, StoreError> {
+        let bytes = match self.source {
+            ChunkSource::Inline(bytes) => bytes,
+            ChunkSource::Segment {
+                file, offset, len, ..
+            } => read_at(&file, offset, len, &self.id)?,
+        };
+        if blake3::hash(&bytes).as_bytes() != &self.id {
+            return Err(mismatch(&self.id));
+        }
+        Ok(match range.len() == bytes.len() {
+            true => bytes,
+            false => bytes[range].to_vec(),
+        })
+    }
+
+    fn read_pieces(
+        &self,
+        file: &File,
+        offset: u64,
+        len: usize,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let tree_len = tree::tree_len(len) as u64;
+        let tree_at = offset
+            .checked_sub(tree_len)
+            .ok_or_else(|| self.mismatch())?;
+        let values = read_at(file, tree_at, tree_len as usize, &self.id)?;
+        if tree::root(&values, len) != Some(self.id) {
+            return Err(self.mismatch());
+        }
+        let first = range.start / tree::PIECE;
+        let base = first * tree::PIECE;
+        let end = (range.end.div_ceil(tree::PIECE) * tree::PIECE).min(len);
+        let mut bytes = read_at(file, offset + base as u64, end - base, &self.id)?;
+        if !tree::pieces_match(&values, first, &bytes) {
+            return Err(self.mismatch());
+        }
+        bytes.truncate(range.end - base);
+        bytes.drain(..range.start - base);
+        Ok(bytes)
+    }
+
+    fn mismatch(&self) -> StoreError {
+        mismatch(&self.id)
+    }
+}
+
+fn mismatch(id: &ChunkId) -> StoreError {
+    StoreError::Corrupt(format!("chunk {} does not match its hash", hex(id)))
+}
+
+fn read_at(file: &File, offset: u64, len: usize, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = vec![0; len];
+    file.read_exact_at(&mut bytes, offset)
+        .map_err(|e| StoreError::Corrupt(format!("chunk {}: {e}", hex(id))))?;
+    Ok(bytes)
 }
 
 impl ContentStore {
@@ -144,6 +294,7 @@ impl ContentStore {
             next_segment: None,
             dirty: BTreeSet::new(),
             inline_written: 0,
+            readers: Mutex::default(),
         })
     }
 
@@ -166,7 +317,7 @@ impl ContentStore {
             };
             self.next_segment = Some(next + 1);
             conn.execute(
-                "INSERT INTO segments (id, written, live) VALUES (?1, 0, 0)",
+                "INSERT INTO segments (id, written, live, tree) VALUES (?1, 0, 0, 1)",
                 [next],
             )?;
             let file = OpenOptions::new()
@@ -232,14 +383,20 @@ impl ContentStore {
                 bytes.len()
             )));
         }
-        let id: ChunkId = *blake3::hash(bytes).as_bytes();
+        let inline = bytes.len() <= INLINE_MAX || small_write;
+        let tree = if inline {
+            Vec::new()
+        } else {
+            tree::build(bytes)
+        };
+        let id = tree::root(&tree, bytes.len()).unwrap_or_else(|| *blake3::hash(bytes).as_bytes());
         if let Some(location) = self.locate(conn, &id)? {
             if verify_existing && matches!(self.get(conn, &id), Err(StoreError::Corrupt(_))) {
                 self.rewrite(conn, &id, location, bytes)?;
             }
             return Ok(id);
         }
-        if bytes.len() <= INLINE_MAX || small_write {
+        if inline {
             conn.prepare_cached("INSERT INTO inline_chunks (data) VALUES (?1)")?
                 .execute([bytes])?;
             conn.prepare_cached(
@@ -256,18 +413,33 @@ impl ContentStore {
             self.inline_written += bytes.len() as u64;
             return Ok(id);
         }
-        let (segment, file, len) = self.active(conn)?;
-        let (segment, offset) = (*segment, *len);
-        file.write_all_at(bytes, offset).map_err(io)?;
-        *len += bytes.len() as u64;
-        self.dirty.insert(segment);
+        let (segment, offset) = self.append(conn, bytes, &tree)?;
         conn.prepare_cached(
             "INSERT INTO chunks (id, segment, offset, len, refs) VALUES (?1, ?2, ?3, ?4, 0)",
         )?
         .execute(params![&id[..], segment, offset as i64, bytes.len() as i64])?;
-        conn.prepare_cached("UPDATE segments SET written = written + ?2 WHERE id = ?1")?
-            .execute(params![segment, bytes.len() as i64])?;
         Ok(id)
+    }
+
+    /// Appends a chunk's tree and then its bytes to the active segment;
+    /// the segment and the offset of the bytes.
+    fn append(
+        &mut self,
+        conn: &Connection,
+        bytes: &[u8],
+        tree: &[u8],
+    ) -> Result<(i64, u64), StoreError> {
+        let (segment, file, len) = self.active(conn)?;
+        let (segment, at) = (*segment, *len);
+        let offset = at + tree.len() as u64;
+        file.write_all_at(tree, at).map_err(io)?;
+        file.write_all_at(bytes, offset).map_err(io)?;
+        let written = (tree.len() + bytes.len()) as u64;
+        *len += written;
+        self.dirty.insert(segment);
+        conn.prepare_cached("UPDATE segments SET written = written + ?2 WHERE id = ?1")?
+            .execute(params![segment, written as i64])?;
+        Ok((segment, offset))
     }
 
     /// Stores good bytes for a chunk whose stored copy is damaged, and
@@ -286,11 +458,7 @@ impl ContentStore {
             )?;
             return Ok(());
         }
-        let (segment, file, len) = self.active(conn)?;
-        let (segment, offset) = (*segment, *len);
-        file.write_all_at(bytes, offset).map_err(io)?;
-        *len += bytes.len() as u64;
-        self.dirty.insert(segment);
+        let (segment, offset) = self.append(conn, bytes, &tree::build(bytes))?;
         let refs: i64 =
             conn.query_row("SELECT refs FROM chunks WHERE id = ?1", [&id[..]], |r| {
                 r.get(0)
@@ -301,8 +469,8 @@ impl ContentStore {
             params![old.segment, live],
         )?;
         conn.execute(
-            "UPDATE segments SET written = written + ?2, live = live + ?3 WHERE id = ?1",
-            params![segment, bytes.len() as i64, live],
+            "UPDATE segments SET live = live + ?2 WHERE id = ?1",
+            params![segment, live],
         )?;
         conn.execute(
             "UPDATE chunks SET segment = ?2, offset = ?3 WHERE id = ?1",
@@ -313,12 +481,16 @@ impl ContentStore {
 
     fn locate(&self, conn: &Connection, id: &ChunkId) -> Result<Option<Location>, StoreError> {
         Ok(conn
-            .prepare_cached("SELECT segment, offset, len FROM chunks WHERE id = ?1")?
+            .prepare_cached(
+                "SELECT c.segment, c.offset, c.len, COALESCE(s.tree, 0) FROM chunks c \
+                 LEFT JOIN segments s ON s.id = c.segment WHERE c.id = ?1",
+            )?
             .query_row([&id[..]], |r| {
                 Ok(Location {
                     segment: r.get(0)?,
                     offset: r.get::<_, i64>(1)? as u64,
                     len: r.get::<_, i64>(2)? as u64,
+                    tree: r.get::<_, i64>(3)? != 0,
                 })
             })
             .optional()?)
@@ -326,30 +498,53 @@ impl ContentStore {
 
     /// The whole chunk, verified against its id.
     pub fn get(&self, conn: &Connection, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+        self.start_read(conn, id)?.verified()
+    }
+
+    /// Locates a chunk for reading (see [`ChunkRead`]).
+    pub fn start_read(&self, conn: &Connection, id: &ChunkId) -> Result<ChunkRead, StoreError> {
         let location = self
             .locate(conn, id)?
             .ok_or_else(|| StoreError::Corrupt(format!("chunk {} is missing", hex(id))))?;
-        let bytes = if location.segment == INLINE {
-            conn.prepare_cached("SELECT data FROM inline_chunks WHERE row = ?1")?
+        if location.len > MAX_CHUNK as u64 {
+            return Err(StoreError::Corrupt(format!(
+                "chunk {} is listed as {} bytes",
+                hex(id),
+                location.len
+            )));
+        }
+        let source = if location.segment == INLINE {
+            let bytes = conn
+                .prepare_cached("SELECT data FROM inline_chunks WHERE row = ?1")?
                 .query_row([location.offset as i64], |r| r.get::<_, Vec<u8>>(0))
                 .optional()?
                 .ok_or_else(|| {
                     StoreError::Corrupt(format!("inline chunk {} has no data", hex(id)))
-                })?
+                })?;
+            ChunkSource::Inline(bytes)
         } else {
-            let file = File::open(self.segment_path(location.segment)).map_err(io)?;
-            let mut bytes = vec![0; location.len as usize];
-            file.read_exact_at(&mut bytes, location.offset)
-                .map_err(|e| StoreError::Corrupt(format!("chunk {}: {e}", hex(id))))?;
-            bytes
+            ChunkSource::Segment {
+                file: self.reader(location.segment)?,
+                offset: location.offset,
+                len: location.len as usize,
+                tree: location.tree,
+            }
         };
-        if blake3::hash(&bytes).as_bytes() != id {
-            return Err(StoreError::Corrupt(format!(
-                "chunk {} does not match its hash",
-                hex(id)
-            )));
+        Ok(ChunkRead { id: *id, source })
+    }
+
+    /// An open handle on a segment file, from the cache when it has one.
+    fn reader(&self, segment: i64) -> Result<Arc<File>, StoreError> {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(file) = readers.get(&segment) {
+            return Ok(file.clone());
         }
-        Ok(bytes)
+        if readers.len() >= MAX_OPEN_SEGMENTS {
+            readers.clear();
+        }
+        let file = Arc::new(File::open(self.segment_path(segment)).map_err(io)?);
+        readers.insert(segment, file.clone());
+        Ok(file)
     }
 
     /// Adjusts reference counts (one per extent naming a chunk).
@@ -454,11 +649,7 @@ impl ContentStore {
                 .try_into()
                 .map_err(|_| StoreError::Corrupt("a chunk id is not 32 bytes".into()))?;
             let bytes = self.get(conn, &id)?;
-            let (target, file, len) = self.active(conn)?;
-            let (target, offset) = (*target, *len);
-            file.write_all_at(&bytes, offset).map_err(io)?;
-            *len += bytes.len() as u64;
-            self.dirty.insert(target);
+            let (target, offset) = self.append(conn, &bytes, &tree::build(&bytes))?;
             let refs: i64 =
                 conn.query_row("SELECT refs FROM chunks WHERE id = ?1", [&id[..]], |r| {
                     r.get(0)
@@ -469,8 +660,8 @@ impl ContentStore {
             )?;
             let live_bytes = if refs > 0 { bytes.len() as i64 } else { 0 };
             conn.execute(
-                "UPDATE segments SET written = written + ?2, live = live + ?3 WHERE id = ?1",
-                params![target, bytes.len() as i64, live_bytes],
+                "UPDATE segments SET live = live + ?2 WHERE id = ?1",
+                params![target, live_bytes],
             )?;
             moved += bytes.len() as u64;
         }
@@ -480,6 +671,10 @@ impl ContentStore {
 
     /// Deletes a compacted segment's file.
     pub fn remove_segment(&self, segment: i64) -> Result<(), StoreError> {
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&segment);
         match std::fs::remove_file(self.segment_path(segment)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
             _ => Ok(()),

@@ -8,6 +8,8 @@
 //! - [`content`]: content addressed by BLAKE3, appended to segment files and
 //!   indexed in SQLite, verified on every read, reference counted and
 //!   reclaimed by segment compaction.
+//! - [`tree`]: the hash tree stored beside each chunk in a segment, so a
+//!   small read hashes only the pieces it returns.
 //! - [`batch`]: group commit: concurrent mutations share one transaction
 //!   and one sync, each undone alone if it fails.
 //! - [`store`]: the local object store: objects in pools (named by inode
@@ -35,3 +37,4 @@ mod links;
 pub mod pglog;
 pub mod server;
 pub mod store;
+pub mod tree;

@@ -621,14 +621,16 @@ impl ObjectStore {
         let Some((object, size, at)) = found else {
             return Ok(None);
         };
-        let data = read_in(&inner, object, 0, size)?;
+        let plan = plan_read(&inner, object, 0, size)?;
         let mut statement = inner
             .conn
             .prepare_cached("SELECT name, value FROM attrs WHERE object = ?1 ORDER BY name")?;
         let attrs = statement
             .query_map([object], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        Ok(Some((ObjectCopy { size, attrs, at }, data)))
+        drop(statement);
+        drop(inner);
+        Ok(Some((ObjectCopy { size, attrs, at }, assemble(plan)?)))
     }
 
     /// Replaces `key` with a copy (or deletes it, for `None`), in one
@@ -690,10 +692,13 @@ impl ObjectStore {
                 "reads are at most {MAX_READ_LEN} bytes"
             )));
         }
-        let inner = lock(&self.inner);
-        let (object, size) =
-            ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
-        read_in(&inner, object, offset, offset.saturating_add(len).min(size))
+        let plan = {
+            let inner = lock(&self.inner);
+            let (object, size) =
+                ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
+            plan_read(&inner, object, offset, offset.saturating_add(len).min(size))?
+        };
+        assemble(plan)
     }
 
     pub fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectStat>, StoreError> {
@@ -975,30 +980,58 @@ fn apply_entry_in(
     Ok(stat)
 }
 
-fn read_in(inner: &Inner, object: i64, offset: u64, end: u64) -> Result<Vec<u8>, StoreError> {
+/// One piece of a read, located under the store's lock.
+enum PlannedPiece {
+    Hole(u64),
+    Data {
+        chunk: content::ChunkRead,
+        range: std::ops::Range<usize>,
+    },
+}
+
+/// Locates the pieces of `offset..end` of `object`; [`assemble`] reads
+/// them once the lock is released, so a slow disk read does not hold up
+/// every other operation on the store.
+fn plan_read(
+    inner: &Inner,
+    object: i64,
+    offset: u64,
+    end: u64,
+) -> Result<Vec<PlannedPiece>, StoreError> {
     if offset >= end {
         return Ok(Vec::new());
     }
     let map = ExtentMap::from_extents(ObjectStore::load_extents(&inner.conn, object, offset, end)?);
-    let mut bytes = Vec::with_capacity((end - offset) as usize);
-    for piece in map.read(offset, end - offset) {
-        match piece {
-            ReadPiece::Hole { len } => bytes.resize(bytes.len() + len as usize, 0),
+    map.read(offset, end - offset)
+        .into_iter()
+        .map(|piece| match piece {
+            ReadPiece::Hole { len } => Ok(PlannedPiece::Hole(len)),
             ReadPiece::Data {
                 chunk,
                 chunk_offset,
                 len,
-            } => {
-                let whole = inner.content.get(&inner.conn, &chunk)?;
-                let range = chunk_offset as usize..(chunk_offset + len) as usize;
-                let part = whole.get(range).ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "an extent runs past chunk {}",
-                        content::hex(&chunk)
-                    ))
-                })?;
-                bytes.extend_from_slice(part);
-            }
+            } => Ok(PlannedPiece::Data {
+                chunk: inner.content.start_read(&inner.conn, &chunk)?,
+                range: chunk_offset as usize..(chunk_offset + len) as usize,
+            }),
+        })
+        .collect()
+}
+
+/// The bytes of a planned read, each chunk verified against its hash.
+fn assemble(plan: Vec<PlannedPiece>) -> Result<Vec<u8>, StoreError> {
+    let total: u64 = plan
+        .iter()
+        .map(|piece| match piece {
+            PlannedPiece::Hole(len) => *len,
+            PlannedPiece::Data { range, .. } => range.len() as u64,
+        })
+        .sum();
+    let mut bytes = Vec::with_capacity(total as usize);
+    for piece in plan {
+        match piece {
+            PlannedPiece::Hole(len) => bytes.resize(bytes.len() + len as usize, 0),
+            PlannedPiece::Data { chunk, range } => bytes.extend_from_slice(&chunk.read(range)?),
         }
     }
     Ok(bytes)

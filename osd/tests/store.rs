@@ -154,7 +154,9 @@ fn a_small_write_is_stored_inline_a_larger_one_in_a_segment() {
         store.read(&small, 0, 64 << 10).unwrap(),
         pattern(13, 64 << 10)
     );
-    assert_eq!(store.used_bytes().unwrap(), (128 << 10) + 1);
+    // The segment also holds the hash tree of the large write's first chunk.
+    let tree = aspen_osd::tree::tree_len(64 << 10) as u64;
+    assert_eq!(store.used_bytes().unwrap(), (128 << 10) + 1 + tree);
 }
 
 #[test]
@@ -171,6 +173,58 @@ fn a_damaged_byte_is_an_error_never_data() {
     match store.read(&k, 0, 4096) {
         Err(StoreError::Corrupt(message)) => assert!(message.contains("does not match")),
         other => panic!("expected a corruption error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_small_read_hashes_only_its_pieces_and_never_returns_a_damaged_one() {
+    use aspen_osd::tree::{PIECE, tree_len};
+    let dir = tempfile::tempdir().unwrap();
+    let store = ObjectStore::open(dir.path()).unwrap();
+    let k = key("pieces");
+    let data = pattern(21, 128 << 10);
+    store.write(&k, 0, &data).unwrap();
+    let segment = store.segment_of(&k).unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // A byte in the sixth piece of the first chunk (after its tree).
+    let damaged = 5 * PIECE + 10;
+    bytes[tree_len(64 << 10) + damaged] ^= 0x10;
+    std::fs::write(&segment, bytes).unwrap();
+
+    assert_eq!(store.read(&k, 100, 4000).unwrap(), &data[100..4100]);
+    let second_chunk = 64 << 10;
+    assert_eq!(
+        store.read(&k, second_chunk + 7, 9000).unwrap(),
+        &data[second_chunk as usize + 7..][..9000]
+    );
+    for (offset, len) in [
+        (damaged as u64, 1),
+        (5 * PIECE as u64 - 3, 6),
+        (0, 128 << 10),
+    ] {
+        match store.read(&k, offset, len) {
+            Err(StoreError::Corrupt(message)) => assert!(message.contains("does not match")),
+            other => panic!("a read of {len} at {offset}: expected corruption, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_damaged_hash_tree_fails_every_read_of_its_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ObjectStore::open(dir.path()).unwrap();
+    let k = key("tree");
+    // Larger than a small write, so its chunks are in a segment file.
+    store.write(&k, 0, &pattern(22, 128 << 10)).unwrap();
+    let segment = store.segment_of(&k).unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[40] ^= 0x01;
+    std::fs::write(&segment, bytes).unwrap();
+    for (offset, len) in [(0, 10), (60_000, 4096)] {
+        assert!(
+            matches!(store.read(&k, offset, len), Err(StoreError::Corrupt(_))),
+            "a read at {offset}"
+        );
     }
 }
 
