@@ -227,6 +227,10 @@ impl ObjectStore {
         conn.pragma_update(None, "synchronous", "OFF")?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+        // Each change runs in a savepoint (see crate::batch), whose undo
+        // journal would otherwise be a temporary file: three `pwrite`s for
+        // every page a change touches. It holds only one change's pages.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(content::SCHEMA)?;
         content::migrate(&conn)?;
