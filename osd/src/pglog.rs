@@ -1,8 +1,8 @@
 //! The PG log: every mutation of a PG's objects, in the order its primary
 //! gave them ([`LogVersion`]), stored in the object store's database in the
 //! same transaction as the mutation itself. Peering compares logs to find
-//! what a member missed; recovery replays or copies it. Each PG keeps its
-//! last [`KEPT_ENTRIES`]; a member further behind is backfilled.
+//! what a member missed; recovery replays or copies it. Each PG keeps at
+//! least its last [`KEPT_ENTRIES`]; a member further behind is backfilled.
 
 use aspen_placement::PgId;
 use aspen_proto::osd::{LogEntry, LogVersion, ObjectOp};
@@ -10,8 +10,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::StoreError;
 
-/// Log entries each PG keeps.
+/// Log entries each PG keeps at least.
 pub const KEPT_ENTRIES: u64 = 3000;
+/// The log is trimmed on every this many appends, not on each: a trim
+/// changes the database page of the PG's oldest entries, and one write
+/// per append to that page is a tenth of a small write's log traffic.
+pub const TRIM_EVERY: u64 = 64;
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS pglog (
@@ -41,9 +45,14 @@ fn corrupt(error: impl std::fmt::Display) -> StoreError {
 /// one that is there). Entries past it were never acknowledged (the
 /// authority lacks them) and are dropped, so the versions that follow are
 /// free for the authority's next entries.
+/// Makes `at` the PG's last position, dropping any entries after it.
 pub(crate) fn set_last(conn: &Connection, pg: PgId, at: LogVersion) -> Result<(), StoreError> {
     conn.prepare_cached("DELETE FROM pglog WHERE pool = ?1 AND seed = ?2 AND version > ?3")?
         .execute(params![pg.pool.0, pg.seed, at.version as i64])?;
+    record_last(conn, pg, at)
+}
+
+fn record_last(conn: &Connection, pg: PgId, at: LogVersion) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO pgs (pool, seed, epoch, version) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (pool, seed) DO UPDATE SET epoch = ?3, version = ?4",
@@ -71,8 +80,9 @@ pub(crate) fn last(conn: &Connection, pg: PgId) -> Result<LogVersion, StoreError
         .unwrap_or_default())
 }
 
-/// Appends `entry` (its version must follow the log's last) and trims the
-/// oldest entries beyond [`KEPT_ENTRIES`].
+/// Appends `entry` (its version must follow the log's last) and, every
+/// [`TRIM_EVERY`] versions, trims the oldest entries beyond
+/// [`KEPT_ENTRIES`].
 pub(crate) fn append(conn: &Connection, pg: PgId, entry: &LogEntry) -> Result<(), StoreError> {
     let newest = last(conn, pg)?;
     if entry.at <= newest {
@@ -93,7 +103,10 @@ pub(crate) fn append(conn: &Connection, pg: PgId, entry: &LogEntry) -> Result<()
         entry.object,
         op
     ])?;
-    set_last(conn, pg, entry.at)?;
+    record_last(conn, pg, entry.at)?;
+    if entry.at.version % TRIM_EVERY != 0 {
+        return Ok(());
+    }
     conn.prepare_cached("DELETE FROM pglog WHERE pool = ?1 AND seed = ?2 AND version <= ?3")?
         .execute(params![
             pg.pool.0,
@@ -133,4 +146,39 @@ pub(crate) fn entries_after(
         });
     }
     Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aspen_placement::PoolId;
+
+    fn entry(version: u64) -> LogEntry {
+        LogEntry {
+            at: LogVersion { epoch: 1, version },
+            object: b"o".to_vec(),
+            op: ObjectOp::Delete,
+        }
+    }
+
+    #[test]
+    fn the_log_keeps_at_least_its_last_entries_and_trims_every_so_often() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let pg = PgId {
+            pool: PoolId(1),
+            seed: 3,
+        };
+        let appended = KEPT_ENTRIES + 3 * TRIM_EVERY + 5;
+        for version in 1..=appended {
+            append(&conn, pg, &entry(version)).unwrap();
+            let kept = entries_after(&conn, pg, LogVersion::default()).unwrap();
+            let oldest = kept.first().unwrap().at.version;
+            assert_eq!(kept.last().unwrap().at.version, version);
+            assert!(kept.len() as u64 >= KEPT_ENTRIES.min(version));
+            assert!(kept.len() as u64 <= KEPT_ENTRIES + TRIM_EVERY);
+            assert_eq!(kept.len() as u64, version - oldest + 1, "no gaps");
+        }
+        assert_eq!(last(&conn, pg).unwrap(), entry(appended).at);
+    }
 }
