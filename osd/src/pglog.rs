@@ -104,7 +104,7 @@ pub(crate) fn append(conn: &Connection, pg: PgId, entry: &LogEntry) -> Result<()
         op
     ])?;
     record_last(conn, pg, entry.at)?;
-    if entry.at.version % TRIM_EVERY != 0 {
+    if !entry.at.version.is_multiple_of(TRIM_EVERY) {
         return Ok(());
     }
     conn.prepare_cached("DELETE FROM pglog WHERE pool = ?1 AND seed = ?2 AND version <= ?3")?
