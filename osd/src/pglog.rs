@@ -45,7 +45,6 @@ fn corrupt(error: impl std::fmt::Display) -> StoreError {
 /// one that is there). Entries past it were never acknowledged (the
 /// authority lacks them) and are dropped, so the versions that follow are
 /// free for the authority's next entries.
-/// Makes `at` the PG's last position, dropping any entries after it.
 pub(crate) fn set_last(conn: &Connection, pg: PgId, at: LogVersion) -> Result<(), StoreError> {
     conn.prepare_cached("DELETE FROM pglog WHERE pool = ?1 AND seed = ?2 AND version > ?3")?
         .execute(params![pg.pool.0, pg.seed, at.version as i64])?;

@@ -229,7 +229,9 @@ impl ObjectStore {
         conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
         // Each change runs in a savepoint (see crate::batch), whose undo
         // journal would otherwise be a temporary file: three `pwrite`s for
-        // every page a change touches. It holds only one change's pages.
+        // every page a change touches. It holds the original of each page
+        // one change touches (many only for garbage collection's); SQLite's
+        // own temporary tables, for sorting, live in memory too.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(content::SCHEMA)?;
@@ -1016,7 +1018,8 @@ fn plan_read(
                 len,
             } => Ok(PlannedPiece::Data {
                 chunk: inner.content.start_read(&inner.conn, &chunk)?,
-                range: chunk_offset as usize..(chunk_offset + len) as usize,
+                // Past the chunk's end (a damaged extent) fails its read.
+                range: chunk_offset as usize..chunk_offset.saturating_add(len) as usize,
             }),
         })
         .collect()
