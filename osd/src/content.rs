@@ -169,7 +169,7 @@ pub struct ContentStore {
 }
 
 /// A chunk located under the store's lock: its bytes are read and
-/// verified by [`ChunkRead::verified`] once the lock is released. That
+/// verified by [`ChunkRead::read`] once the lock is released. That
 /// is safe because segment files are append-only and never reused, and
 /// the open handle keeps a compacted segment's bytes readable.
 pub struct ChunkRead {
@@ -189,10 +189,6 @@ enum ChunkSource {
 }
 
 impl ChunkRead {
-    pub fn id(&self) -> ChunkId {
-        self.id
-    }
-
     /// The whole chunk, verified against its id.
     pub fn verified(self) -> Result<Vec<u8>, StoreError> {
         let len = self.len();
@@ -253,28 +249,24 @@ impl ChunkRead {
         let tree_len = tree::tree_len(len) as u64;
         let tree_at = offset
             .checked_sub(tree_len)
-            .ok_or_else(|| self.mismatch())?;
+            .ok_or_else(|| mismatch(&self.id))?;
         let values = read_at(file, tree_at, tree_len as usize, &self.id)?;
         if tree::root(&values, len) != Some(self.id) {
-            return Err(self.mismatch());
+            return Err(mismatch(&self.id));
         }
         let first = range.start / tree::PIECE;
         let base = first * tree::PIECE;
         let end = (range.end.div_ceil(tree::PIECE) * tree::PIECE).min(len);
         let at = offset
             .checked_add(base as u64)
-            .ok_or_else(|| self.mismatch())?;
+            .ok_or_else(|| mismatch(&self.id))?;
         let mut bytes = read_at(file, at, end - base, &self.id)?;
         if !tree::pieces_match(&values, first, &bytes) {
-            return Err(self.mismatch());
+            return Err(mismatch(&self.id));
         }
         bytes.truncate(range.end - base);
         bytes.drain(..range.start - base);
         Ok(bytes)
-    }
-
-    fn mismatch(&self) -> StoreError {
-        mismatch(&self.id)
     }
 }
 

@@ -159,17 +159,32 @@ fn a_small_write_is_stored_inline_a_larger_one_in_a_segment() {
     assert_eq!(store.used_bytes().unwrap(), (128 << 10) + 1 + tree);
 }
 
-#[test]
-fn a_damaged_byte_is_an_error_never_data() {
+/// A store holding `name`: 128 KiB, larger than a small write, so its
+/// bytes are in a segment file.
+fn stored_in_a_segment(
+    name: &str,
+    seed: u8,
+) -> (tempfile::TempDir, ObjectStore, ObjectKey, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let store = ObjectStore::open(dir.path()).unwrap();
-    let k = key("victim");
-    // Larger than a small write, so its bytes are in a segment file.
-    store.write(&k, 0, &pattern(6, 128 << 10)).unwrap();
-    let segment = store.segment_of(&k).unwrap();
+    let k = key(name);
+    let data = pattern(seed, 128 << 10);
+    store.write(&k, 0, &data).unwrap();
+    (dir, store, k, data)
+}
+
+/// Flips bits `mask` of byte `at` of the segment file holding `k`.
+fn damage_segment_of(store: &ObjectStore, k: &ObjectKey, at: usize, mask: u8) {
+    let segment = store.segment_of(k).unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
-    bytes[100] ^= 0x40;
+    bytes[at] ^= mask;
     std::fs::write(&segment, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_byte_is_an_error_never_data() {
+    let (_dir, store, k, _) = stored_in_a_segment("victim", 6);
+    damage_segment_of(&store, &k, 100, 0x40);
     match store.read(&k, 0, 4096) {
         Err(StoreError::Corrupt(message)) => assert!(message.contains("does not match")),
         other => panic!("expected a corruption error, got {other:?}"),
@@ -179,17 +194,10 @@ fn a_damaged_byte_is_an_error_never_data() {
 #[test]
 fn a_small_read_hashes_only_its_pieces_and_never_returns_a_damaged_one() {
     use aspen_osd::tree::{PIECE, tree_len};
-    let dir = tempfile::tempdir().unwrap();
-    let store = ObjectStore::open(dir.path()).unwrap();
-    let k = key("pieces");
-    let data = pattern(21, 128 << 10);
-    store.write(&k, 0, &data).unwrap();
-    let segment = store.segment_of(&k).unwrap();
-    let mut bytes = std::fs::read(&segment).unwrap();
+    let (_dir, store, k, data) = stored_in_a_segment("pieces", 21);
     // A byte in the sixth piece of the first chunk (after its tree).
     let damaged = 5 * PIECE + 10;
-    bytes[tree_len(64 << 10) + damaged] ^= 0x10;
-    std::fs::write(&segment, bytes).unwrap();
+    damage_segment_of(&store, &k, tree_len(64 << 10) + damaged, 0x10);
 
     assert_eq!(store.read(&k, 100, 4000).unwrap(), &data[100..4100]);
     let second_chunk = 64 << 10;
@@ -211,15 +219,8 @@ fn a_small_read_hashes_only_its_pieces_and_never_returns_a_damaged_one() {
 
 #[test]
 fn a_damaged_hash_tree_fails_every_read_of_its_chunk() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = ObjectStore::open(dir.path()).unwrap();
-    let k = key("tree");
-    // Larger than a small write, so its chunks are in a segment file.
-    store.write(&k, 0, &pattern(22, 128 << 10)).unwrap();
-    let segment = store.segment_of(&k).unwrap();
-    let mut bytes = std::fs::read(&segment).unwrap();
-    bytes[40] ^= 0x01;
-    std::fs::write(&segment, bytes).unwrap();
+    let (_dir, store, k, _) = stored_in_a_segment("tree", 22);
+    damage_segment_of(&store, &k, 40, 0x01);
     for (offset, len) in [(0, 10), (60_000, 4096)] {
         assert!(
             matches!(store.read(&k, offset, len), Err(StoreError::Corrupt(_))),
