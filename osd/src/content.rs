@@ -13,11 +13,12 @@
 //! from disk after it is released ([`ChunkRead`]).
 //! Space comes back in two steps: chunks no extent references leave the
 //! index ([`ContentStore::drop_unreferenced`]), and segments whose live
-//! bytes fell below [`COMPACT_BELOW_LIVE`] are rewritten
-//! ([`ContentStore::compact`]); a segment file is deleted only once every
-//! live chunk it held is durable elsewhere.
+//! bytes fell below [`COMPACT_BELOW_LIVE`] are rewritten, at most
+//! [`COMPACT_STEP_BYTES`] per transaction so a large segment never holds
+//! the store for long ([`ContentStore::compact_step`]); a segment file is
+//! deleted only once every live chunk it held is durable elsewhere.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,10 @@ pub const SEGMENT_TARGET_BYTES: u64 = 256 * 1024 * 1024;
 /// A sealed segment whose live bytes are below this fraction of what it
 /// holds is rewritten by compaction.
 pub const COMPACT_BELOW_LIVE: f64 = 0.5;
+/// The most bytes one compaction step copies (one transaction, holding the
+/// store): a 256 MiB segment is rewritten in many steps, and writes go on
+/// between them.
+pub const COMPACT_STEP_BYTES: u64 = 8 * 1024 * 1024;
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS chunks (
@@ -543,38 +548,50 @@ impl ContentStore {
         Ok(file)
     }
 
-    /// Adjusts reference counts (one per extent naming a chunk).
+    /// Adjusts reference counts (one per extent naming a chunk): one lookup
+    /// per distinct chunk, then one update per segment whose live bytes
+    /// changed (a chunk's bytes are live while anything references it).
     pub fn add_refs(
         &self,
         conn: &Connection,
         ids: &[ChunkId],
         delta: i64,
     ) -> Result<(), StoreError> {
-        let mut update = conn.prepare_cached("UPDATE chunks SET refs = refs + ?2 WHERE id = ?1")?;
-        let mut live = conn.prepare_cached(
-            "UPDATE segments SET live = live + ?2 * (SELECT len FROM chunks WHERE id = ?1) \
-             WHERE id = (SELECT segment FROM chunks WHERE id = ?1)",
-        )?;
+        let mut changes: BTreeMap<&ChunkId, i64> = BTreeMap::new();
         for id in ids {
-            let before: i64 = conn
-                .prepare_cached("SELECT refs FROM chunks WHERE id = ?1")?
-                .query_row([&id[..]], |r| r.get(0))
+            *changes.entry(id).or_default() += delta;
+        }
+        // A plain single-row UPDATE: with RETURNING, SQLite would keep a
+        // statement journal (a copy of each page it touches) for every call.
+        let mut find =
+            conn.prepare_cached("SELECT refs, segment, len FROM chunks WHERE id = ?1")?;
+        let mut update = conn.prepare_cached("UPDATE chunks SET refs = ?2 WHERE id = ?1")?;
+        let mut live: BTreeMap<i64, i64> = BTreeMap::new();
+        for (id, change) in changes {
+            let (before, segment, len): (i64, i64, i64) = find
+                .query_row([&id[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?
                 .ok_or_else(|| StoreError::Corrupt(format!("chunk {} is missing", hex(id))))?;
-            let after = before + delta;
+            let after = before + change;
             if after < 0 {
                 return Err(StoreError::Corrupt(format!(
                     "chunk {} would have {after} references",
                     hex(id)
                 )));
             }
-            update.execute(params![&id[..], delta])?;
-            // A chunk counts as live bytes while anything references it.
-            match (before, after) {
-                (0, a) if a > 0 => live.execute(params![&id[..], 1])?,
-                (b, 0) if b > 0 => live.execute(params![&id[..], -1])?,
-                _ => 0,
-            };
+            update.execute(params![&id[..], after])?;
+            match (before > 0, after > 0) {
+                (false, true) => *live.entry(segment).or_default() += len,
+                (true, false) => *live.entry(segment).or_default() -= len,
+                _ => {}
+            }
+        }
+        let mut update_live =
+            conn.prepare_cached("UPDATE segments SET live = live + ?2 WHERE id = ?1")?;
+        for (segment, bytes) in live {
+            if segment != INLINE && bytes != 0 {
+                update_live.execute(params![segment, bytes])?;
+            }
         }
         Ok(())
     }
@@ -610,14 +627,14 @@ impl ContentStore {
         segments.iter().map(|s| self.segment_path(*s)).collect()
     }
 
-    /// Segments worth rewriting: mostly dead bytes. The active segment is
-    /// one of them once most of it is dead (a store whose files were all
-    /// deleted gets its space back); it is sealed, so appends go to a new
-    /// segment.
-    pub fn compactable(&mut self, conn: &Connection) -> Result<Vec<i64>, StoreError> {
+    /// Segments worth rewriting: mostly dead bytes, the deadest first. The
+    /// active segment is one of them once most of it is dead (a store
+    /// whose files were all deleted gets its space back); it is sealed, so
+    /// appends go to a new segment.
+    fn compactable(&mut self, conn: &Connection) -> Result<Vec<i64>, StoreError> {
         let mut statement = conn.prepare_cached(
             "SELECT id FROM segments WHERE written > 0 \
-             AND CAST(live AS REAL) < ?1 * written ORDER BY id",
+             AND CAST(live AS REAL) < ?1 * written ORDER BY CAST(live AS REAL) / written, id",
         )?;
         let ids: Vec<i64> = statement
             .query_map(params![COMPACT_BELOW_LIVE], |r| r.get(0))?
@@ -630,16 +647,49 @@ impl ContentStore {
         Ok(ids)
     }
 
-    /// Copies the live chunks of `segment` to the active segment and
-    /// repoints them; the old file may be deleted once this is durable
+    /// One step of compaction: copies the live chunks of the segments most
+    /// worth it to the active segment, about `budget` bytes at most, and
+    /// repoints them. Returns the bytes moved and the segments left empty,
+    /// whose files may be deleted once this is durable
     /// ([`ContentStore::remove_segment`]).
-    pub fn compact(&mut self, conn: &Connection, segment: i64) -> Result<u64, StoreError> {
-        let live: Vec<Vec<u8>> = conn
+    pub fn compact_step(
+        &mut self,
+        conn: &Connection,
+        budget: u64,
+    ) -> Result<(u64, Vec<i64>), StoreError> {
+        let (mut moved, mut emptied) = (0, Vec::new());
+        for segment in self.compactable(conn)? {
+            let (bytes, empty) = self.compact(conn, segment, budget - moved)?;
+            moved += bytes;
+            if empty {
+                emptied.push(segment);
+            }
+            if moved >= budget {
+                break;
+            }
+        }
+        Ok((moved, emptied))
+    }
+
+    /// Moves chunks out of `segment` until `budget` bytes are moved (at
+    /// least one chunk); returns the bytes moved and whether the segment
+    /// is now empty (and forgotten).
+    fn compact(
+        &mut self,
+        conn: &Connection,
+        segment: i64,
+        budget: u64,
+    ) -> Result<(u64, bool), StoreError> {
+        let held: Vec<Vec<u8>> = conn
             .prepare_cached("SELECT id FROM chunks WHERE segment = ?1 AND segment <> 0")?
             .query_map([segment], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        let mut moved = 0;
-        for raw in live {
+        let (mut moved, mut live_moved, mut taken) = (0, 0, 0);
+        for raw in &held {
+            if moved >= budget {
+                break;
+            }
+            taken += 1;
             let id: ChunkId = raw
                 .as_slice()
                 .try_into()
@@ -660,9 +710,17 @@ impl ContentStore {
                 params![target, live_bytes],
             )?;
             moved += bytes.len() as u64;
+            live_moved += live_bytes;
         }
-        conn.execute("DELETE FROM segments WHERE id = ?1", [segment])?;
-        Ok(moved)
+        if taken == held.len() {
+            conn.execute("DELETE FROM segments WHERE id = ?1", [segment])?;
+            return Ok((moved, true));
+        }
+        conn.execute(
+            "UPDATE segments SET live = live - ?2 WHERE id = ?1",
+            params![segment, live_moved],
+        )?;
+        Ok((moved, false))
     }
 
     /// Deletes a compacted segment's file.

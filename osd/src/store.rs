@@ -24,7 +24,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use aspen_proto::osd::{LogEntry, LogVersion, ObjectCopy, ObjectOp};
 
 use crate::batch::{Batches, Committed, Failure, Outcome};
-use crate::content::{self, ContentStore, MAX_CHUNK};
+use crate::content::{self, COMPACT_STEP_BYTES, ContentStore, MAX_CHUNK};
 use crate::extents::{ChunkId, Extent, ExtentMap, ReadPiece, RefChange};
 use crate::pglog;
 
@@ -466,10 +466,13 @@ impl ObjectStore {
         let loaded = ObjectStore::load_extents(conn, object, start, end)?;
         let mut map = ExtentMap::from_extents(loaded.iter().copied());
         let change = edit(&mut map);
-        let mut delete =
-            conn.prepare_cached("DELETE FROM extents WHERE object = ?1 AND offset = ?2")?;
-        for old in &loaded {
-            delete.execute(params![object, old.offset as i64])?;
+        // The loaded extents are every extent of the object from the first
+        // to the last of them (each starts inside the range but the first).
+        if let (Some(first), Some(last)) = (loaded.first(), loaded.last()) {
+            conn.prepare_cached(
+                "DELETE FROM extents WHERE object = ?1 AND offset BETWEEN ?2 AND ?3",
+            )?
+            .execute(params![object, first.offset as i64, last.offset as i64])?;
         }
         let mut insert = conn.prepare_cached(
             "INSERT INTO extents (object, offset, len, chunk, chunk_offset) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -748,23 +751,24 @@ impl ObjectStore {
     }
 
     /// Reclaims space: forgets unreferenced chunks and rewrites segments
-    /// that are mostly dead, deleting their files once the rewrite is
-    /// durable. Returns the bytes moved.
+    /// that are mostly dead, a step at a time (the store is free between
+    /// steps), deleting their files once the rewrite is durable. Returns
+    /// the bytes moved.
     pub fn collect_garbage(&self) -> Result<u64, StoreError> {
-        let (moved, emptied) = self.mutate(|tx, content| {
-            content.drop_unreferenced(tx)?;
-            let emptied = content.compactable(tx)?;
-            let mut moved = 0;
+        self.mutate(|tx, content| content.drop_unreferenced(tx))?;
+        let mut moved = 0;
+        loop {
+            let (step, emptied) =
+                self.mutate(|tx, content| content.compact_step(tx, COMPACT_STEP_BYTES))?;
+            let inner = lock(&self.inner);
             for segment in &emptied {
-                moved += content.compact(tx, *segment)?;
+                inner.content.remove_segment(*segment)?;
             }
-            Ok((moved, emptied))
-        })?;
-        let inner = lock(&self.inner);
-        for segment in emptied {
-            inner.content.remove_segment(segment)?;
+            moved += step;
+            if step == 0 && emptied.is_empty() {
+                return Ok(moved);
+            }
         }
-        Ok(moved)
     }
 
     /// The segment file holding the first data byte of `key` (for tests

@@ -3,6 +3,7 @@
 //! everything survives reopening; damaged content is an error, never
 //! returned; space from overwritten data comes back.
 
+use aspen_osd::content::COMPACT_STEP_BYTES;
 use aspen_osd::store::{ObjectKey, ObjectStore, StoreError};
 use aspen_placement::{PgId, PoolId};
 use proptest::prelude::*;
@@ -249,6 +250,50 @@ fn overwritten_space_is_reclaimed_and_live_data_kept() {
     drop(store);
     let store = ObjectStore::open(dir.path()).unwrap();
     assert_eq!(store.read(&b, 0, 128 << 10).unwrap(), pattern(8, 128 << 10));
+}
+
+#[test]
+fn a_large_segment_is_compacted_a_step_at_a_time_and_keeps_every_live_chunk() {
+    const OBJECT: usize = 4 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let kept: Vec<ObjectKey> = (0..5).map(|i| key(&format!("kept{i}"))).collect();
+    let dead: Vec<ObjectKey> = (0..15).map(|i| key(&format!("dead{i}"))).collect();
+    let first_segment = {
+        let store = ObjectStore::open(dir.path()).unwrap();
+        for (i, k) in kept.iter().chain(&dead).enumerate() {
+            // Even seeds: `pattern` gives seeds 2n and 2n + 1 the same bytes.
+            store.write(k, 0, &pattern(2 * i as u8, OBJECT)).unwrap();
+        }
+        store.segment_of(&kept[0]).unwrap()
+    };
+    let store = ObjectStore::open(dir.path()).unwrap();
+    for k in &dead {
+        store.delete(k).unwrap();
+    }
+    let live = (kept.len() * OBJECT) as u64;
+    assert!(
+        live > 2 * COMPACT_STEP_BYTES,
+        "the copy takes several steps"
+    );
+    assert_eq!(
+        store.collect_garbage().unwrap(),
+        live,
+        "each live chunk is copied once"
+    );
+    assert!(!first_segment.exists(), "the emptied segment is gone");
+    drop(store);
+    let store = ObjectStore::open(dir.path()).unwrap();
+    for (i, k) in kept.iter().enumerate() {
+        assert_eq!(
+            store.read(k, 0, OBJECT as u64).unwrap(),
+            pattern(2 * i as u8, OBJECT)
+        );
+    }
+    assert_eq!(
+        store.collect_garbage().unwrap(),
+        0,
+        "nothing is left to move"
+    );
 }
 
 #[derive(Clone, Debug)]
