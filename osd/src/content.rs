@@ -647,16 +647,18 @@ impl ContentStore {
         Ok(ids)
     }
 
-    /// One step of compaction: copies the live chunks of the segments most
-    /// worth it to the active segment, about `budget` bytes at most, and
-    /// repoints them. Returns the bytes moved and the segments left empty,
-    /// whose files may be deleted once this is durable
-    /// ([`ContentStore::remove_segment`]).
+    /// One step of compaction: forgets the chunks nothing references (so
+    /// garbage made since the last step is never copied), then copies the
+    /// live chunks of the segments most worth it to the active segment,
+    /// about `budget` bytes at most, and repoints them. Returns the bytes
+    /// moved and the segments left empty, whose files may be deleted once
+    /// this is durable ([`ContentStore::remove_segment`]).
     pub fn compact_step(
         &mut self,
         conn: &Connection,
         budget: u64,
     ) -> Result<(u64, Vec<i64>), StoreError> {
+        self.drop_unreferenced(conn)?;
         let (mut moved, mut emptied) = (0, Vec::new());
         for segment in self.compactable(conn)? {
             let (bytes, empty) = self.compact(conn, segment, budget - moved)?;
@@ -671,9 +673,9 @@ impl ContentStore {
         Ok((moved, emptied))
     }
 
-    /// Moves chunks out of `segment` until `budget` bytes are moved (at
-    /// least one chunk); returns the bytes moved and whether the segment
-    /// is now empty (and forgotten).
+    /// Moves chunks out of `segment` until at least `budget` bytes are
+    /// moved or none is left; returns the bytes moved and whether the
+    /// segment is now empty (and forgotten).
     fn compact(
         &mut self,
         conn: &Connection,
@@ -756,4 +758,36 @@ pub fn sync_files(files: &[PathBuf]) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(seed: u8) -> Vec<u8> {
+        (0..MAX_CHUNK)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    #[test]
+    fn compaction_forgets_chunks_nothing_references_instead_of_copying_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let mut content = ContentStore::open(dir.path()).unwrap();
+        let [dead, live, garbage] =
+            [1, 2, 3].map(|seed| content.put(&conn, &chunk(seed), false, false).unwrap());
+        content.add_refs(&conn, &[dead, live], 1).unwrap();
+        content.add_refs(&conn, &[dead], -1).unwrap();
+        // `garbage` was never referenced, like a chunk left by a delete
+        // between two steps: it must not be copied, or the copy would make
+        // a new mostly dead segment, and so on without end.
+        let (moved, emptied) = content.compact_step(&conn, u64::MAX).unwrap();
+        assert_eq!(moved, MAX_CHUNK as u64, "only the live chunk is copied");
+        assert_eq!(emptied.len(), 1);
+        assert_eq!(content.get(&conn, &live).unwrap(), chunk(2));
+        assert!(content.get(&conn, &garbage).is_err());
+        assert_eq!(content.compact_step(&conn, u64::MAX).unwrap(), (0, vec![]));
+    }
 }

@@ -755,7 +755,6 @@ impl ObjectStore {
     /// steps), deleting their files once the rewrite is durable. Returns
     /// the bytes moved.
     pub fn collect_garbage(&self) -> Result<u64, StoreError> {
-        self.mutate(|tx, content| content.drop_unreferenced(tx))?;
         let mut moved = 0;
         loop {
             let (step, emptied) =
