@@ -682,12 +682,13 @@ impl ContentStore {
         segment: i64,
         budget: u64,
     ) -> Result<(u64, bool), StoreError> {
-        let held: Vec<Vec<u8>> = conn
-            .prepare_cached("SELECT id FROM chunks WHERE segment = ?1 AND segment <> 0")?
-            .query_map([segment], |r| r.get(0))?
+        let held: Vec<(Vec<u8>, i64)> = conn
+            .prepare_cached("SELECT id, refs FROM chunks WHERE segment = ?1 AND segment <> 0")?
+            .query_map([segment], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         let (mut moved, mut live_moved, mut taken) = (0, 0, 0);
-        for raw in &held {
+        let mut live_added: BTreeMap<i64, i64> = BTreeMap::new();
+        for (raw, refs) in &held {
             if moved >= budget {
                 break;
             }
@@ -698,30 +699,23 @@ impl ContentStore {
                 .map_err(|_| StoreError::Corrupt("a chunk id is not 32 bytes".into()))?;
             let bytes = self.get(conn, &id)?;
             let (target, offset) = self.append(conn, &bytes, &tree::build(&bytes))?;
-            let refs: i64 =
-                conn.query_row("SELECT refs FROM chunks WHERE id = ?1", [&id[..]], |r| {
-                    r.get(0)
-                })?;
-            conn.execute(
-                "UPDATE chunks SET segment = ?2, offset = ?3 WHERE id = ?1",
-                params![&id[..], target, offset as i64],
-            )?;
-            let live_bytes = if refs > 0 { bytes.len() as i64 } else { 0 };
-            conn.execute(
-                "UPDATE segments SET live = live + ?2 WHERE id = ?1",
-                params![target, live_bytes],
-            )?;
+            conn.prepare_cached("UPDATE chunks SET segment = ?2, offset = ?3 WHERE id = ?1")?
+                .execute(params![&id[..], target, offset as i64])?;
+            let live_bytes = if *refs > 0 { bytes.len() as i64 } else { 0 };
+            *live_added.entry(target).or_default() += live_bytes;
             moved += bytes.len() as u64;
             live_moved += live_bytes;
+        }
+        let mut update_live =
+            conn.prepare_cached("UPDATE segments SET live = live + ?2 WHERE id = ?1")?;
+        for (target, bytes) in live_added {
+            update_live.execute(params![target, bytes])?;
         }
         if taken == held.len() {
             conn.execute("DELETE FROM segments WHERE id = ?1", [segment])?;
             return Ok((moved, true));
         }
-        conn.execute(
-            "UPDATE segments SET live = live - ?2 WHERE id = ?1",
-            params![segment, live_moved],
-        )?;
+        update_live.execute(params![segment, -live_moved])?;
         Ok((moved, false))
     }
 
