@@ -74,17 +74,23 @@ fn measured(workload: &str, depth: usize, ops_per_sec: f64, op_bytes: usize) -> 
 }
 
 /// Every workload: `objects` 4 MiB objects, then `small_ops` 4 KiB ops at
-/// depth 1 and at `depth`.
+/// depth 1 and at `depth`. `report` sees each result as soon as it is
+/// measured.
 pub async fn run(
     client: Arc<ObjectClient>,
     pool: PoolId,
     objects: usize,
     small_ops: usize,
     depth: usize,
+    mut report: impl FnMut(&Measured),
 ) -> Result<Vec<Measured>, ClientError> {
+    let mut results = Vec::new();
+    let mut keep = |result: Measured| {
+        report(&result);
+        results.push(result);
+    };
     let prefix = format!("bench{}", std::process::id());
     let payload = Arc::new(pattern(1, OBJECT));
-    let mut results = Vec::new();
     let write = {
         let (client, payload, prefix) = (client.clone(), payload.clone(), prefix.clone());
         move |i: usize| {
@@ -94,7 +100,7 @@ pub async fn run(
         }
     };
     let rate = run_ops(objects, depth, write).await?;
-    results.push(measured("4 MiB object writes", depth, rate, OBJECT));
+    keep(measured("4 MiB object writes", depth, rate, OBJECT));
     let read = {
         let (client, prefix) = (client.clone(), prefix.clone());
         move |i: usize| {
@@ -109,7 +115,7 @@ pub async fn run(
         }
     };
     let rate = run_ops(objects, depth, read).await?;
-    results.push(measured("4 MiB object reads", depth, rate, OBJECT));
+    keep(measured("4 MiB object reads", depth, rate, OBJECT));
     let small = Arc::new(pattern(2, SMALL));
     for queue in [1, depth] {
         let random_write = {
@@ -122,7 +128,7 @@ pub async fn run(
             }
         };
         let rate = run_ops(small_ops, queue, random_write).await?;
-        results.push(measured("4 KiB random writes", queue, rate, SMALL));
+        keep(measured("4 KiB random writes", queue, rate, SMALL));
         let random_read = {
             let (client, prefix) = (client.clone(), prefix.clone());
             move |i: usize| {
@@ -138,7 +144,7 @@ pub async fn run(
             }
         };
         let rate = run_ops(small_ops, queue, random_read).await?;
-        results.push(measured("4 KiB random reads", queue, rate, SMALL));
+        keep(measured("4 KiB random reads", queue, rate, SMALL));
     }
     for i in 0..objects {
         client.delete(pool, &object_name(&prefix, i)).await?;

@@ -53,6 +53,9 @@ pub const COMPACT_BELOW_LIVE: f64 = 0.5;
 /// store): a 256 MiB segment is rewritten in many steps, and writes go on
 /// between them.
 pub const COMPACT_STEP_BYTES: u64 = 8 * 1024 * 1024;
+/// The most released references one garbage collection step applies to
+/// the chunk index (one transaction, holding the store).
+pub const RELEASE_STEP: usize = 16 * 1024;
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS chunks (
@@ -84,6 +87,13 @@ DROP INDEX IF EXISTS chunks_by_segment;
 DROP INDEX IF EXISTS chunks_by_segment_len;
 CREATE INDEX IF NOT EXISTS chunks_in_segment_files ON chunks (segment) WHERE segment <> 0;
 CREATE INDEX IF NOT EXISTS unreferenced_chunks ON chunks (refs) WHERE refs = 0;
+-- References that edits and deletes gave up, not yet subtracted from
+-- `chunks.refs` (see ContentStore::release). Appended by rowid, so a
+-- delete dirties no random page of the chunk index.
+CREATE TABLE IF NOT EXISTS released (
+    row INTEGER PRIMARY KEY,
+    chunk BLOB NOT NULL
+);
 -- `tree` is 1 for segments that store each chunk's hash tree (see
 -- crate::tree) just before its bytes; segments written before trees were
 -- stored have 0. `written` counts the trees, `live` only chunk bytes (a
@@ -550,7 +560,9 @@ impl ContentStore {
 
     /// Adjusts reference counts (one per extent naming a chunk): one lookup
     /// per distinct chunk, then one update per segment whose live bytes
-    /// changed (a chunk's bytes are live while anything references it).
+    /// changed (a chunk's bytes are live while anything references it). A
+    /// chunk whose count falls to zero is forgotten at once; its bytes stay
+    /// in its segment until compaction rewrites it.
     pub fn add_refs(
         &self,
         conn: &Connection,
@@ -564,12 +576,15 @@ impl ContentStore {
         // A plain single-row UPDATE: with RETURNING, SQLite would keep a
         // statement journal (a copy of each page it touches) for every call.
         let mut find =
-            conn.prepare_cached("SELECT refs, segment, len FROM chunks WHERE id = ?1")?;
+            conn.prepare_cached("SELECT refs, segment, offset, len FROM chunks WHERE id = ?1")?;
         let mut update = conn.prepare_cached("UPDATE chunks SET refs = ?2 WHERE id = ?1")?;
         let mut live: BTreeMap<i64, i64> = BTreeMap::new();
+        let mut inline_freed = 0;
         for (id, change) in changes {
-            let (before, segment, len): (i64, i64, i64) = find
-                .query_row([&id[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            let (before, segment, offset, len): (i64, i64, i64, i64) = find
+                .query_row([&id[..]], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
                 .optional()?
                 .ok_or_else(|| StoreError::Corrupt(format!("chunk {} is missing", hex(id))))?;
             let after = before + change;
@@ -579,7 +594,11 @@ impl ContentStore {
                     hex(id)
                 )));
             }
-            update.execute(params![&id[..], after])?;
+            if after == 0 && before > 0 {
+                inline_freed += self.forget(conn, id, segment, offset, len)?;
+            } else {
+                update.execute(params![&id[..], after])?;
+            }
             match (before > 0, after > 0) {
                 (false, true) => *live.entry(segment).or_default() += len,
                 (true, false) => *live.entry(segment).or_default() -= len,
@@ -593,11 +612,70 @@ impl ContentStore {
                 update_live.execute(params![segment, bytes])?;
             }
         }
+        if inline_freed > 0 {
+            conn.prepare_cached("UPDATE inline_usage SET bytes = bytes - ?1")?
+                .execute([inline_freed])?;
+        }
         Ok(())
     }
 
-    /// Forgets chunks nothing references (their bytes stay in their segment
-    /// until compaction rewrites it).
+    /// Forgets one chunk nothing references any more: its row, and the
+    /// bytes of an inline chunk; returns the inline bytes freed.
+    fn forget(
+        &self,
+        conn: &Connection,
+        id: &ChunkId,
+        segment: i64,
+        offset: i64,
+        len: i64,
+    ) -> Result<i64, StoreError> {
+        conn.prepare_cached("DELETE FROM chunks WHERE id = ?1")?
+            .execute([&id[..]])?;
+        if segment != INLINE {
+            return Ok(0);
+        }
+        conn.prepare_cached("DELETE FROM inline_chunks WHERE row = ?1")?
+            .execute([offset])?;
+        Ok(len)
+    }
+
+    /// Records that one reference to each of `ids` is gone. The counts
+    /// fall later, when garbage collection applies the released references
+    /// in batches sorted by chunk ([`ContentStore::apply_released`]), so a
+    /// delete or overwrite touches no random page of the chunk index.
+    /// Until then the chunks count as referenced: nothing a live extent
+    /// points to can be forgotten early.
+    pub fn release(&self, conn: &Connection, ids: &[ChunkId]) -> Result<(), StoreError> {
+        let mut insert = conn.prepare_cached("INSERT INTO released (chunk) VALUES (?1)")?;
+        for id in ids {
+            insert.execute([&id[..]])?;
+        }
+        Ok(())
+    }
+
+    /// Subtracts the oldest released references, at most `limit` of them,
+    /// from their chunks' counts; returns how many it applied.
+    pub fn apply_released(&self, conn: &Connection, limit: usize) -> Result<usize, StoreError> {
+        let rows: Vec<(i64, Vec<u8>)> = conn
+            .prepare_cached("SELECT row, chunk FROM released ORDER BY row LIMIT ?1")?
+            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let Some(&(last, _)) = rows.last() else {
+            return Ok(0);
+        };
+        let ids: Vec<ChunkId> = rows
+            .iter()
+            .map(|(_, raw)| chunk_id(raw))
+            .collect::<Result<_, _>>()?;
+        self.add_refs(conn, &ids, -1)?;
+        conn.prepare_cached("DELETE FROM released WHERE row <= ?1")?
+            .execute([last])?;
+        Ok(rows.len())
+    }
+
+    /// Forgets chunks nothing references (stored by a change whose
+    /// references never came; their bytes stay in their segment until
+    /// compaction rewrites it).
     pub fn drop_unreferenced(&self, conn: &Connection) -> Result<u64, StoreError> {
         conn.execute(
             "UPDATE inline_usage SET bytes = bytes - \
@@ -693,10 +771,7 @@ impl ContentStore {
                 break;
             }
             taken += 1;
-            let id: ChunkId = raw
-                .as_slice()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("a chunk id is not 32 bytes".into()))?;
+            let id = chunk_id(raw)?;
             let bytes = self.get(conn, &id)?;
             let (target, offset) = self.append(conn, &bytes, &tree::build(&bytes))?;
             conn.prepare_cached("UPDATE chunks SET segment = ?2, offset = ?3 WHERE id = ?1")?
@@ -735,6 +810,11 @@ impl ContentStore {
     pub fn segment_file(&self, segment: i64) -> PathBuf {
         self.segment_path(segment)
     }
+}
+
+pub(crate) fn chunk_id(raw: &[u8]) -> Result<ChunkId, StoreError> {
+    raw.try_into()
+        .map_err(|_| StoreError::Corrupt("a chunk id is not 32 bytes".into()))
 }
 
 pub(crate) fn hex(id: &ChunkId) -> String {
@@ -783,5 +863,58 @@ mod tests {
         assert_eq!(content.get(&conn, &live).unwrap(), chunk(2));
         assert!(content.get(&conn, &garbage).is_err());
         assert_eq!(content.compact_step(&conn, u64::MAX).unwrap(), (0, vec![]));
+    }
+
+    #[test]
+    fn a_released_reference_holds_its_chunk_until_applied_and_the_last_one_forgets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let mut content = ContentStore::open(dir.path()).unwrap();
+        let small = vec![7u8; 4096];
+        let [shared, inline] = [
+            content.put(&conn, &chunk(1), false, false).unwrap(),
+            content.put(&conn, &small, false, true).unwrap(),
+        ];
+        content
+            .add_refs(&conn, &[shared, shared, inline], 1)
+            .unwrap();
+        let inline_before = inline_bytes(&conn).unwrap();
+        content.release(&conn, &[shared, inline]).unwrap();
+        content.drop_unreferenced(&conn).unwrap();
+        assert_eq!(
+            content.get(&conn, &inline).unwrap(),
+            small,
+            "still counted until applied"
+        );
+
+        assert_eq!(
+            content.apply_released(&conn, 1).unwrap(),
+            1,
+            "at most the limit"
+        );
+        assert_eq!(
+            content.get(&conn, &shared).unwrap(),
+            chunk(1),
+            "one reference is left"
+        );
+        assert_eq!(content.apply_released(&conn, 10).unwrap(), 1);
+        assert!(
+            content.get(&conn, &inline).is_err(),
+            "its last reference went"
+        );
+        assert_eq!(
+            inline_bytes(&conn).unwrap(),
+            inline_before - small.len() as u64
+        );
+        assert_eq!(content.apply_released(&conn, 10).unwrap(), 0);
+
+        content.release(&conn, &[shared]).unwrap();
+        content.apply_released(&conn, 10).unwrap();
+        assert!(content.get(&conn, &shared).is_err());
+        let live: i64 = conn
+            .query_row("SELECT SUM(live) FROM segments", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(live, 0, "no live bytes are left in the segment");
     }
 }

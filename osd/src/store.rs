@@ -24,8 +24,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use aspen_proto::osd::{LogEntry, LogVersion, ObjectCopy, ObjectOp};
 
 use crate::batch::{Batches, Committed, Failure, Outcome};
-use crate::content::{self, COMPACT_STEP_BYTES, ContentStore, MAX_CHUNK};
-use crate::extents::{ChunkId, Extent, ExtentMap, ReadPiece, RefChange};
+use crate::content::{self, COMPACT_STEP_BYTES, ContentStore, MAX_CHUNK, RELEASE_STEP};
+use crate::extents::{Extent, ExtentMap, ReadPiece, RefChange};
 use crate::pglog;
 
 // The store enforces the protocol's limits itself: the longest object
@@ -44,6 +44,15 @@ pub const CHECKPOINT_EVERY_LOG_BYTES: u64 = 64 << 20;
 /// The database's page cache, in KiB (SQLite's default of 2 MiB makes
 /// extent and chunk lookups read pages from the kernel again and again).
 pub const CACHE_KIB: i64 = 32 << 10;
+
+/// What one step of garbage collection did.
+#[derive(Clone, Copy, Debug)]
+pub struct GcStep {
+    /// Chunk bytes compaction copied.
+    pub moved: u64,
+    /// Nothing was left to do.
+    pub done: bool,
+}
 
 const DATABASE: &str = "objects.db";
 const SEGMENTS: &str = "segments";
@@ -151,11 +160,6 @@ fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
-}
-
-fn chunk_id(raw: Vec<u8>) -> Result<ChunkId, StoreError> {
-    raw.try_into()
-        .map_err(|_| StoreError::Corrupt("a chunk id is not 32 bytes".into()))
 }
 
 fn check_key(key: &ObjectKey) -> Result<(), StoreError> {
@@ -446,7 +450,7 @@ impl ObjectStore {
                 extents.push(Extent {
                     offset,
                     len,
-                    chunk: chunk_id(chunk)?,
+                    chunk: content::chunk_id(&chunk)?,
                     chunk_offset,
                 });
             }
@@ -487,7 +491,7 @@ impl ObjectStore {
             ])?;
         }
         content.add_refs(conn, &change.added, 1)?;
-        content.add_refs(conn, &change.removed, -1)?;
+        content.release(conn, &change.removed)?;
         Ok(())
     }
 
@@ -750,24 +754,41 @@ impl ObjectStore {
             .ok_or(StoreError::NoAttr)
     }
 
-    /// Reclaims space: forgets unreferenced chunks and rewrites segments
-    /// that are mostly dead, a step at a time (the store is free between
-    /// steps), deleting their files once the rewrite is durable. Returns
-    /// the bytes moved.
+    /// Reclaims space: applies the released chunk references, forgets
+    /// unreferenced chunks and rewrites segments that are mostly dead, a
+    /// step at a time (the store is free between steps), deleting their
+    /// files once the rewrite is durable. Returns the bytes moved.
     pub fn collect_garbage(&self) -> Result<u64, StoreError> {
         let mut moved = 0;
         loop {
-            let (step, emptied) =
-                self.mutate(|tx, content| content.compact_step(tx, COMPACT_STEP_BYTES))?;
-            let inner = lock(&self.inner);
-            for segment in &emptied {
-                inner.content.remove_segment(*segment)?;
-            }
-            moved += step;
-            if step == 0 && emptied.is_empty() {
+            let step = self.collect_garbage_step()?;
+            moved += step.moved;
+            if step.done {
                 return Ok(moved);
             }
         }
+    }
+
+    /// One bounded step of [`ObjectStore::collect_garbage`]: up to
+    /// [`RELEASE_STEP`] released references while any are left, then up
+    /// to [`COMPACT_STEP_BYTES`] of compaction.
+    pub fn collect_garbage_step(&self) -> Result<GcStep, StoreError> {
+        if self.mutate(|tx, content| content.apply_released(tx, RELEASE_STEP))? > 0 {
+            return Ok(GcStep {
+                moved: 0,
+                done: false,
+            });
+        }
+        let (moved, emptied) =
+            self.mutate(|tx, content| content.compact_step(tx, COMPACT_STEP_BYTES))?;
+        let inner = lock(&self.inner);
+        for segment in &emptied {
+            inner.content.remove_segment(*segment)?;
+        }
+        Ok(GcStep {
+            moved,
+            done: moved == 0 && emptied.is_empty(),
+        })
     }
 
     /// The segment file holding the first data byte of `key` (for tests

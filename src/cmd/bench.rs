@@ -54,20 +54,20 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 .pool_by_name(&args.pool)
                 .map(|p| p.id)
                 .ok_or_else(|| anyhow::anyhow!("no pool {:?}", args.pool))?;
-            let results = aspen_osd::bench::run(
+            aspen_osd::bench::run(
                 client.clone(),
                 pool,
                 args.objects,
                 args.small_ops,
                 args.depth.max(1),
+                |result| {
+                    println!(
+                        "{}, depth {}: {:.0} ops/s {:.1} MiB/s",
+                        result.workload, result.depth, result.ops_per_sec, result.mib_per_sec
+                    )
+                },
             )
             .await?;
-            for result in results {
-                println!(
-                    "{}, depth {}: {:.0} ops/s {:.1} MiB/s",
-                    result.workload, result.depth, result.ops_per_sec, result.mib_per_sec
-                );
-            }
             client.close().await;
         }
         BenchCommand::Mds(args) => {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use aspen_proto::osd::OsdError;
 
-use crate::store::ObjectStore;
+use crate::store::{ObjectStore, StoreError};
 
 /// The share of its capacity an OSD fills before it refuses writes (as
 /// Ceph's `mon_osd_full_ratio`), so deletes and recovery still have room.
@@ -20,6 +20,11 @@ pub const GC_INTERVAL: Duration = Duration::from_secs(30);
 /// The least time between two collections, however often writes are
 /// refused.
 pub const GC_MIN_GAP: Duration = Duration::from_secs(1);
+/// The share of time the collector works when no write is waiting for
+/// space: after a step that took `t` it rests `t * (1 / GC_DUTY - 1)`, so
+/// the purge of a large delete leaves most of the machine to reads and
+/// writes (as Ceph's `osd_delete_sleep`). A refused write lifts the rest.
+pub const GC_DUTY: f64 = 0.25;
 
 pub struct Space {
     /// Bytes the store may hold before writes are refused.
@@ -66,22 +71,46 @@ impl Space {
 /// refused for space, and measures the store afterwards.
 pub async fn collect_garbage_loop(store: Arc<ObjectStore>, space: Arc<Space>) {
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(GC_INTERVAL) => {}
-            _ = space.wanted.notified() => {}
+        let urgent = tokio::select! {
+            _ = tokio::time::sleep(GC_INTERVAL) => false,
+            _ = space.wanted.notified() => true,
+        };
+        if let Err(error) = collect(&store, &space, urgent).await {
+            tracing::warn!(%error, "collecting garbage");
         }
-        let store = store.clone();
-        let collected = tokio::task::spawn_blocking(move || {
-            store.collect_garbage()?;
-            store.used_bytes()
-        })
-        .await;
-        match collected {
+        let measuring = store.clone();
+        match tokio::task::spawn_blocking(move || measuring.used_bytes()).await {
             Ok(Ok(used)) => space.measured(used),
-            Ok(Err(error)) => tracing::warn!(%error, "collecting garbage"),
-            Err(error) => tracing::warn!(%error, "collecting garbage"),
+            Ok(Err(error)) => tracing::warn!(%error, "measuring the store"),
+            Err(error) => tracing::warn!(%error, "measuring the store"),
         }
         tokio::time::sleep(GC_MIN_GAP).await;
+    }
+}
+
+/// Runs collection steps until none is left, resting between them (see
+/// [`GC_DUTY`]) unless the collection is `urgent` or becomes so.
+async fn collect(
+    store: &Arc<ObjectStore>,
+    space: &Space,
+    mut urgent: bool,
+) -> Result<(), StoreError> {
+    loop {
+        let started = tokio::time::Instant::now();
+        let stepping = store.clone();
+        let step = tokio::task::spawn_blocking(move || stepping.collect_garbage_step())
+            .await
+            .map_err(|e| StoreError::Io(e.to_string()))??;
+        if step.done {
+            return Ok(());
+        }
+        if !urgent {
+            let rest = started.elapsed().mul_f64(1.0 / GC_DUTY - 1.0);
+            urgent = tokio::select! {
+                _ = tokio::time::sleep(rest) => false,
+                _ = space.wanted.notified() => true,
+            };
+        }
     }
 }
 
