@@ -569,6 +569,16 @@ impl ContentStore {
         ids: &[ChunkId],
         delta: i64,
     ) -> Result<(), StoreError> {
+        self.adjust_refs(conn, ids, delta, OnDamage::Refuse)
+    }
+
+    fn adjust_refs(
+        &self,
+        conn: &Connection,
+        ids: &[ChunkId],
+        delta: i64,
+        on_damage: OnDamage,
+    ) -> Result<(), StoreError> {
         let mut changes: BTreeMap<&ChunkId, i64> = BTreeMap::new();
         for id in ids {
             *changes.entry(id).or_default() += delta;
@@ -581,18 +591,19 @@ impl ContentStore {
         let mut live: BTreeMap<i64, i64> = BTreeMap::new();
         let mut inline_freed = 0;
         for (id, change) in changes {
-            let (before, segment, offset, len): (i64, i64, i64, i64) = find
+            let found: Option<(i64, i64, i64, i64)> = find
                 .query_row([&id[..]], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })
-                .optional()?
-                .ok_or_else(|| StoreError::Corrupt(format!("chunk {} is missing", hex(id))))?;
-            let after = before + change;
+                .optional()?;
+            let Some((before, segment, offset, len)) = found else {
+                on_damage.meet(format!("chunk {} is missing", hex(id)))?;
+                continue;
+            };
+            let mut after = before + change;
             if after < 0 {
-                return Err(StoreError::Corrupt(format!(
-                    "chunk {} would have {after} references",
-                    hex(id)
-                )));
+                on_damage.meet(format!("chunk {} would have {after} references", hex(id)))?;
+                after = 0;
             }
             if after == 0 && before > 0 {
                 inline_freed += self.forget(conn, id, segment, offset, len)?;
@@ -665,9 +676,17 @@ impl ContentStore {
         };
         let ids: Vec<ChunkId> = rows
             .iter()
-            .map(|(_, raw)| chunk_id(raw))
-            .collect::<Result<_, _>>()?;
-        self.add_refs(conn, &ids, -1)?;
+            .filter_map(|(_, raw)| match chunk_id(raw) {
+                Ok(id) => Some(id),
+                Err(error) => {
+                    tracing::warn!(%error, "a released reference names no chunk");
+                    None
+                }
+            })
+            .collect();
+        // A damaged index must not wedge collection for good: the rest of
+        // the batch is applied, and the damage reported.
+        self.adjust_refs(conn, &ids, -1, OnDamage::Report)?;
         conn.prepare_cached("DELETE FROM released WHERE row <= ?1")?
             .execute([last])?;
         Ok(rows.len())
@@ -812,6 +831,29 @@ impl ContentStore {
     }
 }
 
+/// What a reference change does when the index does not hold up (a chunk
+/// missing, or a count that would fall below zero).
+#[derive(Clone, Copy)]
+enum OnDamage {
+    /// Fails the change.
+    Refuse,
+    /// Logs it and goes on (a missing chunk is skipped, a count stops at
+    /// zero).
+    Report,
+}
+
+impl OnDamage {
+    fn meet(self, damage: String) -> Result<(), StoreError> {
+        match self {
+            OnDamage::Refuse => Err(StoreError::Corrupt(damage)),
+            OnDamage::Report => {
+                tracing::warn!(%damage, "applying released chunk references");
+                Ok(())
+            }
+        }
+    }
+}
+
 pub(crate) fn chunk_id(raw: &[u8]) -> Result<ChunkId, StoreError> {
     raw.try_into()
         .map_err(|_| StoreError::Corrupt("a chunk id is not 32 bytes".into()))
@@ -916,5 +958,10 @@ mod tests {
             .query_row("SELECT SUM(live) FROM segments", [], |r| r.get(0))
             .unwrap();
         assert_eq!(live, 0, "no live bytes are left in the segment");
+
+        // A release of a chunk the index lost does not stop collection.
+        content.release(&conn, &[shared]).unwrap();
+        assert_eq!(content.apply_released(&conn, 10).unwrap(), 1);
+        assert_eq!(content.apply_released(&conn, 10).unwrap(), 0);
     }
 }

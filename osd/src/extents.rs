@@ -46,6 +46,31 @@ pub struct RefChange {
     pub removed: Vec<ChunkId>,
 }
 
+impl RefChange {
+    /// The same change with what cancels out taken away: a write inside an
+    /// extent removes its chunk once and adds it back for each piece left
+    /// on either side, a net gain of at most one reference.
+    pub fn netted(self) -> RefChange {
+        let mut net: std::collections::BTreeMap<ChunkId, i64> = Default::default();
+        for id in self.added {
+            *net.entry(id).or_default() += 1;
+        }
+        for id in self.removed {
+            *net.entry(id).or_default() -= 1;
+        }
+        let mut netted = RefChange::default();
+        for (id, count) in net {
+            let side = if count > 0 {
+                &mut netted.added
+            } else {
+                &mut netted.removed
+            };
+            side.extend(std::iter::repeat_n(id, count.unsigned_abs() as usize));
+        }
+        netted
+    }
+}
+
 /// A piece of a read: data from a chunk, or a hole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadPiece {

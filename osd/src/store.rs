@@ -469,7 +469,7 @@ impl ObjectStore {
     ) -> Result<(), StoreError> {
         let loaded = ObjectStore::load_extents(conn, object, start, end)?;
         let mut map = ExtentMap::from_extents(loaded.iter().copied());
-        let change = edit(&mut map);
+        let change = edit(&mut map).netted();
         // The loaded extents are every extent of the object from the first
         // to the last of them (each starts inside the range but the first).
         if let (Some(first), Some(last)) = (loaded.first(), loaded.last()) {
@@ -769,25 +769,27 @@ impl ObjectStore {
         }
     }
 
-    /// One bounded step of [`ObjectStore::collect_garbage`]: up to
-    /// [`RELEASE_STEP`] released references while any are left, then up
-    /// to [`COMPACT_STEP_BYTES`] of compaction.
+    /// One bounded step of [`ObjectStore::collect_garbage`], in one
+    /// transaction: up to [`RELEASE_STEP`] released references, then, when
+    /// that took the last of them, up to [`COMPACT_STEP_BYTES`] of
+    /// compaction. Compaction is not starved by references released while
+    /// it runs: those wait for the next collection.
     pub fn collect_garbage_step(&self) -> Result<GcStep, StoreError> {
-        if self.mutate(|tx, content| content.apply_released(tx, RELEASE_STEP))? > 0 {
-            return Ok(GcStep {
-                moved: 0,
-                done: false,
-            });
-        }
-        let (moved, emptied) =
-            self.mutate(|tx, content| content.compact_step(tx, COMPACT_STEP_BYTES))?;
+        let (applied, moved, emptied) = self.mutate(|tx, content| {
+            let applied = content.apply_released(tx, RELEASE_STEP)?;
+            if applied == RELEASE_STEP {
+                return Ok((applied, 0, Vec::new()));
+            }
+            let (moved, emptied) = content.compact_step(tx, COMPACT_STEP_BYTES)?;
+            Ok((applied, moved, emptied))
+        })?;
         let inner = lock(&self.inner);
         for segment in &emptied {
             inner.content.remove_segment(*segment)?;
         }
         Ok(GcStep {
             moved,
-            done: moved == 0 && emptied.is_empty(),
+            done: applied < RELEASE_STEP && moved == 0 && emptied.is_empty(),
         })
     }
 

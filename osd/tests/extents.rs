@@ -86,11 +86,29 @@ proptest! {
                     map.truncate(size)
                 }
             };
-            for id in change.added {
-                *refs.entry(id).or_default() += 1;
+            let mut raw: HashMap<ChunkId, i64> = HashMap::new();
+            for id in &change.added {
+                *raw.entry(*id).or_default() += 1;
             }
-            for id in change.removed {
-                *refs.entry(id).or_default() -= 1;
+            for id in &change.removed {
+                *raw.entry(*id).or_default() -= 1;
+            }
+            raw.retain(|_, count| *count != 0);
+            let netted = change.netted();
+            prop_assert!(
+                netted.added.iter().all(|id| !netted.removed.contains(id)),
+                "a netted change names a chunk on both sides"
+            );
+            let mut net: HashMap<ChunkId, i64> = HashMap::new();
+            for id in netted.added {
+                *net.entry(id).or_default() += 1;
+            }
+            for id in netted.removed {
+                *net.entry(id).or_default() -= 1;
+            }
+            prop_assert_eq!(&net, &raw, "netting changes the counts");
+            for (id, count) in net {
+                *refs.entry(id).or_default() += count;
             }
         }
         for (offset, len) in reads {
