@@ -769,27 +769,29 @@ impl ObjectStore {
         }
     }
 
-    /// One bounded step of [`ObjectStore::collect_garbage`], in one
-    /// transaction: up to [`RELEASE_STEP`] released references, then, when
-    /// that took the last of them, up to [`COMPACT_STEP_BYTES`] of
-    /// compaction. Compaction is not starved by references released while
-    /// it runs: those wait for the next collection.
+    /// One bounded step of [`ObjectStore::collect_garbage`]: up to
+    /// [`RELEASE_STEP`] released references and, when that took the last of
+    /// them, up to [`COMPACT_STEP_BYTES`] of compaction. Compaction is not
+    /// starved by references released while it runs (those wait for the
+    /// next collection), and the two commit apart, so a segment compaction
+    /// cannot read (a damaged chunk) never holds back the released ones.
     pub fn collect_garbage_step(&self) -> Result<GcStep, StoreError> {
-        let (applied, moved, emptied) = self.mutate(|tx, content| {
-            let applied = content.apply_released(tx, RELEASE_STEP)?;
-            if applied == RELEASE_STEP {
-                return Ok((applied, 0, Vec::new()));
-            }
-            let (moved, emptied) = content.compact_step(tx, COMPACT_STEP_BYTES)?;
-            Ok((applied, moved, emptied))
-        })?;
+        let applied = self.mutate(|tx, content| content.apply_released(tx, RELEASE_STEP))?;
+        if applied == RELEASE_STEP {
+            return Ok(GcStep {
+                moved: 0,
+                done: false,
+            });
+        }
+        let (moved, emptied) =
+            self.mutate(|tx, content| content.compact_step(tx, COMPACT_STEP_BYTES))?;
         let inner = lock(&self.inner);
         for segment in &emptied {
             inner.content.remove_segment(*segment)?;
         }
         Ok(GcStep {
             moved,
-            done: applied < RELEASE_STEP && moved == 0 && emptied.is_empty(),
+            done: moved == 0 && emptied.is_empty(),
         })
     }
 

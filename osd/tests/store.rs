@@ -475,3 +475,26 @@ fn a_failed_change_among_concurrent_ones_undoes_only_itself() {
         }
     }
 }
+
+#[test]
+fn a_chunk_compaction_cannot_read_never_holds_back_the_released_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ObjectStore::open(dir.path()).unwrap();
+    let (kept, dropped, small) = (key("kept"), key("dropped"), key("small"));
+    store.write(&kept, 0, &pattern(30, 128 << 10)).unwrap();
+    store.write(&dropped, 0, &pattern(32, 1 << 20)).unwrap();
+    store.write(&small, 0, &pattern(34, 4096)).unwrap();
+    damage_segment_of(&store, &kept, 100, 0x40);
+    store.delete(&dropped).unwrap();
+    store.delete(&small).unwrap();
+    let before = store.used_bytes().unwrap();
+    assert!(
+        store.collect_garbage().is_err(),
+        "compaction cannot copy the damaged chunk"
+    );
+    assert_eq!(
+        before - store.used_bytes().unwrap(),
+        4096,
+        "the small object's inline bytes come back all the same"
+    );
+}
