@@ -886,12 +886,18 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn compaction_forgets_chunks_nothing_references_instead_of_copying_them() {
+    /// An empty index (in memory) and segment directory.
+    fn empty_store() -> (tempfile::TempDir, Connection, ContentStore) {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA).unwrap();
-        let mut content = ContentStore::open(dir.path()).unwrap();
+        let content = ContentStore::open(dir.path()).unwrap();
+        (dir, conn, content)
+    }
+
+    #[test]
+    fn compaction_forgets_chunks_nothing_references_instead_of_copying_them() {
+        let (_dir, conn, mut content) = empty_store();
         let [dead, live, garbage] =
             [1, 2, 3].map(|seed| content.put(&conn, &chunk(seed), false, false).unwrap());
         content.add_refs(&conn, &[dead, live], 1).unwrap();
@@ -909,10 +915,7 @@ mod tests {
 
     #[test]
     fn a_released_reference_holds_its_chunk_until_applied_and_the_last_one_forgets_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
-        let mut content = ContentStore::open(dir.path()).unwrap();
+        let (_dir, conn, mut content) = empty_store();
         let small = vec![7u8; 4096];
         let [shared, inline] = [
             content.put(&conn, &chunk(1), false, false).unwrap(),
