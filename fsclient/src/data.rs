@@ -138,8 +138,23 @@ impl FileData {
             return Ok(Vec::new());
         }
         let extents = file.extents(offset, end - offset)?;
-        let mut bytes = vec![0u8; (end - offset) as usize];
         let pool = file.layout.pool();
+        if let [extent] = extents.as_slice() {
+            let name = file.name(extent.objno.0);
+            let mut data = match self
+                .objects
+                .read(pool, &name, extent.offset, extent.len)
+                .await
+            {
+                Ok(data) => data,
+                Err(ClientError::Osd(OsdError::NotFound)) => Vec::new(),
+                Err(error) => return Err(errno(error)),
+            };
+            // A short or missing object reads as zeros to the end: a hole.
+            data.resize((end - offset) as usize, 0);
+            return Ok(data);
+        }
+        let mut bytes = vec![0u8; (end - offset) as usize];
         let reads = extents.into_iter().map(|extent| {
             let (objects, name) = (self.objects.clone(), file.name(extent.objno.0));
             async move {

@@ -146,8 +146,17 @@ pub async fn read<R: AsyncRead + Unpin, H: DeserializeOwned>(
     let header = decode_header(&header)?;
     let body_len = reader.read_u64_le().await.map_err(truncated)?;
     check_body_len(body_len)?;
-    let mut body = vec![0; body_len as usize];
-    reader.read_exact(&mut body).await.map_err(truncated)?;
+    // Read into spare capacity: a zeroed buffer of up to MAX_BODY_LEN
+    // would be written twice.
+    let mut body = Vec::with_capacity(body_len as usize);
+    reader
+        .take(body_len)
+        .read_to_end(&mut body)
+        .await
+        .map_err(truncated)?;
+    if body.len() as u64 != body_len {
+        return Err(FrameError::Truncated);
+    }
     Ok((header, body))
 }
 

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# A/B of two aspen binaries on the mount's sequential rows: for each round
+# and each binary, `aspen up` (1 MDS + 3 OSDs, pool size 3, FUSE mount, one
+# process) in a fresh folder, fio 1 GiB sequential write (bs 1M, end_fsync)
+# and, after drop_caches, the cold read. Besides MiB/s it records the CPU
+# time of the aspen process per GiB and the UDP datagrams the machine took
+# in. Rounds alternate the order of the binaries (AB, BA, AB, ...), so a
+# machine that speeds up or slows down during the run weighs on both alike.
+# fio runs as in bench/mount.sh (psync, no fallocate).
+# Appends a dated table to bench/RESULTS.md.
+#
+# Usage: bench/seq_ab.sh BASE_BIN NEW_BIN [ROUNDS]     (ROUNDS default 5)
+set -euo pipefail
+shopt -s inherit_errexit
+(($# >= 2)) || { echo "usage: $0 BASE_BIN NEW_BIN [ROUNDS]" >&2; exit 2; }
+BINS=("$(realpath "$1")" "$(realpath "$2")")
+for bin in "${BINS[@]}"; do [[ -x $bin ]] || { echo "$bin: not an executable" >&2; exit 2; }; done
+cd "$(dirname "$0")/.."
+REPO=$PWD
+ROUNDS=${3:-5}
+[[ $(id -u) == 0 ]] || { echo "run as root (drop_caches, mounts)" >&2; exit 1; }
+command -v fio >/dev/null || { echo "fio is not installed" >&2; exit 1; }
+OUT=$REPO/bench/out/seq_ab
+rm -rf "$OUT" && mkdir -p "$OUT"
+TICKS=$(getconf CLK_TCK)
+
+up_pid=
+stop_aspen() {
+  [[ -n $up_pid ]] || return 0
+  kill -INT "$up_pid" 2>/dev/null || true
+  wait "$up_pid" 2>/dev/null || true
+  up_pid=
+}
+trap stop_aspen EXIT
+
+udp_in() { awk '/^Udp:/ { n++; if (n == 2) print $2 }' /proc/net/snmp; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# One round of one binary: appends "INDEX write_mibs write_cpu_s write_udp
+# read_mibs read_cpu_s read_udp" to $OUT/rows.
+run_one() {
+  local index=$1 dir=$2 c0 u0 mibs row=("$1")
+  mkdir -p "$dir/mnt"
+  "${BINS[$index]}" up --data "$dir/data" --mount "$dir/mnt" >"$dir/up.log" 2>&1 &
+  up_pid=$!
+  for _ in $(seq 600); do
+    grep -q "mounted at" "$dir/up.log" && mountpoint -q "$dir/mnt" && break
+    kill -0 "$up_pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  mountpoint -q "$dir/mnt" || { cat "$dir/up.log" >&2; echo "aspen up did not mount" >&2; exit 1; }
+  mkdir -p "$dir/mnt/b"
+  for rw in write read; do
+    [[ $rw == read ]] && { sync; echo 3 >/proc/sys/vm/drop_caches; }
+    c0=$(cpu_ticks "$up_pid")
+    u0=$(udp_in)
+    local field=48; [[ $rw == read ]] && field=7
+    mibs=$(timeout 900 fio --name=s --directory="$dir/mnt/b" --rw=$rw --bs=1M --size=1G \
+      --end_fsync=1 --fallocate=none --ioengine=psync --output-format=terse |
+      awk -F';' -v f=$field '$1 == 3 { printf "%.1f", $f / 1024 }')
+    row+=("$mibs" "$(awk -v t=$(( $(cpu_ticks "$up_pid") - c0 )) -v hz="$TICKS" 'BEGIN { printf "%.1f", t / hz }')")
+    row+=("$(( $(udp_in) - u0 ))")
+  done
+  stop_aspen
+  rm -rf "$dir"
+  [[ "${row[*]}" =~ ^[01]( [0-9.]+){6}$ ]] || { echo "a bad row: ${row[*]}" >&2; exit 1; }
+  echo "${row[*]}" >>"$OUT/rows"
+}
+
+for round in $(seq "$ROUNDS"); do
+  order=(0 1); ((round % 2)) || order=(1 0)
+  for i in "${order[@]}"; do
+    echo "round $round: ${BINS[$i]}" >&2
+    run_one "$i" "$OUT/r$round.$i"
+  done
+done
+
+{
+  echo
+  echo "## Sequential A/B through the mount — $(date +%F)"
+  echo
+  echo "Machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(free -g | awk '/Mem:/ { print $2 }') GiB; disk under $(df --output=source "$REPO" | tail -1)."
+  echo "Command: \`bench/seq_ab.sh $1 $2 $ROUNDS\` (aspen up: 1 MDS + 3 OSDs, pool size 3, FUSE; fio 1 GiB bs 1M; CPU = the aspen process; UDP = datagrams taken in, after GRO)."
+  echo
+  echo "A = ${BINS[0]}, B = ${BINS[1]}."
+  echo
+  echo "| binary | round | write MiB/s | write CPU s | write UDP | read MiB/s | read CPU s | read UDP |"
+  echo "|---|---|---|---|---|---|---|---|"
+  awk -v a=A -v b=B '
+    { name = ($1 == 0) ? a : b; r[$1]++
+      printf "| %s | %d | %s | %s | %s | %s | %s | %s |\n", name, r[$1], $2, $3, $4, $5, $6, $7
+      for (k = 2; k <= 7; k++) sum[$1, k] += $k }
+    END { for (i = 0; i <= 1; i++) {
+            name = (i == 0) ? a : b
+            printf "| %s | mean | %.1f | %.1f | %.0f | %.1f | %.1f | %.0f |\n", name,
+              sum[i, 2] / r[i], sum[i, 3] / r[i], sum[i, 4] / r[i], sum[i, 5] / r[i], sum[i, 6] / r[i], sum[i, 7] / r[i] } }
+  ' "$OUT/rows"
+} | tee -a "$REPO/bench/RESULTS.md"
