@@ -33,28 +33,8 @@ source bench/lib.sh mount
 RESULTS=$OUT/results && mkdir -p "$RESULTS"
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-aspen_pid=
-stop_aspen() {
-  [[ -n $aspen_pid ]] || return 0
-  kill -INT "$aspen_pid" 2>/dev/null || true
-  wait "$aspen_pid" 2>/dev/null || true
-  aspen_pid=
-}
+source bench/aspen_up.sh
 trap 'stop_aspen; cleanup' EXIT
-
-start_aspen() {
-  mkdir -p "$OUT/mnt"
-  "$ASPEN" up --data "$OUT/aspen" --mount "$OUT/mnt" >"$OUT/aspen-up.log" 2>&1 &
-  aspen_pid=$!
-  for _ in $(seq 600); do
-    grep -q "mounted at" "$OUT/aspen-up.log" && mountpoint -q "$OUT/mnt" && return 0
-    kill -0 "$aspen_pid" 2>/dev/null || break
-    sleep 0.2
-  done
-  cat "$OUT/aspen-up.log" >&2
-  echo "aspen up did not mount" >&2
-  exit 1
-}
 
 ceph_peer() { (source "$CEPH_PEER/lib.sh" && "$@"); }
 
@@ -133,7 +113,7 @@ run_files() {
 ran=()
 for t in "${TARGETS[@]}"; do
   case $t in
-    aspen) start_aspen ;;
+    aspen) start_aspen "$ASPEN" "$OUT/aspen" "$OUT/mnt" "$OUT/aspen-up.log" ;;
     ceph) start_ceph || continue ;;
     local) ;;
     *) echo "unknown target $t" >&2; exit 2 ;;

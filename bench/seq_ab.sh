@@ -24,13 +24,7 @@ OUT=$REPO/bench/out/seq_ab
 rm -rf "$OUT" && mkdir -p "$OUT"
 TICKS=$(getconf CLK_TCK)
 
-up_pid=
-stop_aspen() {
-  [[ -n $up_pid ]] || return 0
-  kill -INT "$up_pid" 2>/dev/null || true
-  wait "$up_pid" 2>/dev/null || true
-  up_pid=
-}
+source bench/aspen_up.sh
 trap stop_aspen EXIT
 
 udp_in() { awk '/^Udp:/ { n++; if (n == 2) print $2 }' /proc/net/snmp; }
@@ -40,25 +34,17 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # read_mibs read_cpu_s read_udp" to $OUT/rows.
 run_one() {
   local index=$1 dir=$2 c0 u0 mibs row=("$1")
-  mkdir -p "$dir/mnt"
-  "${BINS[$index]}" up --data "$dir/data" --mount "$dir/mnt" >"$dir/up.log" 2>&1 &
-  up_pid=$!
-  for _ in $(seq 600); do
-    grep -q "mounted at" "$dir/up.log" && mountpoint -q "$dir/mnt" && break
-    kill -0 "$up_pid" 2>/dev/null || break
-    sleep 0.2
-  done
-  mountpoint -q "$dir/mnt" || { cat "$dir/up.log" >&2; echo "aspen up did not mount" >&2; exit 1; }
+  start_aspen "${BINS[$index]}" "$dir/data" "$dir/mnt" "$dir/up.log"
   mkdir -p "$dir/mnt/b"
   for rw in write read; do
     [[ $rw == read ]] && { sync; echo 3 >/proc/sys/vm/drop_caches; }
-    c0=$(cpu_ticks "$up_pid")
+    c0=$(cpu_ticks "$aspen_pid")
     u0=$(udp_in)
     local field=48; [[ $rw == read ]] && field=7
     mibs=$(timeout 900 fio --name=s --directory="$dir/mnt/b" --rw=$rw --bs=1M --size=1G \
       --end_fsync=1 --fallocate=none --ioengine=psync --output-format=terse |
       awk -F';' -v f=$field '$1 == 3 { printf "%.1f", $f / 1024 }')
-    row+=("$mibs" "$(awk -v t=$(( $(cpu_ticks "$up_pid") - c0 )) -v hz="$TICKS" 'BEGIN { printf "%.1f", t / hz }')")
+    row+=("$mibs" "$(awk -v t=$(( $(cpu_ticks "$aspen_pid") - c0 )) -v hz="$TICKS" 'BEGIN { printf "%.1f", t / hz }')")
     row+=("$(( $(udp_in) - u0 ))")
   done
   stop_aspen

@@ -119,6 +119,23 @@ fn errno(error: ClientError) -> Errno {
     }
 }
 
+/// The bytes an object holds for `extent`: fewer where the object is
+/// short, none where it does not exist (both read as holes).
+async fn read_extent(
+    objects: &ObjectClient,
+    file: &FileObjects,
+    extent: ObjectExtent,
+) -> Result<Vec<u8>, ClientError> {
+    let name = file.name(extent.objno.0);
+    match objects
+        .read(file.layout.pool(), &name, extent.offset, extent.len)
+        .await
+    {
+        Err(ClientError::Osd(OsdError::NotFound)) => Ok(Vec::new()),
+        result => result,
+    }
+}
+
 impl FileData {
     pub fn new(objects: Arc<ObjectClient>) -> FileData {
         FileData { objects }
@@ -138,32 +155,18 @@ impl FileData {
             return Ok(Vec::new());
         }
         let extents = file.extents(offset, end - offset)?;
-        let pool = file.layout.pool();
         if let [extent] = extents.as_slice() {
-            let name = file.name(extent.objno.0);
-            let mut data = match self
-                .objects
-                .read(pool, &name, extent.offset, extent.len)
+            let mut data = read_extent(&self.objects, &file, *extent)
                 .await
-            {
-                Ok(data) => data,
-                Err(ClientError::Osd(OsdError::NotFound)) => Vec::new(),
-                Err(error) => return Err(errno(error)),
-            };
+                .map_err(errno)?;
             // A short or missing object reads as zeros to the end: a hole.
             data.resize((end - offset) as usize, 0);
             return Ok(data);
         }
         let mut bytes = vec![0u8; (end - offset) as usize];
         let reads = extents.into_iter().map(|extent| {
-            let (objects, name) = (self.objects.clone(), file.name(extent.objno.0));
-            async move {
-                match objects.read(pool, &name, extent.offset, extent.len).await {
-                    Ok(data) => Ok((extent, data)),
-                    Err(ClientError::Osd(OsdError::NotFound)) => Ok((extent, Vec::new())),
-                    Err(error) => Err(error),
-                }
-            }
+            let objects = self.objects.clone();
+            async move { Ok((extent, read_extent(&objects, &file, extent).await?)) }
         });
         // A short or missing object leaves zeros: a hole.
         let place = |(extent, data): (ObjectExtent, Vec<u8>)| {
