@@ -45,10 +45,14 @@ fn aspen_up_mounts_stops_cleanly_and_finds_its_files_again() {
     let data = root.path().join("data");
     let mountpoint = root.path().join("mnt");
     let first = up(&data, &mountpoint, &root.path().join("up1.log"));
+    let log_path = root.path().join("up1.log");
+    // The mount can show before `aspen up` has written its line about it.
+    let log_says_mounted =
+        || std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains("mounted at"));
     eventually("the first mount", 120, || {
-        is_mounted(&mountpoint).then_some(())
+        (is_mounted(&mountpoint) && log_says_mounted()).then_some(())
     });
-    let log = std::fs::read_to_string(root.path().join("up1.log")).unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("osd.2") && log.contains("mounted at"), "{log}");
     std::fs::create_dir(mountpoint.join("dir")).unwrap();
     let content: Vec<u8> = (0..5_000_000u32).map(|n| (n % 251) as u8).collect();
