@@ -24,7 +24,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use aspen_proto::osd::{LogEntry, LogVersion, ObjectCopy, ObjectOp};
 
 use crate::batch::{Batches, Committed, Failure, Outcome};
-use crate::content::{self, COMPACT_STEP_BYTES, ContentStore, MAX_CHUNK, RELEASE_STEP};
+use crate::content::{
+    self, COMPACT_STEP_BYTES, ContentStore, MAX_CHUNK, RELEASE_STEP, ReadPattern,
+};
 use crate::extents::{Extent, ExtentMap, ReadPiece, RefChange};
 use crate::pglog;
 
@@ -53,6 +55,10 @@ pub struct GcStep {
     /// Nothing was left to do.
     pub done: bool,
 }
+
+/// Reads up to this long are taken as scattered (no kernel readahead):
+/// one chunk, the most a random read through the mount asks for at once.
+pub const SCATTERED_READ_MAX: u64 = MAX_CHUNK as u64;
 
 const DATABASE: &str = "objects.db";
 const SEGMENTS: &str = "segments";
@@ -634,7 +640,7 @@ impl ObjectStore {
         let Some((object, size, at)) = found else {
             return Ok(None);
         };
-        let plan = plan_read(&inner, object, 0, size)?;
+        let plan = plan_read(&inner, object, 0, size, ReadPattern::Streaming)?;
         let mut statement = inner
             .conn
             .prepare_cached("SELECT name, value FROM attrs WHERE object = ?1 ORDER BY name")?;
@@ -709,7 +715,8 @@ impl ObjectStore {
             let inner = lock(&self.inner);
             let (object, size) =
                 ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
-            plan_read(&inner, object, offset, offset.saturating_add(len).min(size))?
+            let end = offset.saturating_add(len).min(size);
+            plan_read(&inner, object, offset, end, read_pattern(len))?
         };
         assemble(plan)
     }
@@ -1023,6 +1030,13 @@ enum PlannedPiece {
     },
 }
 
+fn read_pattern(len: u64) -> ReadPattern {
+    match len <= SCATTERED_READ_MAX {
+        true => ReadPattern::Scattered,
+        false => ReadPattern::Streaming,
+    }
+}
+
 /// Locates the pieces of `offset..end` of `object`; [`assemble`] reads
 /// them once the lock is released, so a slow disk read does not hold up
 /// every other operation on the store.
@@ -1031,6 +1045,7 @@ fn plan_read(
     object: i64,
     offset: u64,
     end: u64,
+    pattern: ReadPattern,
 ) -> Result<Vec<PlannedPiece>, StoreError> {
     if offset >= end {
         return Ok(Vec::new());
@@ -1045,7 +1060,7 @@ fn plan_read(
                 chunk_offset,
                 len,
             } => Ok(PlannedPiece::Data {
-                chunk: inner.content.start_read(&inner.conn, &chunk)?,
+                chunk: inner.content.start_read(&inner.conn, &chunk, pattern)?,
                 // Past the chunk's end (a damaged extent) fails its read.
                 range: chunk_offset as usize..chunk_offset.saturating_add(len) as usize,
             }),
