@@ -40,9 +40,10 @@ pub const INLINE_MAX: usize = 16 * 1024;
 /// its chunks' sizes: a small file's bytes then cost one log sync, where
 /// a segment would add a second sync of its own.
 pub const SMALL_WRITE_MAX: usize = 64 * 1024;
-/// Segment files kept open for reading; past this many, the cache is
-/// emptied and refilled as reads come.
-pub const MAX_OPEN_SEGMENTS: usize = 256;
+/// Segment file handles kept open for reading (up to two per segment, one
+/// per [`ReadPattern`]); past this many, the cache is emptied and refilled
+/// as reads come.
+pub const MAX_OPEN_READERS: usize = 256;
 /// The segment number of inline chunks.
 const INLINE: i64 = 0;
 /// A segment stops taking appends once it is this large.
@@ -181,8 +182,8 @@ pub struct ContentStore {
     /// Segment files open for reading. A handle outlives its file's
     /// deletion by compaction, so a read located under the store's lock
     /// still finds its bytes after the lock is released.
-    /// One handle per segment and [`ReadPattern`], as the kernel keeps its
-    /// readahead state per open file.
+    /// One handle per segment and [`ReadPattern`]: the readahead advice
+    /// holds for an open file, not for the file.
     readers: Mutex<HashMap<(i64, ReadPattern), Arc<File>>>,
 }
 
@@ -190,11 +191,13 @@ pub struct ContentStore {
 /// kernel reads ahead only where that helps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReadPattern {
-    /// Long reads (whole objects, scrub, recovery): the chunks after this
-    /// one are likely next, so the kernel's readahead pays.
+    /// Reads in order or long ones (whole objects, scrub, recovery, a
+    /// file read sequentially): the chunks after this one are likely next,
+    /// so the kernel's readahead pays.
     Streaming,
-    /// Short reads at scattered places: readahead would only read bytes
-    /// nobody asked for (on a 4 KiB random read, twice the bytes read).
+    /// Short reads at scattered places (told apart in [`crate::trails`]):
+    /// readahead would only read bytes nobody asked for (on a 4 KiB random
+    /// read, twice the bytes read).
     Scattered,
 }
 
@@ -573,7 +576,7 @@ impl ContentStore {
         if let Some(file) = readers.get(&(segment, pattern)) {
             return Ok(file.clone());
         }
-        if readers.len() >= MAX_OPEN_SEGMENTS {
+        if readers.len() >= MAX_OPEN_READERS {
             readers.clear();
         }
         let file = File::open(self.segment_path(segment)).map_err(io)?;

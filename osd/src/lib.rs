@@ -37,4 +37,5 @@ mod links;
 pub mod pglog;
 pub mod server;
 pub mod store;
+mod trails;
 pub mod tree;

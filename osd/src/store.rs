@@ -29,6 +29,7 @@ use crate::content::{
 };
 use crate::extents::{Extent, ExtentMap, ReadPiece, RefChange};
 use crate::pglog;
+use crate::trails::ReadTrails;
 
 // The store enforces the protocol's limits itself: the longest object
 // name, the largest object, the longest read, and attribute sizes.
@@ -55,10 +56,6 @@ pub struct GcStep {
     /// Nothing was left to do.
     pub done: bool,
 }
-
-/// Reads up to this long are taken as scattered (no kernel readahead):
-/// one chunk, the most a random read through the mount asks for at once.
-pub const SCATTERED_READ_MAX: u64 = MAX_CHUNK as u64;
 
 const DATABASE: &str = "objects.db";
 const SEGMENTS: &str = "segments";
@@ -137,6 +134,7 @@ struct Inner {
     since_checkpoint: u64,
     /// Inline chunk bytes committed since the last checkpoint.
     logged_bytes: u64,
+    trails: ReadTrails,
 }
 
 /// The object store. Share it behind an `Arc`; every method blocks (call
@@ -266,6 +264,7 @@ impl ObjectStore {
                 batches: Batches::default(),
                 since_checkpoint: 0,
                 logged_bytes: 0,
+                trails: ReadTrails::default(),
             }),
             wal,
             syncing: Mutex::new(false),
@@ -712,11 +711,12 @@ impl ObjectStore {
             )));
         }
         let plan = {
-            let inner = lock(&self.inner);
+            let mut inner = lock(&self.inner);
             let (object, size) =
                 ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
             let end = offset.saturating_add(len).min(size);
-            plan_read(&inner, object, offset, end, read_pattern(len))?
+            let pattern = inner.trails.classify(object, offset, len);
+            plan_read(&inner, object, offset, end, pattern)?
         };
         assemble(plan)
     }
@@ -1028,13 +1028,6 @@ enum PlannedPiece {
         chunk: content::ChunkRead,
         range: std::ops::Range<usize>,
     },
-}
-
-fn read_pattern(len: u64) -> ReadPattern {
-    match len <= SCATTERED_READ_MAX {
-        true => ReadPattern::Scattered,
-        false => ReadPattern::Streaming,
-    }
 }
 
 /// Locates the pieces of `offset..end` of `object`; [`assemble`] reads
