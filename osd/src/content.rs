@@ -182,6 +182,7 @@ pub struct ContentStore {
     /// Segment files open for reading. A handle outlives its file's
     /// deletion by compaction, so a read located under the store's lock
     /// still finds its bytes after the lock is released.
+    ///
     /// One handle per segment and [`ReadPattern`]: the readahead advice
     /// holds for an open file, not for the file.
     readers: Mutex<HashMap<(i64, ReadPattern), Arc<File>>>,
