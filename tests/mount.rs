@@ -339,13 +339,30 @@ fn write_durably(path: &Path, bytes: &[u8]) {
     file.sync_all().unwrap();
 }
 
-/// Writes `piece` to `path`, each time made durable with fsync, until a
-/// write or fsync fails; the bytes made durable and the error.
+/// Copy `number` of `piece`, with the number in the first bytes of every
+/// 4 KiB: no two copies share a chunk (the OSDs store equal chunks once,
+/// so a fill of equal pieces would hardly use space).
+fn stamped(piece: &[u8], number: u64) -> Vec<u8> {
+    let mut copy = piece.to_vec();
+    for block in copy.chunks_mut(4096) {
+        let stamp = number.to_le_bytes();
+        let len = stamp.len().min(block.len());
+        block[..len].copy_from_slice(&stamp[..len]);
+    }
+    copy
+}
+
+/// Writes stamped copies of `piece` to `path`, each made durable with
+/// fsync, until a write or fsync fails; the bytes made durable and the
+/// error.
 fn fill(path: &Path, piece: &[u8]) -> (u64, std::io::Error) {
     let mut file = std::fs::File::create(path).unwrap();
     let mut written = 0u64;
-    loop {
-        match file.write_all(piece).and_then(|()| file.sync_data()) {
+    for number in 0u64.. {
+        match file
+            .write_all(&stamped(piece, number))
+            .and_then(|()| file.sync_data())
+        {
             Ok(()) => written += piece.len() as u64,
             Err(error) => return (written, error),
         }
@@ -354,6 +371,7 @@ fn fill(path: &Path, piece: &[u8]) -> (u64, std::io::Error) {
             "{written} bytes went into OSDs holding {SMALL_OSD_CAPACITY}"
         );
     }
+    unreachable!("a u64 count of pieces ran out")
 }
 
 #[test]
@@ -406,7 +424,8 @@ fn a_full_cluster_says_enospc_and_damaged_data_says_eio() {
     );
     let durable = &back[..written as usize];
     for (index, chunk) in durable.chunks(piece.len()).enumerate() {
-        assert!(chunk == &piece[..chunk.len()], "piece {index} differs");
+        let expected = stamped(&piece, index as u64);
+        assert!(chunk == &expected[..chunk.len()], "piece {index} differs");
     }
 
     // Removing the file gives the space back.
