@@ -15,7 +15,7 @@ use aspen_proto::caps::{CapEvents, CapGrant, CapMode, CapOp, CapReply, Flushed, 
 use aspen_proto::fs::{Caller, SetAttr, Timestamp, open_flags};
 use aspen_proto::mds::{KeyEntry, MdsRequest, MdsResponse, NsOp, NsReply, Role, SessionId};
 use aspen_proto::transport::{
-    ALPN_MDS, AuthorizedKeys, RpcClient, SecretKey, Transport, endpoint::peer_addr,
+    ALPN_MDS, AuthorizedKeys, Bytes, RpcClient, SecretKey, Transport, endpoint::peer_addr,
 };
 use aspen_proto::{Errno, FileLayout, InodeId};
 
@@ -30,7 +30,8 @@ struct Client {
 impl Client {
     async fn call(&self, request: &MdsRequest) -> MdsResponse {
         loop {
-            let (response, _): (MdsResponse, Vec<u8>) = self.rpc.call(request, &[]).await.unwrap();
+            let (response, _): (MdsResponse, Vec<u8>) =
+                self.rpc.call(request, Bytes::new()).await.unwrap();
             if response != MdsResponse::Busy {
                 return response;
             }

@@ -15,7 +15,8 @@ use aspen_proto::mds::{
     KeyEntry, MdsMember, MdsRequest, MdsResponse, NsOp, NsReply, Role, SessionId,
 };
 use aspen_proto::transport::{
-    ALPN_MDS, AuthorizedKeys, EndpointAddr, RpcClient, SecretKey, Transport, endpoint::peer_addr,
+    ALPN_MDS, AuthorizedKeys, Bytes, EndpointAddr, RpcClient, SecretKey, Transport,
+    endpoint::peer_addr,
 };
 use aspen_proto::{FileLayout, InodeId};
 
@@ -86,7 +87,7 @@ fn addr_of(member: &MdsMember) -> EndpointAddr {
 
 async fn call(client: &Transport, member: &MdsMember, request: &MdsRequest) -> MdsResponse {
     let rpc = RpcClient::new(client.clone(), addr_of(member), ALPN_MDS);
-    let (response, _): (MdsResponse, Vec<u8>) = rpc.call(request, &[]).await.unwrap();
+    let (response, _): (MdsResponse, Vec<u8>) = rpc.call(request, Bytes::new()).await.unwrap();
     response
 }
 
@@ -328,7 +329,8 @@ async fn unregistered_clients_and_non_admins_are_kept_out() {
     let server = single_member(dir.path()).await;
     let (stranger, _) = new_client().await;
     let rpc = RpcClient::new(stranger.clone(), addr_of(&server.member()), ALPN_MDS);
-    let result: Result<(MdsResponse, Vec<u8>), _> = rpc.call(&MdsRequest::Status, &[]).await;
+    let result: Result<(MdsResponse, Vec<u8>), _> =
+        rpc.call(&MdsRequest::Status, Bytes::new()).await;
     assert!(result.is_err(), "an unregistered node cannot connect");
 
     let (client, key) = new_client().await;
@@ -752,7 +754,8 @@ async fn concurrent_writes_are_batched_and_answered_one_by_one() {
             let rpc = rpc.clone();
             tokio::spawn(async move {
                 let request = mkdir(&format!("d{}", i % NAMES));
-                let (response, _): (MdsResponse, Vec<u8>) = rpc.call(&request, &[]).await.unwrap();
+                let (response, _): (MdsResponse, Vec<u8>) =
+                    rpc.call(&request, Bytes::new()).await.unwrap();
                 (i % NAMES, response)
             })
         })

@@ -21,7 +21,7 @@ use aspen_proto::mds::{ClusterMap, MdsRequest, MdsResponse};
 use aspen_proto::osd::{
     ObjectInfo, ObjectOp, ObjectRef, OsdError, OsdRequest, OsdResponse, ScrubReport,
 };
-use aspen_proto::transport::{RpcClient, Transport};
+use aspen_proto::transport::{Bytes, RpcClient, Transport};
 use tokio::sync::Mutex;
 
 use crate::links::Links;
@@ -178,13 +178,14 @@ impl ObjectClient {
         body: &[u8],
     ) -> Result<(OsdResponse, Vec<u8>), ClientError> {
         self.reach_barrier().await?;
+        let body = Bytes::copy_from_slice(body);
         let started = Instant::now();
         loop {
             let map = self.map().await;
             let epoch = map.osdmap.epoch().0;
             // Whether a newer map is what the retry needs (a PG that is
             // peering just needs time).
-            let (problem, needs_map) = match self.attempt(&map, object, &op, body).await {
+            let (problem, needs_map) = match self.attempt(&map, object, &op, body.clone()).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(OsdError::NotPrimary { epoch: theirs })) => {
                     (format!("not the primary at epoch {theirs}"), true)
@@ -225,7 +226,7 @@ impl ObjectClient {
         map: &ClusterMap,
         object: &ObjectRef,
         op: &ObjectOp,
-        body: &[u8],
+        body: Bytes,
     ) -> Result<Result<(OsdResponse, Vec<u8>), OsdError>, String> {
         let pg = map
             .osdmap
@@ -376,7 +377,7 @@ impl ObjectClient {
             .map_err(ClientError::Unexpected)?;
         let request = OsdRequest::Scrub { pg, deep, repair };
         match client
-            .call_within::<_, OsdResponse>(SCRUB_TIMEOUT, &request, &[])
+            .call_within::<_, OsdResponse>(SCRUB_TIMEOUT, &request, Bytes::new())
             .await
         {
             Ok((OsdResponse::Scrubbed(report), _)) => Ok(report),
@@ -398,7 +399,7 @@ impl ObjectClient {
             .await
             .map_err(ClientError::Unexpected)?;
         match client
-            .call::<_, OsdResponse>(&OsdRequest::ListPg { pg }, &[])
+            .call::<_, OsdResponse>(&OsdRequest::ListPg { pg }, Bytes::new())
             .await
         {
             Ok((OsdResponse::Names(names), _)) => Ok(names),

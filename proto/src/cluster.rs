@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 use crate::mds::{MdsMember, MdsRequest, MdsResponse};
 use crate::transport::endpoint::peer_addr;
 use crate::transport::{
-    ALPN_MDS, AuthorizedKeys, EndpointId, RpcClient, Transport, TransportError,
+    ALPN_MDS, AuthorizedKeys, Bytes, EndpointId, RpcClient, Transport, TransportError,
     load_or_create_secret_key,
 };
 
@@ -186,7 +186,7 @@ impl MdsClient {
             _ => MEMBER_TIMEOUT,
         };
         let result: Result<(MdsResponse, Vec<u8>), _> =
-            client.call_within(timeout, request, &[]).await;
+            client.call_within(timeout, request, Bytes::new()).await;
         match result {
             Ok((response, _)) => Ok(response),
             Err(error) => {

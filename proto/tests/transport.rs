@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use aspen_proto::transport::frame::{self, FrameError};
 use aspen_proto::transport::{
-    AuthorizedKeys, Router, RpcClient, Service, Transport, load_or_create_secret_key, serve,
+    AuthorizedKeys, Bytes, Router, RpcClient, Service, Transport, load_or_create_secret_key, serve,
 };
 use iroh::{EndpointId, SecretKey};
 use serde::{Deserialize, Serialize};
@@ -77,8 +77,10 @@ async fn calls_carry_headers_bodies_and_the_callers_id() {
     let (server, client, _router) = pair().await;
     let rpc = RpcClient::new(client.clone(), server.addr(), ALPN);
     let body: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
-    let (reply, echoed): (Reply, Vec<u8>) =
-        rpc.call(&Request::Echo("hi".into()), &body).await.unwrap();
+    let (reply, echoed): (Reply, Vec<u8>) = rpc
+        .call(&Request::Echo("hi".into()), Bytes::from(body.clone()))
+        .await
+        .unwrap();
     assert_eq!(
         reply,
         Reply::Echo {
@@ -96,8 +98,10 @@ async fn concurrent_calls_share_one_connection() {
     let calls = (0..200u64).map(|i| {
         let rpc = rpc.clone();
         tokio::spawn(async move {
-            let (reply, _): (Reply, Vec<u8>) =
-                rpc.call(&Request::Sum(vec![i, i, 1]), &[]).await.unwrap();
+            let (reply, _): (Reply, Vec<u8>) = rpc
+                .call(&Request::Sum(vec![i, i, 1]), Bytes::new())
+                .await
+                .unwrap();
             assert_eq!(reply, Reply::Sum(2 * i + 1));
         })
     });
@@ -108,7 +112,10 @@ async fn concurrent_calls_share_one_connection() {
     let mut times: Vec<u128> = Vec::new();
     for _ in 0..300 {
         let started = Instant::now();
-        let _: (Reply, Vec<u8>) = rpc.call(&Request::Sum(vec![1]), &[]).await.unwrap();
+        let _: (Reply, Vec<u8>) = rpc
+            .call(&Request::Sum(vec![1]), Bytes::new())
+            .await
+            .unwrap();
         times.push(started.elapsed().as_micros());
     }
     times.sort();
@@ -124,7 +131,7 @@ async fn unknown_nodes_are_refused() {
     let _router = serve(&server, ALPN, Arc::new(TestService));
     let stranger = endpoint(&[]).await;
     let rpc = RpcClient::new(stranger.clone(), server.addr(), ALPN);
-    let result: Result<(Reply, Vec<u8>), _> = rpc.call(&Request::Sum(vec![1]), &[]).await;
+    let result: Result<(Reply, Vec<u8>), _> = rpc.call(&Request::Sum(vec![1]), Bytes::new()).await;
     assert!(
         result.is_err(),
         "a node not on the allow-list gets no answer"
@@ -132,7 +139,10 @@ async fn unknown_nodes_are_refused() {
     // Once allowed, the same node gets through.
     server.authorized.allow(stranger.id());
     let rpc = RpcClient::new(stranger, server.addr(), ALPN);
-    let (reply, _): (Reply, Vec<u8>) = rpc.call(&Request::Sum(vec![2, 3]), &[]).await.unwrap();
+    let (reply, _): (Reply, Vec<u8>) = rpc
+        .call(&Request::Sum(vec![2, 3]), Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(reply, Reply::Sum(5));
 }
 
@@ -154,7 +164,10 @@ async fn malformed_frames_get_an_error_reply_and_the_server_lives_on() {
         assert!(matches!(reply, Reply::Malformed(_)), "{reply:?}");
     }
     let rpc = RpcClient::new(client, server.addr(), ALPN);
-    let (reply, _): (Reply, Vec<u8>) = rpc.call(&Request::Sum(vec![7]), &[]).await.unwrap();
+    let (reply, _): (Reply, Vec<u8>) = rpc
+        .call(&Request::Sum(vec![7]), Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(reply, Reply::Sum(7));
 }
 
@@ -184,7 +197,7 @@ async fn disconnect_fails_the_calls_in_flight_at_once_and_the_next_call_dials_af
         tokio::spawn(async move {
             let started = Instant::now();
             let outcome = rpc
-                .call_within::<_, Reply>(limit, &Request::Hang, &[])
+                .call_within::<_, Reply>(limit, &Request::Hang, Bytes::new())
                 .await;
             (outcome.map(|(reply, _)| reply), started.elapsed())
         })
@@ -194,6 +207,9 @@ async fn disconnect_fails_the_calls_in_flight_at_once_and_the_next_call_dials_af
     let (outcome, waited) = hanging.await.unwrap();
     assert!(outcome.is_err(), "{outcome:?}");
     assert!(waited < std::time::Duration::from_secs(10), "{waited:?}");
-    let (reply, _): (Reply, Vec<u8>) = rpc.call(&Request::Sum(vec![2, 3]), &[]).await.unwrap();
+    let (reply, _): (Reply, Vec<u8>) = rpc
+        .call(&Request::Sum(vec![2, 3]), Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(reply, Reply::Sum(5));
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use aspen_proto::transport::frame::FrameError;
 use aspen_proto::transport::{
-    ALPN_RAFT, EndpointId, RpcClient, Service, Transport, endpoint::peer_addr,
+    ALPN_RAFT, Bytes, EndpointId, RpcClient, Service, Transport, endpoint::peer_addr,
 };
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -205,7 +205,7 @@ impl Peer {
         let body =
             postcard::to_stdvec(&request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let (response, _): (RaftResponse, Vec<u8>) = client
-            .call_within(timeout, &request.call(), &body)
+            .call_within(timeout, &request.call(), Bytes::from(body))
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         match response {

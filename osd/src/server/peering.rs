@@ -26,7 +26,7 @@ use aspen_placement::{OsdId, PgId};
 use aspen_proto::cluster::MdsClient;
 use aspen_proto::mds::{ClusterMap, MdsRequest, MdsResponse, Role};
 use aspen_proto::osd::{LogVersion, ObjectCopy, OsdError, OsdRequest, OsdResponse};
-use aspen_proto::transport::EndpointId;
+use aspen_proto::transport::{Bytes, EndpointId};
 use tokio::sync::watch;
 
 use super::service::{OsdService, blocking};
@@ -74,7 +74,7 @@ impl OsdService {
             .call_within::<_, OsdResponse>(
                 RECOVERY_STEP_TIMEOUT,
                 &OsdRequest::PgObjects { pg },
-                &[],
+                Bytes::new(),
             )
             .await
         {
@@ -115,7 +115,7 @@ impl OsdService {
             name: name.to_vec(),
         };
         match client
-            .call_within::<_, OsdResponse>(RECOVERY_STEP_TIMEOUT, &request, &[])
+            .call_within::<_, OsdResponse>(RECOVERY_STEP_TIMEOUT, &request, Bytes::new())
             .await
         {
             Ok((OsdResponse::Object { copy, hash: sent }, body)) => {
@@ -157,7 +157,7 @@ impl OsdService {
             copy,
             hash: hash(&data),
         };
-        self.step(map, osd, &request, &data).await
+        self.step(map, osd, &request, Bytes::from(data)).await
     }
 
     async fn step(
@@ -165,7 +165,7 @@ impl OsdService {
         map: &ClusterMap,
         osd: OsdId,
         request: &OsdRequest,
-        body: &[u8],
+        body: Bytes,
     ) -> Result<(), OsdError> {
         let client = self.link(map, osd)?;
         match client
@@ -270,7 +270,7 @@ impl OsdService {
                         epoch: map.osdmap.epoch().0,
                         last: newest,
                     };
-                    self.step(map, osd, &request, &[]).await?;
+                    self.step(map, osd, &request, Bytes::new()).await?;
                 }
             }
         }

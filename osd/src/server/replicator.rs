@@ -13,7 +13,7 @@ use aspen_placement::{OsdId, PgId};
 use aspen_proto::osd::{
     LogEntry, MAX_REPLICATE_BATCH, OsdError, OsdRequest, OsdResponse, ReplicaEntry,
 };
-use aspen_proto::transport::RpcClient;
+use aspen_proto::transport::{Bytes, RpcClient};
 use tokio::sync::oneshot;
 
 use super::service::REPLICATE_TIMEOUT;
@@ -29,7 +29,7 @@ pub(super) type Replicated = oneshot::Receiver<Result<(), OsdError>>;
 struct Pending {
     client: Arc<RpcClient>,
     entry: ReplicaEntry,
-    body: Arc<Vec<u8>>,
+    body: Bytes,
     done: oneshot::Sender<Result<(), OsdError>>,
 }
 
@@ -64,7 +64,7 @@ impl Replicators {
         client: Arc<RpcClient>,
         pg: PgId,
         entry: LogEntry,
-        body: Arc<Vec<u8>>,
+        body: Bytes,
     ) -> Replicated {
         let (done, answer) = oneshot::channel();
         let pending = Pending {
@@ -160,16 +160,14 @@ fn split_by_client(batch: Vec<Pending>) -> Vec<Vec<Pending>> {
 /// its answer; the error if the message itself failed.
 async fn send_batch(batch: Vec<Pending>) -> Result<(), OsdError> {
     let client = batch[0].client.clone();
-    let joined;
-    let body: &[u8] = if let [only] = &batch[..] {
-        &only.body
+    let body = if let [only] = &batch[..] {
+        only.body.clone()
     } else {
         let mut all = Vec::with_capacity(batch.iter().map(|p| p.body.len()).sum());
         for pending in &batch {
             all.extend_from_slice(&pending.body);
         }
-        joined = all;
-        &joined
+        Bytes::from(all)
     };
     let request = OsdRequest::Replicate {
         entries: batch.iter().map(|p| p.entry.clone()).collect(),

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use aspen_placement::{OsdId, PgId};
 use aspen_proto::mds::{ClusterMap, Role};
 use aspen_proto::osd::{OsdError, OsdRequest, OsdResponse, ScrubEntry, ScrubReport};
-use aspen_proto::transport::EndpointId;
+use aspen_proto::transport::{Bytes, EndpointId};
 
 use super::peering::RECOVERY_STEP_TIMEOUT;
 use super::service::{OsdService, blocking};
@@ -67,7 +67,7 @@ impl OsdService {
         let client = self.link(map, osd)?;
         let request = OsdRequest::ScrubObjects { pg, deep };
         match client
-            .call_within::<_, OsdResponse>(RECOVERY_STEP_TIMEOUT, &request, &[])
+            .call_within::<_, OsdResponse>(RECOVERY_STEP_TIMEOUT, &request, Bytes::new())
             .await
         {
             Ok((OsdResponse::ScrubObjects, body)) => {

@@ -15,7 +15,7 @@ use aspen_proto::osd::{
     LogEntry, LogVersion, MAX_OBJECT_NAME_LEN, ObjectInfo, ObjectOp, ObjectRef, OsdError,
     OsdRequest, OsdResponse, PgFlags, PgReport, ReplicaEntry,
 };
-use aspen_proto::transport::{EndpointId, FrameError, RpcClient, Service, Transport};
+use aspen_proto::transport::{Bytes, EndpointId, FrameError, RpcClient, Service, Transport};
 use tokio::sync::watch;
 
 use crate::links::Links;
@@ -446,7 +446,7 @@ impl OsdService {
             object: key.name.clone(),
             op,
         };
-        let body = Arc::new(body);
+        let body = Bytes::from(body);
         // Every link first: nothing is sent unless it can go to all.
         let links = acting
             .iter()

@@ -3,9 +3,11 @@
 //! (file data) that is never re-encoded. Both lengths are checked against
 //! named limits before anything is allocated.
 
+use bytes::Bytes;
+use iroh::endpoint::SendStream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The largest encoded header.
 pub const MAX_HEADER_LEN: usize = 1 << 20;
@@ -112,11 +114,14 @@ fn truncated(error: std::io::Error) -> FrameError {
     }
 }
 
-/// Writes one frame.
-pub async fn write<W: AsyncWrite + Unpin>(
-    writer: &mut W,
+/// Writes one frame in a single stream write: the prefix and the body
+/// enter the stream's send buffer together (the body without a copy), so
+/// a small frame leaves in as few packets as its size allows rather than
+/// the prefix in a packet of its own.
+pub async fn write(
+    stream: &mut SendStream,
     header: &impl Serialize,
-    body: &[u8],
+    body: Bytes,
 ) -> Result<(), FrameError> {
     check_body_len(body.len() as u64)?;
     let header = encode_header(header)?;
@@ -124,9 +129,10 @@ pub async fn write<W: AsyncWrite + Unpin>(
     prefix.extend_from_slice(&(header.len() as u32).to_le_bytes());
     prefix.extend_from_slice(&header);
     prefix.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    writer.write_all(&prefix).await?;
-    writer.write_all(body).await?;
-    Ok(())
+    stream
+        .write_all_chunks(&mut [Bytes::from(prefix), body])
+        .await
+        .map_err(|error| FrameError::Io(error.into()))
 }
 
 /// Reads one frame, checking each length before reading what it announces.

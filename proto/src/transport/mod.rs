@@ -12,6 +12,7 @@ pub mod endpoint;
 pub mod frame;
 pub mod rpc;
 
+pub use bytes::Bytes;
 pub use endpoint::{AuthorizedKeys, Transport, TransportError, load_or_create_secret_key};
 pub use frame::{FrameError, MAX_BODY_LEN, MAX_HEADER_LEN};
 pub use iroh::protocol::Router;

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use iroh::endpoint::{Connection, VarInt};
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
 use iroh::{EndpointAddr, EndpointId};
@@ -86,7 +87,7 @@ async fn serve_connection<S: Service>(connection: Connection, service: Arc<S>) {
                     (service.malformed(&error), Vec::new())
                 }
             };
-            if let Err(error) = frame::write(&mut send, &response, &body).await {
+            if let Err(error) = frame::write(&mut send, &response, Bytes::from(body)).await {
                 tracing::debug!(%peer, %error, "could not send a response");
                 return;
             }
@@ -147,7 +148,7 @@ impl RpcClient {
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         request: &Req,
-        body: &[u8],
+        body: Bytes,
     ) -> Result<(Resp, Vec<u8>), RpcError> {
         self.call_within(DEFAULT_CALL_TIMEOUT, request, body).await
     }
@@ -159,7 +160,7 @@ impl RpcClient {
         &self,
         timeout: std::time::Duration,
         request: &Req,
-        body: &[u8],
+        body: Bytes,
     ) -> Result<(Resp, Vec<u8>), RpcError> {
         let outcome = match tokio::time::timeout(timeout, self.exchange(request, body)).await {
             Ok(outcome) => outcome,
@@ -174,7 +175,7 @@ impl RpcClient {
     async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         request: &Req,
-        body: &[u8],
+        body: Bytes,
     ) -> Result<(Resp, Vec<u8>), RpcError> {
         let connection = self.connection().await?;
         let (mut send, mut recv) = connection
