@@ -178,6 +178,7 @@ impl ObjectClient {
         body: &[u8],
     ) -> Result<(OsdResponse, Vec<u8>), ClientError> {
         self.reach_barrier().await?;
+        // Copied once; every attempt sends this one buffer.
         let body = Bytes::copy_from_slice(body);
         let started = Instant::now();
         loop {

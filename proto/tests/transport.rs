@@ -76,9 +76,9 @@ async fn pair() -> (Transport, Transport, Router) {
 async fn calls_carry_headers_bodies_and_the_callers_id() {
     let (server, client, _router) = pair().await;
     let rpc = RpcClient::new(client.clone(), server.addr(), ALPN);
-    let body: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let body: Bytes = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
     let (reply, echoed): (Reply, Vec<u8>) = rpc
-        .call(&Request::Echo("hi".into()), Bytes::from(body.clone()))
+        .call(&Request::Echo("hi".into()), body.clone())
         .await
         .unwrap();
     assert_eq!(

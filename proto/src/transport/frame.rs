@@ -1,7 +1,8 @@
 //! Frames: `[u32 header length][header: postcard][u64 body length][body]`,
 //! little-endian. The header is a typed message; the body is raw bytes
 //! (file data) that is never re-encoded. Both lengths are checked against
-//! named limits before anything is allocated.
+//! named limits before anything is allocated. [`write`] sends a frame on
+//! an iroh `SendStream`; [`read`] takes one from any `AsyncRead`.
 
 use bytes::Bytes;
 use iroh::endpoint::SendStream;
@@ -68,14 +69,21 @@ fn decode_header<H: DeserializeOwned>(bytes: &[u8]) -> Result<H, FrameError> {
     Ok(header)
 }
 
+/// Everything of a frame before its body (of `body_len` bytes), in a
+/// buffer with room for `room` more bytes.
+fn prefix(header: &impl Serialize, body_len: usize, room: usize) -> Result<Vec<u8>, FrameError> {
+    check_body_len(body_len as u64)?;
+    let header = encode_header(header)?;
+    let mut prefix = Vec::with_capacity(12 + header.len() + room);
+    prefix.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    prefix.extend_from_slice(&header);
+    prefix.extend_from_slice(&(body_len as u64).to_le_bytes());
+    Ok(prefix)
+}
+
 /// Encodes a whole frame into one buffer.
 pub fn encode(header: &impl Serialize, body: &[u8]) -> Result<Vec<u8>, FrameError> {
-    check_body_len(body.len() as u64)?;
-    let header = encode_header(header)?;
-    let mut frame = Vec::with_capacity(12 + header.len() + body.len());
-    frame.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&header);
-    frame.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    let mut frame = prefix(header, body.len(), body.len())?;
     frame.extend_from_slice(body);
     Ok(frame)
 }
@@ -114,21 +122,17 @@ fn truncated(error: std::io::Error) -> FrameError {
     }
 }
 
-/// Writes one frame in a single stream write: the prefix and the body
-/// enter the stream's send buffer together (the body without a copy), so
-/// a small frame leaves in as few packets as its size allows rather than
-/// the prefix in a packet of its own.
+/// Writes one frame, the same bytes as [`encode`], in one
+/// `write_all_chunks` call (several writes only when flow control makes it
+/// wait): the prefix and the body (not copied) enter the stream's send
+/// buffer together, so a small frame's prefix does not leave in a packet
+/// of its own.
 pub async fn write(
     stream: &mut SendStream,
     header: &impl Serialize,
     body: Bytes,
 ) -> Result<(), FrameError> {
-    check_body_len(body.len() as u64)?;
-    let header = encode_header(header)?;
-    let mut prefix = Vec::with_capacity(4 + header.len() + 8);
-    prefix.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    prefix.extend_from_slice(&header);
-    prefix.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    let prefix = prefix(header, body.len(), 0)?;
     stream
         .write_all_chunks(&mut [Bytes::from(prefix), body])
         .await
