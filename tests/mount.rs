@@ -343,9 +343,9 @@ fn write_durably(path: &Path, bytes: &[u8]) {
 /// 4 KiB: no two copies share a chunk (the OSDs store equal chunks once,
 /// so a fill of equal pieces would hardly use space).
 fn stamped(piece: &[u8], number: u64) -> Vec<u8> {
+    let stamp = number.to_le_bytes();
     let mut copy = piece.to_vec();
     for block in copy.chunks_mut(4096) {
-        let stamp = number.to_le_bytes();
         let len = stamp.len().min(block.len());
         block[..len].copy_from_slice(&stamp[..len]);
     }
@@ -358,7 +358,8 @@ fn stamped(piece: &[u8], number: u64) -> Vec<u8> {
 fn fill(path: &Path, piece: &[u8]) -> (u64, std::io::Error) {
     let mut file = std::fs::File::create(path).unwrap();
     let mut written = 0u64;
-    for number in 0u64.. {
+    let mut number = 0u64;
+    loop {
         match file
             .write_all(&stamped(piece, number))
             .and_then(|()| file.sync_data())
@@ -366,12 +367,12 @@ fn fill(path: &Path, piece: &[u8]) -> (u64, std::io::Error) {
             Ok(()) => written += piece.len() as u64,
             Err(error) => return (written, error),
         }
+        number += 1;
         assert!(
             written <= 2 * SMALL_OSD_CAPACITY,
             "{written} bytes went into OSDs holding {SMALL_OSD_CAPACITY}"
         );
     }
-    unreachable!("a u64 count of pieces ran out")
 }
 
 #[test]
