@@ -124,6 +124,7 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
             config,
         ]));
         assert!(scrubbed.contains("0 inconsistent"), "{scrubbed}");
+        hot_object_writes_overlap_in_log_order(config).await;
         // Pieces that do not add up to the body are refused.
         let refused = client
             .write_extents(pool, &name, vec![(0, 5)], b"four")
@@ -266,6 +267,65 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
         ok(aspen(&["pg", "repair", &pg_name, "--config", config]));
         assert_eq!(client.read(pool, &name, 0, 200 << 10).await.unwrap(), data);
     });
+}
+
+/// Many concurrent writes to one object, overlapping each other, small
+/// ones (which the primary lets overlap in flight) mixed with large ones
+/// (which wait for the PG to be quiet): the object ends as the writes
+/// applied in the order of the versions they were acknowledged with, and
+/// every member holds the same copy.
+async fn hot_object_writes_overlap_in_log_order(config: &str) {
+    const WRITES: u64 = 96;
+    const CONCURRENT: usize = 16;
+    let pool = PoolId(1);
+    let name = b"hot.00000000".to_vec();
+    let write_of = |n: u64| {
+        let len = if n % 20 == 7 { 300 << 10 } else { 4 << 10 };
+        ((n % 6) * 2048, payload(1000 + n, len))
+    };
+    let client = std::sync::Arc::new(object_client(config).await);
+    let mut running = tokio::task::JoinSet::new();
+    let mut acknowledged = Vec::new();
+    for n in 0..WRITES {
+        if running.len() == CONCURRENT {
+            acknowledged.push(running.join_next().await.unwrap().unwrap());
+        }
+        let (client, name) = (client.clone(), name.clone());
+        let (offset, data) = write_of(n);
+        running.spawn(async move {
+            let info = client.write(pool, &name, offset, &data).await.unwrap();
+            (info.version, n)
+        });
+    }
+    while let Some(done) = running.join_next().await {
+        acknowledged.push(done.unwrap());
+    }
+    acknowledged.sort();
+    let versions: BTreeSet<u64> = acknowledged.iter().map(|(v, _)| *v).collect();
+    assert_eq!(versions.len(), WRITES as usize, "one version per write");
+    let mut expected = Vec::new();
+    for (_, n) in &acknowledged {
+        let (offset, data) = write_of(*n);
+        let end = offset as usize + data.len();
+        if expected.len() < end {
+            expected.resize(end, 0);
+        }
+        expected[offset as usize..end].copy_from_slice(&data);
+    }
+    let back = client
+        .read(pool, &name, 0, expected.len() as u64)
+        .await
+        .unwrap();
+    assert!(back == expected, "the last write of each byte wins");
+    let pg = client.map().await.osdmap.object_pg(pool, &name).unwrap();
+    let scrubbed = ok(aspen(&[
+        "pg",
+        "deep-scrub",
+        &pg.to_string(),
+        "--config",
+        config,
+    ]));
+    assert!(scrubbed.contains("0 inconsistent"), "{scrubbed}");
 }
 
 /// Flips one byte of the first place `needle` is stored in an OSD's segments.

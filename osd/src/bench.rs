@@ -1,7 +1,7 @@
 //! An object benchmark against a running cluster through the object
 //! client: 4 MiB object writes and reads (MiB/s) and 4 KiB random writes
-//! and reads inside 4 MiB objects (ops/s), at a given queue depth. What
-//! `aspen bench osd` runs.
+//! and reads inside 4 MiB objects (ops/s), at a given queue depth, and
+//! 4 KiB random writes all in one object. What `aspen bench osd` runs.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -74,7 +74,8 @@ fn measured(workload: &str, depth: usize, ops_per_sec: f64, op_bytes: usize) -> 
 }
 
 /// Every workload: `objects` 4 MiB objects, then `small_ops` 4 KiB ops at
-/// depth 1 and at `depth`. `report` sees each result as soon as it is
+/// depth 1 and at `depth`, then `small_ops` 4 KiB writes at `depth` all in
+/// the first object. `report` sees each result as soon as it is
 /// measured.
 pub async fn run(
     client: Arc<ObjectClient>,
@@ -146,7 +147,24 @@ pub async fn run(
         let rate = run_ops(small_ops, queue, random_read).await?;
         keep(measured("4 KiB random reads", queue, rate, SMALL));
     }
-    for i in 0..objects {
+    // A hot object: every write in one PG, so its primary overlaps them.
+    let hot_write = {
+        let (client, small, name) = (client.clone(), small.clone(), object_name(&prefix, 0));
+        move |i: usize| {
+            let (client, small, name) = (client.clone(), small.clone(), name.clone());
+            let (_, offset) = place(i, 1);
+            async move { client.write(pool, &name, offset, &small).await.map(drop) }
+        }
+    };
+    let rate = run_ops(small_ops, depth, hot_write).await?;
+    keep(measured(
+        "4 KiB random writes in one object",
+        depth,
+        rate,
+        SMALL,
+    ));
+    // Small writes go to object 0 even when no 4 MiB object was asked for.
+    for i in 0..objects.max(1) {
         client.delete(pool, &object_name(&prefix, i)).await?;
     }
     Ok(results)

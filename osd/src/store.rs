@@ -109,6 +109,18 @@ pub enum StoreError {
     /// The disk under the store is full.
     #[error("no space left on the disk")]
     NoSpace,
+    /// A replicated log entry does not follow the PG's last one: an
+    /// earlier entry never arrived here.
+    #[error("log gap: {0}")]
+    Gap(String),
+}
+
+/// A change in the store's open batch, not yet durable: pass it to
+/// [`ObjectStore::durable`].
+#[must_use = "a staged change counts only once durable"]
+pub struct Staged<T> {
+    value: T,
+    outcome: Outcome,
 }
 
 /// An object: its pool and PG (from placement) and its name.
@@ -288,38 +300,54 @@ impl ObjectStore {
     where
         C: FnOnce(&Connection, &mut ContentStore) -> Result<T, StoreError>,
     {
-        let applied: Vec<Result<(T, Outcome), StoreError>> = {
-            let mut inner = lock(&self.inner);
-            let Inner {
-                conn,
-                content,
-                batches,
-                ..
-            } = &mut *inner;
-            changes
-                .into_iter()
-                .map(|change| {
-                    // Joined anew for each: a change that fails its whole
-                    // batch leaves the next to begin another.
-                    let outcome = batches.join(conn)?;
-                    let value = batches.apply(conn, content, change);
-                    if value.is_err() {
-                        // Its segment row or chunks may have been undone.
-                        content.abandon_active();
-                    }
-                    Ok((value?, outcome))
-                })
-                .collect()
-        };
-        applied
+        self.stage_each(changes)
             .into_iter()
-            .map(|applied| {
-                let (value, outcome) = applied?;
-                // Settled after the first wait when (as usual) all share one.
-                self.make_durable(&outcome)?;
-                Ok(value)
+            // Settled after the first wait when (as usual) all share one.
+            .map(|staged| self.durable(staged?))
+            .collect()
+    }
+
+    /// Runs each change atomically on its own in the open batch and returns
+    /// without waiting for the batch to be durable.
+    fn stage_each<T, C>(
+        &self,
+        changes: impl IntoIterator<Item = C>,
+    ) -> Vec<Result<Staged<T>, StoreError>>
+    where
+        C: FnOnce(&Connection, &mut ContentStore) -> Result<T, StoreError>,
+    {
+        let mut inner = lock(&self.inner);
+        let Inner {
+            conn,
+            content,
+            batches,
+            ..
+        } = &mut *inner;
+        changes
+            .into_iter()
+            .map(|change| {
+                // Joined anew for each: a change that fails its whole
+                // batch leaves the next to begin another.
+                let outcome = batches.join(conn)?;
+                let value = batches.apply(conn, content, change);
+                if value.is_err() {
+                    // Its segment row or chunks may have been undone.
+                    content.abandon_active();
+                }
+                Ok(Staged {
+                    value: value?,
+                    outcome,
+                })
             })
             .collect()
+    }
+
+    /// Waits until a staged change is durable (committing and syncing its
+    /// batch if nobody else is) and returns its value; the error if its
+    /// batch failed (then the change is not stored).
+    pub fn durable<T>(&self, staged: Staged<T>) -> Result<T, StoreError> {
+        self.make_durable(&staged.outcome)?;
+        Ok(staged.value)
     }
 
     fn checkpoint(&self, inner: &mut Inner) -> Result<(), StoreError> {
@@ -552,7 +580,25 @@ impl ObjectStore {
         entry: &LogEntry,
         data: &[u8],
     ) -> Result<Option<ObjectStat>, StoreError> {
-        self.mutate(|conn, content| apply_entry_in(conn, content, key, entry, data))
+        self.durable(self.stage_logged(key, entry, data)?)
+    }
+
+    /// [`ObjectStore::apply_logged`] without the wait: the mutation and its
+    /// log entry are in the open batch (later changes and reads see them)
+    /// but not yet durable; [`ObjectStore::durable`] waits for that. Lets
+    /// a PG's primary order its next op while this one syncs.
+    pub fn stage_logged(
+        &self,
+        key: &ObjectKey,
+        entry: &LogEntry,
+        data: &[u8],
+    ) -> Result<Staged<Option<ObjectStat>>, StoreError> {
+        let change = |conn: &Connection, content: &mut ContentStore| {
+            apply_entry_in(conn, content, key, entry, data)
+        };
+        self.stage_each([change])
+            .pop()
+            .expect("one result per change")
     }
 
     /// A replica's apply of logged mutations (of different objects): each
@@ -817,7 +863,9 @@ impl ObjectStore {
     }
 }
 
-/// A replica's apply of `entry`, unless its PG log already reaches it.
+/// A replica's apply of `entry`, unless its PG log already reaches it;
+/// refused unless it is the next version (the primary pipelines a PG's
+/// entries, so a lost one must not be skipped over).
 fn replicated_in(
     conn: &Connection,
     content: &mut ContentStore,
@@ -825,8 +873,15 @@ fn replicated_in(
     entry: &LogEntry,
     data: &[u8],
 ) -> Result<bool, StoreError> {
-    if entry.at <= pglog::last(conn, key.pg)? {
+    let last = pglog::last(conn, key.pg)?;
+    if entry.at <= last {
         return Ok(false);
+    }
+    if entry.at.version != last.version + 1 {
+        return Err(StoreError::Gap(format!(
+            "{:?} got version {} after {}",
+            key.pg, entry.at.version, last.version
+        )));
     }
     apply_entry_in(conn, content, key, entry, data)?;
     Ok(true)

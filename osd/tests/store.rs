@@ -427,6 +427,63 @@ fn logged_mutations_and_the_pg_log_commit_together() {
 /// finds its data too long) is undone alone, while the changes committed
 /// beside it stay, durably.
 #[test]
+fn a_replica_takes_only_the_next_entry_of_a_pg_and_skips_a_resend() {
+    use aspen_proto::osd::{LogEntry, LogVersion, ObjectOp};
+    let dir = tempfile::tempdir().unwrap();
+    let store = ObjectStore::open(dir.path()).unwrap();
+    let k = key("replica");
+    let entry = |version, offset| LogEntry {
+        at: LogVersion { epoch: 2, version },
+        object: k.name.clone(),
+        op: ObjectOp::Write { offset },
+    };
+    let apply = |version, offset, data: &[u8]| {
+        store
+            .apply_replicated_each(&[(k.clone(), entry(version, offset), data)])
+            .pop()
+            .unwrap()
+    };
+    assert!(apply(1, 0, b"one").unwrap(), "applied");
+    assert!(
+        matches!(apply(3, 0, b"three"), Err(StoreError::Gap(_))),
+        "version 2 never came: 3 is refused"
+    );
+    assert_eq!(store.read(&k, 0, 10).unwrap(), b"one".to_vec());
+    assert!(!apply(1, 0, b"one").unwrap(), "a resend changes nothing");
+    assert!(apply(2, 3, b"two").unwrap());
+    assert!(apply(3, 0, b"ONE").unwrap());
+    assert_eq!(store.read(&k, 0, 10).unwrap(), b"ONEtwo".to_vec());
+    assert_eq!(store.pg_last(k.pg).unwrap().version, 3);
+}
+
+#[test]
+fn staged_changes_are_seen_at_once_and_count_once_durable() {
+    use aspen_proto::osd::{LogEntry, LogVersion, ObjectOp};
+    let dir = tempfile::tempdir().unwrap();
+    let k = key("staged");
+    let entry = |version, offset| LogEntry {
+        at: LogVersion { epoch: 1, version },
+        object: k.name.clone(),
+        op: ObjectOp::Write { offset },
+    };
+    {
+        let store = ObjectStore::open(dir.path()).unwrap();
+        let first = store.stage_logged(&k, &entry(1, 0), b"abc").unwrap();
+        let second = store.stage_logged(&k, &entry(2, 3), b"def").unwrap();
+        assert_eq!(store.read(&k, 0, 10).unwrap(), b"abcdef".to_vec());
+        assert!(
+            store.stage_logged(&k, &entry(2, 0), b"x").is_err(),
+            "a position already taken"
+        );
+        assert_eq!(store.durable(second).unwrap().unwrap().size, 6);
+        assert_eq!(store.durable(first).unwrap().unwrap().size, 3);
+    }
+    let reopened = ObjectStore::open(dir.path()).unwrap();
+    assert_eq!(reopened.read(&k, 0, 10).unwrap(), b"abcdef".to_vec());
+    assert_eq!(reopened.pg_last(k.pg).unwrap().version, 2);
+}
+
+#[test]
 fn a_failed_change_among_concurrent_ones_undoes_only_itself() {
     use aspen_proto::osd::{LogVersion, ObjectCopy};
     use std::sync::Arc;

@@ -85,8 +85,7 @@ impl OsdService {
         let pg = job.pg;
         self.set_recovering(pg, Some(true));
         self.copy_pg_to(map, pg, &job.targets).await?;
-        let lock = self.pg_lock(pg);
-        let _ordered = lock.lock().await;
+        let _quiet = self.gates.quiet(pg).await;
         if self.maps.borrow().osdmap.epoch() != map.osdmap.epoch() {
             return Err(OsdError::Unavailable(format!("{pg:?}: the map moved")));
         }

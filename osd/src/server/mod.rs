@@ -5,9 +5,10 @@
 //! each new cluster map, and keeps the endpoint's allow-list equal to the
 //! registered keys), the link cutter (closes the connections to OSDs a
 //! new map shows down, failing what is in flight to them), peering, and
-//! the garbage collector (`space`).
+//! the garbage collector (`space`). `gate` orders each PG's mutations.
 
 mod backfill;
+mod gate;
 mod peering;
 mod replicator;
 mod scrub;

@@ -191,8 +191,7 @@ impl OsdService {
         acting: &[OsdId],
     ) -> Result<(), OsdError> {
         let recorded = pg_holders(mds, pg).await?;
-        let lock = self.pg_lock(pg);
-        let _ordered = lock.lock().await;
+        let _quiet = self.gates.quiet(pg).await;
         let mut members = Vec::new();
         for osd in acting {
             members.push((*osd, self.member_objects(map, pg, *osd).await?));
@@ -341,8 +340,7 @@ impl OsdService {
                         "the copy failed its hash in transit".into(),
                     ));
                 }
-                let lock = self.pg_lock(pg);
-                let _ordered = lock.lock().await;
+                let _quiet = self.gates.quiet(pg).await;
                 let key = ObjectKey { pg, name };
                 blocking(move || store.install_object(&key, copy.as_ref(), &body)).await?;
                 Ok((OsdResponse::Replicated, Vec::new()))

@@ -5,6 +5,11 @@
 //! each. An idle queue sends at once, so a lone write waits for nothing.
 //! An entry with a large body goes alone, at once, its bytes not copied
 //! into a batch.
+//!
+//! A PG's entries reach each replica in log order: the queue is first in,
+//! first out with one message in flight, and the primary sends a large
+//! entry (outside the queue) only while nothing else of its PG is in
+//! flight (`gate`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -92,8 +92,7 @@ impl OsdService {
             });
         }
         let acting: Vec<OsdId> = mapping.acting.iter().flatten().copied().collect();
-        let lock = self.pg_lock(pg);
-        let _ordered = lock.lock().await;
+        let _quiet = self.gates.quiet(pg).await;
         // Before peering settles, a copy that outvotes the authoritative
         // one could be installed over it.
         if !self.is_active(pg, &acting) {

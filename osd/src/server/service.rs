@@ -21,7 +21,8 @@ use tokio::sync::watch;
 use crate::links::Links;
 use crate::store::{ObjectKey, ObjectStat, ObjectStore, StoreError};
 
-use super::replicator::Replicators;
+use super::gate::{InFlight, Ordered, PgGates, Quiet};
+use super::replicator::{BATCHED_BODY_MAX, Replicators};
 use super::space::Space;
 
 /// How long a request naming a newer map epoch waits for this OSD to
@@ -43,17 +44,16 @@ pub struct OsdService {
     pub(super) id: OsdId,
     pub(super) store: Arc<ObjectStore>,
     pub(super) maps: watch::Receiver<Arc<ClusterMap>>,
-    /// One mutation (or recovery) at a time per PG, so log order is apply
-    /// order.
-    pg_locks: Mutex<HashMap<PgId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Each PG's mutations in log order, overlapping once ordered.
+    pub(super) gates: PgGates,
     links: Links,
     /// The queues of entries bound for each replica.
     replicators: Replicators,
     /// The PGs this OSD leads and the acting set it last recovered each
     /// for: a PG serves only while its acting set is still that one.
     active: Mutex<HashMap<PgId, Vec<OsdId>>>,
-    /// The newest log position of PGs this OSD leads, kept under the PG
-    /// lock after each logged op (recovery forgets it).
+    /// The newest log position of PGs this OSD leads, taken in PG order by
+    /// each logged op (recovery and a failed op forget it).
     newest: Mutex<HashMap<PgId, LogVersion>>,
     /// Wakes the peering loop when a PG needs peering without a map change
     /// (a replica failed an op).
@@ -82,6 +82,7 @@ impl From<StoreError> for OsdError {
             StoreError::Invalid(why) => OsdError::Invalid(why),
             StoreError::Corrupt(why) => OsdError::Corrupt(why),
             StoreError::NoSpace => OsdError::NoSpace,
+            StoreError::Gap(why) => OsdError::Unavailable(why),
             StoreError::Sqlite(error)
                 if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
             {
@@ -122,7 +123,7 @@ impl OsdService {
             id,
             store,
             maps,
-            pg_locks: Mutex::new(HashMap::new()),
+            gates: PgGates::default(),
             links: Links::new(transport),
             replicators: Replicators::default(),
             active: Mutex::new(HashMap::new()),
@@ -228,7 +229,7 @@ impl OsdService {
         led
     }
 
-    /// `pg`'s newest log position (call under the PG lock).
+    /// `pg`'s newest log position (call in the PG's order).
     async fn last_logged(&self, pg: PgId) -> Result<LogVersion, OsdError> {
         let known = self
             .newest
@@ -326,11 +327,6 @@ impl OsdService {
         self.maps.borrow().clone()
     }
 
-    pub(super) fn pg_lock(&self, pg: PgId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.pg_locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks.entry(pg).or_default().clone()
-    }
-
     /// The RPC client for OSD `osd` at the address `map` gives it.
     pub(super) fn link(&self, map: &ClusterMap, osd: OsdId) -> Result<Arc<RpcClient>, OsdError> {
         self.links.get(map, osd).map_err(OsdError::Unavailable)
@@ -408,6 +404,9 @@ impl OsdService {
     }
 
     /// Orders `op` in the PG log and makes it durable on every acting member.
+    /// The PG's next op may take its position once this one's entry is
+    /// queued for the replicas and staged here, unless its body is too
+    /// large for the ordered replica queues.
     async fn mutate(
         &self,
         map: &ClusterMap,
@@ -429,8 +428,11 @@ impl OsdService {
                 pool.min_size
             )));
         }
-        let lock = self.pg_lock(pg);
-        let _ordered = lock.lock().await;
+        let turn = if body.len() <= BATCHED_BODY_MAX {
+            Turn::Ordered(self.gates.ordered(pg).await)
+        } else {
+            Turn::Quiet(self.gates.quiet(pg).await)
+        };
         if !self.is_active(pg, &acting) {
             return Err(OsdError::Unavailable(format!("{pg:?} is peering")));
         }
@@ -463,9 +465,24 @@ impl OsdService {
                 (osd, sent)
             })
             .collect();
+        self.set_newest(pg, Some(entry.at));
         let store = self.store.clone();
         let local_entry = entry.clone();
-        let local = blocking(move || store.apply_logged(&key, &local_entry, &body)).await;
+        let applied = tokio::task::spawn_blocking(move || {
+            match store.stage_logged(&key, &local_entry, &body) {
+                Ok(staged) => {
+                    let in_flight = turn.admit_next();
+                    (store.durable(staged), in_flight)
+                }
+                // The next op waits until the PG is marked for peering.
+                Err(error) => (Err(error), turn),
+            }
+        })
+        .await;
+        let (local, turn) = match applied {
+            Ok((local, turn)) => (local.map_err(OsdError::from), Some(turn)),
+            Err(error) => (Err(OsdError::Io(error.to_string())), None),
+        };
         let mut problems = Vec::new();
         let mut replica_full = false;
         for (osd, sent) in replicas {
@@ -477,17 +494,13 @@ impl OsdService {
             replica_full |= error == OsdError::NoSpace;
             problems.push(format!("osd.{}: {error}", osd.0));
         }
-        self.set_newest(pg, local.is_ok().then_some(entry.at));
         if local.is_err() || !problems.is_empty() {
             // Some member (this one included) may now lack this entry that
             // others hold: peer again before the next op, so no member
             // falls silently behind and no version is handed out twice.
-            self.active
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&pg);
-            self.repeer.notify_one();
+            self.peer_again(pg);
         }
+        drop(turn);
         let stat = local?;
         if replica_full {
             return Err(OsdError::NoSpace);
@@ -500,6 +513,17 @@ impl OsdService {
             version: entry.at.version,
             mtime_ns: 0,
         }))
+    }
+
+    /// Stops `pg` serving until it has peered again, and forgets its newest
+    /// position (the store has the truth).
+    fn peer_again(&self, pg: PgId) {
+        self.set_newest(pg, None);
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pg);
+        self.repeer.notify_one();
     }
 
     /// Applies the entries PG primaries sent, each on its own (one commit
@@ -524,10 +548,9 @@ impl OsdService {
         pgs.sort_unstable();
         pgs.dedup();
         // In PG order, as every multi-PG locker does: no lock cycle.
-        let locks: Vec<_> = pgs.iter().map(|pg| self.pg_lock(*pg)).collect();
-        let mut ordered = Vec::with_capacity(locks.len());
-        for lock in &locks {
-            ordered.push(lock.lock().await);
+        let mut ordered = Vec::with_capacity(pgs.len());
+        for pg in &pgs {
+            ordered.push(self.gates.serial(*pg).await);
         }
         let accepted: Vec<bool> = verdicts.iter().map(Result::is_ok).collect();
         let store = self.store.clone();
@@ -594,6 +617,25 @@ fn apply_accepted(
         }
     }
     store.apply_replicated_each(&items)
+}
+
+/// How a mutation holds its PG: taking its position (the next op may
+/// start once this one is on its way), in flight, or alone until it
+/// finishes.
+enum Turn {
+    Ordered(Ordered),
+    InFlight(#[allow(dead_code)] InFlight),
+    Quiet(#[allow(dead_code)] Quiet),
+}
+
+impl Turn {
+    /// What the op holds once its entry is on its way.
+    fn admit_next(self) -> Turn {
+        match self {
+            Turn::Ordered(ordered) => Turn::InFlight(ordered.admit_next()),
+            held => held,
+        }
+    }
 }
 
 impl Service for OsdService {
