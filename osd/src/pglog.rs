@@ -79,15 +79,24 @@ pub(crate) fn last(conn: &Connection, pg: PgId) -> Result<LogVersion, StoreError
         .unwrap_or_default())
 }
 
-/// Appends `entry` (its version must follow the log's last) and, every
-/// [`TRIM_EVERY`] versions, trims the oldest entries beyond
-/// [`KEPT_ENTRIES`].
+/// Appends `entry` and, every [`TRIM_EVERY`] versions, trims the oldest
+/// entries beyond [`KEPT_ENTRIES`]. The entry must come after the log's
+/// last and carry the next version: a log never has a hole, on the primary
+/// (whose earlier entry may have been undone with its batch while this one
+/// was being ordered) as on a replica (whose earlier entry may have been
+/// lost on the way).
 pub(crate) fn append(conn: &Connection, pg: PgId, entry: &LogEntry) -> Result<(), StoreError> {
     let newest = last(conn, pg)?;
     if entry.at <= newest {
         return Err(StoreError::Invalid(format!(
             "log entry {:?} is not after {newest:?}",
             entry.at
+        )));
+    }
+    if entry.at.version != newest.version + 1 {
+        return Err(StoreError::Gap(format!(
+            "{pg:?} got version {} after {}",
+            entry.at.version, newest.version
         )));
     }
     let op = postcard::to_stdvec(&entry.op).map_err(corrupt)?;
@@ -124,27 +133,41 @@ pub(crate) fn entries_after(
     let mut statement = conn.prepare_cached(
         "SELECT epoch, version, object, op FROM pglog WHERE pool = ?1 AND seed = ?2 AND version > ?3 ORDER BY version",
     )?;
-    let rows = statement.query_map(params![pg.pool.0, pg.seed, after.version as i64], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, Vec<u8>>(2)?,
-            r.get::<_, Vec<u8>>(3)?,
-        ))
-    })?;
-    let mut entries = Vec::new();
-    for row in rows {
-        let (epoch, version, object, op) = row?;
-        entries.push(LogEntry {
-            at: LogVersion {
-                epoch: epoch as u64,
-                version: version as u64,
-            },
-            object,
-            op: postcard::from_bytes::<ObjectOp>(&op).map_err(corrupt)?,
-        });
-    }
-    Ok(entries)
+    let rows = statement.query_map(params![pg.pool.0, pg.seed, after.version as i64], row)?;
+    rows.map(|stored| decode(stored?)).collect()
+}
+
+/// The entry of `pg` at `version`, if the log still holds it.
+pub(crate) fn entry_at(
+    conn: &Connection,
+    pg: PgId,
+    version: u64,
+) -> Result<Option<LogEntry>, StoreError> {
+    conn.prepare_cached(
+        "SELECT epoch, version, object, op FROM pglog WHERE pool = ?1 AND seed = ?2 AND version = ?3",
+    )?
+    .query_row(params![pg.pool.0, pg.seed, version as i64], row)
+    .optional()?
+    .map(decode)
+    .transpose()
+}
+
+/// A stored entry's columns: epoch, version, object, encoded op.
+type StoredEntry = (i64, i64, Vec<u8>, Vec<u8>);
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEntry> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn decode((epoch, version, object, op): StoredEntry) -> Result<LogEntry, StoreError> {
+    Ok(LogEntry {
+        at: LogVersion {
+            epoch: epoch as u64,
+            version: version as u64,
+        },
+        object,
+        op: postcard::from_bytes::<ObjectOp>(&op).map_err(corrupt)?,
+    })
 }
 
 #[cfg(test)]

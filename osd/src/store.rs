@@ -109,10 +109,13 @@ pub enum StoreError {
     /// The disk under the store is full.
     #[error("no space left on the disk")]
     NoSpace,
-    /// A replicated log entry does not follow the PG's last one: an
-    /// earlier entry never arrived here.
+    /// A log entry does not follow the PG's last one: an earlier entry
+    /// never arrived here, or was undone with its batch.
     #[error("log gap: {0}")]
     Gap(String),
+    /// A resent log entry differs from the one logged at its version.
+    #[error("log diverged: {0}")]
+    Diverged(String),
 }
 
 /// A change in the store's open batch, not yet durable: pass it to
@@ -863,9 +866,10 @@ impl ObjectStore {
     }
 }
 
-/// A replica's apply of `entry`, unless its PG log already reaches it;
-/// refused unless it is the next version (the primary pipelines a PG's
-/// entries, so a lost one must not be skipped over).
+/// A replica's apply of `entry`, unless its PG log already reaches it (a
+/// resend, which must match the entry logged at its version if the log
+/// still holds it); refused unless it is the next version (the primary
+/// pipelines a PG's entries, so a lost one must not be skipped over).
 fn replicated_in(
     conn: &Connection,
     content: &mut ContentStore,
@@ -874,17 +878,17 @@ fn replicated_in(
     data: &[u8],
 ) -> Result<bool, StoreError> {
     let last = pglog::last(conn, key.pg)?;
-    if entry.at <= last {
-        return Ok(false);
+    if entry.at.version > last.version {
+        apply_entry_in(conn, content, key, entry, data)?;
+        return Ok(true);
     }
-    if entry.at.version != last.version + 1 {
-        return Err(StoreError::Gap(format!(
-            "{:?} got version {} after {}",
-            key.pg, entry.at.version, last.version
-        )));
+    match pglog::entry_at(conn, key.pg, entry.at.version)? {
+        Some(logged) if logged != *entry => Err(StoreError::Diverged(format!(
+            "{:?} logged {:?} at version {}, not {:?}",
+            key.pg, logged.at, entry.at.version, entry.at
+        ))),
+        _ => Ok(false),
     }
-    apply_entry_in(conn, content, key, entry, data)?;
-    Ok(true)
 }
 
 fn write_in(

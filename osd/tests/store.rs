@@ -422,10 +422,6 @@ fn logged_mutations_and_the_pg_log_commit_together() {
     assert_eq!(store.pg_last(k.pg).unwrap(), at(3));
 }
 
-/// Concurrent mutations share commits (see `batch`): a change that fails
-/// half-way through (here an install that deletes the old copy, then
-/// finds its data too long) is undone alone, while the changes committed
-/// beside it stay, durably.
 #[test]
 fn a_replica_takes_only_the_next_entry_of_a_pg_and_skips_a_resend() {
     use aspen_proto::osd::{LogEntry, LogVersion, ObjectOp};
@@ -450,6 +446,11 @@ fn a_replica_takes_only_the_next_entry_of_a_pg_and_skips_a_resend() {
     );
     assert_eq!(store.read(&k, 0, 10).unwrap(), b"one".to_vec());
     assert!(!apply(1, 0, b"one").unwrap(), "a resend changes nothing");
+    assert!(
+        matches!(apply(1, 5, b"one"), Err(StoreError::Diverged(_))),
+        "another entry at a version already logged is refused"
+    );
+    assert_eq!(store.read(&k, 0, 10).unwrap(), b"one".to_vec());
     assert!(apply(2, 3, b"two").unwrap());
     assert!(apply(3, 0, b"ONE").unwrap());
     assert_eq!(store.read(&k, 0, 10).unwrap(), b"ONEtwo".to_vec());
@@ -472,9 +473,20 @@ fn staged_changes_are_seen_at_once_and_count_once_durable() {
         let second = store.stage_logged(&k, &entry(2, 3), b"def").unwrap();
         assert_eq!(store.read(&k, 0, 10).unwrap(), b"abcdef".to_vec());
         assert!(
-            store.stage_logged(&k, &entry(2, 0), b"x").is_err(),
+            matches!(
+                store.stage_logged(&k, &entry(2, 0), b"x"),
+                Err(StoreError::Invalid(_))
+            ),
             "a position already taken"
         );
+        assert!(
+            matches!(
+                store.stage_logged(&k, &entry(4, 0), b"x"),
+                Err(StoreError::Gap(_))
+            ),
+            "a primary's log has no hole either: version 3 is missing"
+        );
+        assert_eq!(store.read(&k, 0, 10).unwrap(), b"abcdef".to_vec());
         assert_eq!(store.durable(second).unwrap().unwrap().size, 6);
         assert_eq!(store.durable(first).unwrap().unwrap().size, 3);
     }
@@ -483,6 +495,10 @@ fn staged_changes_are_seen_at_once_and_count_once_durable() {
     assert_eq!(reopened.pg_last(k.pg).unwrap().version, 2);
 }
 
+/// Concurrent mutations share commits (see `batch`): a change that fails
+/// half-way through (here an install that deletes the old copy, then
+/// finds its data too long) is undone alone, while the changes committed
+/// beside it stay, durably.
 #[test]
 fn a_failed_change_among_concurrent_ones_undoes_only_itself() {
     use aspen_proto::osd::{LogVersion, ObjectCopy};

@@ -2,7 +2,7 @@
 //! it on the members that hold it (a `pg_temp` acting set) and the PG goes
 //! on serving. Its primary copies the PG to the up members that lack it
 //! while writes continue, then catches up what changed meanwhile in a last
-//! pass under the PG lock and asks the MDS to drop the `pg_temp`; from the
+//! pass with the PG quiet and asks the MDS to drop the `pg_temp`; from the
 //! next epoch the up set serves the PG, and peering there finds every
 //! member already current.
 

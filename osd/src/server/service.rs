@@ -1,6 +1,7 @@
 //! The OSD protocol service. As a PG's primary it checks the caller's map
-//! epoch, orders each mutation in the PG log (one at a time per PG),
-//! applies it locally and on every other acting member at once, and
+//! epoch, orders each mutation in the PG log (in turn per PG, overlapping
+//! once ordered: see [`super::gate`]), applies it locally and on every
+//! other acting member at once, and
 //! acknowledges only when all of them have it durable (and never with fewer
 //! acting members than the pool's min_size). As a replica it applies what
 //! the PG's primary sends, in log order. Reads are served by the primary.
@@ -53,7 +54,7 @@ pub struct OsdService {
     /// for: a PG serves only while its acting set is still that one.
     active: Mutex<HashMap<PgId, Vec<OsdId>>>,
     /// The newest log position of PGs this OSD leads, taken in PG order by
-    /// each logged op (recovery and a failed op forget it).
+    /// each logged op (recovery forgets it).
     newest: Mutex<HashMap<PgId, LogVersion>>,
     /// Wakes the peering loop when a PG needs peering without a map change
     /// (a replica failed an op).
@@ -82,7 +83,7 @@ impl From<StoreError> for OsdError {
             StoreError::Invalid(why) => OsdError::Invalid(why),
             StoreError::Corrupt(why) => OsdError::Corrupt(why),
             StoreError::NoSpace => OsdError::NoSpace,
-            StoreError::Gap(why) => OsdError::Unavailable(why),
+            StoreError::Gap(why) | StoreError::Diverged(why) => OsdError::Unavailable(why),
             StoreError::Sqlite(error)
                 if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
             {
@@ -442,7 +443,9 @@ impl OsdService {
         let last = self.last_logged(pg).await?;
         let entry = LogEntry {
             at: LogVersion {
-                epoch: map.osdmap.epoch().0,
+                // Never below the last entry's: an op holding an older map
+                // may be ordered after one holding a newer.
+                epoch: map.osdmap.epoch().0.max(last.epoch),
                 version: last.version + 1,
             },
             object: key.name.clone(),
@@ -468,13 +471,15 @@ impl OsdService {
         self.set_newest(pg, Some(entry.at));
         let store = self.store.clone();
         let local_entry = entry.clone();
+        // The turn comes back whatever happens, a panic in the store
+        // included: the next op must not start before a failed one has
+        // marked the PG for peering.
         let applied = tokio::task::spawn_blocking(move || {
-            match store.stage_logged(&key, &local_entry, &body) {
+            match unwound(|| store.stage_logged(&key, &local_entry, &body)) {
                 Ok(staged) => {
                     let in_flight = turn.admit_next();
-                    (store.durable(staged), in_flight)
+                    (unwound(|| store.durable(staged)), in_flight)
                 }
-                // The next op waits until the PG is marked for peering.
                 Err(error) => (Err(error), turn),
             }
         })
@@ -515,10 +520,12 @@ impl OsdService {
         }))
     }
 
-    /// Stops `pg` serving until it has peered again, and forgets its newest
-    /// position (the store has the truth).
+    /// Stops `pg` serving until it has peered again. Its newest position
+    /// stays until recovery forgets it: ops already ordered behind a failed
+    /// one keep taking versions after theirs, which the store refuses as a
+    /// gap if the failed one's batch was undone, rather than hand out a
+    /// version twice.
     fn peer_again(&self, pg: PgId) {
-        self.set_newest(pg, None);
         self.active
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -617,6 +624,12 @@ fn apply_accepted(
         }
     }
     store.apply_replicated_each(&items)
+}
+
+/// Runs a store call, turning a panic into an error.
+fn unwound<T>(call: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call))
+        .unwrap_or_else(|_| Err(StoreError::Io("the store call panicked".into())))
 }
 
 /// How a mutation holds its PG: taking its position (the next op may
