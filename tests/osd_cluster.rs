@@ -125,6 +125,7 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
         ]));
         assert!(scrubbed.contains("0 inconsistent"), "{scrubbed}");
         hot_object_writes_overlap_in_log_order(config).await;
+        refusals_keep_the_pg_serving(config).await;
         // Pieces that do not add up to the body are refused.
         let refused = client
             .write_extents(pool, &name, vec![(0, 5)], b"four")
@@ -318,6 +319,54 @@ async fn hot_object_writes_overlap_in_log_order(config: &str) {
         .unwrap();
     assert!(back == expected, "the last write of each byte wins");
     let pg = client.map().await.osdmap.object_pg(pool, &name).unwrap();
+    let scrubbed = ok(aspen(&[
+        "pg",
+        "deep-scrub",
+        &pg.to_string(),
+        "--config",
+        config,
+    ]));
+    assert!(scrubbed.contains("0 inconsistent"), "{scrubbed}");
+}
+
+/// An op every member refuses alike (a delete of an object none has, as
+/// a purge of a sparse file sends) logs nothing and leaves its PG serving:
+/// the ops after it on the same PG go through without the client having to
+/// wait and send them again, and the PG's copies agree.
+async fn refusals_keep_the_pg_serving(config: &str) {
+    let pool = PoolId(1);
+    let client = object_client(config).await;
+    let retried_before = client.retries();
+    for n in 0..12u64 {
+        let name = format!("refused-{n}.00000000").into_bytes();
+        let missing = client.delete(pool, &name).await;
+        assert!(
+            matches!(
+                missing,
+                Err(aspen_osd::client::ClientError::Osd(
+                    aspen_proto::osd::OsdError::NotFound
+                ))
+            ),
+            "{missing:?}"
+        );
+        let data = payload(2000 + n, 4096);
+        client.write(pool, &name, 0, &data).await.unwrap();
+        assert_eq!(client.read(pool, &name, 0, 4096).await.unwrap(), data);
+        client.delete(pool, &name).await.unwrap();
+        assert!(client.delete(pool, &name).await.is_err(), "already gone");
+        client.write(pool, &name, 0, &data).await.unwrap();
+    }
+    assert_eq!(
+        client.retries(),
+        retried_before,
+        "no op had to be sent again"
+    );
+    let pg = client
+        .map()
+        .await
+        .osdmap
+        .object_pg(pool, b"refused-0.00000000")
+        .unwrap();
     let scrubbed = ok(aspen(&[
         "pg",
         "deep-scrub",

@@ -75,6 +75,8 @@ pub struct ObjectClient {
     session: AtomicU64,
     /// The oldest map epoch an operation may be sent with.
     barrier: AtomicU64,
+    /// Operations sent again (see [`ObjectClient::retries`]).
+    retries: AtomicU64,
 }
 
 impl ObjectClient {
@@ -99,7 +101,14 @@ impl ObjectClient {
             map: Mutex::new(Arc::new(map)),
             session: AtomicU64::new(0),
             barrier: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
         })
+    }
+
+    /// How many times an operation was sent again: its primary was
+    /// unreachable or no longer primary, or its PG was peering.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// Sends operations for MDS session `session` from now on (OSDs refuse
@@ -198,6 +207,7 @@ impl ObjectClient {
             if started.elapsed() > OP_DEADLINE {
                 return Err(ClientError::Timeout(OP_DEADLINE, problem));
             }
+            self.retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(RETRY_PAUSE).await;
             if needs_map {
                 self.refresh(epoch).await?;

@@ -86,19 +86,7 @@ pub(crate) fn last(conn: &Connection, pg: PgId) -> Result<LogVersion, StoreError
 /// was being ordered) as on a replica (whose earlier entry may have been
 /// lost on the way).
 pub(crate) fn append(conn: &Connection, pg: PgId, entry: &LogEntry) -> Result<(), StoreError> {
-    let newest = last(conn, pg)?;
-    if entry.at <= newest {
-        return Err(StoreError::Invalid(format!(
-            "log entry {:?} is not after {newest:?}",
-            entry.at
-        )));
-    }
-    if entry.at.version != newest.version + 1 {
-        return Err(StoreError::Gap(format!(
-            "{pg:?} got version {} after {}",
-            entry.at.version, newest.version
-        )));
-    }
+    check_next(conn, pg, entry.at)?;
     let op = postcard::to_stdvec(&entry.op).map_err(corrupt)?;
     conn.prepare_cached(
         "INSERT INTO pglog (pool, seed, version, epoch, object, op) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -121,6 +109,23 @@ pub(crate) fn append(conn: &Connection, pg: PgId, entry: &LogEntry) -> Result<()
             pg.seed,
             entry.at.version.saturating_sub(KEPT_ENTRIES) as i64
         ])?;
+    Ok(())
+}
+
+/// Whether `at` may be `pg`'s next entry (see [`append`]).
+pub(crate) fn check_next(conn: &Connection, pg: PgId, at: LogVersion) -> Result<(), StoreError> {
+    let newest = last(conn, pg)?;
+    if at <= newest {
+        return Err(StoreError::Invalid(format!(
+            "log entry {at:?} is not after {newest:?}"
+        )));
+    }
+    if at.version != newest.version + 1 {
+        return Err(StoreError::Gap(format!(
+            "{pg:?} got version {} after {}",
+            at.version, newest.version
+        )));
+    }
     Ok(())
 }
 

@@ -1051,7 +1051,9 @@ fn set_logged_at(conn: &Connection, key: &ObjectKey, at: LogVersion) -> Result<(
     Ok(())
 }
 
-/// Applies a logged mutation and appends it to its PG's log.
+/// Applies a logged mutation and appends it to its PG's log. The log
+/// position is checked first, so a gap is reported as one whatever the
+/// mutation would have answered.
 fn apply_entry_in(
     conn: &Connection,
     content: &mut ContentStore,
@@ -1059,6 +1061,7 @@ fn apply_entry_in(
     entry: &LogEntry,
     data: &[u8],
 ) -> Result<Option<ObjectStat>, StoreError> {
+    pglog::check_next(conn, key.pg, entry.at)?;
     let stat = match &entry.op {
         ObjectOp::Write { offset } => Some(write_in(conn, content, key, *offset, data, false)?),
         ObjectOp::WriteExtents { extents } => {

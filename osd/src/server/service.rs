@@ -488,8 +488,11 @@ impl OsdService {
             Ok((local, turn)) => (local.map_err(OsdError::from), Some(turn)),
             Err(error) => (Err(OsdError::Io(error.to_string())), None),
         };
+        let local_refusal = local.as_ref().err().filter(|error| is_refusal(error));
+        let mut refused_alike = 0;
         let mut problems = Vec::new();
         let mut replica_full = false;
+        let members = replicas.len();
         for (osd, sent) in replicas {
             let error = match sent.await {
                 Ok(Ok(())) => continue,
@@ -497,9 +500,16 @@ impl OsdService {
                 Err(_) => OsdError::Unavailable("the replication task ended".into()),
             };
             replica_full |= error == OsdError::NoSpace;
+            refused_alike += usize::from(local_refusal == Some(&error));
             problems.push(format!("osd.{}: {error}", osd.0));
         }
-        if local.is_err() || !problems.is_empty() {
+        let still_first = turn.as_ref().is_some_and(Turn::holds_order);
+        if local_refusal.is_some() && refused_alike == members && still_first {
+            // Every member refused it alike (say, a delete of an object
+            // none has): nothing was logged anywhere and no later op has
+            // taken a position, so its version is free again.
+            self.set_newest(pg, Some(last));
+        } else if local.is_err() || !problems.is_empty() {
             // Some member (this one included) may now lack this entry that
             // others hold: peer again before the next op, so no member
             // falls silently behind and no version is handed out twice.
@@ -626,6 +636,12 @@ fn apply_accepted(
     store.apply_replicated_each(&items)
 }
 
+/// Whether a member's failure of an op depends only on the object state
+/// every member shares, so that all refuse it alike and none logs it.
+fn is_refusal(error: &OsdError) -> bool {
+    matches!(error, OsdError::NotFound | OsdError::NoAttr)
+}
+
 /// Runs a store call, turning a panic into an error.
 fn unwound<T>(call: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(call))
@@ -642,6 +658,11 @@ enum Turn {
 }
 
 impl Turn {
+    /// Whether no later op of the PG may have started yet.
+    fn holds_order(&self) -> bool {
+        !matches!(self, Turn::InFlight(_))
+    }
+
     /// What the op holds once its entry is on its way.
     fn admit_next(self) -> Turn {
         match self {
