@@ -181,7 +181,7 @@ impl OsdService {
 
     /// Makes every member of `acting` equal to the most up-to-date copy
     /// among them and the PG's recorded holders, and records `acting` as
-    /// its holders before it serves. With no recorded holder reachable the
+    /// its holders; then lets it serve. With no recorded holder reachable the
     /// PG is incomplete: serving it would serve an empty or stale copy.
     async fn recover(
         &self,
@@ -192,6 +192,10 @@ impl OsdService {
     ) -> Result<(), OsdError> {
         let recorded = pg_holders(mds, pg).await?;
         let _quiet = self.gates.quiet(pg).await;
+        // An op that learned the acting set before this change must not
+        // serve the PG from here on: it is active again only below, once
+        // its current members agree, before anything else takes the PG.
+        self.set_inactive(pg);
         let mut members = Vec::new();
         for osd in acting {
             members.push((*osd, self.member_objects(map, pg, *osd).await?));
@@ -216,6 +220,7 @@ impl OsdService {
             .into_iter()
             .max_by_key(|(osd, (last, _))| (*last, *osd == self.id))
         else {
+            self.set_active(pg, acting.to_vec());
             return Ok(());
         };
         let wanted: HashMap<Vec<u8>, LogVersion> = wanted.into_iter().collect();
@@ -229,6 +234,7 @@ impl OsdService {
         if !same_holders {
             record_holders(mds, self.id, pg, acting.to_vec()).await?;
         }
+        self.set_active(pg, acting.to_vec());
         Ok(())
     }
 
@@ -372,7 +378,7 @@ pub async fn peer_loop(
                 break;
             }
             match service.recover(&map, &mds, pg, &acting).await {
-                Ok(()) => service.set_active(pg, acting),
+                Ok(()) => {}
                 Err(error) => {
                     tracing::warn!(?pg, %error, "recovery failed; will retry");
                     failed = true;

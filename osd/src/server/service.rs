@@ -283,6 +283,11 @@ impl OsdService {
         active.insert(pg, acting);
     }
 
+    pub(super) fn set_inactive(&self, pg: PgId) {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        active.remove(&pg);
+    }
+
     /// Forgets PGs this OSD no longer leads (leading one again means
     /// peering it again).
     pub(super) fn forget_all_but(&self, leading: &[PgId]) {
@@ -536,10 +541,7 @@ impl OsdService {
     /// gap if the failed one's batch was undone, rather than hand out a
     /// version twice.
     fn peer_again(&self, pg: PgId) {
-        self.active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&pg);
+        self.set_inactive(pg);
         self.repeer.notify_one();
     }
 
@@ -637,9 +639,10 @@ fn apply_accepted(
 }
 
 /// Whether a member's failure of an op depends only on the object state
-/// every member shares, so that all refuse it alike and none logs it.
+/// every member shares, so that all refuse it alike and none logs it (a
+/// member that lacks an earlier entry reports a gap instead).
 fn is_refusal(error: &OsdError) -> bool {
-    matches!(error, OsdError::NotFound | OsdError::NoAttr)
+    matches!(error, OsdError::NotFound)
 }
 
 /// Runs a store call, turning a panic into an error.
