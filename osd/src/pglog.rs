@@ -79,14 +79,10 @@ pub(crate) fn last(conn: &Connection, pg: PgId) -> Result<LogVersion, StoreError
         .unwrap_or_default())
 }
 
-/// Appends `entry` and, every [`TRIM_EVERY`] versions, trims the oldest
-/// entries beyond [`KEPT_ENTRIES`]. The entry must come after the log's
-/// last and carry the next version: a log never has a hole, on the primary
-/// (whose earlier entry may have been undone with its batch while this one
-/// was being ordered) as on a replica (whose earlier entry may have been
-/// lost on the way).
+/// Appends `entry`, whose position passed [`check_next`], and, every
+/// [`TRIM_EVERY`] versions, trims the oldest entries beyond
+/// [`KEPT_ENTRIES`].
 pub(crate) fn append(conn: &Connection, pg: PgId, entry: &LogEntry) -> Result<(), StoreError> {
-    check_next(conn, pg, entry.at)?;
     let op = postcard::to_stdvec(&entry.op).map_err(corrupt)?;
     conn.prepare_cached(
         "INSERT INTO pglog (pool, seed, version, epoch, object, op) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -112,9 +108,12 @@ pub(crate) fn append(conn: &Connection, pg: PgId, entry: &LogEntry) -> Result<()
     Ok(())
 }
 
-/// Whether `at` may be `pg`'s next entry (see [`append`]).
-pub(crate) fn check_next(conn: &Connection, pg: PgId, at: LogVersion) -> Result<(), StoreError> {
-    let newest = last(conn, pg)?;
+/// Whether `at` may follow `newest`, `pg`'s last position: after it and
+/// with the next version. A log never has a hole, on the primary (whose
+/// earlier entry may have been undone with its batch while this one was
+/// being ordered) as on a replica (whose earlier entry may have been lost
+/// on the way).
+pub(crate) fn check_next(pg: PgId, newest: LogVersion, at: LogVersion) -> Result<(), StoreError> {
     if at <= newest {
         return Err(StoreError::Invalid(format!(
             "log entry {at:?} is not after {newest:?}"

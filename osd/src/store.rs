@@ -597,7 +597,8 @@ impl ObjectStore {
         data: &[u8],
     ) -> Result<Staged<Option<ObjectStat>>, StoreError> {
         let change = |conn: &Connection, content: &mut ContentStore| {
-            apply_entry_in(conn, content, key, entry, data)
+            let last = pglog::last(conn, key.pg)?;
+            apply_entry_in(conn, content, key, last, entry, data)
         };
         self.stage_each([change])
             .pop()
@@ -879,7 +880,7 @@ fn replicated_in(
 ) -> Result<bool, StoreError> {
     let last = pglog::last(conn, key.pg)?;
     if entry.at.version > last.version {
-        apply_entry_in(conn, content, key, entry, data)?;
+        apply_entry_in(conn, content, key, last, entry, data)?;
         return Ok(true);
     }
     match pglog::entry_at(conn, key.pg, entry.at.version)? {
@@ -1051,17 +1052,18 @@ fn set_logged_at(conn: &Connection, key: &ObjectKey, at: LogVersion) -> Result<(
     Ok(())
 }
 
-/// Applies a logged mutation and appends it to its PG's log. The log
-/// position is checked first, so a gap is reported as one whatever the
-/// mutation would have answered.
+/// Applies a logged mutation and appends it to its PG's log, whose last
+/// position is `last`. The position is checked first, so a gap is
+/// reported as one whatever the mutation would have answered.
 fn apply_entry_in(
     conn: &Connection,
     content: &mut ContentStore,
     key: &ObjectKey,
+    last: LogVersion,
     entry: &LogEntry,
     data: &[u8],
 ) -> Result<Option<ObjectStat>, StoreError> {
-    pglog::check_next(conn, key.pg, entry.at)?;
+    pglog::check_next(key.pg, last, entry.at)?;
     let stat = match &entry.op {
         ObjectOp::Write { offset } => Some(write_in(conn, content, key, *offset, data, false)?),
         ObjectOp::WriteExtents { extents } => {

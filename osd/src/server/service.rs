@@ -508,11 +508,11 @@ impl OsdService {
             refused_alike += usize::from(local_refusal == Some(&error));
             problems.push(format!("osd.{}: {error}", osd.0));
         }
-        let still_first = turn.as_ref().is_some_and(Turn::holds_order);
-        if local_refusal.is_some() && refused_alike == members && still_first {
+        if local_refusal.is_some() && refused_alike == members {
             // Every member refused it alike (say, a delete of an object
-            // none has): nothing was logged anywhere and no later op has
-            // taken a position, so its version is free again.
+            // none has): nothing was logged anywhere, and a refusal comes
+            // only from a failed stage, which kept the turn, so no later op
+            // has taken a position: its version is free again.
             self.set_newest(pg, Some(last));
         } else if local.is_err() || !problems.is_empty() {
             // Some member (this one included) may now lack this entry that
@@ -661,11 +661,6 @@ enum Turn {
 }
 
 impl Turn {
-    /// Whether no later op of the PG may have started yet.
-    fn holds_order(&self) -> bool {
-        !matches!(self, Turn::InFlight(_))
-    }
-
     /// What the op holds once its entry is on its way.
     fn admit_next(self) -> Turn {
         match self {
