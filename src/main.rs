@@ -60,8 +60,40 @@ fn end_quietly_when_the_reader_goes() {
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// glibc's malloc serves blocks from this size up with their own `mmap`:
+/// its largest setting, so frame bodies and write buffers (a few MiB) come
+/// from the heap and are reused.
+#[cfg(target_env = "gnu")]
+const MMAP_THRESHOLD: i32 = 32 << 20;
+/// Free memory glibc keeps at the top of a heap instead of handing it back.
+#[cfg(target_env = "gnu")]
+const TRIM_THRESHOLD: i32 = 128 << 20;
+
+/// Keeps freed buffers in the process for the next ones. By default glibc
+/// maps each large block afresh and trims freed heap memory, so every
+/// buffer of a stream of MiB-sized frames is faulted in and zeroed page by
+/// page, and on a VM whose free memory goes back to the host each page
+/// costs a host fault as well (bench/RESULTS.md, 2026-12-03). Must run
+/// before any thread starts.
+fn keep_freed_memory_for_reuse() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: called first thing in `main`, before any other thread exists;
+    // mallopt only changes tunables.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    keep_freed_memory_for_reuse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -18,8 +18,9 @@
 //! the store for long ([`ContentStore::compact_step`]); a segment file is
 //! deleted only once every live chunk it held is durable elsewhere.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -174,8 +175,9 @@ pub struct ContentStore {
     /// directory has ever held, so a segment file is never reused (a
     /// segment whose index row was rolled back may hold bytes on disk).
     next_segment: Option<i64>,
-    /// Segments written since the last [`ContentStore::sync`].
-    dirty: BTreeSet<i64>,
+    /// Segments written since the last sync, each with the span of bytes
+    /// appended to it since.
+    dirty: BTreeMap<i64, Range<u64>>,
     /// Bytes of chunks stored inline (in the database, so in its log)
     /// since [`ContentStore::take_inline_written`].
     inline_written: u64,
@@ -322,7 +324,7 @@ impl ContentStore {
             dir: dir.to_path_buf(),
             active: None,
             next_segment: None,
-            dirty: BTreeSet::new(),
+            dirty: BTreeMap::new(),
             inline_written: 0,
             readers: Mutex::default(),
         })
@@ -466,7 +468,7 @@ impl ContentStore {
         file.write_all_at(bytes, offset).map_err(io)?;
         let written = (tree.len() + bytes.len()) as u64;
         *len += written;
-        self.dirty.insert(segment);
+        self.mark_dirty(segment, at..at + written);
         conn.prepare_cached("UPDATE segments SET written = written + ?2 WHERE id = ?1")?
             .execute(params![segment, written as i64])?;
         Ok((segment, offset))
@@ -742,19 +744,32 @@ impl ContentStore {
         Ok(conn.execute("DELETE FROM chunks WHERE refs = 0", [])? as u64)
     }
 
-    /// Segments written since the last sync.
-    pub fn take_dirty(&mut self) -> Vec<i64> {
-        std::mem::take(&mut self.dirty).into_iter().collect()
+    fn mark_dirty(&mut self, segment: i64, written: Range<u64>) {
+        let span = self.dirty.entry(segment).or_insert(written.clone());
+        *span = span.start.min(written.start)..span.end.max(written.end);
     }
 
-    /// Marks segments dirty again (after a failed sync).
-    pub fn restore_dirty(&mut self, segments: &[i64]) {
-        self.dirty.extend(segments);
+    /// The bytes appended since the last sync, per segment.
+    pub fn take_dirty(&mut self) -> Vec<DirtySpan> {
+        std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|(segment, bytes)| DirtySpan { segment, bytes })
+            .collect()
     }
 
-    /// The files of `segments`, to sync without holding the store.
-    pub fn segment_files(&self, segments: &[i64]) -> Vec<PathBuf> {
-        segments.iter().map(|s| self.segment_path(*s)).collect()
+    /// Marks spans dirty again (after a failed sync).
+    pub fn restore_dirty(&mut self, spans: &[DirtySpan]) {
+        for span in spans {
+            self.mark_dirty(span.segment, span.bytes.clone());
+        }
+    }
+
+    /// The files of `spans`, to sync without holding the store.
+    pub fn segment_files(&self, spans: &[DirtySpan]) -> Vec<(PathBuf, Range<u64>)> {
+        spans
+            .iter()
+            .map(|span| (self.segment_path(span.segment), span.bytes.clone()))
+            .collect()
     }
 
     /// Segments worth rewriting: mostly dead bytes, the deadest first. The
@@ -896,12 +911,38 @@ pub(crate) fn hex(id: &ChunkId) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Bytes appended to one segment since its last sync.
+#[derive(Clone, Debug)]
+pub struct DirtySpan {
+    segment: i64,
+    bytes: Range<u64>,
+}
+
 /// Makes the bytes of segment `files` durable (a file compaction already
-/// removed needs nothing).
-pub fn sync_files(files: &[PathBuf]) -> Result<(), StoreError> {
-    for path in files {
+/// removed needs nothing), then lets the page cache drop the spans just
+/// synced.
+///
+/// Written bytes are not kept cached, as a block store writing around the
+/// cache would not: the writer holds its own copy, and a later read finds
+/// them on disk. Kept, every byte written grows the page cache into free
+/// memory, and where free memory is handed back to a hypervisor (a VM with
+/// free page reporting, as here) each newly touched page costs a host
+/// fault: about 4 s of CPU per GiB written, more than hashing and sending
+/// it (bench/RESULTS.md, 2026-12-03). Dropped, the same pages come back
+/// for the next writes.
+pub fn sync_files(files: &[(PathBuf, Range<u64>)]) -> Result<(), StoreError> {
+    for (path, synced) in files {
         match File::open(path) {
-            Ok(file) => file.sync_data().map_err(io)?,
+            Ok(file) => {
+                file.sync_data().map_err(io)?;
+                // Best effort: if the advice fails the pages stay cached.
+                let _ = posix_fadvise(
+                    &file,
+                    synced.start as i64,
+                    (synced.end - synced.start) as i64,
+                    PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                );
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
         }
@@ -942,6 +983,32 @@ mod tests {
         assert_eq!(open(&content), 2, "one handle per pattern");
         content.remove_segment(segment).unwrap();
         assert_eq!(open(&content), 0);
+    }
+
+    #[test]
+    fn a_sync_covers_the_bytes_appended_since_the_last_and_they_read_back_after_it() {
+        let (_dir, conn, mut content) = empty_store();
+        let first = content.put(&conn, &chunk(1), false, false).unwrap();
+        let spans = content.take_dirty();
+        assert_eq!(spans.len(), 1);
+        let appended = spans[0].bytes.clone();
+        assert_eq!(appended.start, 0);
+        assert!(appended.end > MAX_CHUNK as u64, "the chunk and its tree");
+        // A failed sync gives its spans back; the next append widens them.
+        content.restore_dirty(&spans);
+        let second = content.put(&conn, &chunk(2), false, false).unwrap();
+        let spans = content.take_dirty();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].bytes, 0..2 * appended.end);
+        sync_files(&content.segment_files(&spans)).unwrap();
+        assert!(content.take_dirty().is_empty());
+        assert_eq!(content.get(&conn, &first).unwrap(), chunk(1));
+        assert_eq!(content.get(&conn, &second).unwrap(), chunk(2));
+        content.put(&conn, &chunk(3), false, false).unwrap();
+        assert_eq!(
+            content.take_dirty()[0].bytes,
+            2 * appended.end..3 * appended.end
+        );
     }
 
     #[test]
