@@ -749,11 +749,16 @@ impl ContentStore {
         *span = span.start.min(written.start)..span.end.max(written.end);
     }
 
-    /// The bytes appended since the last sync, per segment.
+    /// The bytes appended since the last sync, per segment, with the
+    /// segment's file, to sync without holding the store.
     pub fn take_dirty(&mut self) -> Vec<DirtySpan> {
         std::mem::take(&mut self.dirty)
             .into_iter()
-            .map(|(segment, bytes)| DirtySpan { segment, bytes })
+            .map(|(segment, bytes)| DirtySpan {
+                segment,
+                file: self.segment_path(segment),
+                bytes,
+            })
             .collect()
     }
 
@@ -762,14 +767,6 @@ impl ContentStore {
         for span in spans {
             self.mark_dirty(span.segment, span.bytes.clone());
         }
-    }
-
-    /// The files of `spans`, to sync without holding the store.
-    pub fn segment_files(&self, spans: &[DirtySpan]) -> Vec<(PathBuf, Range<u64>)> {
-        spans
-            .iter()
-            .map(|span| (self.segment_path(span.segment), span.bytes.clone()))
-            .collect()
     }
 
     /// Segments worth rewriting: mostly dead bytes, the deadest first. The
@@ -915,12 +912,12 @@ pub(crate) fn hex(id: &ChunkId) -> String {
 #[derive(Clone, Debug)]
 pub struct DirtySpan {
     segment: i64,
+    file: PathBuf,
     bytes: Range<u64>,
 }
 
-/// Makes the bytes of segment `files` durable (a file compaction already
-/// removed needs nothing), then lets the page cache drop the spans just
-/// synced.
+/// Makes the bytes of `spans` durable (a file compaction already removed
+/// needs nothing), then lets the page cache drop them.
 ///
 /// Written bytes are not kept cached, as a block store writing around the
 /// cache would not: the writer holds its own copy, and a later read finds
@@ -930,16 +927,16 @@ pub struct DirtySpan {
 /// fault: about 4 s of CPU per GiB written, more than hashing and sending
 /// it (bench/RESULTS.md, 2026-12-03). Dropped, the same pages come back
 /// for the next writes.
-pub fn sync_files(files: &[(PathBuf, Range<u64>)]) -> Result<(), StoreError> {
-    for (path, synced) in files {
-        match File::open(path) {
+pub fn sync_spans(spans: &[DirtySpan]) -> Result<(), StoreError> {
+    for span in spans {
+        match File::open(&span.file) {
             Ok(file) => {
                 file.sync_data().map_err(io)?;
                 // Best effort: if the advice fails the pages stay cached.
                 let _ = posix_fadvise(
                     &file,
-                    synced.start as i64,
-                    (synced.end - synced.start) as i64,
+                    span.bytes.start as i64,
+                    (span.bytes.end - span.bytes.start) as i64,
                     PosixFadviseAdvice::POSIX_FADV_DONTNEED,
                 );
             }
@@ -1000,7 +997,7 @@ mod tests {
         let spans = content.take_dirty();
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].bytes, 0..2 * appended.end);
-        sync_files(&content.segment_files(&spans)).unwrap();
+        sync_spans(&spans).unwrap();
         assert!(content.take_dirty().is_empty());
         assert_eq!(content.get(&conn, &first).unwrap(), chunk(1));
         assert_eq!(content.get(&conn, &second).unwrap(), chunk(2));

@@ -356,7 +356,7 @@ impl ObjectStore {
     fn checkpoint(&self, inner: &mut Inner) -> Result<(), StoreError> {
         // The chunks the log names must be durable before the log is copied.
         let dirty = inner.content.take_dirty();
-        if let Err(error) = content::sync_files(&inner.content.segment_files(&dirty)) {
+        if let Err(error) = content::sync_spans(&dirty) {
             inner.content.restore_dirty(&dirty);
             return Err(error);
         }
@@ -393,7 +393,7 @@ impl ObjectStore {
     /// Commits the open batch and makes it durable: the segments it wrote,
     /// then the log. Settles its outcome either way.
     fn sync_open_batch(&self) {
-        let (outcome, dirty, files) = {
+        let (outcome, dirty) = {
             let mut inner = lock(&self.inner);
             let Inner {
                 conn,
@@ -418,11 +418,9 @@ impl ObjectStore {
             if due && let Err(error) = self.checkpoint(&mut inner) {
                 tracing::warn!(%error, "object store checkpoint failed");
             }
-            let dirty = inner.content.take_dirty();
-            let files = inner.content.segment_files(&dirty);
-            (outcome, dirty, files)
+            (outcome, inner.content.take_dirty())
         };
-        let synced = content::sync_files(&files).and_then(|()| self.wal.sync_data().map_err(io));
+        let synced = content::sync_spans(&dirty).and_then(|()| self.wal.sync_data().map_err(io));
         if synced.is_err() {
             // Put them back so a later sync retries them.
             lock(&self.inner).content.restore_dirty(&dirty);

@@ -196,6 +196,22 @@ impl OsdService {
         // serve the PG from here on: it is active again only below, once
         // its current members agree, before anything else takes the PG.
         self.set_inactive(pg);
+        self.bring_members_together(map, mds, pg, acting, &recorded)
+            .await?;
+        self.set_active(pg, acting.to_vec());
+        Ok(())
+    }
+
+    /// The body of [`OsdService::recover`], run while the PG is quiet and
+    /// out of service.
+    async fn bring_members_together(
+        &self,
+        map: &ClusterMap,
+        mds: &MdsClient,
+        pg: PgId,
+        acting: &[OsdId],
+        recorded: &[OsdId],
+    ) -> Result<(), OsdError> {
         let mut members = Vec::new();
         for osd in acting {
             members.push((*osd, self.member_objects(map, pg, *osd).await?));
@@ -220,7 +236,6 @@ impl OsdService {
             .into_iter()
             .max_by_key(|(osd, (last, _))| (*last, *osd == self.id))
         else {
-            self.set_active(pg, acting.to_vec());
             return Ok(());
         };
         let wanted: HashMap<Vec<u8>, LogVersion> = wanted.into_iter().collect();
@@ -230,11 +245,10 @@ impl OsdService {
         self.set_recovering(pg, None);
         self.set_newest(pg, None);
         outcome?;
-        let same_holders = BTreeSet::from_iter(acting) == BTreeSet::from_iter(&recorded);
+        let same_holders = BTreeSet::from_iter(acting) == BTreeSet::from_iter(recorded);
         if !same_holders {
             record_holders(mds, self.id, pg, acting.to_vec()).await?;
         }
-        self.set_active(pg, acting.to_vec());
         Ok(())
     }
 
