@@ -6,15 +6,19 @@
 //! transaction (see [`crate::batch`]), then waits for the sync that covers
 //! it: the batch is committed without waiting for the disk, the segment
 //! files it wrote are synced first, then the database's write-ahead log.
-//! Concurrent callers share one commit and one sync. Checkpoints are
+//! Concurrent callers share one commit and one sync: whoever finds no sync
+//! running commits and syncs the open batch, the others wait for it. An
+//! async caller ([`ObjectStore::durable_async`]) waits without holding a
+//! thread, and syncs on a blocking thread when its turn comes. Checkpoints are
 //! durable too (the log is synced before the copy, the database after).
 //!
 //! Reads check every chunk against its hash: a damaged byte is an error,
 //! never returned.
 
 use std::fs::File;
+use std::ops::Deref;
 use std::path::Path;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aspen_placement::PgId;
@@ -152,14 +156,61 @@ struct Inner {
     trails: ReadTrails,
 }
 
-/// The object store. Share it behind an `Arc`; every method blocks (call
-/// it from a blocking thread in async code).
+/// The object store. Share it behind an `Arc`. Every method blocks (call
+/// it from a blocking thread in async code) but three: the `try_stage_*`
+/// methods stage a change only if the store is free at once (a short
+/// transaction step on the caller's thread, never a wait for the disk),
+/// and [`ObjectStore::durable_async`] awaits the sync.
 pub struct ObjectStore {
     inner: Mutex<Inner>,
     wal: File,
     /// Whether a caller is committing and syncing a batch.
     syncing: Mutex<bool>,
     synced: Condvar,
+    /// Counts finished syncs: an async waiter looks at its batch again
+    /// after each ([`ObjectStore::durable_async`]).
+    settled: tokio::sync::watch::Sender<u64>,
+}
+
+/// The syncer's turn: one caller at a time commits and syncs the open
+/// batch. Released however the sync ends, a panic included, so no later
+/// caller waits for a sync nobody runs; async waiters then look again.
+struct SyncTurn<S: Deref<Target = ObjectStore>>(S);
+
+impl<S: Deref<Target = ObjectStore>> SyncTurn<S> {
+    /// Waits while another caller holds the turn, then takes it.
+    fn take(store: S) -> SyncTurn<S> {
+        let mut syncing = lock(&store.syncing);
+        while *syncing {
+            syncing = store
+                .synced
+                .wait(syncing)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        *syncing = true;
+        drop(syncing);
+        SyncTurn(store)
+    }
+
+    /// The turn if nobody holds it.
+    fn try_take(store: S) -> Option<SyncTurn<S>> {
+        let mut syncing = lock(&store.syncing);
+        if *syncing {
+            return None;
+        }
+        *syncing = true;
+        drop(syncing);
+        Some(SyncTurn(store))
+    }
+}
+
+impl<S: Deref<Target = ObjectStore>> Drop for SyncTurn<S> {
+    fn drop(&mut self) {
+        *lock(&self.0.syncing) = false;
+        self.0.synced.notify_all();
+        // After the release: a waiter that looks again may take the turn.
+        self.0.settled.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -284,7 +335,34 @@ impl ObjectStore {
             wal,
             syncing: Mutex::new(false),
             synced: Condvar::new(),
+            settled: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// [`ObjectStore::durable`] without holding a thread while others sync:
+    /// the first waiter to find no sync running commits and syncs the open
+    /// batch on a blocking thread (one for the whole batch), the others
+    /// wait for it and look again.
+    pub async fn durable_async<T>(self: &Arc<Self>, staged: Staged<T>) -> Result<T, StoreError> {
+        let mut settled = self.settled.subscribe();
+        loop {
+            if let Some(result) = staged.outcome.get() {
+                return result
+                    .clone()
+                    .map(|()| staged.value)
+                    .map_err(|failure| failure.to_error());
+            }
+            if let Some(turn) = SyncTurn::try_take(self.clone()) {
+                let synced = tokio::task::spawn_blocking(move || turn.0.sync_open_batch()).await;
+                if let Err(error) = synced {
+                    return Err(StoreError::Io(format!("the sync did not run: {error}")));
+                }
+                continue;
+            }
+            if settled.changed().await.is_err() {
+                return Err(StoreError::Io("the store closed".into()));
+            }
+        }
     }
 
     /// Runs `change` atomically (all of it or none) and returns once it is
@@ -320,12 +398,39 @@ impl ObjectStore {
         C: FnOnce(&Connection, &mut ContentStore) -> Result<T, StoreError>,
     {
         let mut inner = lock(&self.inner);
+        Self::stage_each_in(&mut inner, changes)
+    }
+
+    /// [`ObjectStore::stage_each`] if the store is free at once; `None`
+    /// (nothing staged) if another caller holds it.
+    fn try_stage_each<T, C>(
+        &self,
+        changes: impl IntoIterator<Item = C>,
+    ) -> Option<Vec<Result<Staged<T>, StoreError>>>
+    where
+        C: FnOnce(&Connection, &mut ContentStore) -> Result<T, StoreError>,
+    {
+        let mut inner = match self.inner.try_lock() {
+            Ok(inner) => inner,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some(Self::stage_each_in(&mut inner, changes))
+    }
+
+    fn stage_each_in<T, C>(
+        inner: &mut Inner,
+        changes: impl IntoIterator<Item = C>,
+    ) -> Vec<Result<Staged<T>, StoreError>>
+    where
+        C: FnOnce(&Connection, &mut ContentStore) -> Result<T, StoreError>,
+    {
         let Inner {
             conn,
             content,
             batches,
             ..
-        } = &mut *inner;
+        } = inner;
         changes
             .into_iter()
             .map(|change| {
@@ -369,31 +474,34 @@ impl ObjectStore {
     /// Waits until the batch of `outcome` is durable (or failed),
     /// committing and syncing the open batch if nobody else is.
     fn make_durable(&self, outcome: &Outcome) -> Result<(), StoreError> {
-        let mut syncing = lock(&self.syncing);
         loop {
             if let Some(settled) = outcome.get() {
                 return settled.clone().map_err(|failure| failure.to_error());
             }
-            if *syncing {
-                syncing = self
-                    .synced
-                    .wait(syncing)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                continue;
+            // Waits while another caller syncs, which may settle this one.
+            let _turn = SyncTurn::take(self);
+            if outcome.get().is_none() {
+                self.sync_open_batch();
             }
-            *syncing = true;
-            drop(syncing);
-            self.sync_open_batch();
-            syncing = lock(&self.syncing);
-            *syncing = false;
-            self.synced.notify_all();
         }
     }
 
     /// Commits the open batch and makes it durable: the segments it wrote,
-    /// then the log. Settles its outcome either way.
+    /// then the log. Settles its outcome either way, a panic included.
     fn sync_open_batch(&self) {
-        let (outcome, dirty) = {
+        let mut committed = None;
+        let synced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.commit_and_sync(&mut committed)
+        }))
+        .unwrap_or_else(|_| Err(StoreError::Io("the store's sync panicked".into())));
+        if let Some(outcome) = committed {
+            let _ = outcome.set(synced.map_err(|error| Failure::of(&error)));
+        }
+    }
+
+    /// Commits the open batch (its outcome into `committed`) and syncs it.
+    fn commit_and_sync(&self, committed: &mut Option<Outcome>) -> Result<(), StoreError> {
+        let dirty = {
             let mut inner = lock(&self.inner);
             let Inner {
                 conn,
@@ -401,14 +509,14 @@ impl ObjectStore {
                 batches,
                 ..
             } = &mut *inner;
-            let outcome = match batches.commit(conn) {
-                Committed::Batch(outcome) => outcome,
+            match batches.commit(conn) {
+                Committed::Batch(outcome) => *committed = Some(outcome),
                 Committed::Failed => {
                     content.abandon_active();
-                    return;
+                    return Ok(());
                 }
-                Committed::Nothing => return,
-            };
+                Committed::Nothing => return Ok(()),
+            }
             inner.since_checkpoint += 1;
             inner.logged_bytes += inner.content.take_inline_written();
             // The batch is durable through the log either way; a failed
@@ -418,14 +526,14 @@ impl ObjectStore {
             if due && let Err(error) = self.checkpoint(&mut inner) {
                 tracing::warn!(%error, "object store checkpoint failed");
             }
-            (outcome, inner.content.take_dirty())
+            inner.content.take_dirty()
         };
         let synced = content::sync_spans(&dirty).and_then(|()| self.wal.sync_data().map_err(io));
         if synced.is_err() {
             // Put them back so a later sync retries them.
             lock(&self.inner).content.restore_dirty(&dirty);
         }
-        let _ = outcome.set(synced.map_err(|error| Failure::of(&error)));
+        synced
     }
 
     fn object_id(conn: &Connection, key: &ObjectKey) -> Result<Option<(i64, u64)>, StoreError> {
@@ -603,19 +711,46 @@ impl ObjectStore {
             .expect("one result per change")
     }
 
+    /// [`ObjectStore::stage_logged`] if the store is free at once; `None`
+    /// if another caller holds it.
+    pub fn try_stage_logged(
+        &self,
+        key: &ObjectKey,
+        entry: &LogEntry,
+        data: &[u8],
+    ) -> Option<Result<Staged<Option<ObjectStat>>, StoreError>> {
+        let change = |conn: &Connection, content: &mut ContentStore| {
+            let last = pglog::last(conn, key.pg)?;
+            apply_entry_in(conn, content, key, last, entry, data)
+        };
+        self.try_stage_each([change])
+            .map(|mut staged| staged.pop().expect("one result per change"))
+    }
+
     /// A replica's apply of logged mutations (of different objects): each
     /// like [`ObjectStore::apply_logged`], unless its PG log already
     /// reaches the entry (a resend: nothing changes), each on its own but
     /// sharing one commit and one sync. Whether each applied.
-    pub fn apply_replicated_each(
+    pub fn apply_replicated_each(&self, entries: &[ReplicaItem]) -> Vec<Result<bool, StoreError>> {
+        self.mutate_each(entries.iter().map(replicated_change))
+    }
+
+    /// [`ObjectStore::apply_replicated_each`] without the wait: the staged
+    /// changes, for [`ObjectStore::durable_async`].
+    pub fn stage_replicated_each(
         &self,
-        entries: &[(ObjectKey, LogEntry, &[u8])],
-    ) -> Vec<Result<bool, StoreError>> {
-        self.mutate_each(entries.iter().map(|(key, entry, data)| {
-            move |conn: &Connection, content: &mut ContentStore| {
-                replicated_in(conn, content, key, entry, data)
-            }
-        }))
+        entries: &[ReplicaItem],
+    ) -> Vec<Result<Staged<bool>, StoreError>> {
+        self.stage_each(entries.iter().map(replicated_change))
+    }
+
+    /// [`ObjectStore::stage_replicated_each`] if the store is free at once;
+    /// `None` (nothing staged) if another caller holds it.
+    pub fn try_stage_replicated_each(
+        &self,
+        entries: &[ReplicaItem],
+    ) -> Option<Vec<Result<Staged<bool>, StoreError>>> {
+        self.try_stage_each(entries.iter().map(replicated_change))
     }
 
     /// Bytes of content stored (segments as written, inline chunks).
@@ -863,6 +998,15 @@ impl ObjectStore {
         )?;
         Ok(inner.content.segment_file(segment))
     }
+}
+
+/// A replicated entry to apply: its object, the entry, and its bytes.
+pub type ReplicaItem<'a> = (ObjectKey, &'a LogEntry, &'a [u8]);
+
+fn replicated_change<'a>(
+    (key, entry, data): &'a ReplicaItem<'a>,
+) -> impl FnOnce(&Connection, &mut ContentStore) -> Result<bool, StoreError> + 'a {
+    move |conn, content| replicated_in(conn, content, key, entry, data)
 }
 
 /// A replica's apply of `entry`, unless its PG log already reaches it (a

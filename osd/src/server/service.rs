@@ -20,7 +20,7 @@ use aspen_proto::transport::{Bytes, EndpointId, FrameError, RpcClient, Service, 
 use tokio::sync::watch;
 
 use crate::links::Links;
-use crate::store::{ObjectKey, ObjectStat, ObjectStore, StoreError};
+use crate::store::{ObjectKey, ObjectStat, ObjectStore, ReplicaItem, StoreError};
 
 use super::gate::{InFlight, Ordered, PgGates, Quiet};
 use super::replicator::{BATCHED_BODY_MAX, Replicators};
@@ -474,24 +474,31 @@ impl OsdService {
             })
             .collect();
         self.set_newest(pg, Some(entry.at));
-        let store = self.store.clone();
-        let local_entry = entry.clone();
-        // The turn comes back whatever happens, a panic in the store
+        // A small change is staged on this task's thread if the store is
+        // free (no thread hop), anything else on a blocking thread; the
+        // task then waits for the batch's sync without holding a thread. The turn
+        // stays with this task whatever happens, a panic in the store
         // included: the next op must not start before a failed one has
         // marked the PG for peering.
-        let applied = tokio::task::spawn_blocking(move || {
-            match unwound(|| store.stage_logged(&key, &local_entry, &body)) {
-                Ok(staged) => {
-                    let in_flight = turn.admit_next();
-                    (unwound(|| store.durable(staged)), in_flight)
-                }
-                Err(error) => (Err(error), turn),
+        let in_task = body.len() <= STAGE_IN_TASK_MAX;
+        let staged = match unwound_now(|| {
+            in_task
+                .then(|| self.store.try_stage_logged(&key, &entry, &body))
+                .flatten()
+        }) {
+            Some(staged) => staged.map_err(OsdError::from),
+            None => {
+                let (store, entry) = (self.store.clone(), entry.clone());
+                blocking(move || unwound(|| store.stage_logged(&key, &entry, &body))).await
             }
-        })
-        .await;
-        let (local, turn) = match applied {
-            Ok((local, turn)) => (local.map_err(OsdError::from), Some(turn)),
-            Err(error) => (Err(OsdError::Io(error.to_string())), None),
+        };
+        let (local, turn) = match staged {
+            Ok(staged) => {
+                let in_flight = turn.admit_next();
+                let durable = self.store.durable_async(staged).await;
+                (durable.map_err(OsdError::from), in_flight)
+            }
+            Err(error) => (Err(error), turn),
         };
         let local_refusal = local.as_ref().err().filter(|error| is_refusal(error));
         let mut refused_alike = 0;
@@ -572,10 +579,31 @@ impl OsdService {
             ordered.push(self.gates.serial(*pg).await);
         }
         let accepted: Vec<bool> = verdicts.iter().map(Result::is_ok).collect();
-        let store = self.store.clone();
         // A resend of something already applied changes nothing.
-        let applied =
-            blocking(move || Ok(apply_accepted(&store, entries, &accepted, &body))).await?;
+        let items = accepted_items(&entries, &accepted, &body);
+        let in_task = body.len() <= STAGE_IN_TASK_MAX;
+        let staged = match unwound_now(|| {
+            in_task
+                .then(|| self.store.try_stage_replicated_each(&items).map(Ok))
+                .flatten()
+        }) {
+            Some(staged) => staged?,
+            None => {
+                let store = self.store.clone();
+                blocking(move || {
+                    let items = accepted_items(&entries, &accepted, &body);
+                    unwound(|| Ok(store.stage_replicated_each(&items)))
+                })
+                .await?
+            }
+        };
+        let mut applied = Vec::with_capacity(staged.len());
+        for staged in staged {
+            applied.push(match staged {
+                Ok(staged) => self.store.durable_async(staged).await,
+                Err(error) => Err(error),
+            });
+        }
         let mut applied = applied.into_iter();
         Ok(verdicts
             .into_iter()
@@ -612,18 +640,22 @@ impl OsdService {
     }
 }
 
-/// Applies the `accepted` entries with their pieces of `body` (each entry's
-/// bytes follow the previous one's), in one store batch: a result for each
-/// accepted entry, in order.
-fn apply_accepted(
-    store: &ObjectStore,
-    entries: Vec<ReplicaEntry>,
+/// The most body bytes a change may carry to be staged on the async task
+/// that received it (bytes kept inline in the database, no segment write
+/// or large hash); larger ones are staged on a blocking thread, so no
+/// runtime thread stalls for long.
+pub const STAGE_IN_TASK_MAX: usize = crate::content::SMALL_WRITE_MAX;
+
+/// The `accepted` entries with their pieces of `body` (each entry's bytes
+/// follow the previous one's).
+fn accepted_items<'a>(
+    entries: &'a [ReplicaEntry],
     accepted: &[bool],
-    body: &[u8],
-) -> Vec<Result<bool, StoreError>> {
+    body: &'a [u8],
+) -> Vec<ReplicaItem<'a>> {
     let mut rest = body;
     let mut items = Vec::new();
-    for (replica, accepted) in entries.into_iter().zip(accepted) {
+    for (replica, accepted) in entries.iter().zip(accepted) {
         // The lengths add up to the body (checked before).
         let (bytes, after) = rest.split_at(replica.body_len as usize);
         rest = after;
@@ -632,10 +664,10 @@ fn apply_accepted(
                 pg: replica.pg,
                 name: replica.entry.object.clone(),
             };
-            items.push((key, replica.entry, bytes));
+            items.push((key, &replica.entry, bytes));
         }
     }
-    store.apply_replicated_each(&items)
+    items
 }
 
 /// Whether a member's failure of an op depends only on the object state
@@ -643,6 +675,15 @@ fn apply_accepted(
 /// member that lacks an earlier entry reports a gap instead).
 fn is_refusal(error: &OsdError) -> bool {
     matches!(error, OsdError::NotFound)
+}
+
+/// Runs a store call that declines when the store is busy (`None`),
+/// turning a panic into an error.
+fn unwound_now<T>(
+    call: impl FnOnce() -> Option<Result<T, StoreError>>,
+) -> Option<Result<T, StoreError>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call))
+        .unwrap_or_else(|_| Some(Err(StoreError::Io("the store call panicked".into()))))
 }
 
 /// Runs a store call, turning a panic into an error.
