@@ -5,18 +5,22 @@
 # writes, each made durable like the OSDs' (end_fsync / fsync per write).
 # Appends a dated section with the ratios to bench/RESULTS.md.
 #
+# Three OSDs, the MDS and the client share this machine's cores, so each
+# OSD runs one runtime thread (`--workers`, OSD_WORKERS=N to change it).
+#
 # Usage: bench/osd.sh            (OBJECTS=N SMALL_OPS=N to change the sizes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OBJECTS=${OBJECTS:-64}
 SMALL_OPS=${SMALL_OPS:-4000}
+OSD_WORKERS=${OSD_WORKERS:-1}
 command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
 source bench/lib.sh osd
 CONFIG=$OUT/mds/cluster.json
 start_mds mds
 for id in 0 1 2; do
   "$ASPEN" osd add --data "$OUT/osd$id" --id $id --host "host$id" --config "$CONFIG" --listen "127.0.0.1:$(free_port)" >/dev/null
-  "$ASPEN" osd --data "$OUT/osd$id" >"$OUT/osd$id.log" 2>&1 & pids+=($!)
+  "$ASPEN" osd --data "$OUT/osd$id" --workers "$OSD_WORKERS" >"$OUT/osd$id.log" 2>&1 & pids+=($!)
 done
 until "$ASPEN" status --config "$CONFIG" | grep -q "3 osds: 3 up, 3 in"; do sleep 0.3; done
 "$ASPEN" pool create data --pg-num 64 --size 3 --min-size 2 --config "$CONFIG" >/dev/null
@@ -36,7 +40,7 @@ aspen_rand=$(awk -F': ' '/4 KiB random writes, depth 16/ {print $2+0}' "$OUT/asp
   echo "## Objects (3 OSDs, pool size 3) — $(date -u +%Y-%m-%d)"
   echo
   echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/Mem:/{print $2}') GiB; disk under $(df -h "$OUT" | awk 'NR==2{print $1}')."
-  echo "Command: \`OBJECTS=$OBJECTS SMALL_OPS=$SMALL_OPS bench/osd.sh\` (release; 1 MDS + 3 OSD processes and the client on 127.0.0.1; every acknowledged write durable on all three OSDs)."
+  echo "Command: \`OBJECTS=$OBJECTS SMALL_OPS=$SMALL_OPS OSD_WORKERS=$OSD_WORKERS bench/osd.sh\` (release; 1 MDS + 3 OSD processes, $OSD_WORKERS runtime thread(s) each, and the client on 127.0.0.1; every acknowledged write durable on all three OSDs)."
   echo
   echo '```'
   cat "$OUT/aspen.txt"

@@ -42,6 +42,14 @@ enum Command {
 impl Command {
     /// Daemons must outlive a closed pipe or socket; the other commands
     /// print a report and are done.
+    /// The runtime threads the command asks for (default: one per core).
+    fn workers(&self) -> Option<usize> {
+        match self {
+            Command::Osd(args) => args.workers(),
+            _ => None,
+        }
+    }
+
     fn runs_a_daemon(&self) -> bool {
         matches!(
             self,
@@ -87,13 +95,15 @@ fn keep_freed_memory_for_reuse() {
 
 fn main() -> anyhow::Result<()> {
     keep_freed_memory_for_reuse();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    let command = Cli::parse_from(cmd::mount::helper_args(std::env::args_os())).command;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = command.workers() {
+        runtime.worker_threads(workers);
+    }
+    runtime.enable_all().build()?.block_on(run(command))
 }
 
-async fn run() -> anyhow::Result<()> {
+async fn run(command: Command) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -103,7 +113,6 @@ async fn run() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let command = Cli::parse_from(cmd::mount::helper_args(std::env::args_os())).command;
     if !command.runs_a_daemon() {
         end_quietly_when_the_reader_goes();
     }

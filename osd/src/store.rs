@@ -16,8 +16,8 @@
 //! never returned.
 
 use std::fs::File;
-use std::ops::Deref;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -123,7 +123,7 @@ pub enum StoreError {
 }
 
 /// A change in the store's open batch, not yet durable: pass it to
-/// [`ObjectStore::durable`].
+/// [`ObjectStore::durable`] (or, in async code, [`ObjectStore::durable_async`]).
 #[must_use = "a staged change counts only once durable"]
 pub struct Staged<T> {
     value: T,
@@ -167,19 +167,22 @@ pub struct ObjectStore {
     /// Whether a caller is committing and syncing a batch.
     syncing: Mutex<bool>,
     synced: Condvar,
-    /// Counts finished syncs: an async waiter looks at its batch again
-    /// after each ([`ObjectStore::durable_async`]).
+    /// Whether an async waiter has a sync on its way to a blocking thread
+    /// (so the others need not send one).
+    sync_claimed: AtomicBool,
+    /// Counts releases of the syncer's turn: an async waiter looks at its
+    /// batch again after each ([`ObjectStore::durable_async`]).
     settled: tokio::sync::watch::Sender<u64>,
 }
 
 /// The syncer's turn: one caller at a time commits and syncs the open
 /// batch. Released however the sync ends, a panic included, so no later
 /// caller waits for a sync nobody runs; async waiters then look again.
-struct SyncTurn<S: Deref<Target = ObjectStore>>(S);
+struct SyncTurn<'a>(&'a ObjectStore);
 
-impl<S: Deref<Target = ObjectStore>> SyncTurn<S> {
+impl SyncTurn<'_> {
     /// Waits while another caller holds the turn, then takes it.
-    fn take(store: S) -> SyncTurn<S> {
+    fn take(store: &ObjectStore) -> SyncTurn<'_> {
         let mut syncing = lock(&store.syncing);
         while *syncing {
             syncing = store
@@ -188,23 +191,11 @@ impl<S: Deref<Target = ObjectStore>> SyncTurn<S> {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         *syncing = true;
-        drop(syncing);
         SyncTurn(store)
-    }
-
-    /// The turn if nobody holds it.
-    fn try_take(store: S) -> Option<SyncTurn<S>> {
-        let mut syncing = lock(&store.syncing);
-        if *syncing {
-            return None;
-        }
-        *syncing = true;
-        drop(syncing);
-        Some(SyncTurn(store))
     }
 }
 
-impl<S: Deref<Target = ObjectStore>> Drop for SyncTurn<S> {
+impl Drop for SyncTurn<'_> {
     fn drop(&mut self) {
         *lock(&self.0.syncing) = false;
         self.0.synced.notify_all();
@@ -224,6 +215,13 @@ pub(crate) fn io(error: std::io::Error) -> StoreError {
         return StoreError::NoSpace;
     }
     StoreError::Io(error.to_string())
+}
+
+/// Runs a sync step, turning a panic into an error so that the caller can
+/// still put back what it took.
+fn caught(step: impl FnOnce() -> Result<(), StoreError>) -> Result<(), StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(step))
+        .unwrap_or_else(|_| Err(StoreError::Io("a sync step panicked".into())))
 }
 
 fn now_ns() -> i64 {
@@ -335,14 +333,16 @@ impl ObjectStore {
             wal,
             syncing: Mutex::new(false),
             synced: Condvar::new(),
+            sync_claimed: AtomicBool::new(false),
             settled: tokio::sync::watch::Sender::new(0),
         })
     }
 
     /// [`ObjectStore::durable`] without holding a thread while others sync:
-    /// the first waiter to find no sync running commits and syncs the open
+    /// the first waiter to find no sync claimed commits and syncs the open
     /// batch on a blocking thread (one for the whole batch), the others
-    /// wait for it and look again.
+    /// wait for the next release of the syncer's turn and look again (all
+    /// of them: one batch usually settles them all).
     pub async fn durable_async<T>(self: &Arc<Self>, staged: Staged<T>) -> Result<T, StoreError> {
         let mut settled = self.settled.subscribe();
         loop {
@@ -352,16 +352,25 @@ impl ObjectStore {
                     .map(|()| staged.value)
                     .map_err(|failure| failure.to_error());
             }
-            if let Some(turn) = SyncTurn::try_take(self.clone()) {
-                let synced = tokio::task::spawn_blocking(move || turn.0.sync_open_batch()).await;
+            if !self.sync_claimed.swap(true, Ordering::AcqRel) {
+                let (store, outcome) = (self.clone(), staged.outcome.clone());
+                let synced = tokio::task::spawn_blocking(move || {
+                    // The turn is taken on the blocking thread, never held
+                    // while the sync waits for one.
+                    let _turn = SyncTurn::take(&store);
+                    store.sync_claimed.store(false, Ordering::Release);
+                    if outcome.get().is_none() {
+                        store.sync_open_batch();
+                    }
+                })
+                .await;
                 if let Err(error) = synced {
                     return Err(StoreError::Io(format!("the sync did not run: {error}")));
                 }
                 continue;
             }
-            if settled.changed().await.is_err() {
-                return Err(StoreError::Io("the store closed".into()));
-            }
+            // The claimed sync bumps `settled` when it releases the turn.
+            let _ = settled.changed().await;
         }
     }
 
@@ -461,7 +470,7 @@ impl ObjectStore {
     fn checkpoint(&self, inner: &mut Inner) -> Result<(), StoreError> {
         // The chunks the log names must be durable before the log is copied.
         let dirty = inner.content.take_dirty();
-        if let Err(error) = content::sync_spans(&dirty) {
+        if let Err(error) = caught(|| content::sync_spans(&dirty)) {
             inner.content.restore_dirty(&dirty);
             return Err(error);
         }
@@ -528,9 +537,12 @@ impl ObjectStore {
             }
             inner.content.take_dirty()
         };
-        let synced = content::sync_spans(&dirty).and_then(|()| self.wal.sync_data().map_err(io));
+        let synced =
+            caught(|| content::sync_spans(&dirty).and_then(|()| self.wal.sync_data().map_err(io)));
         if synced.is_err() {
-            // Put them back so a later sync retries them.
+            // Put them back so a later sync retries them (their batch is
+            // committed: a later batch's log sync would otherwise make it
+            // durable without its bytes).
             lock(&self.inner).content.restore_dirty(&dirty);
         }
         synced

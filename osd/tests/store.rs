@@ -573,11 +573,11 @@ fn a_chunk_compaction_cannot_read_never_holds_back_the_released_references() {
 }
 
 /// Logged writes staged on async tasks (on the task's own thread when the
-/// store is free) and awaited without holding a thread: every waiter
-/// resumes once its change is durable, and every change is there after
-/// the store is reopened.
+/// store is free) and awaited without holding a thread, among writes that
+/// wait on blocking threads: every waiter resumes once its change is
+/// durable, and every change is there after the store is reopened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_waiters_resume_once_durable_and_every_change_survives_reopening() {
+async fn async_and_blocking_waiters_resume_once_durable_and_every_change_survives_reopening() {
     use aspen_proto::osd::{LogEntry, LogVersion, ObjectOp};
     use std::sync::Arc;
     const WRITERS: u32 = 32;
@@ -604,11 +604,22 @@ async fn async_waiters_resume_once_durable_and_every_change_survives_reopening()
                 op: ObjectOp::Write { offset: 0 },
             };
             let data = pattern(seed as u8, 4096);
-            let staged = match store.try_stage_logged(&k, &entry, &data) {
-                Some(staged) => staged,
-                None => store.stage_logged(&k, &entry, &data),
+            let stat = if seed % 2 == 0 {
+                let staged = match store.try_stage_logged(&k, &entry, &data) {
+                    Some(staged) => staged,
+                    None => store.stage_logged(&k, &entry, &data),
+                };
+                store.durable_async(staged.unwrap()).await.unwrap()
+            } else {
+                // A blocking waiter among the async ones: either may sync
+                // the batch the other waits on.
+                tokio::task::spawn_blocking(move || {
+                    store.durable(store.stage_logged(&k, &entry, &data).unwrap())
+                })
+                .await
+                .unwrap()
+                .unwrap()
             };
-            let stat = store.durable_async(staged.unwrap()).await.unwrap();
             assert_eq!(stat.map(|s| s.size), Some(4096));
         }));
     }

@@ -18,6 +18,18 @@ pub struct OsdArgs {
     /// Run the OSD kept in this data directory.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Threads that serve its network and small changes (default: one per
+    /// core). Where several OSDs share a machine's few cores, one each
+    /// spares them the switching (bench/RESULTS.md, 2026-12-03).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
+}
+
+impl OsdArgs {
+    /// The runtime threads asked for, if any.
+    pub fn workers(&self) -> Option<usize> {
+        self.workers.map(usize::from)
+    }
 }
 
 #[derive(Subcommand)]

@@ -105,6 +105,9 @@ impl Namespace {
     }
 
     fn with_connection(conn: Connection) -> Result<Namespace, StoreError> {
+        // The namespace's only connection keeps its locks (see the Raft
+        // log's store).
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(store::SCHEMA)?;

@@ -69,6 +69,10 @@ fn write_error(error: impl std::error::Error + 'static) -> StorageError {
 impl LogStore {
     pub fn open(path: &Path) -> Result<LogStore, rusqlite::Error> {
         let conn = Connection::open(path)?;
+        // One connection: it keeps its locks instead of taking them for
+        // every transaction (before the log is in WAL mode, so its index
+        // lives in this process's memory).
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "OFF")?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;

@@ -480,7 +480,7 @@ impl OsdService {
         // stays with this task whatever happens, a panic in the store
         // included: the next op must not start before a failed one has
         // marked the PG for peering.
-        let in_task = body.len() <= STAGE_IN_TASK_MAX;
+        let in_task = body.len() <= STAGE_IN_TASK_MAX && stages_quickly(&entry.op);
         let staged = match unwound_now(|| {
             in_task
                 .then(|| self.store.try_stage_logged(&key, &entry, &body))
@@ -581,7 +581,9 @@ impl OsdService {
         let accepted: Vec<bool> = verdicts.iter().map(Result::is_ok).collect();
         // A resend of something already applied changes nothing.
         let items = accepted_items(&entries, &accepted, &body);
-        let in_task = body.len() <= STAGE_IN_TASK_MAX;
+        let in_task = body.len() <= STAGE_IN_TASK_MAX
+            && items.len() <= STAGE_IN_TASK_ENTRIES_MAX
+            && items.iter().all(|(_, entry, _)| stages_quickly(&entry.op));
         let staged = match unwound_now(|| {
             in_task
                 .then(|| self.store.try_stage_replicated_each(&items).map(Ok))
@@ -645,6 +647,21 @@ impl OsdService {
 /// or large hash); larger ones are staged on a blocking thread, so no
 /// runtime thread stalls for long.
 pub const STAGE_IN_TASK_MAX: usize = crate::content::SMALL_WRITE_MAX;
+
+/// The most replicated entries staged together on the async task that
+/// received them.
+pub const STAGE_IN_TASK_ENTRIES_MAX: usize = 16;
+
+/// Whether an op's work in the store is bounded by the bytes it carries,
+/// so that a small one may be staged on an async task: writes and
+/// attributes. A delete, truncate or zero edits every extent of the range
+/// it covers, however many the object has.
+fn stages_quickly(op: &ObjectOp) -> bool {
+    matches!(
+        op,
+        ObjectOp::Write { .. } | ObjectOp::WriteExtents { .. } | ObjectOp::SetAttr { .. }
+    )
+}
 
 /// The `accepted` entries with their pieces of `body` (each entry's bytes
 /// follow the previous one's).
