@@ -40,8 +40,6 @@ enum Command {
 }
 
 impl Command {
-    /// Daemons must outlive a closed pipe or socket; the other commands
-    /// print a report and are done.
     /// The runtime threads the command asks for (default: one per core).
     fn workers(&self) -> Option<usize> {
         match self {
@@ -50,6 +48,8 @@ impl Command {
         }
     }
 
+    /// Daemons must outlive a closed pipe or socket; the other commands
+    /// print a report and are done.
     fn runs_a_daemon(&self) -> bool {
         matches!(
             self,
