@@ -204,6 +204,32 @@ impl Drop for SyncTurn<'_> {
     }
 }
 
+/// An async waiter's claim of the next sync, on its way to a blocking
+/// thread. Dropped unrun (the runtime shutting down), it lets the claim go
+/// and wakes the other waiters, so none waits for a sync nobody will run.
+struct SyncClaim(Option<Arc<ObjectStore>>);
+
+impl SyncClaim {
+    /// Takes the syncer's turn (on the blocking thread: never held while
+    /// the sync waits for a thread), lets the claim go, and syncs the open
+    /// batch, whoever's changes it holds.
+    fn sync(mut self) {
+        let store = self.0.take().expect("a claim syncs once");
+        let _turn = SyncTurn::take(&store);
+        store.sync_claimed.store(false, Ordering::Release);
+        store.sync_open_batch();
+    }
+}
+
+impl Drop for SyncClaim {
+    fn drop(&mut self) {
+        if let Some(store) = self.0.take() {
+            store.sync_claimed.store(false, Ordering::Release);
+            store.settled.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -353,19 +379,10 @@ impl ObjectStore {
                     .map_err(|failure| failure.to_error());
             }
             if !self.sync_claimed.swap(true, Ordering::AcqRel) {
-                let (store, outcome) = (self.clone(), staged.outcome.clone());
-                let synced = tokio::task::spawn_blocking(move || {
-                    // The turn is taken on the blocking thread, never held
-                    // while the sync waits for one.
-                    let _turn = SyncTurn::take(&store);
-                    store.sync_claimed.store(false, Ordering::Release);
-                    if outcome.get().is_none() {
-                        store.sync_open_batch();
-                    }
-                })
-                .await;
-                if let Err(error) = synced {
-                    return Err(StoreError::Io(format!("the sync did not run: {error}")));
+                let claim = SyncClaim(Some(self.clone()));
+                let synced = tokio::task::spawn_blocking(move || claim.sync()).await;
+                if synced.is_err() && staged.outcome.get().is_none() {
+                    return Err(StoreError::Io("the store's sync did not run".into()));
                 }
                 continue;
             }

@@ -21,7 +21,7 @@ pub struct OsdArgs {
     /// Threads that serve its network and small changes (default: one per
     /// core). Where several OSDs share a machine's few cores, one each
     /// spares them the switching (bench/RESULTS.md, 2026-12-03).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, requires = "data", value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
 }
 

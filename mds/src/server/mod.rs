@@ -247,6 +247,11 @@ impl MdsServer {
         for task in &self.background {
             task.abort();
         }
+        // Gone before this returns, with the database handles they hold
+        // (the databases are opened exclusively).
+        for task in self.background {
+            let _ = task.await;
+        }
         let _ = self.router.shutdown().await;
         let _ = self.raft.shutdown().await;
         self.transport.close().await;

@@ -480,7 +480,7 @@ impl OsdService {
         // stays with this task whatever happens, a panic in the store
         // included: the next op must not start before a failed one has
         // marked the PG for peering.
-        let in_task = body.len() <= STAGE_IN_TASK_MAX && stages_quickly(&entry.op);
+        let in_task = in_task_bytes(&entry.op, body.len()).is_some_and(|n| n <= STAGE_IN_TASK_MAX);
         let staged = match unwound_now(|| {
             in_task
                 .then(|| self.store.try_stage_logged(&key, &entry, &body))
@@ -581,9 +581,12 @@ impl OsdService {
         let accepted: Vec<bool> = verdicts.iter().map(Result::is_ok).collect();
         // A resend of something already applied changes nothing.
         let items = accepted_items(&entries, &accepted, &body);
-        let in_task = body.len() <= STAGE_IN_TASK_MAX
-            && items.len() <= STAGE_IN_TASK_ENTRIES_MAX
-            && items.iter().all(|(_, entry, _)| stages_quickly(&entry.op));
+        let in_task = items.len() <= STAGE_IN_TASK_ENTRIES_MAX
+            && items
+                .iter()
+                .map(|(_, entry, bytes)| in_task_bytes(&entry.op, bytes.len()))
+                .sum::<Option<usize>>()
+                .is_some_and(|n| n <= STAGE_IN_TASK_MAX);
         let staged = match unwound_now(|| {
             in_task
                 .then(|| self.store.try_stage_replicated_each(&items).map(Ok))
@@ -652,15 +655,23 @@ pub const STAGE_IN_TASK_MAX: usize = crate::content::SMALL_WRITE_MAX;
 /// received them.
 pub const STAGE_IN_TASK_ENTRIES_MAX: usize = 16;
 
-/// Whether an op's work in the store is bounded by the bytes it carries,
-/// so that a small one may be staged on an async task: writes and
-/// attributes. A delete, truncate or zero edits every extent of the range
-/// it covers, however many the object has.
-fn stages_quickly(op: &ObjectOp) -> bool {
-    matches!(
-        op,
-        ObjectOp::Write { .. } | ObjectOp::WriteExtents { .. } | ObjectOp::SetAttr { .. }
-    )
+/// The most pieces of a vectored write staged on an async task.
+pub const STAGE_IN_TASK_PIECES_MAX: usize = 16;
+
+/// The bytes that bound an op's work in the store, for an op that may be
+/// staged on an async task: a write (its body; a vectored one of at most
+/// [`STAGE_IN_TASK_PIECES_MAX`] pieces) or an attribute (its name and
+/// value). `None` for the others: a delete, truncate or zero edits every
+/// extent of the range it covers, however many the object has.
+fn in_task_bytes(op: &ObjectOp, body_len: usize) -> Option<usize> {
+    match op {
+        ObjectOp::Write { .. } => Some(body_len),
+        ObjectOp::WriteExtents { extents } if extents.len() <= STAGE_IN_TASK_PIECES_MAX => {
+            Some(body_len)
+        }
+        ObjectOp::SetAttr { name, value } => Some(name.len() + value.len()),
+        _ => None,
+    }
 }
 
 /// The `accepted` entries with their pieces of `body` (each entry's bytes
