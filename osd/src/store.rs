@@ -731,11 +731,7 @@ impl ObjectStore {
         entry: &LogEntry,
         data: &[u8],
     ) -> Result<Staged<Option<ObjectStat>>, StoreError> {
-        let change = |conn: &Connection, content: &mut ContentStore| {
-            let last = pglog::last(conn, key.pg)?;
-            apply_entry_in(conn, content, key, last, entry, data)
-        };
-        self.stage_each([change])
+        self.stage_each([logged_change(key, entry, data)])
             .pop()
             .expect("one result per change")
     }
@@ -748,11 +744,7 @@ impl ObjectStore {
         entry: &LogEntry,
         data: &[u8],
     ) -> Option<Result<Staged<Option<ObjectStat>>, StoreError>> {
-        let change = |conn: &Connection, content: &mut ContentStore| {
-            let last = pglog::last(conn, key.pg)?;
-            apply_entry_in(conn, content, key, last, entry, data)
-        };
-        self.try_stage_each([change])
+        self.try_stage_each([logged_change(key, entry, data)])
             .map(|mut staged| staged.pop().expect("one result per change"))
     }
 
@@ -1031,6 +1023,18 @@ impl ObjectStore {
 
 /// A replicated entry to apply: its object, the entry, and its bytes.
 pub type ReplicaItem<'a> = (ObjectKey, &'a LogEntry, &'a [u8]);
+
+/// A primary's change: `entry` appended to its PG's log and applied.
+fn logged_change<'a>(
+    key: &'a ObjectKey,
+    entry: &'a LogEntry,
+    data: &'a [u8],
+) -> impl FnOnce(&Connection, &mut ContentStore) -> Result<Option<ObjectStat>, StoreError> + 'a {
+    move |conn, content| {
+        let last = pglog::last(conn, key.pg)?;
+        apply_entry_in(conn, content, key, last, entry, data)
+    }
+}
 
 fn replicated_change<'a>(
     (key, entry, data): &'a ReplicaItem<'a>,

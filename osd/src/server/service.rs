@@ -580,16 +580,23 @@ impl OsdService {
         }
         let accepted: Vec<bool> = verdicts.iter().map(Result::is_ok).collect();
         // A resend of something already applied changes nothing.
-        let items = accepted_items(&entries, &accepted, &body);
-        let in_task = items.len() <= STAGE_IN_TASK_ENTRIES_MAX
-            && items
+        let taken: Vec<&ReplicaEntry> = entries
+            .iter()
+            .zip(&accepted)
+            .filter_map(|(replica, accepted)| accepted.then_some(replica))
+            .collect();
+        let in_task = taken.len() <= STAGE_IN_TASK_ENTRIES_MAX
+            && taken
                 .iter()
-                .map(|(_, entry, bytes)| in_task_bytes(&entry.op, bytes.len()))
+                .map(|replica| in_task_bytes(&replica.entry.op, replica.body_len as usize))
                 .sum::<Option<usize>>()
                 .is_some_and(|n| n <= STAGE_IN_TASK_MAX);
         let staged = match unwound_now(|| {
             in_task
-                .then(|| self.store.try_stage_replicated_each(&items).map(Ok))
+                .then(|| {
+                    let items = accepted_items(&entries, &accepted, &body);
+                    self.store.try_stage_replicated_each(&items).map(Ok)
+                })
                 .flatten()
         }) {
             Some(staged) => staged?,
