@@ -10,7 +10,8 @@
 //! - files A creates on its own (in a directory it made) are seen by B
 //!   at once, with the inode numbers and modes A answered with;
 //! - O_APPEND from both mounts loses no byte;
-//! - the size and mtime B sees right after A's close are A's;
+//! - the size and mtime B sees right after A's close are A's, by path and
+//!   through a file B holds open (whose attributes B's kernel keeps);
 //! - kill -9 of A while it holds an Exclusive cap with unwritten data: B
 //!   goes on after the eviction timeout, and what A had fsynced is intact;
 //! - a stopped A whose session is evicted meanwhile has its late writes
@@ -94,6 +95,20 @@ fn each_mount_sees_the_others_changes_at_once() {
         std::fs::metadata(a.join("note")).unwrap().mode() & 0o777,
         0o600
     );
+
+    // B's kernel keeps the attributes of a file B holds a cap on, and an
+    // fstat asks no one: A's chmod and write still show at once, because
+    // the cap's loss drops them.
+    let held = File::open(b.join("note")).unwrap();
+    assert_eq!(held.metadata().unwrap().len(), 1000);
+    std::fs::set_permissions(
+        a.join("note"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    assert_eq!(held.metadata().unwrap().mode() & 0o777, 0o640);
+    std::fs::write(a.join("note"), vec![2u8; 3000]).unwrap();
+    assert_eq!(held.metadata().unwrap().len(), 3000, "B's fstat is stale");
 }
 
 #[test]

@@ -134,6 +134,14 @@ impl CapCache {
         self.inodes.get(&ino).and_then(|c| c.cap)
     }
 
+    /// Whether the attributes of `ino` stay right until a revocation (or
+    /// the cache) says otherwise: a cap covers them and none is going.
+    pub fn attrs_held(&self, ino: InodeId) -> bool {
+        self.inodes
+            .get(&ino)
+            .is_some_and(|c| c.cap.is_some() && c.revoking == 0)
+    }
+
     /// Whether a revocation of `ino` is being carried out.
     pub fn revoking(&self, ino: InodeId) -> bool {
         self.inodes.get(&ino).is_some_and(|c| c.revoking > 0)
@@ -498,6 +506,29 @@ mod tests {
         assert_eq!(cache.attr(InodeId(5)).unwrap().size, 20);
         cache.absorb(&reply(vec![attr(5, 15)], vec![], 4));
         assert_eq!(cache.attr(InodeId(5)).unwrap().size, 20, "an older answer");
+    }
+
+    #[test]
+    fn attributes_are_held_only_under_a_cap_no_revocation_is_taking() {
+        let mut cache = CapCache::default();
+        cache.absorb(&reply(vec![attr(5, 10)], vec![], 1));
+        assert!(!cache.attrs_held(InodeId(5)), "no cap");
+        cache.absorb(&reply(vec![], vec![grant(5, CapMode::Shared, 1)], 2));
+        assert!(cache.attrs_held(InodeId(5)));
+        let revoke = Revoke {
+            ino: InodeId(5),
+            seq: 1,
+            to: None,
+        };
+        cache.begin_revoke(&revoke);
+        assert!(cache.attr(InodeId(5)).is_some(), "still answered");
+        assert!(!cache.attrs_held(InodeId(5)), "but not to be kept");
+        cache.finish_revoke(&revoke);
+        assert!(!cache.attrs_held(InodeId(5)));
+        cache.absorb(&reply(vec![], vec![grant(5, CapMode::Exclusive, 2)], 3));
+        assert!(cache.attrs_held(InodeId(5)));
+        cache.release(InodeId(5));
+        assert!(!cache.attrs_held(InodeId(5)), "given back");
     }
 
     #[test]

@@ -5,12 +5,16 @@
 //! every other request runs as its own task on the tokio runtime, so one
 //! slow request never stalls the others; the reply travels with the task.
 //!
-//! Caching: attributes and entries are cached by the client under its
-//! caps, not by the kernel ([`ATTR_TTL`] is zero: a revocation then never
-//! has to wait on the kernel's directory locks). File pages stay in the
-//! kernel's page cache across opens (`keep_cache`); when a cap goes, the
-//! client has the kernel drop them (`inval_inode`) before it
-//! acknowledges. `O_DIRECT` opens bypass the page cache.
+//! Caching: directory entries are cached by the client under its caps,
+//! not by the kernel ([`ATTR_TTL`] is zero: a revocation then never has
+//! to wait on the kernel's directory locks). The kernel keeps an inode's
+//! attributes for [`HELD_ATTR_TTL`] when a lookup or getattr is answered
+//! under a cap on it, and file pages across opens (`keep_cache`); when a
+//! cap goes, the client has the kernel drop both (`inval_inode`, which
+//! takes no directory lock) before it acknowledges. An answer the kernel
+//! was still waiting for then is not kept either: the kernel discards
+//! attributes from a request older than the invalidation. `O_DIRECT`
+//! opens bypass the page cache.
 
 mod convert;
 mod signals;
@@ -39,6 +43,10 @@ use convert::{caller_of, errno, file_attr, file_type, ino, set_time};
 /// How long the kernel may trust an attribute or a directory entry (the
 /// client answers from its own cache instead).
 pub const ATTR_TTL: Duration = Duration::ZERO;
+/// How long the kernel may keep attributes answered under a cap (the
+/// cap's loss drops them sooner): a `stat` is then one lookup, not a
+/// lookup and a getattr.
+pub const HELD_ATTR_TTL: Duration = Duration::from_secs(1);
 /// The largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
 /// The kernel's readahead window on the mount: one default object, sent
@@ -157,6 +165,29 @@ fn reply_entry(reply: ReplyEntry, result: Result<aspen_proto::fs::Attr, Errno>) 
     }
 }
 
+/// How long the kernel may keep `attr`, decided after it was read (see
+/// [`Vfs::attrs_held`]).
+fn attr_ttl(vfs: &Vfs, attr: &aspen_proto::fs::Attr) -> Duration {
+    if vfs.attrs_held(attr.ino) {
+        HELD_ATTR_TTL
+    } else {
+        ATTR_TTL
+    }
+}
+
+/// A lookup's answer: the entry is not kept, its attributes may be.
+fn reply_looked_up(vfs: &Vfs, reply: ReplyEntry, result: Result<aspen_proto::fs::Attr, Errno>) {
+    match result {
+        Ok(attr) => reply.entry_with_ttls(
+            &attr_ttl(vfs, &attr),
+            &ATTR_TTL,
+            &file_attr(&attr),
+            Generation(attr.generation),
+        ),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
 fn reply_written(reply: ReplyWrite, result: Result<u32, Errno>) {
     match result {
         Ok(written) => reply.written(written),
@@ -252,10 +283,11 @@ impl Filesystem for AspenFuse {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (caller, name) = (caller_of(req), name_bytes(name));
         if let Some(found) = self.vfs.lookup_now(&caller, ino(parent), &name) {
-            return reply_entry(reply, found);
+            return reply_looked_up(&self.vfs, reply, found);
         }
         self.spawn(|vfs| async move {
-            reply_entry(reply, vfs.lookup(&caller, ino(parent), &name).await)
+            let found = vfs.lookup(&caller, ino(parent), &name).await;
+            reply_looked_up(&vfs, reply, found)
         });
     }
 
@@ -265,11 +297,11 @@ impl Filesystem for AspenFuse {
 
     fn getattr(&self, _req: &Request, node: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         if let Some(attr) = self.vfs.getattr_now(ino(node)) {
-            return reply.attr(&ATTR_TTL, &file_attr(&attr));
+            return reply.attr(&attr_ttl(&self.vfs, &attr), &file_attr(&attr));
         }
         self.spawn(|vfs| async move {
             match vfs.getattr(ino(node)).await {
-                Ok(attr) => reply.attr(&ATTR_TTL, &file_attr(&attr)),
+                Ok(attr) => reply.attr(&attr_ttl(&vfs, &attr), &file_attr(&attr)),
                 Err(e) => reply.error(errno(e)),
             }
         });

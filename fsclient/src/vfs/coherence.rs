@@ -189,8 +189,8 @@ impl Vfs {
         }
     }
 
-    /// Makes the kernel drop its cached pages of `ino`.
-    async fn invalidate_data(&self, ino: InodeId) {
+    /// Makes the kernel drop its cached pages and attributes of `ino`.
+    pub(super) async fn invalidate_data(&self, ino: InodeId) {
         let Some(vfs) = self.me.upgrade() else { return };
         let _ = tokio::task::spawn_blocking(move || {
             if let Some(invalidate) = vfs.invalidator.get() {
@@ -198,6 +198,14 @@ impl Vfs {
             }
         })
         .await;
+    }
+
+    /// [`Vfs::invalidate_data`] in the background, for a cap dropped
+    /// where no one waits.
+    pub(super) fn invalidate_later(&self, ino: InodeId) {
+        if let Some(vfs) = self.me.upgrade() {
+            tokio::spawn(async move { vfs.invalidate_data(ino).await });
+        }
     }
 
     /// Gives back the caps of the least recently used inodes beyond the

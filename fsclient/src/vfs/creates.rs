@@ -92,6 +92,8 @@ impl Vfs {
                 let mut cache = vfs.cache();
                 cache.forget_entry(parent, &name);
                 cache.release(ino);
+                drop(cache);
+                vfs.invalidate_later(ino);
             }
         });
         Ok(Some((fh, attr)))

@@ -205,6 +205,15 @@ impl Vfs {
         self.cache().attr(ino)
     }
 
+    /// Whether `ino`'s attributes are under a cap that no revocation is
+    /// taking: a frontend may let its kernel keep them, as long as it
+    /// drops them when the invalidator is called for `ino` (every way a
+    /// cap goes calls it). Asked after the answer is made, so a cap that
+    /// goes later is followed by that call.
+    pub fn attrs_held(&self, ino: InodeId) -> bool {
+        self.cache().attrs_held(ino)
+    }
+
     /// [`Vfs::unlink`] when this client answers it itself, without
     /// waiting (runs within the tokio runtime: it sends in the background).
     pub fn unlink_now(
@@ -680,5 +689,7 @@ impl Vfs {
         let mut cache = self.cache();
         cache.drop_unreported(ino);
         cache.release(ino);
+        drop(cache);
+        self.invalidate_later(ino);
     }
 }
