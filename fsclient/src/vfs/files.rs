@@ -39,8 +39,9 @@ pub const MAX_DIRTY_BYTES: u64 = 256 << 20;
 /// How long written bytes and sizes may stay unsent when nothing else
 /// sends them.
 pub const WRITEBACK_INTERVAL: Duration = Duration::from_secs(2);
-/// Files written back at once.
-pub const MAX_FLUSHES: usize = 16;
+/// Files written back at once (many small files closed in a row go out
+/// together: the OSDs and the MDS commit them in shared batches).
+pub const MAX_FLUSHES: usize = 64;
 /// The most bytes copy_file_range moves per read and write.
 pub const COPY_CHUNK: u64 = 4 << 20;
 /// Handle releases wait this long and go to the MDS together: one commit
@@ -49,10 +50,11 @@ pub const COPY_CHUNK: u64 = 4 << 20;
 pub const RELEASE_DELAY: Duration = Duration::from_millis(100);
 
 /// Whether a background write-back also tells the MDS the size and mtime
-/// the writes produced. Writes going out (close, a full buffer, memory
-/// pressure) leave that to the next round of reports: nobody else can see
-/// the file without revoking the cap, which reports it, and one MDS commit
-/// per closed file would hold up the creates behind it.
+/// the writes produced. A close does (in the background: nobody waits for
+/// it, and a later fsync then finds nothing left to do); writes going out
+/// in the middle (a full buffer, memory pressure) leave that to the next
+/// round of reports, since more writes will move the size again: nobody
+/// else can see the file without revoking the cap, which reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Report {
     Now,
@@ -802,7 +804,7 @@ impl Vfs {
     /// Runs within the tokio runtime (the write-back starts there).
     pub fn flush(&self, fh: u64) -> Result<(), Errno> {
         let (file, io) = self.open_file(fh)?;
-        self.schedule_flush(file.ino, Report::Later);
+        self.schedule_flush(file.ino, Report::Now);
         Vfs::take_error(&io)
     }
 
@@ -880,7 +882,7 @@ impl Vfs {
                 });
             }
         } else if last {
-            self.schedule_flush(file.ino, Report::Later);
+            self.schedule_flush(file.ino, Report::Now);
         }
         self.forget_io_if_idle(file.ino);
         if file.generation != self.session.generation() {
