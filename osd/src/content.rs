@@ -190,6 +190,15 @@ pub struct ContentStore {
     readers: Mutex<HashMap<(i64, ReadPattern), Arc<File>>>,
 }
 
+/// Whether a chunk read may wait for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskWait {
+    Allowed,
+    /// Only bytes already in the page cache, for a read on an async
+    /// thread, which must not block.
+    CachedOnly,
+}
+
 /// How the read a chunk belongs to moves through its segment file, so the
 /// kernel reads ahead only where that helps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -227,8 +236,7 @@ enum ChunkSource {
 impl ChunkRead {
     /// The whole chunk, verified against its id.
     pub fn verified(self) -> Result<Vec<u8>, StoreError> {
-        let len = self.len();
-        self.read(0..len)
+        self.read(0..self.len(), DiskWait::Allowed)
     }
 
     fn len(&self) -> usize {
@@ -240,8 +248,10 @@ impl ChunkRead {
 
     /// Bytes `range` of the chunk, verified: against the chunk's id, or,
     /// when its tree is stored, against the tree (itself checked against
-    /// the id), hashing only the pieces the range touches.
-    pub fn read(self, range: std::ops::Range<usize>) -> Result<Vec<u8>, StoreError> {
+    /// the id), hashing only the pieces the range touches. With
+    /// [`DiskWait::CachedOnly`], a read the page cache cannot answer in
+    /// full fails with [`StoreError::NotCached`] instead of waiting.
+    pub fn read(&self, range: Range<usize>, wait: DiskWait) -> Result<Vec<u8>, StoreError> {
         if range.start > range.end || range.end > self.len() {
             return Err(StoreError::Corrupt(format!(
                 "an extent runs past chunk {}",
@@ -254,25 +264,26 @@ impl ChunkRead {
                 offset,
                 len,
                 tree: true,
-            } if tree::pieces(*len) > 0 => self.read_pieces(file, *offset, *len, range),
-            _ => self.read_whole(range),
+            } if tree::pieces(*len) > 0 => self.read_pieces(file, *offset, *len, range, wait),
+            _ => self.read_whole(range, wait),
         }
     }
 
-    fn read_whole(self, range: std::ops::Range<usize>) -> Result<Vec<u8>, StoreError> {
-        let bytes = match self.source {
+    fn read_whole(&self, range: Range<usize>, wait: DiskWait) -> Result<Vec<u8>, StoreError> {
+        let read;
+        let bytes = match &self.source {
             ChunkSource::Inline(bytes) => bytes,
             ChunkSource::Segment {
                 file, offset, len, ..
-            } => read_at(&file, offset, len, &self.id)?,
+            } => {
+                read = read_at(file, *offset, *len, &self.id, wait)?;
+                &read
+            }
         };
-        if blake3::hash(&bytes).as_bytes() != &self.id {
+        if blake3::hash(bytes).as_bytes() != &self.id {
             return Err(mismatch(&self.id));
         }
-        Ok(match range.len() == bytes.len() {
-            true => bytes,
-            false => bytes[range].to_vec(),
-        })
+        Ok(bytes[range].to_vec())
     }
 
     fn read_pieces(
@@ -280,23 +291,24 @@ impl ChunkRead {
         file: &File,
         offset: u64,
         len: usize,
-        range: std::ops::Range<usize>,
+        range: Range<usize>,
+        wait: DiskWait,
     ) -> Result<Vec<u8>, StoreError> {
         let tree_len = tree::tree_len(len) as u64;
         let tree_at = offset
             .checked_sub(tree_len)
             .ok_or_else(|| mismatch(&self.id))?;
-        let values = read_at(file, tree_at, tree_len as usize, &self.id)?;
-        if tree::root(&values, len) != Some(self.id) {
-            return Err(mismatch(&self.id));
-        }
         let first = range.start / tree::PIECE;
         let base = first * tree::PIECE;
         let end = (range.end.div_ceil(tree::PIECE) * tree::PIECE).min(len);
         let at = offset
             .checked_add(base as u64)
             .ok_or_else(|| mismatch(&self.id))?;
-        let mut bytes = read_at(file, at, end - base, &self.id)?;
+        let values = read_at(file, tree_at, tree_len as usize, &self.id, wait)?;
+        if tree::root(&values, len) != Some(self.id) {
+            return Err(mismatch(&self.id));
+        }
+        let mut bytes = read_at(file, at, end - base, &self.id, wait)?;
         if !tree::pieces_match(&values, first, &bytes) {
             return Err(mismatch(&self.id));
         }
@@ -310,11 +322,37 @@ fn mismatch(id: &ChunkId) -> StoreError {
     StoreError::Corrupt(format!("chunk {} does not match its hash", hex(id)))
 }
 
-fn read_at(file: &File, offset: u64, len: usize, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+fn read_at(
+    file: &File,
+    offset: u64,
+    len: usize,
+    id: &ChunkId,
+    wait: DiskWait,
+) -> Result<Vec<u8>, StoreError> {
     let mut bytes = vec![0; len];
-    file.read_exact_at(&mut bytes, offset)
-        .map_err(|e| StoreError::Corrupt(format!("chunk {}: {e}", hex(id))))?;
+    match wait {
+        DiskWait::Allowed => file
+            .read_exact_at(&mut bytes, offset)
+            .map_err(|e| StoreError::Corrupt(format!("chunk {}: {e}", hex(id))))?,
+        DiskWait::CachedOnly => read_cached_at(file, &mut bytes, offset)?,
+    }
     Ok(bytes)
+}
+
+/// Fills `bytes` from the page cache alone (`RWF_NOWAIT`). Any shortfall
+/// or error is [`StoreError::NotCached`]: the waiting read that follows
+/// reports the real cause, if there is one.
+fn read_cached_at(file: &File, bytes: &mut [u8], offset: u64) -> Result<(), StoreError> {
+    let wanted = bytes.len();
+    match rustix::io::preadv2(
+        file,
+        &mut [std::io::IoSliceMut::new(bytes)],
+        offset,
+        rustix::io::ReadWriteFlags::NOWAIT,
+    ) {
+        Ok(read) if read == wanted => Ok(()),
+        _ => Err(StoreError::NotCached),
+    }
 }
 
 impl ContentStore {
@@ -973,7 +1011,10 @@ mod tests {
         let piece = 8192..12288;
         for pattern in [ReadPattern::Scattered, ReadPattern::Streaming] {
             let read = content.start_read(&conn, &id, pattern).unwrap();
-            assert_eq!(read.read(piece.clone()).unwrap(), chunk(4)[piece.clone()]);
+            assert_eq!(
+                read.read(piece.clone(), DiskWait::Allowed).unwrap(),
+                chunk(4)[piece.clone()]
+            );
         }
         let segment = content.locate(&conn, &id).unwrap().unwrap().segment;
         let open = |content: &ContentStore| content.readers.lock().unwrap().len();
