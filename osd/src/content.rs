@@ -568,17 +568,20 @@ impl ContentStore {
 
     /// The whole chunk, verified against its id.
     pub fn get(&self, conn: &Connection, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
-        self.start_read(conn, id, ReadPattern::Streaming)?
+        self.start_read(conn, id, ReadPattern::Streaming, DiskWait::Allowed)?
             .verified()
     }
 
     /// Locates a chunk for reading (see [`ChunkRead`]) as part of a read
-    /// of `pattern`.
+    /// of `pattern`. An inline chunk's bytes are read from the database
+    /// here, which may wait for the disk: with [`DiskWait::CachedOnly`] it
+    /// is [`StoreError::NotCached`] instead.
     pub fn start_read(
         &self,
         conn: &Connection,
         id: &ChunkId,
         pattern: ReadPattern,
+        wait: DiskWait,
     ) -> Result<ChunkRead, StoreError> {
         let location = self
             .locate(conn, id)?
@@ -591,6 +594,9 @@ impl ContentStore {
             )));
         }
         let source = if location.segment == INLINE {
+            if wait == DiskWait::CachedOnly {
+                return Err(StoreError::NotCached);
+            }
             let bytes = conn
                 .prepare_cached("SELECT data FROM inline_chunks WHERE row = ?1")?
                 .query_row([location.offset as i64], |r| r.get::<_, Vec<u8>>(0))
@@ -1010,7 +1016,9 @@ mod tests {
         let id = content.put(&conn, &chunk(4), false, false).unwrap();
         let piece = 8192..12288;
         for pattern in [ReadPattern::Scattered, ReadPattern::Streaming] {
-            let read = content.start_read(&conn, &id, pattern).unwrap();
+            let read = content
+                .start_read(&conn, &id, pattern, DiskWait::Allowed)
+                .unwrap();
             assert_eq!(
                 read.read(piece.clone(), DiskWait::Allowed).unwrap(),
                 chunk(4)[piece.clone()]

@@ -847,7 +847,14 @@ impl ObjectStore {
         let Some((object, size, at)) = found else {
             return Ok(None);
         };
-        let plan = plan_read(&inner, object, 0, size, ReadPattern::Streaming)?;
+        let plan = plan_read(
+            &inner,
+            object,
+            0,
+            size,
+            ReadPattern::Streaming,
+            DiskWait::Allowed,
+        )?;
         let mut statement = inner
             .conn
             .prepare_cached("SELECT name, value FROM attrs WHERE object = ?1 ORDER BY name")?;
@@ -915,27 +922,34 @@ impl ObjectStore {
     /// Reads up to `len` bytes at `offset` (fewer at the end of the object;
     /// holes read as zeros).
     pub fn read(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        let plan = plan_object_read(&mut lock(&self.inner), key, offset, len)?;
+        let plan = plan_object_read(&mut lock(&self.inner), key, offset, len, DiskWait::Allowed)?;
         plan.read()
     }
 
     /// [`read`](Self::read) for an async thread: answered at once when the
     /// store's lock is free and the page cache holds every byte, else left
-    /// for a blocking thread (with the plan made, if it was).
+    /// for a blocking thread (with the plan made, if it was). Bytes stored
+    /// in the database (inline chunks) are left to a blocking thread too:
+    /// SQLite's reads cannot be asked not to wait.
     pub fn try_read_cached(
         &self,
         key: &ObjectKey,
         offset: u64,
         len: u64,
     ) -> Result<CachedRead, StoreError> {
+        let wait = DiskWait::CachedOnly;
         let plan = match self.inner.try_lock() {
-            Ok(mut inner) => plan_object_read(&mut inner, key, offset, len)?,
+            Ok(mut inner) => plan_object_read(&mut inner, key, offset, len, wait),
             Err(std::sync::TryLockError::Poisoned(poisoned)) => {
-                plan_object_read(&mut poisoned.into_inner(), key, offset, len)?
+                plan_object_read(&mut poisoned.into_inner(), key, offset, len, wait)
             }
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(CachedRead::Busy),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(CachedRead::NeedsThread),
         };
-        match assemble(&plan.0, DiskWait::CachedOnly) {
+        let plan = match plan {
+            Err(StoreError::NotCached) => return Ok(CachedRead::NeedsThread),
+            other => other?,
+        };
+        match assemble(&plan.0, wait) {
             Ok(bytes) => Ok(CachedRead::Done(bytes)),
             Err(StoreError::NotCached) => Ok(CachedRead::OnDisk(plan)),
             Err(error) => Err(error),
@@ -1305,8 +1319,9 @@ pub enum CachedRead {
     Done(Vec<u8>),
     /// Planned, but some bytes must come from the disk: [`ReadPlan::read`].
     OnDisk(ReadPlan),
-    /// The store's lock was taken: [`ObjectStore::read`].
-    Busy,
+    /// The store's lock was taken, or some bytes are in the database:
+    /// [`ObjectStore::read`] (the read's pattern is kept for it).
+    NeedsThread,
 }
 
 /// Plans a read of `len` bytes at `offset` of `key`, clipped to its size.
@@ -1315,6 +1330,7 @@ fn plan_object_read(
     key: &ObjectKey,
     offset: u64,
     len: u64,
+    wait: DiskWait,
 ) -> Result<ReadPlan, StoreError> {
     check_key(key)?;
     if len > MAX_READ_LEN {
@@ -1325,7 +1341,7 @@ fn plan_object_read(
     let (object, size) = ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
     let end = offset.saturating_add(len).min(size);
     let pattern = inner.trails.classify(object, offset, len);
-    plan_read(inner, object, offset, end, pattern).map(ReadPlan)
+    plan_read(inner, object, offset, end, pattern, wait).map(ReadPlan)
 }
 
 /// Locates the pieces of `offset..end` of `object`.
@@ -1335,6 +1351,7 @@ fn plan_read(
     offset: u64,
     end: u64,
     pattern: ReadPattern,
+    wait: DiskWait,
 ) -> Result<Vec<PlannedPiece>, StoreError> {
     if offset >= end {
         return Ok(Vec::new());
@@ -1349,7 +1366,9 @@ fn plan_read(
                 chunk_offset,
                 len,
             } => Ok(PlannedPiece::Data {
-                chunk: inner.content.start_read(&inner.conn, &chunk, pattern)?,
+                chunk: inner
+                    .content
+                    .start_read(&inner.conn, &chunk, pattern, wait)?,
                 // Past the chunk's end (a damaged extent) fails its read.
                 range: chunk_offset as usize..chunk_offset.saturating_add(len) as usize,
             }),

@@ -194,12 +194,12 @@ fn read_cached_first(
     match store.try_read_cached(k, offset, len)? {
         CachedRead::Done(bytes) => Ok(bytes),
         CachedRead::OnDisk(plan) => plan.read(),
-        CachedRead::Busy => store.read(k, offset, len),
+        CachedRead::NeedsThread => store.read(k, offset, len),
     }
 }
 
 #[test]
-fn bytes_read_once_are_read_from_the_page_cache_after() {
+fn segment_bytes_read_once_are_read_from_the_page_cache_after() {
     // (Written bytes leave the page cache once synced: `sync_spans`.)
     let (_dir, store, k, data) = stored_in_a_segment("warm", 5);
     store.read(&k, 0, data.len() as u64).unwrap();
@@ -209,7 +209,7 @@ fn bytes_read_once_are_read_from_the_page_cache_after() {
                 let end = (offset + len).min(data.len() as u64) as usize;
                 assert_eq!(bytes, &data[offset as usize..end]);
             }
-            CachedRead::OnDisk(_) | CachedRead::Busy => {
+            CachedRead::OnDisk(_) | CachedRead::NeedsThread => {
                 panic!("a read at {offset} of bytes read before waited for the disk")
             }
         }
@@ -218,6 +218,20 @@ fn bytes_read_once_are_read_from_the_page_cache_after() {
         store.try_read_cached(&key("absent"), 0, 10),
         Err(StoreError::NotFound)
     ));
+    let small = key("inline");
+    store.write(&small, 0, &pattern(6, 4096)).unwrap();
+    store.read(&small, 0, 4096).unwrap();
+    assert!(
+        matches!(
+            store.try_read_cached(&small, 0, 4096),
+            Ok(CachedRead::NeedsThread)
+        ),
+        "bytes in the database are read on a blocking thread"
+    );
+    assert_eq!(
+        read_cached_first(&store, &small, 0, 4096).unwrap(),
+        pattern(6, 4096)
+    );
 }
 
 #[test]

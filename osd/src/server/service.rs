@@ -416,7 +416,9 @@ impl OsdService {
                         self.cache_hits.record(false);
                         blocking(move || plan.read()).await?
                     }
-                    CachedRead::Busy => blocking(move || store.read(&key, offset, len)).await?,
+                    CachedRead::NeedsThread => {
+                        blocking(move || store.read(&key, offset, len)).await?
+                    }
                 };
                 Ok((OsdResponse::Data, bytes))
             }

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# A/B of two aspen binaries on 4 KiB random reads through the mount: for
+# each round and each binary, `aspen up` (1 MDS + 3 OSDs, pool size 3, FUSE
+# mount, one process) in a fresh folder, four 256 MiB files laid out as in
+# bench/mount.sh, then after drop_caches three O_DIRECT random-read passes
+# one after another (cold, then warmer as the OSDs' page cache fills), and
+# after drop_caches again a buffered one. fio: psync, 4 jobs, bs 4k,
+# RUNTIME seconds each (default 15). Rounds alternate the order of the
+# binaries (AB, BA, ...). Appends a dated table to bench/RESULTS.md.
+#
+# Usage: bench/randread_ab.sh BASE_BIN NEW_BIN [ROUNDS]     (ROUNDS default 3)
+set -euo pipefail
+shopt -s inherit_errexit
+(($# >= 2)) || { echo "usage: $0 BASE_BIN NEW_BIN [ROUNDS]" >&2; exit 2; }
+BINS=("$(realpath "$1")" "$(realpath "$2")")
+for bin in "${BINS[@]}"; do [[ -x $bin ]] || { echo "$bin: not an executable" >&2; exit 2; }; done
+cd "$(dirname "$0")/.."
+REPO=$PWD
+ROUNDS=${3:-3}
+RUNTIME=${RUNTIME:-15}
+[[ $(id -u) == 0 ]] || { echo "run as root (drop_caches, mounts)" >&2; exit 1; }
+command -v fio >/dev/null || { echo "fio is not installed" >&2; exit 1; }
+OUT=$REPO/bench/out/randread_ab
+rm -rf "$OUT" && mkdir -p "$OUT"
+
+source bench/aspen_up.sh
+trap stop_aspen EXIT
+
+FILES=(--name=rand --size=256M --numjobs=4 --group_reporting --fallocate=none --ioengine=psync)
+read_iops() {
+  timeout 300 fio "${FILES[@]}" --directory="$1" --bs=4k --time_based --runtime="$RUNTIME" \
+    --randrepeat=0 --rw=randread "${@:2}" --output-format=terse | awk -F';' '$1 == 3 { print $8 }'
+}
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+# One round of one binary: appends "INDEX cold warmer warm buffered" to $OUT/rows.
+run_one() {
+  local index=$1 dir=$2 row=("$1")
+  start_aspen "${BINS[$index]}" "$dir/data" "$dir/mnt" "$dir/up.log"
+  mkdir -p "$dir/mnt/b"
+  timeout 600 fio "${FILES[@]}" --directory="$dir/mnt/b" --rw=write --bs=1M --end_fsync=1 \
+    --output-format=terse >/dev/null
+  drop_caches
+  for _ in 1 2 3; do row+=("$(read_iops "$dir/mnt/b" --direct=1)"); done
+  drop_caches
+  row+=("$(read_iops "$dir/mnt/b")")
+  stop_aspen
+  rm -rf "$dir"
+  [[ "${row[*]}" =~ ^[01]( [0-9]+){4}$ ]] || { echo "a bad row: ${row[*]}" >&2; exit 1; }
+  echo "${row[*]}" >>"$OUT/rows"
+}
+
+for round in $(seq "$ROUNDS"); do
+  order=(0 1); ((round % 2)) || order=(1 0)
+  for i in "${order[@]}"; do
+    echo "round $round: ${BINS[$i]}" >&2
+    run_one "$i" "$OUT/r$round.$i"
+  done
+done
+
+{
+  echo
+  echo "## Random read A/B through the mount — $(date +%F)"
+  echo
+  echo "Machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(free -g | awk '/Mem:/ { print $2 }') GiB; disk under $(df --output=source "$REPO" | tail -1)."
+  echo "Command: \`bench/randread_ab.sh $1 $2 $ROUNDS\` (aspen up: 1 MDS + 3 OSDs, pool size 3, FUSE; fio 4 jobs x 256 MiB, bs 4k, psync, ${RUNTIME} s per pass; IOPS)."
+  echo
+  echo "A = ${BINS[0]}, B = ${BINS[1]}."
+  echo
+  echo "| binary | round | O_DIRECT, cold | O_DIRECT, 2nd pass | O_DIRECT, 3rd pass | buffered, cold |"
+  echo "|---|---|---|---|---|---|"
+  awk -v a=A -v b=B '
+    { name = ($1 == 0) ? a : b; r[$1]++
+      printf "| %s | %d | %s | %s | %s | %s |\n", name, r[$1], $2, $3, $4, $5
+      for (k = 2; k <= 5; k++) sum[$1, k] += $k }
+    END { for (i = 0; i <= 1; i++) {
+            name = (i == 0) ? a : b
+            printf "| %s | mean | %.0f | %.0f | %.0f | %.0f |\n", name,
+              sum[i, 2] / r[i], sum[i, 3] / r[i], sum[i, 4] / r[i], sum[i, 5] / r[i] } }
+  ' "$OUT/rows"
+} | tee -a "$REPO/bench/RESULTS.md"
