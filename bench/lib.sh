@@ -1,11 +1,14 @@
 # Shared by the benchmark scripts that run daemons: a fresh output folder,
 # the release binary, free ports, and daemons stopped on exit.
-# Usage: source bench/lib.sh NAME   (sets OUT and ASPEN)
+# Usage: source bench/lib.sh NAME   (sets OUT and ASPEN; ASPEN=BIN in the
+# environment runs that binary instead of building one)
 
 OUT=$PWD/bench/out/$1
 rm -rf "$OUT" && mkdir -p "$OUT"
-cargo build --release --locked -q
-ASPEN=$PWD/target/release/aspen
+if [[ -z ${ASPEN:-} ]]; then
+  cargo build --release --locked -q
+  ASPEN=$PWD/target/release/aspen
+fi
 
 free_port() { python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 pids=()

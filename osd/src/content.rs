@@ -190,15 +190,6 @@ pub struct ContentStore {
     readers: Mutex<HashMap<(i64, ReadPattern), Arc<File>>>,
 }
 
-/// Whether a chunk read may wait for the disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DiskWait {
-    Allowed,
-    /// Only bytes already in the page cache, for a read on an async
-    /// thread, which must not block.
-    CachedOnly,
-}
-
 /// How the read a chunk belongs to moves through its segment file, so the
 /// kernel reads ahead only where that helps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -236,7 +227,8 @@ enum ChunkSource {
 impl ChunkRead {
     /// The whole chunk, verified against its id.
     pub fn verified(self) -> Result<Vec<u8>, StoreError> {
-        self.read(0..self.len(), DiskWait::Allowed)
+        let len = self.len();
+        self.read(0..len)
     }
 
     fn len(&self) -> usize {
@@ -248,10 +240,8 @@ impl ChunkRead {
 
     /// Bytes `range` of the chunk, verified: against the chunk's id, or,
     /// when its tree is stored, against the tree (itself checked against
-    /// the id), hashing only the pieces the range touches. With
-    /// [`DiskWait::CachedOnly`], a read the page cache cannot answer in
-    /// full fails with [`StoreError::NotCached`] instead of waiting.
-    pub fn read(&self, range: Range<usize>, wait: DiskWait) -> Result<Vec<u8>, StoreError> {
+    /// the id), hashing only the pieces the range touches.
+    pub fn read(self, range: std::ops::Range<usize>) -> Result<Vec<u8>, StoreError> {
         if range.start > range.end || range.end > self.len() {
             return Err(StoreError::Corrupt(format!(
                 "an extent runs past chunk {}",
@@ -264,26 +254,25 @@ impl ChunkRead {
                 offset,
                 len,
                 tree: true,
-            } if tree::pieces(*len) > 0 => self.read_pieces(file, *offset, *len, range, wait),
-            _ => self.read_whole(range, wait),
+            } if tree::pieces(*len) > 0 => self.read_pieces(file, *offset, *len, range),
+            _ => self.read_whole(range),
         }
     }
 
-    fn read_whole(&self, range: Range<usize>, wait: DiskWait) -> Result<Vec<u8>, StoreError> {
-        let read;
-        let bytes = match &self.source {
+    fn read_whole(self, range: std::ops::Range<usize>) -> Result<Vec<u8>, StoreError> {
+        let bytes = match self.source {
             ChunkSource::Inline(bytes) => bytes,
             ChunkSource::Segment {
                 file, offset, len, ..
-            } => {
-                read = read_at(file, *offset, *len, &self.id, wait)?;
-                &read
-            }
+            } => read_at(&file, offset, len, &self.id)?,
         };
-        if blake3::hash(bytes).as_bytes() != &self.id {
+        if blake3::hash(&bytes).as_bytes() != &self.id {
             return Err(mismatch(&self.id));
         }
-        Ok(bytes[range].to_vec())
+        Ok(match range.len() == bytes.len() {
+            true => bytes,
+            false => bytes[range].to_vec(),
+        })
     }
 
     fn read_pieces(
@@ -291,24 +280,23 @@ impl ChunkRead {
         file: &File,
         offset: u64,
         len: usize,
-        range: Range<usize>,
-        wait: DiskWait,
+        range: std::ops::Range<usize>,
     ) -> Result<Vec<u8>, StoreError> {
         let tree_len = tree::tree_len(len) as u64;
         let tree_at = offset
             .checked_sub(tree_len)
             .ok_or_else(|| mismatch(&self.id))?;
+        let values = read_at(file, tree_at, tree_len as usize, &self.id)?;
+        if tree::root(&values, len) != Some(self.id) {
+            return Err(mismatch(&self.id));
+        }
         let first = range.start / tree::PIECE;
         let base = first * tree::PIECE;
         let end = (range.end.div_ceil(tree::PIECE) * tree::PIECE).min(len);
         let at = offset
             .checked_add(base as u64)
             .ok_or_else(|| mismatch(&self.id))?;
-        let values = read_at(file, tree_at, tree_len as usize, &self.id, wait)?;
-        if tree::root(&values, len) != Some(self.id) {
-            return Err(mismatch(&self.id));
-        }
-        let mut bytes = read_at(file, at, end - base, &self.id, wait)?;
+        let mut bytes = read_at(file, at, end - base, &self.id)?;
         if !tree::pieces_match(&values, first, &bytes) {
             return Err(mismatch(&self.id));
         }
@@ -322,37 +310,11 @@ fn mismatch(id: &ChunkId) -> StoreError {
     StoreError::Corrupt(format!("chunk {} does not match its hash", hex(id)))
 }
 
-fn read_at(
-    file: &File,
-    offset: u64,
-    len: usize,
-    id: &ChunkId,
-    wait: DiskWait,
-) -> Result<Vec<u8>, StoreError> {
+fn read_at(file: &File, offset: u64, len: usize, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
     let mut bytes = vec![0; len];
-    match wait {
-        DiskWait::Allowed => file
-            .read_exact_at(&mut bytes, offset)
-            .map_err(|e| StoreError::Corrupt(format!("chunk {}: {e}", hex(id))))?,
-        DiskWait::CachedOnly => read_cached_at(file, &mut bytes, offset)?,
-    }
+    file.read_exact_at(&mut bytes, offset)
+        .map_err(|e| StoreError::Corrupt(format!("chunk {}: {e}", hex(id))))?;
     Ok(bytes)
-}
-
-/// Fills `bytes` from the page cache alone (`RWF_NOWAIT`). Any shortfall
-/// or error is [`StoreError::NotCached`]: the waiting read that follows
-/// reports the real cause, if there is one.
-fn read_cached_at(file: &File, bytes: &mut [u8], offset: u64) -> Result<(), StoreError> {
-    let wanted = bytes.len();
-    match rustix::io::preadv2(
-        file,
-        &mut [std::io::IoSliceMut::new(bytes)],
-        offset,
-        rustix::io::ReadWriteFlags::NOWAIT,
-    ) {
-        Ok(read) if read == wanted => Ok(()),
-        _ => Err(StoreError::NotCached),
-    }
 }
 
 impl ContentStore {
@@ -568,20 +530,17 @@ impl ContentStore {
 
     /// The whole chunk, verified against its id.
     pub fn get(&self, conn: &Connection, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
-        self.start_read(conn, id, ReadPattern::Streaming, DiskWait::Allowed)?
+        self.start_read(conn, id, ReadPattern::Streaming)?
             .verified()
     }
 
     /// Locates a chunk for reading (see [`ChunkRead`]) as part of a read
-    /// of `pattern`. An inline chunk's bytes are read from the database
-    /// here, which may wait for the disk: with [`DiskWait::CachedOnly`] it
-    /// is [`StoreError::NotCached`] instead.
+    /// of `pattern`.
     pub fn start_read(
         &self,
         conn: &Connection,
         id: &ChunkId,
         pattern: ReadPattern,
-        wait: DiskWait,
     ) -> Result<ChunkRead, StoreError> {
         let location = self
             .locate(conn, id)?
@@ -594,9 +553,6 @@ impl ContentStore {
             )));
         }
         let source = if location.segment == INLINE {
-            if wait == DiskWait::CachedOnly {
-                return Err(StoreError::NotCached);
-            }
             let bytes = conn
                 .prepare_cached("SELECT data FROM inline_chunks WHERE row = ?1")?
                 .query_row([location.offset as i64], |r| r.get::<_, Vec<u8>>(0))
@@ -1016,13 +972,8 @@ mod tests {
         let id = content.put(&conn, &chunk(4), false, false).unwrap();
         let piece = 8192..12288;
         for pattern in [ReadPattern::Scattered, ReadPattern::Streaming] {
-            let read = content
-                .start_read(&conn, &id, pattern, DiskWait::Allowed)
-                .unwrap();
-            assert_eq!(
-                read.read(piece.clone(), DiskWait::Allowed).unwrap(),
-                chunk(4)[piece.clone()]
-            );
+            let read = content.start_read(&conn, &id, pattern).unwrap();
+            assert_eq!(read.read(piece.clone()).unwrap(), chunk(4)[piece.clone()]);
         }
         let segment = content.locate(&conn, &id).unwrap().unwrap().segment;
         let open = |content: &ContentStore| content.readers.lock().unwrap().len();

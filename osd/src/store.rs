@@ -29,7 +29,7 @@ use aspen_proto::osd::{LogEntry, LogVersion, ObjectCopy, ObjectOp};
 
 use crate::batch::{Batches, Committed, Failure, Outcome};
 use crate::content::{
-    self, COMPACT_STEP_BYTES, ContentStore, DiskWait, MAX_CHUNK, RELEASE_STEP, ReadPattern,
+    self, COMPACT_STEP_BYTES, ContentStore, MAX_CHUNK, RELEASE_STEP, ReadPattern,
 };
 use crate::extents::{Extent, ExtentMap, ReadPiece, RefChange};
 use crate::pglog;
@@ -120,10 +120,6 @@ pub enum StoreError {
     /// A resent log entry differs from the one logged at its version.
     #[error("log diverged: {0}")]
     Diverged(String),
-    /// Bytes a page-cache-only read ([`ObjectStore::try_read_cached`])
-    /// would have had to wait for the disk for.
-    #[error("not in the page cache")]
-    NotCached,
 }
 
 /// A change in the store's open batch, not yet durable: pass it to
@@ -847,14 +843,7 @@ impl ObjectStore {
         let Some((object, size, at)) = found else {
             return Ok(None);
         };
-        let plan = plan_read(
-            &inner,
-            object,
-            0,
-            size,
-            ReadPattern::Streaming,
-            DiskWait::Allowed,
-        )?;
+        let plan = plan_read(&inner, object, 0, size, ReadPattern::Streaming)?;
         let mut statement = inner
             .conn
             .prepare_cached("SELECT name, value FROM attrs WHERE object = ?1 ORDER BY name")?;
@@ -863,10 +852,7 @@ impl ObjectStore {
             .collect::<Result<_, _>>()?;
         drop(statement);
         drop(inner);
-        Ok(Some((
-            ObjectCopy { size, attrs, at },
-            assemble(&plan, DiskWait::Allowed)?,
-        )))
+        Ok(Some((ObjectCopy { size, attrs, at }, assemble(plan)?)))
     }
 
     /// Replaces `key` with a copy (or deletes it, for `None`), in one
@@ -922,38 +908,21 @@ impl ObjectStore {
     /// Reads up to `len` bytes at `offset` (fewer at the end of the object;
     /// holes read as zeros).
     pub fn read(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        let plan = plan_object_read(&mut lock(&self.inner), key, offset, len, DiskWait::Allowed)?;
-        plan.read()
-    }
-
-    /// [`read`](Self::read) for an async thread: answered at once when the
-    /// store's lock is free and the page cache holds every byte, else left
-    /// for a blocking thread (with the plan made, if it was). Bytes stored
-    /// in the database (inline chunks) are left to a blocking thread too:
-    /// SQLite's reads cannot be asked not to wait.
-    pub fn try_read_cached(
-        &self,
-        key: &ObjectKey,
-        offset: u64,
-        len: u64,
-    ) -> Result<CachedRead, StoreError> {
-        let wait = DiskWait::CachedOnly;
-        let plan = match self.inner.try_lock() {
-            Ok(mut inner) => plan_object_read(&mut inner, key, offset, len, wait),
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
-                plan_object_read(&mut poisoned.into_inner(), key, offset, len, wait)
-            }
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(CachedRead::NeedsThread),
-        };
-        let plan = match plan {
-            Err(StoreError::NotCached) => return Ok(CachedRead::NeedsThread),
-            other => other?,
-        };
-        match assemble(&plan.0, wait) {
-            Ok(bytes) => Ok(CachedRead::Done(bytes)),
-            Err(StoreError::NotCached) => Ok(CachedRead::OnDisk(plan)),
-            Err(error) => Err(error),
+        check_key(key)?;
+        if len > MAX_READ_LEN {
+            return Err(StoreError::Invalid(format!(
+                "reads are at most {MAX_READ_LEN} bytes"
+            )));
         }
+        let plan = {
+            let mut inner = lock(&self.inner);
+            let (object, size) =
+                ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
+            let end = offset.saturating_add(len).min(size);
+            let pattern = inner.trails.classify(object, offset, len);
+            plan_read(&inner, object, offset, end, pattern)?
+        };
+        assemble(plan)
     }
 
     pub fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectStat>, StoreError> {
@@ -1300,58 +1269,15 @@ enum PlannedPiece {
     },
 }
 
-/// A read located under the store's lock, whose bytes are read once the
-/// lock is released, so a slow disk read does not hold up every other
-/// operation on the store.
-pub struct ReadPlan(Vec<PlannedPiece>);
-
-impl ReadPlan {
-    /// The planned bytes, each chunk verified against its hash (may wait
-    /// for the disk).
-    pub fn read(self) -> Result<Vec<u8>, StoreError> {
-        assemble(&self.0, DiskWait::Allowed)
-    }
-}
-
-/// What [`ObjectStore::try_read_cached`] could do without blocking.
-pub enum CachedRead {
-    /// The bytes, all from the page cache.
-    Done(Vec<u8>),
-    /// Planned, but some bytes must come from the disk: [`ReadPlan::read`].
-    OnDisk(ReadPlan),
-    /// The store's lock was taken, or some bytes are in the database:
-    /// [`ObjectStore::read`] (the read's pattern is kept for it).
-    NeedsThread,
-}
-
-/// Plans a read of `len` bytes at `offset` of `key`, clipped to its size.
-fn plan_object_read(
-    inner: &mut Inner,
-    key: &ObjectKey,
-    offset: u64,
-    len: u64,
-    wait: DiskWait,
-) -> Result<ReadPlan, StoreError> {
-    check_key(key)?;
-    if len > MAX_READ_LEN {
-        return Err(StoreError::Invalid(format!(
-            "reads are at most {MAX_READ_LEN} bytes"
-        )));
-    }
-    let (object, size) = ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
-    let end = offset.saturating_add(len).min(size);
-    let pattern = inner.trails.classify(object, offset, len);
-    plan_read(inner, object, offset, end, pattern, wait).map(ReadPlan)
-}
-
-/// Locates the pieces of `offset..end` of `object`.
+/// Locates the pieces of `offset..end` of `object`; [`assemble`] reads
+/// them once the lock is released, so a slow disk read does not hold up
+/// every other operation on the store.
 fn plan_read(
     inner: &Inner,
     object: i64,
     offset: u64,
     end: u64,
     pattern: ReadPattern,
-    wait: DiskWait,
 ) -> Result<Vec<PlannedPiece>, StoreError> {
     if offset >= end {
         return Ok(Vec::new());
@@ -1366,9 +1292,7 @@ fn plan_read(
                 chunk_offset,
                 len,
             } => Ok(PlannedPiece::Data {
-                chunk: inner
-                    .content
-                    .start_read(&inner.conn, &chunk, pattern, wait)?,
+                chunk: inner.content.start_read(&inner.conn, &chunk, pattern)?,
                 // Past the chunk's end (a damaged extent) fails its read.
                 range: chunk_offset as usize..chunk_offset.saturating_add(len) as usize,
             }),
@@ -1377,7 +1301,7 @@ fn plan_read(
 }
 
 /// The bytes of a planned read, each chunk verified against its hash.
-fn assemble(plan: &[PlannedPiece], wait: DiskWait) -> Result<Vec<u8>, StoreError> {
+fn assemble(plan: Vec<PlannedPiece>) -> Result<Vec<u8>, StoreError> {
     let total: u64 = plan
         .iter()
         .map(|piece| match piece {
@@ -1388,10 +1312,8 @@ fn assemble(plan: &[PlannedPiece], wait: DiskWait) -> Result<Vec<u8>, StoreError
     let mut bytes = Vec::with_capacity(total as usize);
     for piece in plan {
         match piece {
-            PlannedPiece::Hole(len) => bytes.resize(bytes.len() + *len as usize, 0),
-            PlannedPiece::Data { chunk, range } => {
-                bytes.extend_from_slice(&chunk.read(range.clone(), wait)?)
-            }
+            PlannedPiece::Hole(len) => bytes.resize(bytes.len() + len as usize, 0),
+            PlannedPiece::Data { chunk, range } => bytes.extend_from_slice(&chunk.read(range)?),
         }
     }
     Ok(bytes)

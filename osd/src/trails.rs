@@ -15,48 +15,28 @@ pub const SCATTERED_READ_MAX: u64 = MAX_CHUNK as u64;
 /// forgotten (a forgotten sequential reader loses readahead for one read).
 pub const MAX_TRAILS: usize = 4096;
 
-/// Each recently read object's last read: where it began and ended, and
-/// its pattern.
+/// Where each recently read object's last read ended.
 #[derive(Debug, Default)]
 pub struct ReadTrails {
-    last: HashMap<i64, LastRead>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct LastRead {
-    start: u64,
-    end: u64,
-    pattern: ReadPattern,
+    ends: HashMap<i64, u64>,
 }
 
 impl ReadTrails {
     /// The pattern of a read of `len` bytes at `offset` of `object`, which
     /// is remembered for the next read. A read from the start of an object
     /// (a whole-object read, or the next object of a file read in order)
-    /// or from where the last one ended streams; the same read again (one
-    /// retried on a blocking thread) keeps the pattern it had.
+    /// or from where the last one ended streams.
     pub fn classify(&mut self, object: i64, offset: u64, len: u64) -> ReadPattern {
-        let end = offset.saturating_add(len);
-        let last = self.last.get(&object).copied();
-        if let Some(last) = last.filter(|last| (last.start, last.end) == (offset, end)) {
-            return last.pattern;
+        let continues = offset == 0 || self.ends.get(&object) == Some(&offset);
+        if self.ends.len() >= MAX_TRAILS && !self.ends.contains_key(&object) {
+            self.ends.clear();
         }
-        let continues = offset == 0 || last.map(|last| last.end) == Some(offset);
-        let pattern = if continues || len > SCATTERED_READ_MAX {
+        self.ends.insert(object, offset.saturating_add(len));
+        if continues || len > SCATTERED_READ_MAX {
             ReadPattern::Streaming
         } else {
             ReadPattern::Scattered
-        };
-        if self.last.len() >= MAX_TRAILS && last.is_none() {
-            self.last.clear();
         }
-        let read = LastRead {
-            start: offset,
-            end,
-            pattern,
-        };
-        self.last.insert(object, read);
-        pattern
     }
 }
 
@@ -100,29 +80,11 @@ mod tests {
     }
 
     #[test]
-    fn the_same_read_again_keeps_its_pattern() {
-        let mut trails = ReadTrails::default();
-        assert_eq!(trails.classify(1, 40960, SMALL), ReadPattern::Scattered);
-        assert_eq!(
-            trails.classify(1, 40960 + SMALL, SMALL),
-            ReadPattern::Streaming
-        );
-        assert_eq!(
-            trails.classify(1, 40960 + SMALL, SMALL),
-            ReadPattern::Streaming,
-            "a retried read that continued the one before"
-        );
-        assert_eq!(trails.classify(1, 2 * SMALL, SMALL), ReadPattern::Scattered);
-        assert_eq!(trails.classify(1, 2 * SMALL, SMALL), ReadPattern::Scattered);
-        assert_eq!(trails.classify(1, 3 * SMALL, SMALL), ReadPattern::Streaming);
-    }
-
-    #[test]
     fn the_remembered_objects_stay_bounded() {
         let mut trails = ReadTrails::default();
         for object in 0..(3 * MAX_TRAILS as i64) {
             trails.classify(object, 4096, SMALL);
-            assert!(trails.last.len() <= MAX_TRAILS);
+            assert!(trails.ends.len() <= MAX_TRAILS);
         }
     }
 }

@@ -1,11 +1,10 @@
 //! The local object store on a real directory: reads match a byte-array
 //! model after any sequence of writes, truncations, punches and deletes;
 //! everything survives reopening; damaged content is an error, never
-//! returned (also by a read from the page cache alone); space from
-//! overwritten data comes back.
+//! returned; space from overwritten data comes back.
 
 use aspen_osd::content::COMPACT_STEP_BYTES;
-use aspen_osd::store::{CachedRead, ObjectKey, ObjectStore, StoreError};
+use aspen_osd::store::{ObjectKey, ObjectStore, StoreError};
 use aspen_placement::{PgId, PoolId};
 use proptest::prelude::*;
 
@@ -183,69 +182,13 @@ fn damage_segment_of(store: &ObjectStore, k: &ObjectKey, at: usize, mask: u8) {
     std::fs::write(&segment, bytes).unwrap();
 }
 
-/// A read through [`ObjectStore::try_read_cached`], finished as the OSD
-/// service finishes it when the page cache cannot answer.
-fn read_cached_first(
-    store: &ObjectStore,
-    k: &ObjectKey,
-    offset: u64,
-    len: u64,
-) -> Result<Vec<u8>, StoreError> {
-    match store.try_read_cached(k, offset, len)? {
-        CachedRead::Done(bytes) => Ok(bytes),
-        CachedRead::OnDisk(plan) => plan.read(),
-        CachedRead::NeedsThread => store.read(k, offset, len),
-    }
-}
-
-#[test]
-fn segment_bytes_read_once_are_read_from_the_page_cache_after() {
-    // (Written bytes leave the page cache once synced: `sync_spans`.)
-    let (_dir, store, k, data) = stored_in_a_segment("warm", 5);
-    store.read(&k, 0, data.len() as u64).unwrap();
-    for (offset, len) in [(0, 4096), (70_000, 5000), (130_000, 4096)] {
-        match store.try_read_cached(&k, offset, len).unwrap() {
-            CachedRead::Done(bytes) => {
-                let end = (offset + len).min(data.len() as u64) as usize;
-                assert_eq!(bytes, &data[offset as usize..end]);
-            }
-            CachedRead::OnDisk(_) | CachedRead::NeedsThread => {
-                panic!("a read at {offset} of bytes read before waited for the disk")
-            }
-        }
-    }
-    assert!(matches!(
-        store.try_read_cached(&key("absent"), 0, 10),
-        Err(StoreError::NotFound)
-    ));
-    let small = key("inline");
-    store.write(&small, 0, &pattern(6, 4096)).unwrap();
-    store.read(&small, 0, 4096).unwrap();
-    assert!(
-        matches!(
-            store.try_read_cached(&small, 0, 4096),
-            Ok(CachedRead::NeedsThread)
-        ),
-        "bytes in the database are read on a blocking thread"
-    );
-    assert_eq!(
-        read_cached_first(&store, &small, 0, 4096).unwrap(),
-        pattern(6, 4096)
-    );
-}
-
 #[test]
 fn a_damaged_byte_is_an_error_never_data() {
     let (_dir, store, k, _) = stored_in_a_segment("victim", 6);
     damage_segment_of(&store, &k, 100, 0x40);
-    for read in [
-        store.read(&k, 0, 4096),
-        read_cached_first(&store, &k, 0, 4096),
-    ] {
-        match read {
-            Err(StoreError::Corrupt(message)) => assert!(message.contains("does not match")),
-            other => panic!("expected a corruption error, got {other:?}"),
-        }
+    match store.read(&k, 0, 4096) {
+        Err(StoreError::Corrupt(message)) => assert!(message.contains("does not match")),
+        other => panic!("expected a corruption error, got {other:?}"),
     }
 }
 
@@ -268,14 +211,9 @@ fn a_small_read_hashes_only_its_pieces_and_never_returns_a_damaged_one() {
         (5 * PIECE as u64 - 3, 6),
         (0, 128 << 10),
     ] {
-        for read in [
-            store.read(&k, offset, len),
-            read_cached_first(&store, &k, offset, len),
-        ] {
-            match read {
-                Err(StoreError::Corrupt(message)) => assert!(message.contains("does not match")),
-                other => panic!("a read of {len} at {offset}: expected corruption, got {other:?}"),
-            }
+        match store.read(&k, offset, len) {
+            Err(StoreError::Corrupt(message)) => assert!(message.contains("does not match")),
+            other => panic!("a read of {len} at {offset}: expected corruption, got {other:?}"),
         }
     }
 }
@@ -419,7 +357,6 @@ proptest! {
                 Some(bytes) => {
                     prop_assert_eq!(store.stat(&k).unwrap().unwrap().size, bytes.len() as u64);
                     prop_assert_eq!(&store.read(&k, 0, 1 << 20).unwrap(), bytes);
-                    prop_assert_eq!(&read_cached_first(&store, &k, 0, 1 << 20).unwrap(), bytes);
                 }
             }
         }

@@ -8,7 +8,6 @@
 //! the garbage collector (`space`). `gate` orders each PG's mutations.
 
 mod backfill;
-mod cache_hits;
 mod gate;
 mod peering;
 mod replicator;

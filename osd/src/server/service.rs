@@ -4,10 +4,7 @@
 //! other acting member at once, and
 //! acknowledges only when all of them have it durable (and never with fewer
 //! acting members than the pool's min_size). As a replica it applies what
-//! the PG's primary sends, in log order. Reads are served by the primary:
-//! short ones on the async thread when the page cache holds their bytes
-//! (tried while it mostly does: [`super::cache_hits`]), the rest on a
-//! blocking thread.
+//! the PG's primary sends, in log order. Reads are served by the primary.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,9 +20,8 @@ use aspen_proto::transport::{Bytes, EndpointId, FrameError, RpcClient, Service, 
 use tokio::sync::watch;
 
 use crate::links::Links;
-use crate::store::{CachedRead, ObjectKey, ObjectStat, ObjectStore, ReplicaItem, StoreError};
+use crate::store::{ObjectKey, ObjectStat, ObjectStore, ReplicaItem, StoreError};
 
-use super::cache_hits::CacheHits;
 use super::gate::{InFlight, Ordered, PgGates, Quiet};
 use super::replicator::{BATCHED_BODY_MAX, Replicators};
 use super::space::Space;
@@ -35,10 +31,6 @@ use super::space::Space;
 pub const MAP_CATCH_UP: Duration = Duration::from_secs(5);
 /// How long a replica may take to apply one message of entries.
 pub const REPLICATE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Reads up to this long are tried from the page cache on the async
-/// thread (two thread hand-offs less per read); the hashing of a longer
-/// one would hold the thread up.
-pub const CACHED_READ_MAX: u64 = 64 * 1024;
 
 /// A PG this OSD leads: its pool's size, its mapping and acting members.
 pub(super) struct Led {
@@ -77,8 +69,6 @@ pub struct OsdService {
     pub(super) backfilling: Mutex<std::collections::HashSet<PgId>>,
     /// PGs whose last scrub found disagreeing copies.
     pub(super) inconsistent: Mutex<std::collections::HashSet<PgId>>,
-    /// How often short reads found their bytes in the page cache.
-    cache_hits: CacheHits,
 }
 
 fn failed(error: OsdError) -> (OsdResponse, Vec<u8>) {
@@ -142,7 +132,6 @@ impl OsdService {
             repeer: tokio::sync::Notify::new(),
             recovering: Mutex::new(HashMap::new()),
             inconsistent: Mutex::new(std::collections::HashSet::new()),
-            cache_hits: CacheHits::default(),
             backfilling: Mutex::new(std::collections::HashSet::new()),
             incomplete: Mutex::new(std::collections::HashSet::new()),
             space,
@@ -404,24 +393,6 @@ impl OsdService {
     async fn read(&self, key: ObjectKey, op: ObjectOp) -> Result<(OsdResponse, Vec<u8>), OsdError> {
         let store = self.store.clone();
         match op {
-            ObjectOp::Read { offset, len }
-                if len <= CACHED_READ_MAX && self.cache_hits.worth_trying() =>
-            {
-                let bytes = match store.try_read_cached(&key, offset, len)? {
-                    CachedRead::Done(bytes) => {
-                        self.cache_hits.record(true);
-                        bytes
-                    }
-                    CachedRead::OnDisk(plan) => {
-                        self.cache_hits.record(false);
-                        blocking(move || plan.read()).await?
-                    }
-                    CachedRead::NeedsThread => {
-                        blocking(move || store.read(&key, offset, len)).await?
-                    }
-                };
-                Ok((OsdResponse::Data, bytes))
-            }
             ObjectOp::Read { offset, len } => {
                 let bytes = blocking(move || store.read(&key, offset, len)).await?;
                 Ok((OsdResponse::Data, bytes))
