@@ -12,8 +12,7 @@
 set -euo pipefail
 shopt -s inherit_errexit
 (($# >= 2)) || { echo "usage: $0 BASE_BIN NEW_BIN [ROUNDS]" >&2; exit 2; }
-BINS=("$(realpath "$1")" "$(realpath "$2")")
-for bin in "${BINS[@]}"; do [[ -x $bin ]] || { echo "$bin: not an executable" >&2; exit 2; }; done
+source "$(dirname "$0")/ab.sh" "$1" "$2"
 cd "$(dirname "$0")/.."
 REPO=$PWD
 ROUNDS=${3:-3}
@@ -50,23 +49,10 @@ run_one() {
   echo "${row[*]}" >>"$OUT/rows"
 }
 
-for round in $(seq "$ROUNDS"); do
-  order=(0 1); ((round % 2)) || order=(1 0)
-  for i in "${order[@]}"; do
-    echo "round $round: ${BINS[$i]}" >&2
-    run_one "$i" "$OUT/r$round.$i"
-  done
-done
+ab_rounds "$ROUNDS" run_one "$OUT"
 
 {
-  echo
-  echo "## Random read A/B through the mount — $(date +%F)"
-  echo
-  echo "Machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(free -g | awk '/Mem:/ { print $2 }') GiB; disk under $(df --output=source "$REPO" | tail -1)."
-  echo "Command: \`bench/randread_ab.sh $1 $2 $ROUNDS\` (aspen up: 1 MDS + 3 OSDs, pool size 3, FUSE; fio 4 jobs x 256 MiB, bs 4k, psync, ${RUNTIME} s per pass; IOPS)."
-  echo
-  echo "A = ${BINS[0]}, B = ${BINS[1]}."
-  echo
+  ab_preamble "Random read A/B through the mount" "\`bench/randread_ab.sh $1 $2 $ROUNDS\` (aspen up: 1 MDS + 3 OSDs, pool size 3, FUSE; fio 4 jobs x 256 MiB, bs 4k, psync, ${RUNTIME} s per pass; IOPS)."
   echo "| binary | round | O_DIRECT, cold | O_DIRECT, 2nd pass | O_DIRECT, 3rd pass | buffered, cold |"
   echo "|---|---|---|---|---|---|"
   awk -v a=A -v b=B '

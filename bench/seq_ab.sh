@@ -4,7 +4,7 @@
 # process) in a fresh folder, fio 1 GiB sequential write (bs 1M, end_fsync)
 # and, after drop_caches, the cold read. Besides MiB/s it records the CPU
 # time of the aspen process per GiB and the UDP datagrams the machine took
-# in. Rounds alternate the order of the binaries (AB, BA, AB, ...), so a
+# in. Rounds alternate the order of the binaries (bench/ab.sh), so a
 # machine that speeds up or slows down during the run weighs on both alike.
 # fio runs as in bench/mount.sh (psync, no fallocate).
 # Appends a dated table to bench/RESULTS.md.
@@ -13,8 +13,7 @@
 set -euo pipefail
 shopt -s inherit_errexit
 (($# >= 2)) || { echo "usage: $0 BASE_BIN NEW_BIN [ROUNDS]" >&2; exit 2; }
-BINS=("$(realpath "$1")" "$(realpath "$2")")
-for bin in "${BINS[@]}"; do [[ -x $bin ]] || { echo "$bin: not an executable" >&2; exit 2; }; done
+source "$(dirname "$0")/ab.sh" "$1" "$2"
 cd "$(dirname "$0")/.."
 REPO=$PWD
 ROUNDS=${3:-5}
@@ -53,23 +52,10 @@ run_one() {
   echo "${row[*]}" >>"$OUT/rows"
 }
 
-for round in $(seq "$ROUNDS"); do
-  order=(0 1); ((round % 2)) || order=(1 0)
-  for i in "${order[@]}"; do
-    echo "round $round: ${BINS[$i]}" >&2
-    run_one "$i" "$OUT/r$round.$i"
-  done
-done
+ab_rounds "$ROUNDS" run_one "$OUT"
 
 {
-  echo
-  echo "## Sequential A/B through the mount — $(date +%F)"
-  echo
-  echo "Machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(free -g | awk '/Mem:/ { print $2 }') GiB; disk under $(df --output=source "$REPO" | tail -1)."
-  echo "Command: \`bench/seq_ab.sh $1 $2 $ROUNDS\` (aspen up: 1 MDS + 3 OSDs, pool size 3, FUSE; fio 1 GiB bs 1M; CPU = the aspen process; UDP = datagrams taken in, after GRO)."
-  echo
-  echo "A = ${BINS[0]}, B = ${BINS[1]}."
-  echo
+  ab_preamble "Sequential A/B through the mount" "\`bench/seq_ab.sh $1 $2 $ROUNDS\` (aspen up: 1 MDS + 3 OSDs, pool size 3, FUSE; fio 1 GiB bs 1M; CPU = the aspen process; UDP = datagrams taken in, after GRO)."
   echo "| binary | round | write MiB/s | write CPU s | write UDP | read MiB/s | read CPU s | read UDP |"
   echo "|---|---|---|---|---|---|---|---|"
   awk -v a=A -v b=B '
