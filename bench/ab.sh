@@ -1,9 +1,20 @@
 # Shared by the A/B scripts (seq_ab.sh, randread_ab.sh): the two binaries,
-# rounds in alternating order, and the preamble of the table they append.
-# Usage: source bench/ab.sh BASE_BIN NEW_BIN   (sets BINS)
+# the checks, rounds in alternating order, and the table they append.
+# Usage: source "$(dirname "$0")/ab.sh" NAME "$@"
+#   (checks BASE_BIN NEW_BIN; sets BINS, REPO and OUT=bench/out/NAME; cds
+#   to the repository; stops aspen on exit)
 
-BINS=("$(realpath "$1")" "$(realpath "$2")")
+(($# >= 3)) || { echo "usage: $0 BASE_BIN NEW_BIN [ROUNDS]" >&2; exit 2; }
+BINS=("$(realpath "$2")" "$(realpath "$3")")
 for bin in "${BINS[@]}"; do [[ -x $bin ]] || { echo "$bin: not an executable" >&2; exit 2; }; done
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=$PWD
+[[ $(id -u) == 0 ]] || { echo "run as root (drop_caches, mounts)" >&2; exit 1; }
+command -v fio >/dev/null || { echo "fio is not installed" >&2; exit 1; }
+OUT=$REPO/bench/out/$1
+rm -rf "$OUT" && mkdir -p "$OUT"
+source bench/aspen_up.sh
+trap stop_aspen EXIT
 
 # ab_rounds ROUNDS RUN_ONE OUT: calls RUN_ONE INDEX DIR for each binary in
 # each round; rounds alternate the order (AB, BA, AB, ...), so a machine
@@ -29,4 +40,32 @@ ab_preamble() {
   echo
   echo "A = ${BINS[0]}, B = ${BINS[1]}."
   echo
+}
+
+# ab_record OUT INDEX VALUE...: appends one round's row to OUT/rows, after
+# checking every value is a number.
+ab_record() {
+  local out=$1 row=("${@:2}")
+  [[ "${row[*]}" =~ ^[01]( [0-9.]+)+$ ]] || { echo "a bad row: ${row[*]}" >&2; exit 1; }
+  echo "${row[*]}" >>"$out/rows"
+}
+
+# ab_table OUT DECIMALS HEADER...: the markdown table of OUT/rows, one line
+# per round and a mean per binary, its columns HEADER... and each mean
+# printed with the decimals of DECIMALS (space-separated, one per column).
+ab_table() {
+  local out=$1 decimals=$2 headers=("${@:3}") line
+  line="| binary | round |"; for h in "${headers[@]}"; do line+=" $h |"; done; echo "$line"
+  line="|---|---|"; for _ in "${headers[@]}"; do line+="---|"; done; echo "$line"
+  awk -v decimals="$decimals" '
+    BEGIN { n = split(decimals, places, " ") }
+    { name = ($1 == 0) ? "A" : "B"; r[$1]++
+      line = sprintf("| %s | %d |", name, r[$1])
+      for (k = 1; k <= n; k++) { line = line " " $(k + 1) " |"; sum[$1, k] += $(k + 1) }
+      print line }
+    END { for (i = 0; i <= 1; i++) {
+            line = sprintf("| %s | mean |", (i == 0) ? "A" : "B")
+            for (k = 1; k <= n; k++) line = line sprintf(" %." places[k] "f |", sum[i, k] / r[i])
+            print line } }
+  ' "$out/rows"
 }

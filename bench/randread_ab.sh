@@ -11,19 +11,9 @@
 # Usage: bench/randread_ab.sh BASE_BIN NEW_BIN [ROUNDS]     (ROUNDS default 3)
 set -euo pipefail
 shopt -s inherit_errexit
-(($# >= 2)) || { echo "usage: $0 BASE_BIN NEW_BIN [ROUNDS]" >&2; exit 2; }
-source "$(dirname "$0")/ab.sh" "$1" "$2"
-cd "$(dirname "$0")/.."
-REPO=$PWD
+source "$(dirname "$0")/ab.sh" randread_ab "$@"
 ROUNDS=${3:-3}
 RUNTIME=${RUNTIME:-15}
-[[ $(id -u) == 0 ]] || { echo "run as root (drop_caches, mounts)" >&2; exit 1; }
-command -v fio >/dev/null || { echo "fio is not installed" >&2; exit 1; }
-OUT=$REPO/bench/out/randread_ab
-rm -rf "$OUT" && mkdir -p "$OUT"
-
-source bench/aspen_up.sh
-trap stop_aspen EXIT
 
 FILES=(--name=rand --size=256M --numjobs=4 --group_reporting --fallocate=none --ioengine=psync)
 read_iops() {
@@ -45,23 +35,12 @@ run_one() {
   row+=("$(read_iops "$dir/mnt/b")")
   stop_aspen
   rm -rf "$dir"
-  [[ "${row[*]}" =~ ^[01]( [0-9]+){4}$ ]] || { echo "a bad row: ${row[*]}" >&2; exit 1; }
-  echo "${row[*]}" >>"$OUT/rows"
+  ab_record "$OUT" "${row[@]}"
 }
 
 ab_rounds "$ROUNDS" run_one "$OUT"
 
 {
   ab_preamble "Random read A/B through the mount" "\`bench/randread_ab.sh $1 $2 $ROUNDS\` (aspen up: 1 MDS + 3 OSDs, pool size 3, FUSE; fio 4 jobs x 256 MiB, bs 4k, psync, ${RUNTIME} s per pass; IOPS)."
-  echo "| binary | round | O_DIRECT, cold | O_DIRECT, 2nd pass | O_DIRECT, 3rd pass | buffered, cold |"
-  echo "|---|---|---|---|---|---|"
-  awk -v a=A -v b=B '
-    { name = ($1 == 0) ? a : b; r[$1]++
-      printf "| %s | %d | %s | %s | %s | %s |\n", name, r[$1], $2, $3, $4, $5
-      for (k = 2; k <= 5; k++) sum[$1, k] += $k }
-    END { for (i = 0; i <= 1; i++) {
-            name = (i == 0) ? a : b
-            printf "| %s | mean | %.0f | %.0f | %.0f | %.0f |\n", name,
-              sum[i, 2] / r[i], sum[i, 3] / r[i], sum[i, 4] / r[i], sum[i, 5] / r[i] } }
-  ' "$OUT/rows"
+  ab_table "$OUT" "0 0 0 0" "O_DIRECT, cold" "O_DIRECT, 2nd pass" "O_DIRECT, 3rd pass" "buffered, cold"
 } | tee -a "$REPO/bench/RESULTS.md"

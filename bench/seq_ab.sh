@@ -12,19 +12,9 @@
 # Usage: bench/seq_ab.sh BASE_BIN NEW_BIN [ROUNDS]     (ROUNDS default 5)
 set -euo pipefail
 shopt -s inherit_errexit
-(($# >= 2)) || { echo "usage: $0 BASE_BIN NEW_BIN [ROUNDS]" >&2; exit 2; }
-source "$(dirname "$0")/ab.sh" "$1" "$2"
-cd "$(dirname "$0")/.."
-REPO=$PWD
+source "$(dirname "$0")/ab.sh" seq_ab "$@"
 ROUNDS=${3:-5}
-[[ $(id -u) == 0 ]] || { echo "run as root (drop_caches, mounts)" >&2; exit 1; }
-command -v fio >/dev/null || { echo "fio is not installed" >&2; exit 1; }
-OUT=$REPO/bench/out/seq_ab
-rm -rf "$OUT" && mkdir -p "$OUT"
 TICKS=$(getconf CLK_TCK)
-
-source bench/aspen_up.sh
-trap stop_aspen EXIT
 
 udp_in() { awk '/^Udp:/ { n++; if (n == 2) print $2 }' /proc/net/snmp; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
@@ -48,23 +38,12 @@ run_one() {
   done
   stop_aspen
   rm -rf "$dir"
-  [[ "${row[*]}" =~ ^[01]( [0-9.]+){6}$ ]] || { echo "a bad row: ${row[*]}" >&2; exit 1; }
-  echo "${row[*]}" >>"$OUT/rows"
+  ab_record "$OUT" "${row[@]}"
 }
 
 ab_rounds "$ROUNDS" run_one "$OUT"
 
 {
   ab_preamble "Sequential A/B through the mount" "\`bench/seq_ab.sh $1 $2 $ROUNDS\` (aspen up: 1 MDS + 3 OSDs, pool size 3, FUSE; fio 1 GiB bs 1M; CPU = the aspen process; UDP = datagrams taken in, after GRO)."
-  echo "| binary | round | write MiB/s | write CPU s | write UDP | read MiB/s | read CPU s | read UDP |"
-  echo "|---|---|---|---|---|---|---|---|"
-  awk -v a=A -v b=B '
-    { name = ($1 == 0) ? a : b; r[$1]++
-      printf "| %s | %d | %s | %s | %s | %s | %s | %s |\n", name, r[$1], $2, $3, $4, $5, $6, $7
-      for (k = 2; k <= 7; k++) sum[$1, k] += $k }
-    END { for (i = 0; i <= 1; i++) {
-            name = (i == 0) ? a : b
-            printf "| %s | mean | %.1f | %.1f | %.0f | %.1f | %.1f | %.0f |\n", name,
-              sum[i, 2] / r[i], sum[i, 3] / r[i], sum[i, 4] / r[i], sum[i, 5] / r[i], sum[i, 6] / r[i], sum[i, 7] / r[i] } }
-  ' "$OUT/rows"
+  ab_table "$OUT" "1 1 0 1 1 0" "write MiB/s" "write CPU s" "write UDP" "read MiB/s" "read CPU s" "read UDP"
 } | tee -a "$REPO/bench/RESULTS.md"
