@@ -213,3 +213,102 @@ async fn disconnect_fails_the_calls_in_flight_at_once_and_the_next_call_dials_af
         .unwrap();
     assert_eq!(reply, Reply::Sum(5));
 }
+
+/// A raw server: answers the first request of every connection with `Sum`,
+/// then after a pause sends `trailing` bytes and the stream's end, and
+/// reports how its response stream ended (`None`: every byte acknowledged,
+/// `Some`: STOP_SENDING).
+/// How long a raw peer waits between its frame and the end of its stream.
+const END_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
+#[derive(Debug, Clone)]
+struct RawServer {
+    trailing: usize,
+    ended: tokio::sync::mpsc::UnboundedSender<Option<u64>>,
+}
+
+impl iroh::protocol::ProtocolHandler for RawServer {
+    async fn accept(
+        &self,
+        connection: iroh::endpoint::Connection,
+    ) -> Result<(), iroh::protocol::AcceptError> {
+        let (mut send, mut recv) = connection.accept_bi().await.unwrap();
+        let _: (Request, Vec<u8>) = frame::read(&mut recv).await.unwrap();
+        frame::write(&mut send, &Reply::Sum(1), Bytes::new())
+            .await
+            .unwrap();
+        tokio::time::sleep(END_DELAY).await;
+        tokio::io::AsyncWriteExt::write_all(&mut send, &vec![0; self.trailing])
+            .await
+            .unwrap();
+        send.finish().unwrap();
+        let stopped = send.stopped().await.unwrap();
+        let _ = self.ended.send(stopped.map(|code| code.into_inner()));
+        connection.closed().await;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reads_its_answer_to_the_end_and_refuses_trailing_bytes() {
+    let client = endpoint(&[]).await;
+    let (ended, mut endings) = tokio::sync::mpsc::unbounded_channel();
+    for trailing in [0, 1] {
+        let server = endpoint(&[client.id()]).await;
+        let router = Router::builder(server.endpoint.clone())
+            .accept(
+                ALPN,
+                RawServer {
+                    trailing,
+                    ended: ended.clone(),
+                },
+            )
+            .spawn();
+        let rpc = RpcClient::new(client.clone(), server.addr(), ALPN);
+        let result: Result<(Reply, Vec<u8>), _> =
+            rpc.call(&Request::Sum(vec![1]), Bytes::new()).await;
+        let ending = endings.recv().await.unwrap();
+        if trailing == 0 {
+            assert_eq!(result.unwrap().0, Reply::Sum(1));
+            assert_eq!(
+                ending, None,
+                "the client read to the stream's end: no STOP_SENDING"
+            );
+        } else {
+            assert!(
+                matches!(
+                    result,
+                    Err(aspen_proto::transport::RpcError::Frame(
+                        FrameError::Trailing(_)
+                    ))
+                ),
+                "{result:?}"
+            );
+        }
+        rpc.disconnect().await;
+        router.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_reads_each_request_to_the_end() {
+    let (server, client, _router) = pair().await;
+    let connection = client.connect(server.addr(), ALPN).await.unwrap();
+    for values in [vec![1, 2], vec![3]] {
+        let expected = values.iter().sum();
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        frame::write(&mut send, &Request::Sum(values), Bytes::new())
+            .await
+            .unwrap();
+        let (reply, _): (Reply, Vec<u8>) = frame::read(&mut recv).await.unwrap();
+        assert_eq!(reply, Reply::Sum(expected));
+        tokio::time::sleep(END_DELAY).await;
+        send.finish().unwrap();
+        assert_eq!(recv.read_to_end(0).await.unwrap(), Vec::<u8>::new());
+        assert_eq!(
+            send.stopped().await.unwrap(),
+            None,
+            "the server read the request's end: no STOP_SENDING"
+        );
+    }
+}

@@ -1,11 +1,16 @@
 //! Request/response over QUIC: each call opens a bidirectional stream,
 //! writes one request frame, and reads one response frame. A server runs a
 //! [`Service`] for every stream of every accepted connection, concurrently.
+//!
+//! Both ends read their receiving half up to its end before dropping it. A
+//! half dropped before its FIN arrived makes QUIC send STOP_SENDING, and
+//! the sender answer with RESET_STREAM: two packets and two wake-ups per
+//! call that carry nothing (a third of an MDS follower's packets).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use iroh::endpoint::{Connection, VarInt};
+use iroh::endpoint::{Connection, RecvStream, VarInt};
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
 use iroh::{EndpointAddr, EndpointId};
 use serde::Serialize;
@@ -32,6 +37,9 @@ pub enum RpcError {
 pub const DEFAULT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The QUIC error code of a connection closed because its peer is gone.
 pub const PEER_GONE: u32 = 410;
+/// How long a server that has answered waits for the end of the request's
+/// stream (its client finishes the stream right after the request).
+const REQUEST_END_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a server does with one request: its typed header, its body, and
 /// who sent it (the caller's authenticated node id).
@@ -92,6 +100,7 @@ async fn serve_connection<S: Service>(connection: Connection, service: Arc<S>) {
                 return;
             }
             let _ = send.finish();
+            let _ = tokio::time::timeout(REQUEST_END_WAIT, read_end(&mut recv)).await;
             let _ = send.stopped().await;
         });
     }
@@ -184,6 +193,17 @@ impl RpcClient {
             .map_err(|e| RpcError::Stream(e.to_string()))?;
         frame::write(&mut send, request, body).await?;
         send.finish().map_err(|e| RpcError::Stream(e.to_string()))?;
-        Ok(frame::read(&mut recv).await?)
+        let response = frame::read(&mut recv).await?;
+        read_end(&mut recv).await?;
+        Ok(response)
+    }
+}
+
+/// Reads a stream's end after its one frame: what else it holds is an error.
+async fn read_end(recv: &mut RecvStream) -> Result<(), FrameError> {
+    match recv.read_chunk(1).await {
+        Ok(None) => Ok(()),
+        Ok(Some(_)) => Err(FrameError::Trailing(1)),
+        Err(error) => Err(FrameError::Io(error.into())),
     }
 }
