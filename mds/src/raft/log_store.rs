@@ -16,7 +16,7 @@
 //! when the store opens. SQLite reuses the log from its start after each
 //! checkpoint, so appends then overwrite blocks the file already has: the
 //! flusher's `fdatasync` writes data only, where a growing file would also
-//! commit the filesystem's journal (about twice the time on ext4).
+//! write the blocks' allocation (about twice the time on this machine's ext4).
 
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};

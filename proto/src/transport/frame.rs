@@ -2,7 +2,8 @@
 //! little-endian. The header is a typed message; the body is raw bytes
 //! (file data) that is never re-encoded. Both lengths are checked against
 //! named limits before anything is allocated. [`write`] sends a frame on
-//! an iroh `SendStream`; [`read`] takes one from any `AsyncRead`.
+//! an iroh `SendStream`; [`read`] takes one from any `AsyncRead`, and
+//! [`read_end`] checks that nothing follows it.
 
 use bytes::Bytes;
 use iroh::endpoint::SendStream;
@@ -170,6 +171,15 @@ pub async fn read<R: AsyncRead + Unpin, H: DeserializeOwned>(
     Ok((header, body))
 }
 
+/// Reads the end of a stream that holds one frame, already read: anything
+/// more is an error.
+pub async fn read_end<R: AsyncRead + Unpin>(reader: &mut R) -> Result<(), FrameError> {
+    match reader.read(&mut [0u8; 1]).await? {
+        0 => Ok(()),
+        _ => Err(FrameError::Trailing(1)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +295,15 @@ mod tests {
         frame.push(0);
         assert!(matches!(
             decode::<Message>(&frame),
+            Err(FrameError::Trailing(1))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_after_its_frame_or_is_refused() {
+        assert!(read_end(&mut &b""[..]).await.is_ok());
+        assert!(matches!(
+            read_end(&mut &b"x"[..]).await,
             Err(FrameError::Trailing(1))
         ));
     }

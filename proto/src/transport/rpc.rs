@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use iroh::endpoint::{Connection, RecvStream, VarInt};
+use iroh::endpoint::{Connection, VarInt};
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
 use iroh::{EndpointAddr, EndpointId};
 use serde::Serialize;
@@ -100,7 +100,7 @@ async fn serve_connection<S: Service>(connection: Connection, service: Arc<S>) {
                 return;
             }
             let _ = send.finish();
-            let _ = tokio::time::timeout(REQUEST_END_WAIT, read_end(&mut recv)).await;
+            let _ = tokio::time::timeout(REQUEST_END_WAIT, frame::read_end(&mut recv)).await;
             let _ = send.stopped().await;
         });
     }
@@ -194,16 +194,7 @@ impl RpcClient {
         frame::write(&mut send, request, body).await?;
         send.finish().map_err(|e| RpcError::Stream(e.to_string()))?;
         let response = frame::read(&mut recv).await?;
-        read_end(&mut recv).await?;
+        frame::read_end(&mut recv).await?;
         Ok(response)
-    }
-}
-
-/// Reads a stream's end after its one frame: what else it holds is an error.
-async fn read_end(recv: &mut RecvStream) -> Result<(), FrameError> {
-    match recv.read_chunk(1).await {
-        Ok(None) => Ok(()),
-        Ok(Some(_)) => Err(FrameError::Trailing(1)),
-        Err(error) => Err(FrameError::Io(error.into())),
     }
 }
