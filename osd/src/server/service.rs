@@ -756,6 +756,9 @@ impl Service for OsdService {
         request: OsdRequest,
         body: Vec<u8>,
     ) -> (OsdResponse, Vec<u8>) {
+        if matches!(request, OsdRequest::Op { .. } | OsdRequest::Replicate { .. }) {
+            self.space.serving();
+        }
         match request {
             OsdRequest::Op {
                 object,

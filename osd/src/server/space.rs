@@ -1,12 +1,18 @@
 //! The OSD's space budget: the bytes its store holds against the capacity
 //! it registered with, the refusal of writes that would pass the full
 //! ratio (`NoSpace`, ENOSPC at a mount), and the garbage collector that
-//! gives space back after deletes, on a timer and at once when a write was
-//! refused.
+//! gives space back after deletes and overwrites, on a timer and at once
+//! when a write was refused.
+//!
+//! Collection copies live chunks out of mostly dead segments, which costs
+//! the disk and holds the store while each step commits. Like a
+//! log-structured filesystem's cleaner (F2FS's background GC), it works
+//! only while the OSD serves no requests, unless space is short: past
+//! [`GC_BUSY_ABOVE`] of the budget, or when a write was refused.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aspen_proto::osd::OsdError;
 
@@ -25,6 +31,13 @@ pub const GC_MIN_GAP: Duration = Duration::from_secs(1);
 /// the purge of a large delete leaves most of the machine to reads and
 /// writes (as Ceph's `osd_delete_sleep`). A refused write lifts the rest.
 pub const GC_DUTY: f64 = 0.25;
+/// The collector waits until the OSD has served no object request (a
+/// client's or a primary's) for this long...
+pub const GC_IDLE_AFTER: Duration = Duration::from_secs(1);
+/// ...unless the store holds more than this share of its budget: then it
+/// works (at [`GC_DUTY`]) while requests come, so a busy OSD's garbage
+/// never reaches the full ratio.
+pub const GC_BUSY_ABOVE: f64 = 0.75;
 
 pub struct Space {
     /// Bytes the store may hold before writes are refused.
@@ -34,6 +47,10 @@ pub struct Space {
     used: AtomicU64,
     /// Wakes the collector when a write was refused.
     wanted: tokio::sync::Notify,
+    /// When the OSD last served an object request, in milliseconds since
+    /// `started`.
+    served_ms: AtomicU64,
+    started: Instant,
 }
 
 impl Space {
@@ -42,7 +59,27 @@ impl Space {
             limit: (capacity as f64 * FULL_RATIO) as u64,
             used: AtomicU64::new(used),
             wanted: tokio::sync::Notify::new(),
+            served_ms: AtomicU64::new(0),
+            started: Instant::now(),
         }
+    }
+
+    /// Records that an object request is being served (the collector
+    /// waits for a pause in them, see [`GC_IDLE_AFTER`]).
+    pub fn serving(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.served_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// How long until the OSD counts as idle: zero when it is.
+    fn until_idle(&self) -> Duration {
+        let served = Duration::from_millis(self.served_ms.load(Ordering::Relaxed));
+        (served + GC_IDLE_AFTER).saturating_sub(self.started.elapsed())
+    }
+
+    /// Space is short enough that the collector does not wait for idleness.
+    fn pressed(&self) -> bool {
+        self.used() as f64 > self.limit as f64 * GC_BUSY_ABOVE
     }
 
     /// Takes `bytes` of the budget for a write, or refuses it when the
@@ -88,14 +125,18 @@ pub async fn collect_garbage_loop(store: Arc<ObjectStore>, space: Arc<Space>) {
     }
 }
 
-/// Runs collection steps until none is left, resting between them (see
-/// [`GC_DUTY`]) unless the collection is `urgent` or becomes so.
+/// Runs collection steps until none is left, each once the OSD is idle
+/// (see [`GC_IDLE_AFTER`]) and resting after it (see [`GC_DUTY`]), unless
+/// the collection is `urgent` or becomes so.
 async fn collect(
     store: &Arc<ObjectStore>,
     space: &Space,
     mut urgent: bool,
 ) -> Result<(), StoreError> {
     loop {
+        if !urgent {
+            urgent = wait_until_idle(space).await;
+        }
         let started = tokio::time::Instant::now();
         let stepping = store.clone();
         let step = tokio::task::spawn_blocking(move || stepping.collect_garbage_step())
@@ -114,6 +155,21 @@ async fn collect(
     }
 }
 
+/// Waits until the OSD is idle or space is short; true when a refused
+/// write made the collection urgent meanwhile.
+async fn wait_until_idle(space: &Space) -> bool {
+    loop {
+        let wait = space.until_idle();
+        if wait.is_zero() || space.pressed() {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = space.wanted.notified() => return true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +183,36 @@ mod tests {
         space.admit(50).unwrap();
         space.measured(100);
         space.admit(800).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_collector_waits_for_a_pause_in_requests_unless_space_is_short() {
+        let roomy = Space::new(1000, 0);
+        roomy.serving();
+        assert!(roomy.until_idle() > GC_IDLE_AFTER / 2, "busy right after a request");
+        let started = Instant::now();
+        assert!(!wait_until_idle(&roomy).await);
+        assert!(started.elapsed() >= GC_IDLE_AFTER / 2, "it waited for the pause");
+        assert!(roomy.until_idle().is_zero());
+
+        let short = Space::new(1000, 800);
+        short.serving();
+        let started = Instant::now();
+        assert!(!wait_until_idle(&short).await);
+        assert!(started.elapsed() < GC_IDLE_AFTER / 2, "short of space, it did not wait");
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_ends_the_wait_for_a_pause() {
+        let space = Arc::new(Space::new(1000, 0));
+        space.serving();
+        let waiting = tokio::spawn({
+            let space = space.clone();
+            async move { wait_until_idle(&space).await }
+        });
+        tokio::task::yield_now().await;
+        space.admit(2000).unwrap_err();
+        assert!(waiting.await.unwrap(), "the wait ended as urgent");
+        assert!(!space.until_idle().is_zero(), "before the pause");
     }
 }
