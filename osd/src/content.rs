@@ -1,7 +1,9 @@
-//! Content chunks addressed by their BLAKE3 hash. Small chunks (at most
-//! [`INLINE_MAX`]) are kept inline in SQLite, so a small write costs one
-//! log sync; larger ones are appended to segment files (written once,
-//! sequentially, whatever the write pattern). The chunk index and
+//! Content chunks addressed by their BLAKE3 hash. The chunks of a small
+//! write (at most [`SMALL_WRITE_MAX`] bytes in all) are kept inline in
+//! SQLite, so it costs one log sync; a larger write's chunks, however small
+//! each is, are appended to segment files (written once, sequentially,
+//! whatever the write pattern: inline bytes are written twice, into the
+//! log and again at its checkpoint). The chunk index and
 //! reference counts live in SQLite, in the object store's database, so a
 //! chunk and the extents naming it change in one transaction.
 //!
@@ -35,11 +37,10 @@ use crate::tree;
 /// The largest chunk: a write is cut into chunks of at most this size, and
 /// a read verifies whole chunks.
 pub const MAX_CHUNK: usize = 64 * 1024;
-/// Chunks up to this size are stored inline in the database.
-pub const INLINE_MAX: usize = 16 * 1024;
-/// A write of at most this many bytes in all is stored inline whatever
-/// its chunks' sizes: a small file's bytes then cost one log sync, where
-/// a segment would add a second sync of its own.
+/// A write of at most this many bytes in all is stored inline: a small
+/// file's bytes then cost one log sync, where a segment would add a second
+/// sync of its own. A larger write (a write-back of many scattered pieces)
+/// goes to a segment whole, its small pieces too.
 pub const SMALL_WRITE_MAX: usize = 64 * 1024;
 /// Segment file handles kept open for reading (up to two per segment, one
 /// per [`ReadPattern`]); past this many, the cache is emptied and refilled
@@ -178,9 +179,6 @@ pub struct ContentStore {
     /// Segments written since the last sync, each with the span of bytes
     /// appended to it since.
     dirty: BTreeMap<i64, Range<u64>>,
-    /// Bytes of chunks stored inline (in the database, so in its log)
-    /// since [`ContentStore::take_inline_written`].
-    inline_written: u64,
     /// Segment files open for reading. A handle outlives its file's
     /// deletion by compaction, so a read located under the store's lock
     /// still finds its bytes after the lock is released.
@@ -325,7 +323,6 @@ impl ContentStore {
             active: None,
             next_segment: None,
             dirty: BTreeMap::new(),
-            inline_written: 0,
             readers: Mutex::default(),
         })
     }
@@ -394,12 +391,7 @@ impl ContentStore {
     /// With `verify_existing` (recovery and repair installing a known-good
     /// copy), an existing chunk with that id is read back first, and if its
     /// stored bytes are damaged they are replaced by these.
-    /// The inline bytes stored since the last call (the database log's
-    /// growth, which decides when to checkpoint).
-    pub fn take_inline_written(&mut self) -> u64 {
-        std::mem::take(&mut self.inline_written)
-    }
-
+    ///
     /// With `small_write`, the chunk is part of a write of at most
     /// [`SMALL_WRITE_MAX`] bytes and goes inline.
     pub fn put(
@@ -415,7 +407,7 @@ impl ContentStore {
                 bytes.len()
             )));
         }
-        let inline = bytes.len() <= INLINE_MAX || small_write;
+        let inline = small_write;
         let tree = if inline {
             Vec::new()
         } else {
@@ -442,7 +434,6 @@ impl ContentStore {
             ])?;
             conn.prepare_cached("UPDATE inline_usage SET bytes = bytes + ?1")?
                 .execute([bytes.len() as i64])?;
-            self.inline_written += bytes.len() as u64;
             return Ok(id);
         }
         let (segment, offset) = self.append(conn, bytes, &tree)?;

@@ -17,7 +17,7 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -43,9 +43,9 @@ pub use aspen_proto::osd::{
 };
 /// Batch commits between two durable checkpoints of the database.
 pub const CHECKPOINT_EVERY_COMMITS: u64 = 2048;
-/// Inline chunk bytes between two checkpoints: a long write-ahead log
-/// makes every page lookup slower, and vectored writes log many chunks
-/// per commit.
+/// Write-ahead log bytes between two checkpoints: a long log makes every
+/// page lookup slower (SQLite searches its index of the log a block of
+/// frames at a time), and a vectored write logs many pages per commit.
 pub const CHECKPOINT_EVERY_LOG_BYTES: u64 = 64 << 20;
 
 /// The database's page cache, in KiB (SQLite's default of 2 MiB makes
@@ -151,8 +151,8 @@ struct Inner {
     content: ContentStore,
     batches: Batches,
     since_checkpoint: u64,
-    /// Inline chunk bytes committed since the last checkpoint.
-    logged_bytes: u64,
+    /// The write-ahead log's length, in bytes, after the last commit.
+    log_bytes: Arc<AtomicU64>,
     trails: ReadTrails,
 }
 
@@ -272,6 +272,20 @@ fn check_range(offset: u64, len: u64) -> Result<u64, StoreError> {
         .ok_or_else(|| StoreError::Invalid(format!("objects end at {MAX_OBJECT_SIZE} bytes")))
 }
 
+/// The write-ahead log's length after each commit, as SQLite reports it
+/// (frames of one page each). Set after `wal_autocheckpoint`, which
+/// replaces the hook.
+fn watch_log_length(conn: &mut Connection) -> Result<Arc<AtomicU64>, StoreError> {
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let log_bytes = Arc::new(AtomicU64::new(0));
+    let watched = log_bytes.clone();
+    conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, frames: i32| {
+        watched.store(frames.max(0) as u64 * page_size as u64, Ordering::Relaxed);
+        Ok(())
+    }))?;
+    Ok(log_bytes)
+}
+
 /// Copies the write-ahead log into the database durably (see the module
 /// doc): SQLite syncs at `NORMAL` for the checkpoint only. A checkpoint
 /// that could not copy the whole log did not sync the database, and fails.
@@ -315,7 +329,7 @@ impl ObjectStore {
     pub fn open(dir: &Path) -> Result<ObjectStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
         let path = dir.join(DATABASE);
-        let conn = Connection::open(&path)?;
+        let mut conn = Connection::open(&path)?;
         // This connection is the database's only user: holding its locks
         // for good keeps the log index in memory, and spares every
         // transaction the file locking (and keeps a second OSD process
@@ -341,6 +355,7 @@ impl ObjectStore {
         // on a bound value (a range over an indexed column) whenever the
         // cache clears its bindings, and a read parsed its SQL again.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        let log_bytes = watch_log_length(&mut conn)?;
         let mut wal_path = path.into_os_string();
         wal_path.push("-wal");
         let wal = File::open(&wal_path).map_err(io)?;
@@ -353,7 +368,7 @@ impl ObjectStore {
                 content,
                 batches: Batches::default(),
                 since_checkpoint: 0,
-                logged_bytes: 0,
+                log_bytes,
                 trails: ReadTrails::default(),
             }),
             wal,
@@ -493,7 +508,6 @@ impl ObjectStore {
         }
         durable_checkpoint(&inner.conn)?;
         inner.since_checkpoint = 0;
-        inner.logged_bytes = 0;
         Ok(())
     }
 
@@ -544,11 +558,10 @@ impl ObjectStore {
                 Committed::Nothing => return Ok(()),
             }
             inner.since_checkpoint += 1;
-            inner.logged_bytes += inner.content.take_inline_written();
             // The batch is durable through the log either way; a failed
             // checkpoint is retried after the next batch.
             let due = inner.since_checkpoint >= CHECKPOINT_EVERY_COMMITS
-                || inner.logged_bytes >= CHECKPOINT_EVERY_LOG_BYTES;
+                || inner.log_bytes.load(Ordering::Relaxed) >= CHECKPOINT_EVERY_LOG_BYTES;
             if due && let Err(error) = self.checkpoint(&mut inner) {
                 tracing::warn!(%error, "object store checkpoint failed");
             }

@@ -160,6 +160,93 @@ fn a_small_write_is_stored_inline_a_larger_one_in_a_segment() {
     assert_eq!(store.used_bytes().unwrap(), (128 << 10) + 1 + tree);
 }
 
+#[test]
+fn the_database_log_is_checkpointed_by_its_length_not_only_by_commits() {
+    use aspen_osd::store::CHECKPOINT_EVERY_LOG_BYTES;
+    use aspen_proto::osd::{LogEntry, LogVersion, MAX_WRITE_EXTENTS, ObjectOp};
+    let dir = tempfile::tempdir().unwrap();
+    let store = ObjectStore::open(dir.path()).unwrap();
+    let file_len = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().len();
+    // Scattered 24-byte pieces: their bytes go to a segment, their index
+    // rows (thousands per write) fill the log; far fewer commits than
+    // CHECKPOINT_EVERY_COMMITS.
+    let piece = 24usize;
+    let extents: Vec<(u64, u64)> = (0..MAX_WRITE_EXTENTS as u64)
+        .map(|i| (i * 64, piece as u64))
+        .collect();
+    let mut writes = 0;
+    while file_len("objects.db") < (1 << 20) && writes < 1000 {
+        writes += 1;
+        let k = key(&format!("scattered.{writes}"));
+        let body: Vec<u8> = (0..MAX_WRITE_EXTENTS)
+            .flat_map(|i| {
+                let mut bytes = [0u8; 24];
+                bytes[..8].copy_from_slice(&(writes as u64).to_le_bytes());
+                bytes[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+                bytes
+            })
+            .collect();
+        let entry = LogEntry {
+            at: LogVersion {
+                epoch: 1,
+                version: writes as u64,
+            },
+            object: k.name.clone(),
+            op: ObjectOp::WriteExtents {
+                extents: extents.clone(),
+            },
+        };
+        store.apply_logged(&k, &entry, &body).unwrap();
+        assert!(
+            file_len("objects.db-wal") <= CHECKPOINT_EVERY_LOG_BYTES + (16 << 20),
+            "the log grew to {} bytes after {writes} writes",
+            file_len("objects.db-wal")
+        );
+    }
+    assert!(
+        file_len("objects.db") >= 1 << 20,
+        "no checkpoint after {writes} writes"
+    );
+}
+
+#[test]
+fn a_large_write_of_small_scattered_pieces_goes_to_a_segment_whole() {
+    use aspen_proto::osd::{LogEntry, LogVersion, ObjectOp};
+    let dir = tempfile::tempdir().unwrap();
+    let store = ObjectStore::open(dir.path()).unwrap();
+    let k = key("scattered");
+    let piece = 4096u64;
+    let extents: Vec<(u64, u64)> = (0..20).map(|i| (i * 3 * piece, piece)).collect();
+    let body = pattern(15, 20 * piece as usize);
+    let entry = LogEntry {
+        at: LogVersion {
+            epoch: 1,
+            version: 1,
+        },
+        object: k.name.clone(),
+        op: ObjectOp::WriteExtents {
+            extents: extents.clone(),
+        },
+    };
+    store.apply_logged(&k, &entry, &body).unwrap();
+    assert!(
+        store.segment_of(&k).unwrap().exists(),
+        "4 KiB pieces of an 80 KiB write are in a segment, not inline"
+    );
+    for (index, (offset, len)) in extents.into_iter().enumerate() {
+        let start = index * piece as usize;
+        assert_eq!(
+            store.read(&k, offset, len).unwrap(),
+            &body[start..start + piece as usize]
+        );
+    }
+    assert_eq!(
+        store.used_bytes().unwrap(),
+        20 * piece,
+        "no tree for one-piece chunks"
+    );
+}
+
 /// A store holding `name`: 128 KiB, larger than a small write, so its
 /// bytes are in a segment file.
 fn stored_in_a_segment(

@@ -756,7 +756,10 @@ impl Service for OsdService {
         request: OsdRequest,
         body: Vec<u8>,
     ) -> (OsdResponse, Vec<u8>) {
-        if matches!(request, OsdRequest::Op { .. } | OsdRequest::Replicate { .. }) {
+        if matches!(
+            request,
+            OsdRequest::Op { .. } | OsdRequest::Replicate { .. }
+        ) {
             self.space.serving();
         }
         match request {

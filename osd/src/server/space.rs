@@ -189,17 +189,26 @@ mod tests {
     async fn the_collector_waits_for_a_pause_in_requests_unless_space_is_short() {
         let roomy = Space::new(1000, 0);
         roomy.serving();
-        assert!(roomy.until_idle() > GC_IDLE_AFTER / 2, "busy right after a request");
+        assert!(
+            roomy.until_idle() > GC_IDLE_AFTER / 2,
+            "busy right after a request"
+        );
         let started = Instant::now();
         assert!(!wait_until_idle(&roomy).await);
-        assert!(started.elapsed() >= GC_IDLE_AFTER / 2, "it waited for the pause");
+        assert!(
+            started.elapsed() >= GC_IDLE_AFTER / 2,
+            "it waited for the pause"
+        );
         assert!(roomy.until_idle().is_zero());
 
         let short = Space::new(1000, 800);
         short.serving();
         let started = Instant::now();
         assert!(!wait_until_idle(&short).await);
-        assert!(started.elapsed() < GC_IDLE_AFTER / 2, "short of space, it did not wait");
+        assert!(
+            started.elapsed() < GC_IDLE_AFTER / 2,
+            "short of space, it did not wait"
+        );
     }
 
     #[tokio::test]
