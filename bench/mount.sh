@@ -12,17 +12,23 @@
 #   small  2,000 x 64 KiB files written (syncfs, then an fsync of each, at
 #          the end: durable when the clock stops) and read cold
 #
+# Every workload starts on a quiet machine: it waits (up to SETTLE_MAX s)
+# until the cores are at least 90% idle over a second, so background work
+# left by the one before (Aspen's garbage collection after a delete, Ceph's
+# PG deletes) does not land in a later row. A workload's own work is all
+# inside it: each ends durable (end_fsync, fsync).
 # "cold": sync and drop the kernel caches; for Ceph also drop the OSD caches
 # and remount ceph-fuse (its own cache survives drop_caches). Aspen's client
 # keeps no data cache of its own.
 # Appends a dated table with ratios to bench/RESULTS.md.
 #
 # Usage: bench/mount.sh [local] [aspen] [ceph]     (default: all three)
-#        RUNTIME=20 CEPH_PEER=../shared/peers/ceph
+#        RUNTIME=20 SETTLE_MAX=60 CEPH_PEER=../shared/peers/ceph
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 RUNTIME=${RUNTIME:-20}
+SETTLE_MAX=${SETTLE_MAX:-60}
 CEPH_PEER=$(realpath -m "${CEPH_PEER:-../shared/peers/ceph}")
 CEPH_DIR=/mnt/cephfs/aspen-bench
 TARGETS=("$@")
@@ -75,9 +81,29 @@ fio_job() {
   local target=$1 name=$2
   shift 2
   sync
+  settle
   log "$target: fio $name"
   timeout 900 fio --output-format=json --output="$RESULTS/$target.$name.json" \
     --directory="$(target_dir "$target")" --fallocate=none --ioengine=psync "$@"
+}
+
+# The busy share of the cores over one second, in percent.
+cpu_busy() {
+  local a b
+  read -r -a a < <(grep '^cpu ' /proc/stat)
+  sleep 1
+  read -r -a b < <(grep '^cpu ' /proc/stat)
+  local total=0 idle=$(( b[4] + b[5] - a[4] - a[5] )) i
+  for i in 1 2 3 4 5 6 7 8; do total=$(( total + b[i] - a[i] )); done
+  echo $(( total > 0 ? 100 * (total - idle) / total : 0 ))
+}
+
+settle() {
+  local waited=0 busy
+  while busy=$(cpu_busy); (( busy > 10 && waited < SETTLE_MAX )); do
+    waited=$((waited + 1))
+  done
+  (( waited == 0 )) || log "waited ${waited} s for the cores to go quiet (last ${busy}% busy)"
 }
 
 # ops_job TARGET NAME fsops-args... -> $RESULTS/TARGET.NAME.json
@@ -85,6 +111,7 @@ ops_job() {
   local target=$1 name=$2
   shift 2
   sync
+  settle
   log "$target: $name"
   timeout 1800 python3 "$REPO/bench/fsops.py" "$@" >"$RESULTS/$target.$name.json"
 }
