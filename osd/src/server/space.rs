@@ -8,7 +8,9 @@
 //! the disk and holds the store while each step commits. Like a
 //! log-structured filesystem's cleaner (F2FS's background GC), it works
 //! only while the OSD serves no requests, unless space is short: past
-//! [`GC_BUSY_ABOVE`] of the budget, or when a write was refused.
+//! [`GC_BUSY_ABOVE`] of the budget, or when a write was refused. It starts
+//! as soon as the OSD goes idle after serving requests, so the garbage
+//! they left is gone before the next burst.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,9 +73,15 @@ impl Space {
         self.served_ms.fetch_max(now, Ordering::Relaxed);
     }
 
+    /// When the OSD last served an object request (milliseconds on this
+    /// space's own clock).
+    fn served_ms(&self) -> u64 {
+        self.served_ms.load(Ordering::Relaxed)
+    }
+
     /// How long until the OSD counts as idle: zero when it is.
     fn until_idle(&self) -> Duration {
-        let served = Duration::from_millis(self.served_ms.load(Ordering::Relaxed));
+        let served = Duration::from_millis(self.served_ms());
         (served + GC_IDLE_AFTER).saturating_sub(self.started.elapsed())
     }
 
@@ -104,14 +112,13 @@ impl Space {
     }
 }
 
-/// Collects garbage every [`GC_INTERVAL`], or sooner when a write was
-/// refused for space, and measures the store afterwards.
+/// Collects garbage (see [`next_collection`] for when) and measures the
+/// store afterwards.
 pub async fn collect_garbage_loop(store: Arc<ObjectStore>, space: Arc<Space>) {
+    let mut served_before = space.served_ms();
     loop {
-        let urgent = tokio::select! {
-            _ = tokio::time::sleep(GC_INTERVAL) => false,
-            _ = space.wanted.notified() => true,
-        };
+        let urgent = next_collection(&space, served_before).await;
+        served_before = space.served_ms();
         if let Err(error) = collect(&store, &space, urgent).await {
             tracing::warn!(%error, "collecting garbage");
         }
@@ -122,6 +129,24 @@ pub async fn collect_garbage_loop(store: Arc<ObjectStore>, space: Arc<Space>) {
             Err(error) => tracing::warn!(%error, "measuring the store"),
         }
         tokio::time::sleep(GC_MIN_GAP).await;
+    }
+}
+
+/// Waits until the next collection is due: once the OSD is idle after
+/// serving requests since `served_before` (their deletes and overwrites
+/// left garbage), or [`GC_INTERVAL`] after the last one, or at once when a
+/// write was refused for space (then true: urgent).
+async fn next_collection(space: &Space, served_before: u64) -> bool {
+    let due = tokio::time::Instant::now() + GC_INTERVAL;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(GC_IDLE_AFTER) => {}
+            _ = space.wanted.notified() => return true,
+        }
+        let served_since = space.served_ms() > served_before;
+        if tokio::time::Instant::now() >= due || served_since && space.until_idle().is_zero() {
+            return false;
+        }
     }
 }
 
@@ -208,6 +233,29 @@ mod tests {
         assert!(
             started.elapsed() < GC_IDLE_AFTER / 2,
             "short of space, it did not wait"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_collection_follows_a_burst_of_requests_once_they_pause() {
+        let space = Space::new(1000, 0);
+        let served_before = space.served_ms();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        space.serving();
+        let started = Instant::now();
+        assert!(!next_collection(&space, served_before).await);
+        let waited = started.elapsed();
+        assert!(
+            waited >= GC_IDLE_AFTER && waited < GC_INTERVAL / 2,
+            "due {waited:?} after the last request"
+        );
+        let quiet = tokio::time::timeout(
+            GC_IDLE_AFTER * 3,
+            next_collection(&space, space.served_ms()),
+        );
+        assert!(
+            quiet.await.is_err(),
+            "nothing served since: not due before the interval"
         );
     }
 
