@@ -1,9 +1,13 @@
-# Shared by the A/B scripts (seq_ab.sh, randread_ab.sh): the two binaries,
-# the checks, rounds in alternating order, and the table they append.
+# Shared by the A/B scripts (seq_ab.sh, randread_ab.sh, randwrite_ab.sh):
+# the two binaries, the checks, rounds in alternating order, the random-I/O
+# files and fio jobs, and the table they append.
 # Usage: source "$(dirname "$0")/ab.sh" NAME "$@"
-#   (checks BASE_BIN NEW_BIN; sets BINS, REPO and OUT=bench/out/NAME; cds
-#   to the repository; stops aspen on exit)
+#   (sets -euo pipefail and inherit_errexit; checks BASE_BIN NEW_BIN; sets
+#   BINS, REPO and OUT=bench/out/NAME; cds to the repository; stops aspen
+#   on exit)
 
+set -euo pipefail
+shopt -s inherit_errexit
 (($# >= 3)) || { echo "usage: $0 BASE_BIN NEW_BIN [ROUNDS]" >&2; exit 2; }
 BINS=("$(realpath "$2")" "$(realpath "$3")")
 for bin in "${BINS[@]}"; do [[ -x $bin ]] || { echo "$bin: not an executable" >&2; exit 2; }; done
@@ -68,4 +72,30 @@ ab_table() {
             for (k = 1; k <= n; k++) line = line sprintf(" %." places[k] "f |", sum[i, k] / r[i])
             print line } }
   ' "$out/rows"
+}
+
+# The random-I/O files of bench/mount.sh: 4 x 256 MiB, fio psync.
+RAND_FILES=(--name=rand --size=256M --numjobs=4 --group_reporting --fallocate=none --ioengine=psync)
+
+# lay_out_rand_files DIR: writes them (bs 1M, end_fsync).
+lay_out_rand_files() {
+  timeout 600 fio "${RAND_FILES[@]}" --directory="$1" --rw=write --bs=1M --end_fsync=1 \
+    --output-format=terse >/dev/null
+}
+
+# rand_iops DIR COLUMN fio-args...: IOPS of a 4 KiB random job over them,
+# RUNTIME seconds (terse column 8 for reads, 49 for writes).
+rand_iops() {
+  timeout 300 fio "${RAND_FILES[@]}" --directory="$1" --bs=4k --time_based --runtime="$RUNTIME" \
+    --randrepeat=0 "${@:3}" --output-format=terse | awk -F';' -v column="$2" '$1 == 3 { print $column }'
+}
+
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+# start_with_rand_files INDEX DIR: `aspen up` of binary INDEX in DIR, with
+# the random-I/O files laid out in DIR/mnt/b.
+start_with_rand_files() {
+  start_aspen "${BINS[$1]}" "$2/data" "$2/mnt" "$2/up.log"
+  mkdir -p "$2/mnt/b"
+  lay_out_rand_files "$2/mnt/b"
 }

@@ -9,30 +9,18 @@
 # binaries (AB, BA, ...). Appends a dated table to bench/RESULTS.md.
 #
 # Usage: bench/randread_ab.sh BASE_BIN NEW_BIN [ROUNDS]     (ROUNDS default 3)
-set -euo pipefail
-shopt -s inherit_errexit
 source "$(dirname "$0")/ab.sh" randread_ab "$@"
 ROUNDS=${3:-3}
 RUNTIME=${RUNTIME:-15}
 
-FILES=(--name=rand --size=256M --numjobs=4 --group_reporting --fallocate=none --ioengine=psync)
-read_iops() {
-  timeout 300 fio "${FILES[@]}" --directory="$1" --bs=4k --time_based --runtime="$RUNTIME" \
-    --randrepeat=0 --rw=randread "${@:2}" --output-format=terse | awk -F';' '$1 == 3 { print $8 }'
-}
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-
 # One round of one binary: appends "INDEX cold warmer warm buffered" to $OUT/rows.
 run_one() {
   local index=$1 dir=$2 row=("$1")
-  start_aspen "${BINS[$index]}" "$dir/data" "$dir/mnt" "$dir/up.log"
-  mkdir -p "$dir/mnt/b"
-  timeout 600 fio "${FILES[@]}" --directory="$dir/mnt/b" --rw=write --bs=1M --end_fsync=1 \
-    --output-format=terse >/dev/null
+  start_with_rand_files "$index" "$dir"
   drop_caches
-  for _ in 1 2 3; do row+=("$(read_iops "$dir/mnt/b" --direct=1)"); done
+  for _ in 1 2 3; do row+=("$(rand_iops "$dir/mnt/b" 8 --rw=randread --direct=1)"); done
   drop_caches
-  row+=("$(read_iops "$dir/mnt/b")")
+  row+=("$(rand_iops "$dir/mnt/b" 8 --rw=randread)")
   stop_aspen
   rm -rf "$dir"
   ab_record "$OUT" "${row[@]}"

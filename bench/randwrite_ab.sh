@@ -11,29 +11,15 @@
 # table to bench/RESULTS.md.
 #
 # Usage: bench/randwrite_ab.sh BASE_BIN NEW_BIN [ROUNDS]     (ROUNDS default 2)
-set -euo pipefail
-shopt -s inherit_errexit
 source "$(dirname "$0")/ab.sh" randwrite_ab "$@"
 ROUNDS=${3:-2}
 RUNTIME=${RUNTIME:-20}
-
-FILES=(--name=rand --size=256M --numjobs=4 --group_reporting --fallocate=none --ioengine=psync)
-# rand_iops DIR COLUMN fio-args...: the job's IOPS (terse column 8 for
-# reads, 49 for writes).
-rand_iops() {
-  timeout 300 fio "${FILES[@]}" --directory="$1" --bs=4k --time_based --runtime="$RUNTIME" \
-    --randrepeat=0 "${@:3}" --output-format=terse | awk -F';' -v column="$2" '$1 == 3 { print $column }'
-}
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 # One round of one binary: appends "INDEX write read direct-write
 # direct-read store-MiB" to $OUT/rows.
 run_one() {
   local index=$1 dir=$2 row=("$1")
-  start_aspen "${BINS[$index]}" "$dir/data" "$dir/mnt" "$dir/up.log"
-  mkdir -p "$dir/mnt/b"
-  timeout 600 fio "${FILES[@]}" --directory="$dir/mnt/b" --rw=write --bs=1M --end_fsync=1 \
-    --output-format=terse >/dev/null
+  start_with_rand_files "$index" "$dir"
   row+=("$(rand_iops "$dir/mnt/b" 49 --rw=randwrite --end_fsync=1)")
   drop_caches
   row+=("$(rand_iops "$dir/mnt/b" 8 --rw=randread)")

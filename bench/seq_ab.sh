@@ -10,8 +10,6 @@
 # Appends a dated table to bench/RESULTS.md.
 #
 # Usage: bench/seq_ab.sh BASE_BIN NEW_BIN [ROUNDS]     (ROUNDS default 5)
-set -euo pipefail
-shopt -s inherit_errexit
 source "$(dirname "$0")/ab.sh" seq_ab "$@"
 ROUNDS=${3:-5}
 TICKS=$(getconf CLK_TCK)
