@@ -139,9 +139,8 @@ pub async fn collect_garbage_loop(store: Arc<ObjectStore>, space: Arc<Space>) {
 async fn next_collection(space: &Space, served_before: u64) -> bool {
     let due = tokio::time::Instant::now() + GC_INTERVAL;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(GC_IDLE_AFTER) => {}
-            _ = space.wanted.notified() => return true,
+        if rest_or_wanted(space, GC_IDLE_AFTER).await {
+            return true;
         }
         let served_since = space.served_ms() > served_before;
         if tokio::time::Instant::now() >= due || served_since && space.until_idle().is_zero() {
@@ -172,10 +171,7 @@ async fn collect(
         }
         if !urgent {
             let rest = started.elapsed().mul_f64(1.0 / GC_DUTY - 1.0);
-            urgent = tokio::select! {
-                _ = tokio::time::sleep(rest) => false,
-                _ = space.wanted.notified() => true,
-            };
+            urgent = rest_or_wanted(space, rest).await;
         }
     }
 }
@@ -188,10 +184,17 @@ async fn wait_until_idle(space: &Space) -> bool {
         if wait.is_zero() || space.pressed() {
             return false;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = space.wanted.notified() => return true,
+        if rest_or_wanted(space, wait).await {
+            return true;
         }
+    }
+}
+
+/// Sleeps for `time`; true, sooner, when a refused write wants space.
+async fn rest_or_wanted(space: &Space, time: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(time) => false,
+        _ = space.wanted.notified() => true,
     }
 }
 
