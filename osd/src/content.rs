@@ -20,6 +20,7 @@
 //! the store for long ([`ContentStore::compact_step`]); a segment file is
 //! deleted only once every live chunk it held is durable elsewhere.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
@@ -394,12 +395,18 @@ impl ContentStore {
     ///
     /// With `small_write`, the chunk is part of a write of at most
     /// [`SMALL_WRITE_MAX`] bytes and goes inline.
+    ///
+    /// `known_tree` is the chunk's hash tree as its PG's primary computed
+    /// it ([`tree::build`], checked for length by the caller): taken as
+    /// is, so a replica does not hash the bytes again. Its reads still
+    /// verify the bytes against it, and scrub compares the copies.
     pub fn put(
         &mut self,
         conn: &Connection,
         bytes: &[u8],
         verify_existing: bool,
         small_write: bool,
+        known_tree: Option<&[u8]>,
     ) -> Result<ChunkId, StoreError> {
         if bytes.len() > MAX_CHUNK {
             return Err(StoreError::Invalid(format!(
@@ -408,10 +415,16 @@ impl ContentStore {
             )));
         }
         let inline = small_write;
-        let tree = if inline {
-            Vec::new()
-        } else {
-            tree::build(bytes)
+        let tree = match known_tree {
+            _ if inline => Cow::Borrowed(&[][..]),
+            Some(tree) if tree.len() == tree::tree_len(bytes.len()) => Cow::Borrowed(tree),
+            Some(_) => {
+                return Err(StoreError::Invalid(format!(
+                    "a hash tree of the wrong length for a chunk of {} bytes",
+                    bytes.len()
+                )));
+            }
+            None => Cow::Owned(tree::build(bytes)),
         };
         let id = tree::root(&tree, bytes.len()).unwrap_or_else(|| *blake3::hash(bytes).as_bytes());
         if let Some(location) = self.locate(conn, &id)? {
@@ -960,7 +973,7 @@ mod tests {
     #[test]
     fn scattered_and_streaming_reads_agree_and_a_removed_segment_drops_both_handles() {
         let (_dir, conn, mut content) = empty_store();
-        let id = content.put(&conn, &chunk(4), false, false).unwrap();
+        let id = content.put(&conn, &chunk(4), false, false, None).unwrap();
         let piece = 8192..12288;
         for pattern in [ReadPattern::Scattered, ReadPattern::Streaming] {
             let read = content.start_read(&conn, &id, pattern).unwrap();
@@ -976,7 +989,7 @@ mod tests {
     #[test]
     fn a_sync_covers_the_bytes_appended_since_the_last_and_they_read_back_after_it() {
         let (_dir, conn, mut content) = empty_store();
-        let first = content.put(&conn, &chunk(1), false, false).unwrap();
+        let first = content.put(&conn, &chunk(1), false, false, None).unwrap();
         let spans = content.take_dirty();
         assert_eq!(spans.len(), 1);
         let appended = spans[0].bytes.clone();
@@ -984,7 +997,7 @@ mod tests {
         assert!(appended.end > MAX_CHUNK as u64, "the chunk and its tree");
         // A failed sync gives its spans back; the next append widens them.
         content.restore_dirty(&spans);
-        let second = content.put(&conn, &chunk(2), false, false).unwrap();
+        let second = content.put(&conn, &chunk(2), false, false, None).unwrap();
         let spans = content.take_dirty();
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].bytes, 0..2 * appended.end);
@@ -992,7 +1005,7 @@ mod tests {
         assert!(content.take_dirty().is_empty());
         assert_eq!(content.get(&conn, &first).unwrap(), chunk(1));
         assert_eq!(content.get(&conn, &second).unwrap(), chunk(2));
-        content.put(&conn, &chunk(3), false, false).unwrap();
+        content.put(&conn, &chunk(3), false, false, None).unwrap();
         assert_eq!(
             content.take_dirty()[0].bytes,
             2 * appended.end..3 * appended.end
@@ -1002,8 +1015,11 @@ mod tests {
     #[test]
     fn compaction_forgets_chunks_nothing_references_instead_of_copying_them() {
         let (_dir, conn, mut content) = empty_store();
-        let [dead, live, garbage] =
-            [1, 2, 3].map(|seed| content.put(&conn, &chunk(seed), false, false).unwrap());
+        let [dead, live, garbage] = [1, 2, 3].map(|seed| {
+            content
+                .put(&conn, &chunk(seed), false, false, None)
+                .unwrap()
+        });
         content.add_refs(&conn, &[dead, live], 1).unwrap();
         content.add_refs(&conn, &[dead], -1).unwrap();
         // `garbage` was never referenced, like a chunk left by a delete
@@ -1022,8 +1038,8 @@ mod tests {
         let (_dir, conn, mut content) = empty_store();
         let small = vec![7u8; 4096];
         let [shared, inline] = [
-            content.put(&conn, &chunk(1), false, false).unwrap(),
-            content.put(&conn, &small, false, true).unwrap(),
+            content.put(&conn, &chunk(1), false, false, None).unwrap(),
+            content.put(&conn, &small, false, true, None).unwrap(),
         ];
         content
             .add_refs(&conn, &[shared, shared, inline], 1)

@@ -34,6 +34,7 @@ use crate::content::{
 use crate::extents::{Extent, ExtentMap, ReadPiece, RefChange};
 use crate::pglog;
 use crate::trails::ReadTrails;
+use crate::tree;
 
 // The store enforces the protocol's limits itself: the longest object
 // name, the largest object, the longest read, and attribute sizes.
@@ -700,7 +701,7 @@ impl ObjectStore {
         offset: u64,
         data: &[u8],
     ) -> Result<ObjectStat, StoreError> {
-        self.mutate(|conn, content| write_in(conn, content, key, offset, data, false))
+        self.mutate(|conn, content| write_in(conn, content, key, offset, data.into(), false))
     }
 
     /// Sets the size, dropping data beyond it (creating the object if needed).
@@ -738,26 +739,26 @@ impl ObjectStore {
     /// log entry are in the open batch (later changes and reads see them)
     /// but not yet durable; [`ObjectStore::durable`] waits for that. Lets
     /// a PG's primary order its next op while this one syncs.
-    pub fn stage_logged(
+    pub fn stage_logged<'a>(
         &self,
         key: &ObjectKey,
         entry: &LogEntry,
-        data: &[u8],
+        body: impl Into<Body<'a>>,
     ) -> Result<Staged<Option<ObjectStat>>, StoreError> {
-        self.stage_each([logged_change(key, entry, data)])
+        self.stage_each([logged_change(key, entry, body.into())])
             .pop()
             .expect("one result per change")
     }
 
     /// [`ObjectStore::stage_logged`] if the store is free at once; `None`
     /// if another caller holds it.
-    pub fn try_stage_logged(
+    pub fn try_stage_logged<'a>(
         &self,
         key: &ObjectKey,
         entry: &LogEntry,
-        data: &[u8],
+        body: impl Into<Body<'a>>,
     ) -> Option<Result<Staged<Option<ObjectStat>>, StoreError>> {
-        self.try_stage_each([logged_change(key, entry, data)])
+        self.try_stage_each([logged_change(key, entry, body.into())])
             .map(|mut staged| staged.pop().expect("one result per change"))
     }
 
@@ -889,7 +890,7 @@ impl ObjectStore {
                 ));
             }
             // A known-good copy: it also replaces damaged stored chunks.
-            write_in(conn, content, key, 0, data, true)?;
+            write_in(conn, content, key, 0, data.into(), true)?;
             truncate_in(conn, content, key, state.size)?;
             for (name, value) in &state.attrs {
                 set_attr_in(conn, key, name, value)?;
@@ -1035,24 +1036,76 @@ impl ObjectStore {
 }
 
 /// A replicated entry to apply: its object, the entry, and its bytes.
-pub type ReplicaItem<'a> = (ObjectKey, &'a LogEntry, &'a [u8]);
+pub type ReplicaItem<'a> = (ObjectKey, &'a LogEntry, Body<'a>);
+
+/// A logged write's bytes, with the hash trees of the chunks the store
+/// cuts them into when the PG's primary computed those already
+/// ([`write_trees`]), so its replicas store the bytes without hashing
+/// them again. Without trees the store hashes the bytes itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Body<'a> {
+    pub bytes: &'a [u8],
+    pub trees: &'a [u8],
+}
+
+impl<'a> From<&'a [u8]> for Body<'a> {
+    fn from(bytes: &'a [u8]) -> Body<'a> {
+        Body { bytes, trees: &[] }
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for Body<'a> {
+    fn from(bytes: &'a Vec<u8>) -> Body<'a> {
+        Body::from(&bytes[..])
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for Body<'a> {
+    fn from(bytes: &'a [u8; N]) -> Body<'a> {
+        Body::from(&bytes[..])
+    }
+}
+
+/// The hash trees of the chunks the store cuts the bytes of a logged
+/// `op` into, one after another in the order it stores them: what a
+/// primary hashes once for itself and its replicas. Empty for a small
+/// write (its chunks stay inline, with no trees), for an op that carries
+/// no bytes, and for a malformed one (the store refuses that anyway).
+pub fn write_trees(op: &ObjectOp, body: &[u8]) -> Vec<u8> {
+    if body.len() <= content::SMALL_WRITE_MAX {
+        return Vec::new();
+    }
+    let writes = match op {
+        ObjectOp::Write { offset } => vec![(*offset, body)],
+        ObjectOp::WriteExtents { extents } => match split_pieces(extents, body) {
+            Ok(pieces) => pieces,
+            Err(_) => return Vec::new(),
+        },
+        _ => return Vec::new(),
+    };
+    writes
+        .iter()
+        .flat_map(|(_, data)| data.chunks(MAX_CHUNK))
+        .flat_map(tree::build)
+        .collect()
+}
 
 /// A primary's change: `entry` appended to its PG's log and applied.
 fn logged_change<'a>(
     key: &'a ObjectKey,
     entry: &'a LogEntry,
-    data: &'a [u8],
+    body: Body<'a>,
 ) -> impl FnOnce(&Connection, &mut ContentStore) -> Result<Option<ObjectStat>, StoreError> + 'a {
     move |conn, content| {
         let last = pglog::last(conn, key.pg)?;
-        apply_entry_in(conn, content, key, last, entry, data)
+        apply_entry_in(conn, content, key, last, entry, body)
     }
 }
 
 fn replicated_change<'a>(
-    (key, entry, data): &'a ReplicaItem<'a>,
+    (key, entry, body): &'a ReplicaItem<'a>,
 ) -> impl FnOnce(&Connection, &mut ContentStore) -> Result<bool, StoreError> + 'a {
-    move |conn, content| replicated_in(conn, content, key, entry, data)
+    move |conn, content| replicated_in(conn, content, key, entry, *body)
 }
 
 /// A replica's apply of `entry`, unless its PG log already reaches it (a
@@ -1064,11 +1117,11 @@ fn replicated_in(
     content: &mut ContentStore,
     key: &ObjectKey,
     entry: &LogEntry,
-    data: &[u8],
+    body: Body,
 ) -> Result<bool, StoreError> {
     let last = pglog::last(conn, key.pg)?;
     if entry.at.version > last.version {
-        apply_entry_in(conn, content, key, last, entry, data)?;
+        apply_entry_in(conn, content, key, last, entry, body)?;
         return Ok(true);
     }
     match pglog::entry_at(conn, key.pg, entry.at.version)? {
@@ -1085,10 +1138,17 @@ fn write_in(
     content: &mut ContentStore,
     key: &ObjectKey,
     offset: u64,
-    data: &[u8],
+    body: Body,
     verify_existing: bool,
 ) -> Result<ObjectStat, StoreError> {
-    write_all_in(conn, content, key, &[(offset, data)], verify_existing)
+    write_all_in(
+        conn,
+        content,
+        key,
+        &[(offset, body.bytes)],
+        body.trees,
+        verify_existing,
+    )
 }
 
 /// Writes `data` as consecutive pieces at the `(offset, len)` of each.
@@ -1097,8 +1157,17 @@ fn write_pieces_in(
     content: &mut ContentStore,
     key: &ObjectKey,
     extents: &[(u64, u64)],
-    data: &[u8],
+    body: Body,
 ) -> Result<ObjectStat, StoreError> {
+    let pieces = split_pieces(extents, body.bytes)?;
+    write_all_in(conn, content, key, &pieces, body.trees, false)
+}
+
+/// `data` cut into consecutive pieces, at the `(offset, len)` of each.
+fn split_pieces<'a>(
+    extents: &[(u64, u64)],
+    data: &'a [u8],
+) -> Result<Vec<(u64, &'a [u8])>, StoreError> {
     let mut pieces = Vec::with_capacity(extents.len());
     let mut rest = data;
     for &(offset, len) in extents {
@@ -1115,7 +1184,7 @@ fn write_pieces_in(
             "the pieces do not add up to the body".into(),
         ));
     }
-    write_all_in(conn, content, key, &pieces, false)
+    Ok(pieces)
 }
 
 /// Writes each `(offset, bytes)` in order (a later one over an earlier
@@ -1125,6 +1194,7 @@ fn write_all_in(
     content: &mut ContentStore,
     key: &ObjectKey,
     writes: &[(u64, &[u8])],
+    trees: &[u8],
     verify_existing: bool,
 ) -> Result<ObjectStat, StoreError> {
     check_key(key)?;
@@ -1136,10 +1206,12 @@ fn write_all_in(
     let (object, size) = ObjectStore::object_or_create(conn, key)?;
     let total: usize = writes.iter().map(|(_, data)| data.len()).sum();
     let small_write = total <= content::SMALL_WRITE_MAX;
+    let mut known_trees = KnownTrees::new(trees, writes, small_write)?;
     let mut pieces = Vec::new();
     for (offset, data) in writes {
         for (index, piece) in data.chunks(MAX_CHUNK).enumerate() {
-            let chunk = content.put(conn, piece, verify_existing, small_write)?;
+            let tree = known_trees.next(piece.len());
+            let chunk = content.put(conn, piece, verify_existing, small_write, tree)?;
             pieces.push(Extent {
                 offset: offset + (index * MAX_CHUNK) as u64,
                 len: piece.len() as u64,
@@ -1158,6 +1230,43 @@ fn write_all_in(
         change
     })?;
     ObjectStore::touch(conn, object, size.max(end))
+}
+
+/// The trees a primary sent with a write, handed out chunk by chunk.
+struct KnownTrees<'a>(Option<&'a [u8]>);
+
+impl<'a> KnownTrees<'a> {
+    /// Checks that `trees` (if any) are as long as the trees of the
+    /// chunks of `writes` together.
+    fn new(
+        trees: &'a [u8],
+        writes: &[(u64, &[u8])],
+        small_write: bool,
+    ) -> Result<KnownTrees<'a>, StoreError> {
+        if trees.is_empty() {
+            return Ok(KnownTrees(None));
+        }
+        let expected: usize = writes
+            .iter()
+            .flat_map(|(_, data)| data.chunks(MAX_CHUNK))
+            .map(|piece| tree::tree_len(piece.len()))
+            .sum();
+        if small_write || trees.len() != expected {
+            return Err(StoreError::Invalid(format!(
+                "{} bytes of hash trees for a write whose chunks have {expected}",
+                trees.len()
+            )));
+        }
+        Ok(KnownTrees(Some(trees)))
+    }
+
+    /// The tree of the next chunk, `len` bytes long.
+    fn next(&mut self, len: usize) -> Option<&'a [u8]> {
+        let trees = self.0?;
+        let (tree, rest) = trees.split_at(tree::tree_len(len));
+        self.0 = Some(rest);
+        Some(tree)
+    }
 }
 
 fn truncate_in(
@@ -1249,13 +1358,13 @@ fn apply_entry_in(
     key: &ObjectKey,
     last: LogVersion,
     entry: &LogEntry,
-    data: &[u8],
+    body: Body,
 ) -> Result<Option<ObjectStat>, StoreError> {
     pglog::check_next(key.pg, last, entry.at)?;
     let stat = match &entry.op {
-        ObjectOp::Write { offset } => Some(write_in(conn, content, key, *offset, data, false)?),
+        ObjectOp::Write { offset } => Some(write_in(conn, content, key, *offset, body, false)?),
         ObjectOp::WriteExtents { extents } => {
-            Some(write_pieces_in(conn, content, key, extents, data)?)
+            Some(write_pieces_in(conn, content, key, extents, body)?)
         }
         ObjectOp::Truncate { size } => Some(truncate_in(conn, content, key, *size)?),
         ObjectOp::Zero { offset, len } => Some(zero_in(conn, content, key, *offset, *len)?),

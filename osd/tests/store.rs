@@ -522,7 +522,7 @@ fn a_replica_takes_only_the_next_entry_of_a_pg_and_skips_a_resend() {
     };
     let apply = |version, offset, data: &[u8]| {
         store
-            .apply_replicated_each(&[(k.clone(), &entry(version, offset), data)])
+            .apply_replicated_each(&[(k.clone(), &entry(version, offset), data.into())])
             .pop()
             .unwrap()
     };
@@ -720,4 +720,80 @@ async fn async_and_blocking_waiters_resume_once_durable_and_every_change_survive
         assert_eq!(store.read(&k, 0, 8192).unwrap(), pattern(seed as u8, 4096));
         assert_eq!(store.pg_last(k.pg).unwrap().version, 1);
     }
+}
+
+#[test]
+fn a_replica_stores_a_large_write_under_the_primarys_hash_trees() {
+    use aspen_osd::store::{Body, write_trees};
+    use aspen_proto::osd::{LogEntry, LogVersion, ObjectOp};
+    let entry = |name: &str, version| LogEntry {
+        at: LogVersion { epoch: 1, version },
+        object: name.as_bytes().to_vec(),
+        op: ObjectOp::Write { offset: 4096 },
+    };
+    let replicate = |store: &ObjectStore, name: &str, version, body: Body| {
+        store
+            .apply_replicated_each(&[(key(name), &entry(name, version), body)])
+            .pop()
+            .unwrap()
+    };
+    let body = pattern(21, 300_000);
+    let trees = write_trees(&entry("x", 1).op, &body);
+    assert_eq!(
+        trees.len(),
+        4 * 8 * 32 + 5 * 32,
+        "four full chunks, one of 37,856 bytes"
+    );
+    assert!(
+        write_trees(&entry("x", 1).op, &body[..65_536]).is_empty(),
+        "a small write has none"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let hashed_here = ObjectStore::open(&dir.path().join("a")).unwrap();
+    let given = ObjectStore::open(&dir.path().join("b")).unwrap();
+    replicate(&hashed_here, "o", 1, Body::from(&body)).unwrap();
+    let with_trees = Body {
+        bytes: &body,
+        trees: &trees,
+    };
+    replicate(&given, "o", 1, with_trees).unwrap();
+    for store in [&hashed_here, &given] {
+        assert_eq!(store.read(&key("o"), 4096, 300_000).unwrap(), body);
+    }
+    assert_eq!(
+        hashed_here.used_bytes().unwrap(),
+        given.used_bytes().unwrap()
+    );
+
+    let short = Body {
+        bytes: &body,
+        trees: &trees[32..],
+    };
+    assert!(
+        matches!(
+            replicate(&given, "short", 2, short),
+            Err(StoreError::Invalid(_))
+        ),
+        "trees of the wrong length are refused"
+    );
+    assert!(matches!(
+        given.read(&key("short"), 0, 10),
+        Err(StoreError::NotFound)
+    ));
+
+    // Trees are taken as given, not recomputed: under those of other
+    // bytes (on a store without the right chunks) the bytes are stored,
+    // and the read refuses them rather than return them.
+    let fresh = ObjectStore::open(&dir.path().join("c")).unwrap();
+    let other = pattern(22, 300_000);
+    let wrong = Body {
+        bytes: &other,
+        trees: &trees,
+    };
+    replicate(&fresh, "wrong", 1, wrong).unwrap();
+    assert!(matches!(
+        fresh.read(&key("wrong"), 4096, 4096),
+        Err(StoreError::Corrupt(_))
+    ));
 }

@@ -177,6 +177,11 @@ pub struct ReplicaEntry {
     pub epoch: u64,
     pub entry: LogEntry,
     pub body_len: u64,
+    /// The BLAKE3 hash trees of the chunks the write's bytes are stored
+    /// as, which the primary computed (the OSD store's `write_trees`), so
+    /// a replica does not hash the bytes again; empty when the replica is
+    /// to hash them itself. The store checks their length.
+    pub trees: Vec<u8>,
 }
 
 impl ReplicaEntry {
@@ -503,6 +508,7 @@ mod tests {
                 op: ObjectOp::Write { offset: 0 },
             },
             body_len,
+            trees: Vec::new(),
         };
         assert!(ReplicaEntry::check_batch(&[entry(3), entry(4)], 7).is_ok());
         assert!(ReplicaEntry::check_batch(&[], 0).is_err(), "empty");

@@ -61,8 +61,9 @@ pub(super) struct Replicators {
 }
 
 impl Replicators {
-    /// Sends `entry` of `pg` (with its write's `body`) to replica `osd`
-    /// through `client`; the answer comes once the replica has it durable.
+    /// Sends `entry` of `pg` (with its write's `body` and the `trees` of its
+    /// chunks) to replica `osd` through `client`; the answer comes once the
+    /// replica has it durable.
     pub(super) fn send(
         &self,
         osd: OsdId,
@@ -70,6 +71,7 @@ impl Replicators {
         pg: PgId,
         entry: LogEntry,
         body: Bytes,
+        trees: Vec<u8>,
     ) -> Replicated {
         let (done, answer) = oneshot::channel();
         let pending = Pending {
@@ -79,6 +81,7 @@ impl Replicators {
                 epoch: entry.at.epoch,
                 entry,
                 body_len: body.len() as u64,
+                trees,
             },
             body,
             done,

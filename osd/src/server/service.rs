@@ -20,7 +20,7 @@ use aspen_proto::transport::{Bytes, EndpointId, FrameError, RpcClient, Service, 
 use tokio::sync::watch;
 
 use crate::links::Links;
-use crate::store::{ObjectKey, ObjectStat, ObjectStore, ReplicaItem, StoreError};
+use crate::store::{self, Body, ObjectKey, ObjectStat, ObjectStore, ReplicaItem, StoreError};
 
 use super::gate::{InFlight, Ordered, PgGates, Quiet};
 use super::replicator::{BATCHED_BODY_MAX, Replicators};
@@ -434,6 +434,19 @@ impl OsdService {
                 pool.min_size
             )));
         }
+        // Hashed once, here, for this store and the replicas alike; before
+        // the turn, which orders nothing by it.
+        let (body, trees) = match body.len() > crate::content::SMALL_WRITE_MAX {
+            true => {
+                let op = op.clone();
+                blocking(move || {
+                    let trees = store::write_trees(&op, &body);
+                    Ok((body, trees))
+                })
+                .await?
+            }
+            false => (body, Vec::new()),
+        };
         let turn = if body.len() <= BATCHED_BODY_MAX {
             Turn::Ordered(self.gates.ordered(pg).await)
         } else {
@@ -467,9 +480,14 @@ impl OsdService {
         let replicas: Vec<_> = links
             .into_iter()
             .map(|(osd, client)| {
-                let sent = self
-                    .replicators
-                    .send(osd, client, pg, entry.clone(), body.clone());
+                let sent = self.replicators.send(
+                    osd,
+                    client,
+                    pg,
+                    entry.clone(),
+                    body.clone(),
+                    trees.clone(),
+                );
                 (osd, sent)
             })
             .collect();
@@ -483,13 +501,22 @@ impl OsdService {
         let in_task = in_task_bytes(&entry.op, body.len()).is_some_and(|n| n <= STAGE_IN_TASK_MAX);
         let staged = match unwound_now(|| {
             in_task
-                .then(|| self.store.try_stage_logged(&key, &entry, &body))
+                .then(|| self.store.try_stage_logged(&key, &entry, &body[..]))
                 .flatten()
         }) {
             Some(staged) => staged.map_err(OsdError::from),
             None => {
                 let (store, entry) = (self.store.clone(), entry.clone());
-                blocking(move || unwound(|| store.stage_logged(&key, &entry, &body))).await
+                blocking(move || {
+                    unwound(|| {
+                        let body = Body {
+                            bytes: &body,
+                            trees: &trees,
+                        };
+                        store.stage_logged(&key, &entry, body)
+                    })
+                })
+                .await
             }
         };
         let (local, turn) = match staged {
@@ -699,7 +726,11 @@ fn accepted_items<'a>(
                 pg: replica.pg,
                 name: replica.entry.object.clone(),
             };
-            items.push((key, &replica.entry, bytes));
+            let body = Body {
+                bytes,
+                trees: &replica.trees,
+            };
+            items.push((key, &replica.entry, body));
         }
     }
     items
