@@ -397,7 +397,7 @@ impl ContentStore {
     /// [`SMALL_WRITE_MAX`] bytes and goes inline.
     ///
     /// `known_tree` is the chunk's hash tree as its PG's primary computed
-    /// it ([`tree::build`], checked for length by the caller): taken as
+    /// it ([`tree::build`]; one of the wrong length is refused): taken as
     /// is, so a replica does not hash the bytes again. Its reads still
     /// verify the bytes against it, and scrub compares the copies.
     pub fn put(

@@ -701,7 +701,7 @@ impl ObjectStore {
         offset: u64,
         data: &[u8],
     ) -> Result<ObjectStat, StoreError> {
-        self.mutate(|conn, content| write_in(conn, content, key, offset, data.into(), false))
+        self.mutate(|conn, content| write_in(conn, content, key, offset, data, false))
     }
 
     /// Sets the size, dropping data beyond it (creating the object if needed).
@@ -890,7 +890,7 @@ impl ObjectStore {
                 ));
             }
             // A known-good copy: it also replaces damaged stored chunks.
-            write_in(conn, content, key, 0, data.into(), true)?;
+            write_in(conn, content, key, 0, data, true)?;
             truncate_in(conn, content, key, state.size)?;
             for (name, value) in &state.attrs {
                 set_attr_in(conn, key, name, value)?;
@@ -1075,19 +1075,10 @@ pub fn write_trees(op: &ObjectOp, body: &[u8]) -> Vec<u8> {
     if body.len() <= content::SMALL_WRITE_MAX {
         return Vec::new();
     }
-    let writes = match op {
-        ObjectOp::Write { offset } => vec![(*offset, body)],
-        ObjectOp::WriteExtents { extents } => match split_pieces(extents, body) {
-            Ok(pieces) => pieces,
-            Err(_) => return Vec::new(),
-        },
-        _ => return Vec::new(),
-    };
-    writes
-        .iter()
-        .flat_map(|(_, data)| data.chunks(MAX_CHUNK))
-        .flat_map(tree::build)
-        .collect()
+    match writes_of(op, body) {
+        Some(Ok(writes)) => chunks_of(&writes).flat_map(tree::build).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// A primary's change: `entry` appended to its PG's log and applied.
@@ -1138,36 +1129,32 @@ fn write_in(
     content: &mut ContentStore,
     key: &ObjectKey,
     offset: u64,
-    body: Body,
+    data: &[u8],
     verify_existing: bool,
 ) -> Result<ObjectStat, StoreError> {
-    write_all_in(
-        conn,
-        content,
-        key,
-        &[(offset, body.bytes)],
-        body.trees,
-        verify_existing,
-    )
+    write_all_in(conn, content, key, &[(offset, data)], &[], verify_existing)
 }
 
-/// Writes `data` as consecutive pieces at the `(offset, len)` of each.
-fn write_pieces_in(
-    conn: &Connection,
-    content: &mut ContentStore,
-    key: &ObjectKey,
-    extents: &[(u64, u64)],
-    body: Body,
-) -> Result<ObjectStat, StoreError> {
-    let pieces = split_pieces(extents, body.bytes)?;
-    write_all_in(conn, content, key, &pieces, body.trees, false)
+/// Writes in order, each the `(offset, bytes)` of one.
+type Writes<'a> = Vec<(u64, &'a [u8])>;
+
+/// The writes a logged write `op` applies, each `(offset, bytes)` of
+/// `body`, in order; `None` for an op that writes no bytes.
+fn writes_of<'a>(op: &ObjectOp, body: &'a [u8]) -> Option<Result<Writes<'a>, StoreError>> {
+    match op {
+        ObjectOp::Write { offset } => Some(Ok(vec![(*offset, body)])),
+        ObjectOp::WriteExtents { extents } => Some(split_pieces(extents, body)),
+        _ => None,
+    }
+}
+
+/// The chunks the store cuts `writes` into, in the order it stores them.
+fn chunks_of<'a>(writes: &'a [(u64, &'a [u8])]) -> impl Iterator<Item = &'a [u8]> {
+    writes.iter().flat_map(|(_, data)| data.chunks(MAX_CHUNK))
 }
 
 /// `data` cut into consecutive pieces, at the `(offset, len)` of each.
-fn split_pieces<'a>(
-    extents: &[(u64, u64)],
-    data: &'a [u8],
-) -> Result<Vec<(u64, &'a [u8])>, StoreError> {
+fn split_pieces<'a>(extents: &[(u64, u64)], data: &'a [u8]) -> Result<Writes<'a>, StoreError> {
     let mut pieces = Vec::with_capacity(extents.len());
     let mut rest = data;
     for &(offset, len) in extents {
@@ -1246,10 +1233,8 @@ impl<'a> KnownTrees<'a> {
         if trees.is_empty() {
             return Ok(KnownTrees(None));
         }
-        let expected: usize = writes
-            .iter()
-            .flat_map(|(_, data)| data.chunks(MAX_CHUNK))
-            .map(|piece| tree::tree_len(piece.len()))
+        let expected: usize = chunks_of(writes)
+            .map(|chunk| tree::tree_len(chunk.len()))
             .sum();
         if small_write || trees.len() != expected {
             return Err(StoreError::Invalid(format!(
@@ -1361,19 +1346,18 @@ fn apply_entry_in(
     body: Body,
 ) -> Result<Option<ObjectStat>, StoreError> {
     pglog::check_next(key.pg, last, entry.at)?;
-    let stat = match &entry.op {
-        ObjectOp::Write { offset } => Some(write_in(conn, content, key, *offset, body, false)?),
-        ObjectOp::WriteExtents { extents } => {
-            Some(write_pieces_in(conn, content, key, extents, body)?)
-        }
-        ObjectOp::Truncate { size } => Some(truncate_in(conn, content, key, *size)?),
-        ObjectOp::Zero { offset, len } => Some(zero_in(conn, content, key, *offset, *len)?),
-        ObjectOp::Delete => {
+    let stat = match (&entry.op, writes_of(&entry.op, body.bytes)) {
+        (_, Some(writes)) => Some(write_all_in(
+            conn, content, key, &writes?, body.trees, false,
+        )?),
+        (ObjectOp::Truncate { size }, _) => Some(truncate_in(conn, content, key, *size)?),
+        (ObjectOp::Zero { offset, len }, _) => Some(zero_in(conn, content, key, *offset, *len)?),
+        (ObjectOp::Delete, _) => {
             delete_in(conn, content, key)?;
             None
         }
-        ObjectOp::SetAttr { name, value } => Some(set_attr_in(conn, key, name, value)?),
-        other => return Err(StoreError::Invalid(format!("{other:?} is not a mutation"))),
+        (ObjectOp::SetAttr { name, value }, _) => Some(set_attr_in(conn, key, name, value)?),
+        (other, _) => return Err(StoreError::Invalid(format!("{other:?} is not a mutation"))),
     };
     pglog::append(conn, key.pg, entry)?;
     if stat.is_some() {
