@@ -51,13 +51,13 @@ pub const CHECKPOINT_EVERY_LOG_BYTES: u64 = 64 << 20;
 
 /// The database's page cache, in KiB. SQLite's default of 2 MiB makes
 /// extent and chunk lookups read pages from the kernel again and again; a
-/// larger cache costs every commit that split or merged a b-tree page:
-/// the split renumbers pages through the locking page's number (page
-/// 262,145 at 4 KiB pages), and the commit then drops the cache's pages
-/// past the end of the database by walking its whole hash table, one
-/// slot per cached page. At 32 MiB that walk was 5% of the CPU of 4 KiB
-/// O_DIRECT writes through the mount; at 8 MiB they ran 6% faster, other
-/// workloads level (bench/RESULTS.md, 2026-12-04).
+/// larger cache costs every commit that rebalanced a b-tree: the balance
+/// puts its pages in order by swapping their numbers through the locking
+/// page's (page 262,145 at 4 KiB pages), and the commit then drops the
+/// cache's pages past the end of the database by walking its whole hash
+/// table, one slot per cached page. At 32 MiB that walk was 5% of the CPU
+/// of 4 KiB O_DIRECT writes through the mount; at 8 MiB they ran 3-7%
+/// faster, other workloads level (bench/RESULTS.md, 2026-12-04).
 pub const CACHE_KIB: i64 = 8 << 10;
 
 /// What one step of garbage collection did.
