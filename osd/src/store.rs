@@ -1079,13 +1079,19 @@ impl<'a, const N: usize> From<&'a [u8; N]> for Body<'a> {
 /// write (its chunks stay inline, with no trees), for an op that carries
 /// no bytes, and for a malformed one (the store refuses that anyway).
 pub fn write_trees(op: &ObjectOp, body: &[u8]) -> Vec<u8> {
-    if body.len() <= content::SMALL_WRITE_MAX {
+    if !has_trees(body.len()) {
         return Vec::new();
     }
     match writes_of(op, body) {
         Some(Ok(writes)) => chunks_of(&writes).flat_map(tree::build).collect(),
         _ => Vec::new(),
     }
+}
+
+/// Whether a write of `len` bytes is stored as chunks with hash trees
+/// (a small write's chunks go inline, without).
+pub fn has_trees(len: usize) -> bool {
+    len > content::SMALL_WRITE_MAX
 }
 
 /// A primary's change: `entry` appended to its PG's log and applied.
@@ -1199,7 +1205,7 @@ fn write_all_in(
     }
     let (object, size) = ObjectStore::object_or_create(conn, key)?;
     let total: usize = writes.iter().map(|(_, data)| data.len()).sum();
-    let small_write = total <= content::SMALL_WRITE_MAX;
+    let small_write = !has_trees(total);
     let mut known_trees = KnownTrees::new(trees, writes, small_write)?;
     let mut pieces = Vec::new();
     for (offset, data) in writes {

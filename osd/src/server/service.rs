@@ -436,16 +436,15 @@ impl OsdService {
         }
         // Hashed once, here, for this store and the replicas alike; before
         // the turn, which orders nothing by it.
-        let (body, trees) = match body.len() > crate::content::SMALL_WRITE_MAX {
-            true => {
-                let op = op.clone();
-                blocking(move || {
-                    let trees = store::write_trees(&op, &body);
-                    Ok((body, trees))
-                })
-                .await?
-            }
-            false => (body, Vec::new()),
+        let (body, trees) = if store::has_trees(body.len()) {
+            let op = op.clone();
+            blocking(move || {
+                let trees = store::write_trees(&op, &body);
+                Ok((body, trees))
+            })
+            .await?
+        } else {
+            (body, Vec::new())
         };
         let turn = if body.len() <= BATCHED_BODY_MAX {
             Turn::Ordered(self.gates.ordered(pg).await)
