@@ -13,6 +13,7 @@ use aspen_osd::bench::pattern as payload;
 use aspen_osd::client::ObjectClient;
 use aspen_placement::{OsdId, PoolId};
 use aspen_proto::cluster::ClusterConfig;
+use aspen_proto::transport::Bytes;
 use common::{Daemons, aspen, create_data_pool, eventually, ok, start_mds, start_osds, status};
 
 async fn object_client(config: &str) -> ObjectClient {
@@ -41,7 +42,10 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
             let len = [1usize << 10, 70 << 10, 1 << 20][n as usize % 3];
             let offset = (n % 4) * 4096;
             let data = payload(n, len);
-            let info = client.write(pool, &name, offset, &data).await.unwrap();
+            let info = client
+                .write(pool, &name, offset, Bytes::copy_from_slice(&data))
+                .await
+                .unwrap();
             assert_eq!(info.size, offset + len as u64);
             written.push((name, offset, data));
         }
@@ -100,7 +104,7 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
         let pieces = [(0u64, 4096u64), (8192, 100), (1 << 20, 70_000), (0, 10)];
         let body = payload(77, pieces.iter().map(|(_, len)| *len as usize).sum());
         let info = client
-            .write_extents(pool, &name, pieces.to_vec(), &body)
+            .write_extents(pool, &name, pieces.to_vec(), Bytes::copy_from_slice(&body))
             .await
             .unwrap();
         assert_eq!(info.size, (1 << 20) + 70_000);
@@ -121,7 +125,7 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
         refusals_keep_the_pg_serving(config).await;
         // Pieces that do not add up to the body are refused.
         let refused = client
-            .write_extents(pool, &name, vec![(0, 5)], b"four")
+            .write_extents(pool, &name, vec![(0, 5)], Bytes::from_static(b"four"))
             .await;
         assert!(
             matches!(
@@ -145,7 +149,10 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
         for n in 100..130u64 {
             let name = format!("{n:x}.00000000").into_bytes();
             let data = payload(n, 20 << 10);
-            client.write(PoolId(1), &name, 0, &data).await.unwrap();
+            client
+                .write(PoolId(1), &name, 0, Bytes::copy_from_slice(&data))
+                .await
+                .unwrap();
             late.push((name, data));
         }
         late
@@ -220,7 +227,10 @@ fn three_osds_replicate_objects_of_a_size_3_pool() {
         let pool = PoolId(1);
         let name = b"scrub.00000000".to_vec();
         let data = payload(999, 100 << 10);
-        client.write(pool, &name, 0, &data).await.unwrap();
+        client
+            .write(pool, &name, 0, Bytes::copy_from_slice(&data))
+            .await
+            .unwrap();
         let map = client.map().await;
         let pg = map.osdmap.object_pg(pool, &name).unwrap();
         let mapping = map.osdmap.pg_mapping(pg).unwrap();
@@ -287,7 +297,10 @@ async fn hot_object_writes_overlap_in_log_order(config: &str) {
         let (client, name) = (client.clone(), name.clone());
         let (offset, data) = write_of(n);
         running.spawn(async move {
-            let info = client.write(pool, &name, offset, &data).await.unwrap();
+            let info = client
+                .write(pool, &name, offset, Bytes::copy_from_slice(&data))
+                .await
+                .unwrap();
             (info.version, n)
         });
     }
@@ -337,11 +350,17 @@ async fn refusals_keep_the_pg_serving(config: &str) {
     for (n, name) in names.iter().enumerate() {
         assert!(not_found(client.delete(pool, name).await), "never written");
         let data = payload(2000 + n as u64, 4096);
-        client.write(pool, name, 0, &data).await.unwrap();
+        client
+            .write(pool, name, 0, Bytes::copy_from_slice(&data))
+            .await
+            .unwrap();
         assert_eq!(client.read(pool, name, 0, 4096).await.unwrap(), data);
         client.delete(pool, name).await.unwrap();
         assert!(not_found(client.delete(pool, name).await), "already gone");
-        client.write(pool, name, 0, &data).await.unwrap();
+        client
+            .write(pool, name, 0, Bytes::copy_from_slice(&data))
+            .await
+            .unwrap();
     }
     assert_eq!(
         client.retries(),

@@ -20,6 +20,7 @@ use aspen_osd::client::{ClientError, ObjectClient};
 use aspen_placement::{OsdId, PgId, PoolId};
 use aspen_proto::cluster::ClusterConfig;
 use aspen_proto::osd::OsdError;
+use aspen_proto::transport::Bytes;
 use common::{Daemons, aspen, create_data_pool, eventually, ok, start_mds, status};
 
 const POOL: PoolId = PoolId(1);
@@ -163,7 +164,12 @@ fn osd_failures_recovery_and_backfill() {
                     for n in range.filter(|n| n % WRITERS == writer) {
                         let write = write_of(n);
                         client
-                            .write(POOL, &name(write.0), write.1, &write.2)
+                            .write(
+                                POOL,
+                                &name(write.0),
+                                write.1,
+                                Bytes::copy_from_slice(&write.2),
+                            )
                             .await
                             .unwrap();
                         acked.push(write);
@@ -251,7 +257,9 @@ fn osd_failures_recovery_and_backfill() {
         // Bad requests: error replies, and the OSDs keep serving.
         let long_name = vec![b'x'; 4096];
         assert!(matches!(
-            client.write(POOL, &long_name, 0, b"x").await,
+            client
+                .write(POOL, &long_name, 0, Bytes::from_static(b"x"))
+                .await,
             Err(ClientError::Osd(OsdError::Invalid(_)))
         ));
         assert!(matches!(
@@ -259,7 +267,9 @@ fn osd_failures_recovery_and_backfill() {
             Err(ClientError::Osd(OsdError::Invalid(_)))
         ));
         assert!(matches!(
-            client.write(POOL, &name(1), u64::MAX - 1, b"xy").await,
+            client
+                .write(POOL, &name(1), u64::MAX - 1, Bytes::from_static(b"xy"))
+                .await,
             Err(ClientError::Osd(OsdError::Invalid(_)))
         ));
         check_all(&client, &model).await;
@@ -277,7 +287,12 @@ fn a_pg_whose_holders_are_all_gone_is_incomplete_until_one_returns() {
         for n in 0..200 {
             let write = write_of(n);
             client
-                .write(POOL, &name(write.0), write.1, &write.2)
+                .write(
+                    POOL,
+                    &name(write.0),
+                    write.1,
+                    Bytes::copy_from_slice(&write.2),
+                )
                 .await
                 .unwrap();
             apply(&mut model, &write);

@@ -11,8 +11,9 @@ use aspen_proto::ids::{ObjectId, ObjectNo};
 use aspen_proto::layout::{FileLayout, MAX_FILE_SIZE, ObjectExtent};
 use aspen_proto::osd::{MAX_WRITE_EXTENTS, OsdError};
 use aspen_proto::{Errno, InodeId};
+use bytes::Bytes;
 
-use crate::writeback::DirtyExtents;
+use crate::writeback::SendingExtents;
 use nix::libc::{SEEK_DATA, SEEK_HOLE};
 /// How many objects a SEEK_DATA or SEEK_HOLE looks at before it answers
 /// conservatively (data where it stopped, or a hole at the end of file).
@@ -39,7 +40,7 @@ struct Batch {
 
 /// `extents` cut at object boundaries and grouped per object, in writes of
 /// at most [`MAX_WRITE_EXTENTS`] pieces and [`MAX_WRITE_BATCH`] bytes.
-fn batch_by_object(file: &FileObjects, extents: &DirtyExtents) -> Result<Vec<Batch>, Errno> {
+fn batch_by_object(file: &FileObjects, extents: &SendingExtents) -> Result<Vec<Batch>, Errno> {
     let mut open: std::collections::BTreeMap<u64, Batch> = Default::default();
     let mut done = Vec::new();
     for (offset, bytes) in extents.iter() {
@@ -182,32 +183,26 @@ impl FileData {
     /// Writes `data` at `offset`; returns once every object holds it durably.
     pub async fn write(&self, file: FileObjects, offset: u64, data: &[u8]) -> Result<(), Errno> {
         let extents = file.extents(offset, data.len() as u64)?;
-        if let [extent] = extents.as_slice() {
-            let name = file.name(extent.objno.0);
-            return self
-                .objects
-                .write(file.layout.pool(), &name, extent.offset, data)
-                .await
-                .map(drop)
-                .map_err(errno);
-        }
+        // One copy, which every object's write slices.
+        let data = Bytes::copy_from_slice(data);
         let pool = file.layout.pool();
         let writes = extents.into_iter().map(|extent| {
             let start = (extent.file_offset - offset) as usize;
-            let piece = data[start..start + extent.len as usize].to_vec();
+            let piece = data.slice(start..start + extent.len as usize);
             let (objects, name) = (self.objects.clone(), file.name(extent.objno.0));
-            async move { objects.write(pool, &name, extent.offset, &piece).await }
+            async move { objects.write(pool, &name, extent.offset, piece).await }
         });
         run_bounded(writes, |_| Ok(())).await.map_err(errno)
     }
 
     /// Writes every extent of `extents`, all objects at once (bounded),
     /// the pieces of one object together in vectored writes; returns once
-    /// every one is durable.
+    /// every one is durable. A batch of one piece sends a slice of its
+    /// extent, not a copy.
     pub async fn write_extents(
         &self,
         file: FileObjects,
-        extents: Arc<DirtyExtents>,
+        extents: Arc<SendingExtents>,
     ) -> Result<(), Errno> {
         let pool = file.layout.pool();
         let writes = batch_by_object(&file, &extents)?.into_iter().map(|batch| {
@@ -218,7 +213,7 @@ impl FileData {
                     let bytes = extents
                         .get(piece.source)
                         .expect("listed from these extents");
-                    &bytes[piece.start..piece.start + piece.len as usize]
+                    bytes.slice(piece.start..piece.start + piece.len as usize)
                 };
                 if let [piece] = &batch.pieces[..] {
                     return objects.write(pool, &name, piece.at, bytes_of(piece)).await;
@@ -226,10 +221,10 @@ impl FileData {
                 let mut body = Vec::with_capacity(batch.bytes as usize);
                 let mut list = Vec::with_capacity(batch.pieces.len());
                 for piece in &batch.pieces {
-                    body.extend_from_slice(bytes_of(piece));
+                    body.extend_from_slice(&bytes_of(piece));
                     list.push((piece.at, piece.len));
                 }
-                objects.write_extents(pool, &name, list, &body).await
+                objects.write_extents(pool, &name, list, body.into()).await
             }
         });
         run_bounded(writes, |_| Ok(())).await.map_err(errno)

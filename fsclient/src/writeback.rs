@@ -4,9 +4,15 @@
 //! an extent grows it in place (sequential writes do not copy what is
 //! already buffered). Reads lay these bytes over what the OSDs return.
 //!
+//! Write-back takes them out as [`SendingExtents`]: frozen, so the object
+//! writes send slices of them without a copy while reads still lay them
+//! over what the OSDs return.
+//!
 //! Pure bookkeeping: when to send them is the VFS's decision.
 
 use std::collections::BTreeMap;
+
+use bytes::Bytes;
 
 /// Buffered bytes of one file.
 #[derive(Debug, Default)]
@@ -107,21 +113,7 @@ impl DirtyExtents {
     /// Lays the buffered bytes over `buf`, which holds the file's bytes
     /// from `offset`.
     pub fn overlay(&self, offset: u64, buf: &mut [u8]) {
-        let end = offset + buf.len() as u64;
-        let first = self
-            .extents
-            .range(..=offset)
-            .next_back()
-            .map_or(offset, |(start, _)| *start);
-        for (start, bytes) in self.extents.range(first..end) {
-            let from = offset.max(*start);
-            let to = end.min(start + bytes.len() as u64);
-            if from >= to {
-                continue;
-            }
-            let src = &bytes[(from - start) as usize..(to - start) as usize];
-            buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(src);
-        }
+        overlay(&self.extents, offset, buf);
     }
 
     /// Where the last buffered byte ends.
@@ -148,15 +140,22 @@ impl DirtyExtents {
         }
     }
 
-    /// Takes every extent out, oldest offset first.
-    pub fn take(&mut self) -> Vec<(u64, Vec<u8>)> {
-        self.bytes = 0;
-        std::mem::take(&mut self.extents).into_iter().collect()
-    }
-
     /// Moves every extent into a new set, leaving this one empty.
     pub fn take_all(&mut self) -> DirtyExtents {
         std::mem::take(self)
+    }
+
+    /// Takes every extent out to be sent, leaving this set empty.
+    pub fn take_for_sending(&mut self) -> SendingExtents {
+        let taken = self.take_all();
+        SendingExtents {
+            bytes: taken.bytes,
+            extents: taken
+                .extents
+                .into_iter()
+                .map(|(start, bytes)| (start, Bytes::from(bytes)))
+                .collect(),
+        }
     }
 
     /// The extent that starts at `start`.
@@ -191,6 +190,58 @@ impl DirtyExtents {
     }
 }
 
+/// Buffered extents taken out for sending (see the module doc).
+#[derive(Debug, Default)]
+pub struct SendingExtents {
+    extents: BTreeMap<u64, Bytes>,
+    bytes: u64,
+}
+
+impl SendingExtents {
+    /// How many bytes are being sent.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The extent that starts at `start`.
+    pub fn get(&self, start: u64) -> Option<&Bytes> {
+        self.extents.get(&start)
+    }
+
+    /// The extents, by offset.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.extents
+            .iter()
+            .map(|(start, bytes)| (*start, bytes.as_ref()))
+    }
+
+    /// Lays the bytes being sent over `buf`, which holds the file's bytes
+    /// from `offset`.
+    pub fn overlay(&self, offset: u64, buf: &mut [u8]) {
+        overlay(&self.extents, offset, buf);
+    }
+}
+
+/// Lays non-overlapping `extents` (keyed by their start) over `buf`, which
+/// holds the file's bytes from `offset`.
+fn overlay<B: AsRef<[u8]>>(extents: &BTreeMap<u64, B>, offset: u64, buf: &mut [u8]) {
+    let end = offset + buf.len() as u64;
+    let first = extents
+        .range(..=offset)
+        .next_back()
+        .map_or(offset, |(start, _)| *start);
+    for (start, bytes) in extents.range(first..end) {
+        let bytes = bytes.as_ref();
+        let from = offset.max(*start);
+        let to = end.min(start + bytes.len() as u64);
+        if from >= to {
+            continue;
+        }
+        let src = &bytes[(from - start) as usize..(to - start) as usize];
+        buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(src);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,8 +262,9 @@ mod tests {
     }
 
     proptest! {
-        /// Against a byte-by-byte model: what reads see, what is taken,
-        /// the byte count, and that extents never overlap.
+        /// Against a byte-by-byte model: what reads see, what is taken for
+        /// sending (and what reads see of it), the byte counts, and that
+        /// extents never overlap.
         #[test]
         fn matches_a_byte_model(steps in proptest::collection::vec(step(), 1..40)) {
             let mut dirty = DirtyExtents::default();
@@ -239,15 +291,24 @@ mod tests {
                 }
                 prop_assert_eq!(dirty.bytes(), model.iter().flatten().count() as u64);
             }
+            let sending = dirty.take_for_sending();
+            prop_assert!(dirty.is_empty());
+            prop_assert_eq!(dirty.bytes(), 0);
+            prop_assert_eq!(sending.bytes(), model.iter().flatten().count() as u64);
+            let mut seen = vec![0xEEu8; 256];
+            sending.overlay(0, &mut seen);
+            for (i, byte) in model.iter().enumerate() {
+                prop_assert_eq!(seen[i], byte.unwrap_or(0xEE), "byte {} being sent", i);
+            }
             let mut last_end = 0;
-            for (start, bytes) in dirty.take() {
+            for (start, bytes) in sending.iter() {
                 prop_assert!(start >= last_end, "extents overlap");
+                prop_assert_eq!(sending.get(start).map(|b| b.as_ref()), Some(bytes));
                 last_end = start + bytes.len() as u64;
                 for (i, b) in bytes.iter().enumerate() {
                     prop_assert_eq!(model[start as usize + i], Some(*b));
                 }
             }
-            prop_assert!(dirty.is_empty());
         }
     }
 
@@ -259,6 +320,6 @@ mod tests {
         }
         assert!(dirty.covers(0, 400));
         assert!(!dirty.covers(0, 401));
-        assert_eq!(dirty.take().len(), 1);
+        assert_eq!(dirty.take_for_sending().iter().count(), 1);
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aspen_placement::PoolId;
+use aspen_proto::transport::Bytes;
 
 use crate::client::{ClientError, ObjectClient};
 
@@ -91,13 +92,13 @@ pub async fn run(
         results.push(result);
     };
     let prefix = format!("bench{}", std::process::id());
-    let payload = Arc::new(pattern(1, OBJECT));
+    let payload = Bytes::from(pattern(1, OBJECT));
     let write = {
         let (client, payload, prefix) = (client.clone(), payload.clone(), prefix.clone());
         move |i: usize| {
             let (client, payload, name) =
                 (client.clone(), payload.clone(), object_name(&prefix, i));
-            async move { client.write(pool, &name, 0, &payload).await.map(drop) }
+            async move { client.write(pool, &name, 0, payload).await.map(drop) }
         }
     };
     let rate = run_ops(objects, depth, write).await?;
@@ -117,7 +118,7 @@ pub async fn run(
     };
     let rate = run_ops(objects, depth, read).await?;
     keep(measured("4 MiB object reads", depth, rate, OBJECT));
-    let small = Arc::new(pattern(2, SMALL));
+    let small = Bytes::from(pattern(2, SMALL));
     for queue in [1, depth] {
         let random_write = {
             let (client, small, prefix) = (client.clone(), small.clone(), prefix.clone());
@@ -125,7 +126,7 @@ pub async fn run(
                 let (client, small) = (client.clone(), small.clone());
                 let (object, offset) = place(i, objects);
                 let name = object_name(&prefix, object);
-                async move { client.write(pool, &name, offset, &small).await.map(drop) }
+                async move { client.write(pool, &name, offset, small).await.map(drop) }
             }
         };
         let rate = run_ops(small_ops, queue, random_write).await?;
@@ -153,7 +154,7 @@ pub async fn run(
         move |i: usize| {
             let (client, small, name) = (client.clone(), small.clone(), name.clone());
             let (_, offset) = place(i, 1);
-            async move { client.write(pool, &name, offset, &small).await.map(drop) }
+            async move { client.write(pool, &name, offset, small).await.map(drop) }
         }
     };
     let rate = run_ops(small_ops, depth, hot_write).await?;

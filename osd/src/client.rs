@@ -179,16 +179,15 @@ impl ObjectClient {
         self.links.get(map, osd)
     }
 
-    /// Sends one operation to the object's primary, following map changes.
+    /// Sends one operation to the object's primary, following map changes
+    /// (every attempt sends `body` itself, not a copy).
     pub async fn op(
         &self,
         object: &ObjectRef,
         op: ObjectOp,
-        body: &[u8],
+        body: Bytes,
     ) -> Result<(OsdResponse, Vec<u8>), ClientError> {
         self.reach_barrier().await?;
-        // Copied once; every attempt sends this one buffer.
-        let body = Bytes::copy_from_slice(body);
         let started = Instant::now();
         loop {
             let map = self.map().await;
@@ -278,7 +277,7 @@ impl ObjectClient {
         pool: PoolId,
         name: &[u8],
         op: ObjectOp,
-        body: &[u8],
+        body: Bytes,
     ) -> Result<ObjectInfo, ClientError> {
         match self.op(&ObjectClient::object(pool, name), op, body).await? {
             (OsdResponse::Done(info), _) => Ok(info),
@@ -291,7 +290,7 @@ impl ObjectClient {
         pool: PoolId,
         name: &[u8],
         offset: u64,
-        data: &[u8],
+        data: Bytes,
     ) -> Result<ObjectInfo, ClientError> {
         self.mutation(pool, name, ObjectOp::Write { offset }, data)
             .await
@@ -304,7 +303,7 @@ impl ObjectClient {
         pool: PoolId,
         name: &[u8],
         extents: Vec<(u64, u64)>,
-        data: &[u8],
+        data: Bytes,
     ) -> Result<ObjectInfo, ClientError> {
         self.mutation(pool, name, ObjectOp::WriteExtents { extents }, data)
             .await
@@ -316,7 +315,7 @@ impl ObjectClient {
         name: &[u8],
         size: u64,
     ) -> Result<ObjectInfo, ClientError> {
-        self.mutation(pool, name, ObjectOp::Truncate { size }, &[])
+        self.mutation(pool, name, ObjectOp::Truncate { size }, Bytes::new())
             .await
     }
 
@@ -327,12 +326,12 @@ impl ObjectClient {
         offset: u64,
         len: u64,
     ) -> Result<ObjectInfo, ClientError> {
-        self.mutation(pool, name, ObjectOp::Zero { offset, len }, &[])
+        self.mutation(pool, name, ObjectOp::Zero { offset, len }, Bytes::new())
             .await
     }
 
     pub async fn delete(&self, pool: PoolId, name: &[u8]) -> Result<(), ClientError> {
-        self.mutation(pool, name, ObjectOp::Delete, &[])
+        self.mutation(pool, name, ObjectOp::Delete, Bytes::new())
             .await
             .map(drop)
     }
@@ -349,7 +348,7 @@ impl ObjectClient {
             .op(
                 &ObjectClient::object(pool, name),
                 ObjectOp::Read { offset, len },
-                &[],
+                Bytes::new(),
             )
             .await?
         {
@@ -360,7 +359,11 @@ impl ObjectClient {
 
     pub async fn stat(&self, pool: PoolId, name: &[u8]) -> Result<Option<ObjectInfo>, ClientError> {
         match self
-            .op(&ObjectClient::object(pool, name), ObjectOp::Stat, &[])
+            .op(
+                &ObjectClient::object(pool, name),
+                ObjectOp::Stat,
+                Bytes::new(),
+            )
             .await?
         {
             (OsdResponse::Stat(info), _) => Ok(info),

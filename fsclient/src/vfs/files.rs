@@ -29,7 +29,7 @@ use tokio::sync::{Notify, OwnedRwLockWriteGuard, RwLock, Semaphore};
 
 use super::{Vfs, attr_reply, lock};
 use crate::data::{self, FileObjects};
-use crate::writeback::DirtyExtents;
+use crate::writeback::{DirtyExtents, SendingExtents};
 
 /// The buffered bytes of one file that start its write-back.
 pub const WRITEBACK_CHUNK: u64 = 16 << 20;
@@ -80,7 +80,7 @@ struct IoState {
     local_opens: usize,
     pin: Option<HandleId>,
     /// Bytes a write-back is sending: reads still see them.
-    in_flight: Option<Arc<DirtyExtents>>,
+    in_flight: Option<Arc<SendingExtents>>,
     /// A background write-back failed: the next flush or fsync says so.
     error: Option<Errno>,
     opens: usize,
@@ -672,7 +672,7 @@ impl Vfs {
             if state.dirty.is_empty() {
                 return Ok(());
             }
-            let sending = Arc::new(state.dirty.take_all());
+            let sending = Arc::new(state.dirty.take_for_sending());
             state.dirty_since = None;
             state.in_flight = Some(sending.clone());
             sending
