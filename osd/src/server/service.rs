@@ -338,6 +338,18 @@ impl OsdService {
         self.links.get(map, osd).map_err(OsdError::Unavailable)
     }
 
+    /// [`Self::link`] for a request that moves `bytes` (see [`crate::links`]).
+    fn link_for(
+        &self,
+        map: &ClusterMap,
+        osd: OsdId,
+        bytes: u64,
+    ) -> Result<Arc<RpcClient>, OsdError> {
+        self.links
+            .get_for(map, osd, bytes)
+            .map_err(OsdError::Unavailable)
+    }
+
     /// Cuts the links to the OSDs `map` shows down ([`Links::cut_down`]).
     pub(super) fn cut_links_to_down(&self, map: &ClusterMap) {
         self.links.cut_down(map);
@@ -474,7 +486,7 @@ impl OsdService {
             .iter()
             .copied()
             .filter(|osd| *osd != self.id)
-            .map(|osd| Ok((osd, self.link(map, osd)?)))
+            .map(|osd| Ok((osd, self.link_for(map, osd, body.len() as u64)?)))
             .collect::<Result<Vec<_>, OsdError>>()?;
         let replicas: Vec<_> = links
             .into_iter()
