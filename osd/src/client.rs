@@ -179,11 +179,6 @@ impl ObjectClient {
         self.links.get(map, osd)
     }
 
-    /// The link for an op that moves `bytes` (see [`crate::links`]).
-    fn link_for(&self, map: &ClusterMap, osd: OsdId, bytes: u64) -> Result<Arc<RpcClient>, String> {
-        self.links.get_for(map, osd, bytes)
-    }
-
     /// Sends one operation to the object's primary, following map changes
     /// (every attempt sends `body` itself, not a copy).
     pub async fn op(
@@ -257,7 +252,7 @@ impl ObjectClient {
             ObjectOp::Read { len, .. } => *len,
             _ => body.len() as u64,
         };
-        let client = self.link_for(map, primary, moved)?;
+        let client = self.links.get_for(map, primary, moved)?;
         let request = OsdRequest::Op {
             object: object.clone(),
             epoch: map.osdmap.epoch().0,

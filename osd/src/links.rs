@@ -55,9 +55,10 @@ impl Links {
         bytes: u64,
     ) -> Result<Arc<RpcClient>, String> {
         let clients = self.clients_of(map, osd)?;
-        let index = match bytes >= BULK_BYTES {
-            true => self.turn.fetch_add(1, Ordering::Relaxed) % clients.len(),
-            false => 0,
+        let index = if bytes >= BULK_BYTES {
+            self.turn.fetch_add(1, Ordering::Relaxed) % clients.len()
+        } else {
+            0
         };
         Ok(clients[index].clone())
     }
@@ -104,7 +105,7 @@ impl Links {
             let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
             clients
                 .extract_if(|osd, _| !map.osdmap.osd(*osd).is_ok_and(|state| state.up))
-                .flat_map(|(_, (_, links))| links.iter().cloned().collect::<Vec<_>>())
+                .flat_map(|(_, (_, links))| links.to_vec())
                 .collect()
         };
         for client in down {

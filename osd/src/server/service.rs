@@ -335,7 +335,7 @@ impl OsdService {
 
     /// The RPC client for OSD `osd` at the address `map` gives it.
     pub(super) fn link(&self, map: &ClusterMap, osd: OsdId) -> Result<Arc<RpcClient>, OsdError> {
-        self.links.get(map, osd).map_err(OsdError::Unavailable)
+        self.link_for(map, osd, 0)
     }
 
     /// [`Self::link`] for a request that moves `bytes` (see [`crate::links`]).
