@@ -15,8 +15,9 @@
 # Every workload starts on a quiet machine: it waits (up to SETTLE_MAX s)
 # until the cores are at least 90% idle over a second, so background work
 # left by the one before (Aspen's garbage collection after a delete, Ceph's
-# PG deletes) does not land in a later row. A workload's own work is all
-# inside it: each ends durable (end_fsync, fsync).
+# PG deletes) does not land in a later row, and with the disk's freed space
+# trimmed (fstrim), so no workload reads behind another's deletes. A
+# workload's own work is all inside it: each ends durable (end_fsync, fsync).
 # "cold": sync and drop the kernel caches; for Ceph also drop the OSD caches
 # and remount ceph-fuse (its own cache survives drop_caches). Aspen's client
 # keeps no data cache of its own.
@@ -104,6 +105,7 @@ settle() {
     waited=$((waited + 1))
   done
   (( waited == 0 )) || log "waited ${waited} s for the cores to go quiet (last ${busy}% busy)"
+  trim_disk
 }
 
 # ops_job TARGET NAME fsops-args... -> $RESULTS/TARGET.NAME.json
