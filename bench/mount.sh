@@ -16,20 +16,23 @@
 # until the cores are at least 90% idle over a second, so background work
 # left by the one before (Aspen's garbage collection after a delete, Ceph's
 # PG deletes) does not land in a later row, and with the disk's freed space
-# trimmed (fstrim), so no workload reads behind another's deletes. A
-# workload's own work is all inside it: each ends durable (end_fsync, fsync).
+# trimmed (fstrim), so no workload reads behind another's deletes; each
+# target starts TARGET_PAUSE s after the one before, once the disk's host has
+# written back what that one wrote. A workload's own work is all inside it:
+# each ends durable (end_fsync, fsync).
 # "cold": sync and drop the kernel caches; for Ceph also drop the OSD caches
 # and remount ceph-fuse (its own cache survives drop_caches). Aspen's client
 # keeps no data cache of its own.
 # Appends a dated table with ratios to bench/RESULTS.md.
 #
 # Usage: bench/mount.sh [local] [aspen] [ceph]     (default: all three)
-#        RUNTIME=20 SETTLE_MAX=60 CEPH_PEER=../shared/peers/ceph
+#        RUNTIME=20 SETTLE_MAX=60 TARGET_PAUSE=60 CEPH_PEER=../shared/peers/ceph
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 RUNTIME=${RUNTIME:-20}
 SETTLE_MAX=${SETTLE_MAX:-60}
+TARGET_PAUSE=${TARGET_PAUSE:-60}
 CEPH_PEER=$(realpath -m "${CEPH_PEER:-../shared/peers/ceph}")
 CEPH_DIR=/mnt/cephfs/aspen-bench
 TARGETS=("$@")
@@ -151,6 +154,11 @@ run_files() {
 [[ " ${TARGETS[*]} " == *" ceph "* && ${#TARGETS[@]} -gt 1 ]] && stop_ceph
 ran=()
 for t in "${TARGETS[@]}"; do
+  # The disk's host keeps writing back what the last target wrote for a
+  # while after it ends: a cold 1 GiB read on Aspen measured 292-353 MiB/s
+  # right after the local target's rows and 400-415 a minute later.
+  log "$t: pausing ${TARGET_PAUSE} s for the disk to go quiet"
+  sleep "$TARGET_PAUSE"
   case $t in
     aspen) start_aspen "$ASPEN" "$OUT/aspen" "$OUT/mnt" "$OUT/aspen-up.log" ;;
     ceph) start_ceph || continue ;;
