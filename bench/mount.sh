@@ -17,9 +17,9 @@
 # left by the one before (Aspen's garbage collection after a delete, Ceph's
 # PG deletes) does not land in a later row, and with the disk's freed space
 # trimmed (fstrim), so no workload reads behind another's deletes; each
-# target starts TARGET_PAUSE s after the one before, once the disk's host has
-# written back what that one wrote. A workload's own work is all inside it:
-# each ends durable (end_fsync, fsync).
+# target starts after a pause of TARGET_PAUSE s, for the disk's host to write
+# back what ran before. A workload's own work is all inside it: each ends
+# durable (end_fsync, fsync).
 # "cold": sync and drop the kernel caches; for Ceph also drop the OSD caches
 # and remount ceph-fuse (its own cache survives drop_caches). Aspen's client
 # keeps no data cache of its own.
