@@ -21,14 +21,16 @@ source bench/aspen_up.sh
 trap stop_aspen EXIT
 
 # ab_rounds ROUNDS RUN_ONE OUT: calls RUN_ONE INDEX DIR for each binary in
-# each round; rounds alternate the order (AB, BA, AB, ...), so a machine
-# that speeds up or slows down during the run weighs on both alike.
+# each round, each on a trimmed disk (the round before deleted its data);
+# rounds alternate the order (AB, BA, AB, ...), so a machine that speeds up
+# or slows down during the run weighs on both alike.
 ab_rounds() {
   local rounds=$1 run_one=$2 out=$3 round i order
   for round in $(seq "$rounds"); do
     order=(0 1); ((round % 2)) || order=(1 0)
     for i in "${order[@]}"; do
       echo "round $round: ${BINS[$i]}" >&2
+      trim_disk
       "$run_one" "$i" "$out/r$round.$i"
     done
   done

@@ -1,13 +1,13 @@
 # Shared by the benchmark scripts that mount Aspen: `aspen up` in the
-# background until it has mounted, and its stop (also on exit: the caller
-# traps stop_aspen).
-# Usage: source bench/aspen_up.sh; start_aspen BIN DATA_DIR MOUNT_DIR LOG; stop_aspen
+# background until it has mounted, its stop (also on exit: the caller traps
+# stop_aspen), and the disk's trim before a measured run.
+# Usage: source bench/aspen_up.sh; start_aspen BIN DATA_DIR MOUNT_DIR LOG; stop_aspen; trim_disk
 
 # Trims the freed space of the filesystem holding the current directory.
 # Deletes on a filesystem mounted with `discard` leave discards behind that
 # slow the disk's next reads (a cold 1 GiB read through the mount: 292-309
-# MiB/s right after another run's deletes, 410-415 with a trim first), so
-# each run starts on a trimmed disk.
+# MiB/s right after another run's deletes, 410-415 with a trim first):
+# benchmarks call it before each measured run.
 trim_disk() {
   command -v fstrim >/dev/null || return 0
   sync
@@ -17,7 +17,6 @@ trim_disk() {
 aspen_pid=
 start_aspen() {
   local bin=$1 data=$2 mnt=$3 log=$4
-  trim_disk
   mkdir -p "$mnt"
   "$bin" up --data "$data" --mount "$mnt" >"$log" 2>&1 &
   aspen_pid=$!

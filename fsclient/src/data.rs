@@ -209,19 +209,23 @@ impl FileData {
             let (objects, name) = (self.objects.clone(), file.name(batch.objno));
             let extents = extents.clone();
             async move {
-                let bytes_of = |piece: &Piece| {
+                let source_of = |piece: &Piece| {
                     let bytes = extents
                         .get(piece.source)
                         .expect("listed from these extents");
-                    bytes.slice(piece.start..piece.start + piece.len as usize)
+                    (bytes, piece.start..piece.start + piece.len as usize)
                 };
                 if let [piece] = &batch.pieces[..] {
-                    return objects.write(pool, &name, piece.at, bytes_of(piece)).await;
+                    let (bytes, range) = source_of(piece);
+                    return objects
+                        .write(pool, &name, piece.at, bytes.slice(range))
+                        .await;
                 }
                 let mut body = Vec::with_capacity(batch.bytes as usize);
                 let mut list = Vec::with_capacity(batch.pieces.len());
                 for piece in &batch.pieces {
-                    body.extend_from_slice(&bytes_of(piece));
+                    let (bytes, range) = source_of(piece);
+                    body.extend_from_slice(&bytes[range]);
                     list.push((piece.at, piece.len));
                 }
                 objects.write_extents(pool, &name, list, body.into()).await

@@ -158,18 +158,6 @@ impl DirtyExtents {
         }
     }
 
-    /// The extent that starts at `start`.
-    pub fn get(&self, start: u64) -> Option<&[u8]> {
-        self.extents.get(&start).map(Vec::as_slice)
-    }
-
-    /// The extents, by offset.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
-        self.extents
-            .iter()
-            .map(|(start, bytes)| (*start, bytes.as_slice()))
-    }
-
     /// A copy of the buffered bytes that fall in `offset .. offset + len`.
     pub fn slice(&self, offset: u64, len: u64) -> DirtyExtents {
         let mut copy = DirtyExtents::default();
