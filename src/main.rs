@@ -100,7 +100,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(workers) = command.workers() {
         runtime.worker_threads(workers);
     }
-    runtime.enable_all().build()?.block_on(run(command))
+    // The command runs as a task on the workers, not on this thread inside
+    // `block_on`: there, every reply a worker received had to wake this
+    // thread before the command could go on.
+    runtime
+        .enable_all()
+        .build()?
+        .block_on(async { tokio::spawn(run(command)).await? })
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

@@ -1,28 +1,31 @@
 //! The Raft log in SQLite: entries, the vote and the purge point.
 //!
-//! Appends are group-committed. An append commits its transaction without
-//! waiting for the disk (`synchronous = OFF`), so the entries are readable
-//! at once and Raft can go on, and hands its completion callback to the
-//! flusher thread. The flusher fsyncs the write-ahead log once for every
-//! append queued meanwhile, and only then reports them durable. The vote,
-//! truncation and purge are synced before they return.
+//! An append commits its transaction without SQLite's own sync
+//! (`synchronous = OFF`) and then fsyncs the write-ahead log itself before it
+//! reports the entries durable. The sync runs inline, on the thread that
+//! appends: openraft 0.9 waits for an append's flush before it runs its next
+//! command (replication included), so at most one append is ever pending and
+//! a separate flusher thread would only add two thread wakeups to every
+//! write's path. The vote, truncation and purge are synced before they
+//! return too.
 //!
 //! Because SQLite does not sync at `synchronous = OFF`, checkpoints are ours
-//! too: automatic checkpoints are off, and the flusher runs a durable
-//! checkpoint ([`crate::sql::durable_checkpoint`]) under the connection lock
-//! every [`CHECKPOINT_EVERY_ENTRIES`].
+//! too: automatic checkpoints are off, and a checkpointer thread runs a
+//! durable checkpoint ([`crate::sql::durable_checkpoint`]) under the
+//! connection lock every [`CHECKPOINT_EVERY_ENTRIES`].
 //!
 //! The write-ahead log is filled with zeros up to [`WAL_PREALLOCATED_BYTES`]
 //! when the store opens. SQLite reuses the log from its start after each
 //! checkpoint, so appends then overwrite blocks the file already has: the
-//! flusher's `fdatasync` writes data only, where a growing file would also
-//! write the blocks' allocation (about twice the time on this machine's ext4).
+//! `fdatasync` writes data only, where a growing file would also write the
+//! blocks' allocation (about twice the time on this machine's ext4).
 
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
@@ -47,18 +50,16 @@ const CHECKPOINT_EVERY_ENTRIES: usize = 2048;
 /// [`CHECKPOINT_EVERY_ENTRIES`] appends of about two 4 KiB pages each.
 const WAL_PREALLOCATED_BYTES: u64 = 16 << 20;
 
-/// The log store. Clones share one database connection and one flusher.
+/// The log store. Clones share one database connection and one
+/// checkpointer.
 #[derive(Clone)]
 pub struct LogStore {
     conn: Arc<Mutex<Connection>>,
     wal: Arc<File>,
-    flusher: Sender<PendingFlush>,
-}
-
-/// An append waiting for the write-ahead log to reach the disk.
-struct PendingFlush {
-    entries: usize,
-    callback: LogFlushed<TypeConfig>,
+    /// Entries appended since the last checkpoint.
+    since_checkpoint: Arc<AtomicUsize>,
+    /// Wakes the checkpointer when [`CHECKPOINT_EVERY_ENTRIES`] went by.
+    checkpoint_due: Sender<()>,
 }
 
 fn io_error(
@@ -106,13 +107,19 @@ impl LogStore {
         preallocate(&wal).map_err(open_error)?;
         let wal = Arc::new(wal);
         let conn = Arc::new(Mutex::new(conn));
-        let (flusher, pending) = channel();
-        let (thread_conn, thread_wal) = (conn.clone(), wal.clone());
+        let (checkpoint_due, due) = channel();
+        let since_checkpoint = Arc::new(AtomicUsize::new(0));
+        let (thread_conn, thread_since) = (conn.clone(), since_checkpoint.clone());
         std::thread::Builder::new()
-            .name("raft-log-flush".into())
-            .spawn(move || run_flusher(&thread_conn, &thread_wal, &pending))
+            .name("raft-log-checkpoint".into())
+            .spawn(move || run_checkpointer(&thread_conn, &thread_since, &due))
             .map_err(open_error)?;
-        Ok(LogStore { conn, wal, flusher })
+        Ok(LogStore {
+            conn,
+            wal,
+            since_checkpoint,
+            checkpoint_due,
+        })
     }
 
     /// Makes every committed write durable, for operations that must be
@@ -187,26 +194,21 @@ fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
     conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The flusher thread: one fsync for every append queued meanwhile, then a
-/// checkpoint when enough entries went by. Ends when every store is dropped,
-/// after a last checkpoint.
-fn run_flusher(conn: &Mutex<Connection>, wal: &File, pending: &Receiver<PendingFlush>) {
-    let mut since_checkpoint = 0;
-    while let Ok(first) = pending.recv() {
-        let batch: Vec<PendingFlush> = std::iter::once(first).chain(pending.try_iter()).collect();
-        let synced = wal.sync_data();
-        since_checkpoint += batch.iter().map(|p| p.entries).sum::<usize>();
-        for flush in batch {
-            let result = match &synced {
-                Ok(()) => Ok(()),
-                Err(error) => Err(std::io::Error::new(error.kind(), error.to_string())),
-            };
-            flush.callback.log_io_completed(result);
-        }
-        if synced.is_ok() && since_checkpoint >= CHECKPOINT_EVERY_ENTRIES {
-            match durable_checkpoint(&lock(conn)) {
-                Ok(()) => since_checkpoint = 0,
-                Err(error) => tracing::warn!(%error, "raft log checkpoint failed"),
+/// The checkpointer thread: a durable checkpoint each time appends report
+/// [`CHECKPOINT_EVERY_ENTRIES`] gone by (a failed one is tried again that
+/// many entries later). Ends when every store is dropped, after a last
+/// checkpoint.
+fn run_checkpointer(conn: &Mutex<Connection>, since: &AtomicUsize, due: &Receiver<()>) {
+    while due.recv().is_ok() {
+        // Appends that went by during a checkpoint count toward the next.
+        loop {
+            let counted = since.load(Ordering::Relaxed);
+            if let Err(error) = durable_checkpoint(&lock(conn)) {
+                tracing::warn!(%error, "raft log checkpoint failed");
+            }
+            let left = since.fetch_sub(counted, Ordering::Relaxed) - counted;
+            if left < CHECKPOINT_EVERY_ENTRIES {
+                break;
             }
         }
     }
@@ -311,24 +313,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             tx.commit()
         };
-        match result {
-            Ok(()) => {
-                let flush = PendingFlush {
-                    entries: count,
-                    callback,
-                };
-                if let Err(unsent) = self.flusher.send(flush) {
-                    // The flusher is gone only if it panicked: sync here.
-                    let synced = self.wal.sync_data();
-                    unsent.0.callback.log_io_completed(synced);
-                }
-                Ok(())
-            }
-            Err(error) => {
-                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
-                Err(write_error(error))
-            }
+        if let Err(error) = result {
+            callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+            return Err(write_error(error));
         }
+        let synced = self.wal.sync_data();
+        let failed = synced
+            .as_ref()
+            .err()
+            .map(|e| write_error(std::io::Error::new(e.kind(), e.to_string())));
+        callback.log_io_completed(synced);
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        let before = self.since_checkpoint.fetch_add(count, Ordering::Relaxed);
+        if before < CHECKPOINT_EVERY_ENTRIES && before + count >= CHECKPOINT_EVERY_ENTRIES {
+            // The checkpointer is gone only if it panicked; the log then
+            // grows until the next start checkpoints it.
+            let _ = self.checkpoint_due.send(());
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
