@@ -13,20 +13,30 @@ use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
 use tempfile::TempDir;
 
-struct SqliteStores;
+/// Builds stores for member `own_id`. The suite's entries are mostly
+/// node 0's: as member 0 the log appends them as their leader, as any other
+/// member as a follower.
+struct SqliteStores {
+    own_id: u64,
+}
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SqliteStores {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let log = LogStore::open(&dir.path().join("log.db")).expect("log store opens");
+        let log = LogStore::open(&dir.path().join("log.db"), self.own_id).expect("log store opens");
         let state = StateMachineStore::open(dir.path()).expect("state machine opens");
         Ok((dir, log, state))
     }
 }
 
 #[test]
-fn openraft_storage_conformance_suite() {
-    Suite::test_all(SqliteStores).unwrap();
+fn openraft_storage_conformance_suite_as_the_leader() {
+    Suite::test_all(SqliteStores { own_id: 0 }).unwrap();
+}
+
+#[test]
+fn openraft_storage_conformance_suite_as_a_follower() {
+    Suite::test_all(SqliteStores { own_id: 5 }).unwrap();
 }
 
 fn entry(index: u64, op: NsOp) -> Entry {
@@ -154,7 +164,7 @@ async fn a_log_copied_while_open_recovers_over_its_preallocated_tail() {
     use openraft::storage::RaftLogStorage;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log.db");
-    let mut log = LogStore::open(&path).unwrap();
+    let mut log = LogStore::open(&path, 1).unwrap();
     let wal = dir.path().join("log.db-wal");
     assert!(
         std::fs::metadata(&wal).unwrap().len() >= 1 << 20,
@@ -166,6 +176,6 @@ async fn a_log_copied_while_open_recovers_over_its_preallocated_tail() {
     let crashed = tempfile::tempdir().unwrap();
     std::fs::copy(&path, crashed.path().join("log.db")).unwrap();
     std::fs::copy(&wal, crashed.path().join("log.db-wal")).unwrap();
-    let mut recovered = LogStore::open(&crashed.path().join("log.db")).unwrap();
+    let mut recovered = LogStore::open(&crashed.path().join("log.db"), 1).unwrap();
     assert_eq!(recovered.read_vote().await.unwrap(), Some(vote));
 }

@@ -1,16 +1,19 @@
 //! The Raft log in SQLite: entries, the vote and the purge point.
 //!
 //! An append commits its transaction without SQLite's own sync
-//! (`synchronous = OFF`) and then fsyncs the write-ahead log itself before it
-//! reports the entries durable. The sync runs inline, on the thread that
-//! appends: openraft 0.9 waits for an append's flush before it runs its next
-//! command (replication included), so at most one append is ever pending and
-//! a separate flusher thread would only add two thread wakeups to every
-//! write's path. The vote, truncation and purge are synced before they
-//! return too.
+//! (`synchronous = OFF`) and then has the write-ahead log fsynced before it
+//! reports the entries durable. openraft 0.9 waits for that report before it
+//! runs its next command, so appends never overlap, and the fsync runs on the
+//! appending thread itself (no thread wakeups on the write's path) except
+//! for one case: a leader appending a batch of its clients' commands
+//! ([`Command::Batch`], formed only while other writes wait) hands the fsync
+//! to the flusher thread, so that the worker goes on serving those clients
+//! and forming the next batch meanwhile.
+//!
+//! The vote, truncation and purge are synced before they return too.
 //!
 //! Because SQLite does not sync at `synchronous = OFF`, checkpoints are ours
-//! too: automatic checkpoints are off, and a checkpointer thread runs a
+//! too: automatic checkpoints are off, and the flusher thread runs a
 //! durable checkpoint ([`crate::sql::durable_checkpoint`]) under the
 //! connection lock every [`CHECKPOINT_EVERY_ENTRIES`].
 //!
@@ -30,10 +33,12 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Entry, LogId, StorageError, TypeConfig, Vote, decode, encode};
+use super::{Command, Entry, LogId, StorageError, TypeConfig, Vote, decode, encode};
 use crate::sql::{CachedStatements, durable_checkpoint};
 
 const SCHEMA: &str = "
@@ -50,16 +55,25 @@ const CHECKPOINT_EVERY_ENTRIES: usize = 2048;
 /// [`CHECKPOINT_EVERY_ENTRIES`] appends of about two 4 KiB pages each.
 const WAL_PREALLOCATED_BYTES: u64 = 16 << 20;
 
-/// The log store. Clones share one database connection and one
-/// checkpointer.
+/// The log store. Clones share one database connection and one flusher.
 #[derive(Clone)]
 pub struct LogStore {
+    /// The member this log belongs to: its own entries are the leader's.
+    own_id: u64,
     conn: Arc<Mutex<Connection>>,
     wal: Arc<File>,
     /// Entries appended since the last checkpoint.
     since_checkpoint: Arc<AtomicUsize>,
-    /// Wakes the checkpointer when [`CHECKPOINT_EVERY_ENTRIES`] went by.
-    checkpoint_due: Sender<()>,
+    flusher: Sender<FlusherWork>,
+}
+
+/// What the flusher thread is asked to do.
+enum FlusherWork {
+    /// Sync the write-ahead log, then report an append durable (the
+    /// leader's batches).
+    Flush(LogFlushed<TypeConfig>),
+    /// [`CHECKPOINT_EVERY_ENTRIES`] went by.
+    Checkpoint,
 }
 
 fn io_error(
@@ -79,7 +93,8 @@ fn write_error(error: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl LogStore {
-    pub fn open(path: &Path) -> Result<LogStore, rusqlite::Error> {
+    /// Opens (or creates) the log of member `own_id` at `path`.
+    pub fn open(path: &Path, own_id: u64) -> Result<LogStore, rusqlite::Error> {
         let conn = Connection::open(path)?;
         // One connection: it keeps its locks instead of taking them for
         // every transaction (before the log is in WAL mode, so its index
@@ -107,18 +122,19 @@ impl LogStore {
         preallocate(&wal).map_err(open_error)?;
         let wal = Arc::new(wal);
         let conn = Arc::new(Mutex::new(conn));
-        let (checkpoint_due, due) = channel();
+        let (flusher, work) = channel();
         let since_checkpoint = Arc::new(AtomicUsize::new(0));
-        let (thread_conn, thread_since) = (conn.clone(), since_checkpoint.clone());
+        let thread = (conn.clone(), wal.clone(), since_checkpoint.clone());
         std::thread::Builder::new()
-            .name("raft-log-checkpoint".into())
-            .spawn(move || run_checkpointer(&thread_conn, &thread_since, &due))
+            .name("raft-log-flush".into())
+            .spawn(move || run_flusher(&thread.0, &thread.1, &thread.2, &work))
             .map_err(open_error)?;
         Ok(LogStore {
+            own_id,
             conn,
             wal,
             since_checkpoint,
-            checkpoint_due,
+            flusher,
         })
     }
 
@@ -126,6 +142,18 @@ impl LogStore {
     /// durable when they return.
     fn sync_now(&self) -> Result<(), StorageError> {
         self.wal.sync_data().map_err(write_error)
+    }
+
+    /// Syncs the write-ahead log on this thread and reports an append's
+    /// outcome.
+    fn sync_and_report(&self, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError> {
+        let synced = self.wal.sync_data();
+        let failed = synced
+            .as_ref()
+            .err()
+            .map(|e| write_error(std::io::Error::new(e.kind(), e.to_string())));
+        callback.log_io_completed(synced);
+        failed.map_or(Ok(()), Err)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -194,28 +222,56 @@ fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
     conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The checkpointer thread: a durable checkpoint each time appends report
-/// [`CHECKPOINT_EVERY_ENTRIES`] gone by (a failed one is tried again that
-/// many entries later). Ends when every store is dropped, after a last
-/// checkpoint.
-fn run_checkpointer(conn: &Mutex<Connection>, since: &AtomicUsize, due: &Receiver<()>) {
-    while due.recv().is_ok() {
-        // Appends that went by during a checkpoint count toward the next.
-        loop {
-            let counted = since.load(Ordering::Relaxed);
-            if let Err(error) = durable_checkpoint(&lock(conn)) {
-                tracing::warn!(%error, "raft log checkpoint failed");
+/// The flusher thread: one fsync for every flush queued meanwhile, and a
+/// durable checkpoint each time appends report [`CHECKPOINT_EVERY_ENTRIES`]
+/// gone by (a failed one is tried again that many entries later). Ends when
+/// every store is dropped, after a last checkpoint.
+fn run_flusher(
+    conn: &Mutex<Connection>,
+    wal: &File,
+    since_checkpoint: &AtomicUsize,
+    work: &Receiver<FlusherWork>,
+) {
+    while let Ok(first) = work.recv() {
+        let (mut flushes, mut checkpoint_due) = (Vec::new(), false);
+        for item in std::iter::once(first).chain(work.try_iter()) {
+            match item {
+                FlusherWork::Flush(callback) => flushes.push(callback),
+                FlusherWork::Checkpoint => checkpoint_due = true,
             }
-            let left = since.fetch_sub(counted, Ordering::Relaxed) - counted;
-            if left < CHECKPOINT_EVERY_ENTRIES {
-                break;
+        }
+        if !flushes.is_empty() {
+            let synced = wal.sync_data();
+            for callback in flushes {
+                callback.log_io_completed(match &synced {
+                    Ok(()) => Ok(()),
+                    Err(error) => Err(std::io::Error::new(error.kind(), error.to_string())),
+                });
             }
+        }
+        if checkpoint_due {
+            checkpoint(conn, since_checkpoint);
         }
     }
     // SQLite checkpoints on close without syncing at `synchronous = OFF`:
     // leave nothing for it to copy.
     if let Err(error) = durable_checkpoint(&lock(conn)) {
         tracing::warn!(%error, "raft log final checkpoint failed");
+    }
+}
+
+/// Durable checkpoints until fewer than [`CHECKPOINT_EVERY_ENTRIES`] were
+/// appended since (appends go on during one).
+fn checkpoint(conn: &Mutex<Connection>, since_checkpoint: &AtomicUsize) {
+    loop {
+        let counted = since_checkpoint.load(Ordering::Relaxed);
+        if let Err(error) = durable_checkpoint(&lock(conn)) {
+            tracing::warn!(%error, "raft log checkpoint failed");
+        }
+        let left = since_checkpoint.fetch_sub(counted, Ordering::Relaxed) - counted;
+        if left < CHECKPOINT_EVERY_ENTRIES {
+            return;
+        }
     }
 }
 
@@ -299,10 +355,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut count = 0;
+        let mut offload = false;
         let result = {
             let mut conn = self.lock();
             let tx = conn.transaction().map_err(write_error)?;
             for entry in entries {
+                offload = entry.log_id.leader_id.node_id == self.own_id
+                    && matches!(entry.payload, EntryPayload::Normal(Command::Batch(_)));
                 let bytes = encode(&entry).map_err(write_error)?;
                 tx.execute_cached(
                     "INSERT OR REPLACE INTO log (idx, entry) VALUES (?1, ?2)",
@@ -317,22 +376,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
             return Err(write_error(error));
         }
-        let synced = self.wal.sync_data();
-        let failed = synced
-            .as_ref()
-            .err()
-            .map(|e| write_error(std::io::Error::new(e.kind(), e.to_string())));
-        callback.log_io_completed(synced);
-        if let Some(error) = failed {
-            return Err(error);
-        }
         let before = self.since_checkpoint.fetch_add(count, Ordering::Relaxed);
         if before < CHECKPOINT_EVERY_ENTRIES && before + count >= CHECKPOINT_EVERY_ENTRIES {
-            // The checkpointer is gone only if it panicked; the log then
-            // grows until the next start checkpoints it.
-            let _ = self.checkpoint_due.send(());
+            // The flusher is gone only if it panicked; the log then grows
+            // until the next start checkpoints it.
+            let _ = self.flusher.send(FlusherWork::Checkpoint);
         }
-        Ok(())
+        if !offload {
+            return self.sync_and_report(callback);
+        }
+        match self.flusher.send(FlusherWork::Flush(callback)) {
+            // The flusher is gone only if it panicked: sync here.
+            Err(std::sync::mpsc::SendError(FlusherWork::Flush(callback))) => {
+                self.sync_and_report(callback)
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

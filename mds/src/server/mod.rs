@@ -128,7 +128,7 @@ impl MdsServer {
         let authorized = AuthorizedKeys::new(config.peers.iter().copied());
         let alpns = vec![ALPN_MDS.to_vec(), ALPN_RAFT.to_vec()];
         let transport = Transport::bind(secret, config.listen, alpns, authorized).await?;
-        let log = LogStore::open(&config.data_dir.join(LOG_FILE))?;
+        let log = LogStore::open(&config.data_dir.join(LOG_FILE), config.raft_id)?;
         let state = StateMachineStore::open(&config.data_dir)?;
         let network = Network::new(transport.clone());
         let raft = Raft::new(
