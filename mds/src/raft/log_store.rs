@@ -268,11 +268,24 @@ fn checkpoint(conn: &Mutex<Connection>, since_checkpoint: &AtomicUsize) {
         if let Err(error) = durable_checkpoint(&lock(conn)) {
             tracing::warn!(%error, "raft log checkpoint failed");
         }
-        let left = since_checkpoint.fetch_sub(counted, Ordering::Relaxed) - counted;
-        if left < CHECKPOINT_EVERY_ENTRIES {
+        if !checkpoint_settled(since_checkpoint, counted) {
             return;
         }
     }
+}
+
+/// Counts an append of `entries` toward the next checkpoint; whether it is
+/// the append that makes one due (so exactly one append asks for it).
+fn counts_a_checkpoint_in(since_checkpoint: &AtomicUsize, entries: usize) -> bool {
+    let before = since_checkpoint.fetch_add(entries, Ordering::Relaxed);
+    before < CHECKPOINT_EVERY_ENTRIES && before + entries >= CHECKPOINT_EVERY_ENTRIES
+}
+
+/// Takes the `counted` entries a checkpoint covered off the count; whether
+/// enough were appended meanwhile that another checkpoint is due at once
+/// (no append would ask for it: the count never fell below the mark).
+fn checkpoint_settled(since_checkpoint: &AtomicUsize, counted: usize) -> bool {
+    since_checkpoint.fetch_sub(counted, Ordering::Relaxed) - counted >= CHECKPOINT_EVERY_ENTRIES
 }
 
 /// The inclusive index range a `RangeBounds` names (`None` when empty).
@@ -360,7 +373,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut conn = self.lock();
             let tx = conn.transaction().map_err(write_error)?;
             for entry in entries {
-                offload = entry.log_id.leader_id.node_id == self.own_id
+                offload |= entry.log_id.leader_id.node_id == self.own_id
                     && matches!(entry.payload, EntryPayload::Normal(Command::Batch(_)));
                 let bytes = encode(&entry).map_err(write_error)?;
                 tx.execute_cached(
@@ -376,8 +389,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
             return Err(write_error(error));
         }
-        let before = self.since_checkpoint.fetch_add(count, Ordering::Relaxed);
-        if before < CHECKPOINT_EVERY_ENTRIES && before + count >= CHECKPOINT_EVERY_ENTRIES {
+        if counts_a_checkpoint_in(&self.since_checkpoint, count) {
             // The flusher is gone only if it panicked; the log then grows
             // until the next start checkpoints it.
             let _ = self.flusher.send(FlusherWork::Checkpoint);
@@ -411,5 +423,59 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         tx.commit().map_err(write_error)?;
         drop(conn);
         self.sync_now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What the appenders and the flusher thread do to the count, one step
+    /// at a time in any order.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Append(usize),
+        /// The flusher takes a queued request and starts a checkpoint.
+        Start,
+        /// The running checkpoint finishes.
+        Finish,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (1..=2 * CHECKPOINT_EVERY_ENTRIES).prop_map(Step::Append),
+            1 => Just(Step::Start),
+            1 => Just(Step::Finish),
+        ]
+    }
+
+    proptest! {
+        /// Whenever a checkpoint's worth of entries went by, one is asked
+        /// for or running: the log is never left to grow unchecked.
+        #[test]
+        fn a_due_checkpoint_is_always_asked_for_or_running(steps in prop::collection::vec(step(), 1..200)) {
+            let since = AtomicUsize::new(0);
+            let (mut requests, mut running) = (0usize, None);
+            for step in steps {
+                match step {
+                    Step::Append(entries) => requests += usize::from(counts_a_checkpoint_in(&since, entries)),
+                    Step::Start if requests > 0 && running.is_none() => {
+                        requests -= 1;
+                        running = Some(since.load(Ordering::Relaxed));
+                    }
+                    Step::Finish => if let Some(counted) = running.take() {
+                        if checkpoint_settled(&since, counted) {
+                            running = Some(since.load(Ordering::Relaxed));
+                        }
+                    },
+                    Step::Start => {}
+                }
+                let due = since.load(Ordering::Relaxed) >= CHECKPOINT_EVERY_ENTRIES;
+                prop_assert!(!due || requests > 0 || running.is_some());
+                prop_assert!(requests <= 1 + usize::from(running.is_some()));
+            }
+        }
     }
 }
