@@ -465,11 +465,13 @@ mod tests {
                         requests -= 1;
                         running = Some(since.load(Ordering::Relaxed));
                     }
-                    Step::Finish => if let Some(counted) = running.take() {
-                        if checkpoint_settled(&since, counted) {
+                    Step::Finish => {
+                        if let Some(counted) = running.take()
+                            && checkpoint_settled(&since, counted)
+                        {
                             running = Some(since.load(Ordering::Relaxed));
                         }
-                    },
+                    }
                     Step::Start => {}
                 }
                 let due = since.load(Ordering::Relaxed) >= CHECKPOINT_EVERY_ENTRIES;
