@@ -124,10 +124,11 @@ impl LogStore {
         let conn = Arc::new(Mutex::new(conn));
         let (flusher, work) = channel();
         let since_checkpoint = Arc::new(AtomicUsize::new(0));
-        let thread = (conn.clone(), wal.clone(), since_checkpoint.clone());
+        let (flusher_conn, flusher_wal, flusher_count) =
+            (conn.clone(), wal.clone(), since_checkpoint.clone());
         std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || run_flusher(&thread.0, &thread.1, &thread.2, &work))
+            .spawn(move || run_flusher(&flusher_conn, &flusher_wal, &flusher_count, &work))
             .map_err(open_error)?;
         Ok(LogStore {
             own_id,
@@ -148,10 +149,7 @@ impl LogStore {
     /// outcome.
     fn sync_and_report(&self, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError> {
         let synced = self.wal.sync_data();
-        let failed = synced
-            .as_ref()
-            .err()
-            .map(|e| write_error(std::io::Error::new(e.kind(), e.to_string())));
+        let failed = synced.as_ref().err().map(|e| write_error(copy_of(e)));
         callback.log_io_completed(synced);
         failed.map_or(Ok(()), Err)
     }
@@ -243,10 +241,7 @@ fn run_flusher(
         if !flushes.is_empty() {
             let synced = wal.sync_data();
             for callback in flushes {
-                callback.log_io_completed(match &synced {
-                    Ok(()) => Ok(()),
-                    Err(error) => Err(std::io::Error::new(error.kind(), error.to_string())),
-                });
+                callback.log_io_completed(synced.as_ref().map_err(copy_of).copied());
             }
         }
         if checkpoint_due {
@@ -260,6 +255,11 @@ fn run_flusher(
     }
 }
 
+/// An I/O error to hand on where the original stays with its owner.
+fn copy_of(error: &std::io::Error) -> std::io::Error {
+    std::io::Error::new(error.kind(), error.to_string())
+}
+
 /// Durable checkpoints until fewer than [`CHECKPOINT_EVERY_ENTRIES`] were
 /// appended since (appends go on during one).
 fn checkpoint(conn: &Mutex<Connection>, since_checkpoint: &AtomicUsize) {
@@ -268,7 +268,7 @@ fn checkpoint(conn: &Mutex<Connection>, since_checkpoint: &AtomicUsize) {
         if let Err(error) = durable_checkpoint(&lock(conn)) {
             tracing::warn!(%error, "raft log checkpoint failed");
         }
-        if !checkpoint_settled(since_checkpoint, counted) {
+        if !another_checkpoint_due(since_checkpoint, counted) {
             return;
         }
     }
@@ -284,7 +284,7 @@ fn counts_a_checkpoint_in(since_checkpoint: &AtomicUsize, entries: usize) -> boo
 /// Takes the `counted` entries a checkpoint covered off the count; whether
 /// enough were appended meanwhile that another checkpoint is due at once
 /// (no append would ask for it: the count never fell below the mark).
-fn checkpoint_settled(since_checkpoint: &AtomicUsize, counted: usize) -> bool {
+fn another_checkpoint_due(since_checkpoint: &AtomicUsize, counted: usize) -> bool {
     since_checkpoint.fetch_sub(counted, Ordering::Relaxed) - counted >= CHECKPOINT_EVERY_ENTRIES
 }
 
@@ -467,7 +467,7 @@ mod tests {
                     }
                     Step::Finish => {
                         if let Some(counted) = running.take()
-                            && checkpoint_settled(&since, counted)
+                            && another_checkpoint_due(&since, counted)
                         {
                             running = Some(since.load(Ordering::Relaxed));
                         }
