@@ -16,9 +16,10 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; w
 trap cleanup EXIT
 
 # Starts a one-member MDS group in $OUT/$1 and waits until it is healthy;
-# its cluster config is $OUT/$1/cluster.json.
+# its cluster config is $OUT/$1/cluster.json. MDS_WORKERS=N runs the member
+# on N runtime threads (`aspen mds --workers`).
 start_mds() {
   "$ASPEN" mds init --data "$OUT/$1" --listen "127.0.0.1:$(free_port)" >/dev/null
-  "$ASPEN" mds --data "$OUT/$1" >"$OUT/$1.log" 2>&1 & pids+=($!)
+  "$ASPEN" mds --data "$OUT/$1" ${MDS_WORKERS:+--workers "$MDS_WORKERS"} >"$OUT/$1.log" 2>&1 & pids+=($!)
   until "$ASPEN" status --config "$OUT/$1/cluster.json" 2>/dev/null | grep -q HEALTH_OK; do sleep 0.3; done
 }

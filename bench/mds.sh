@@ -2,11 +2,14 @@
 # Metadata benchmark: creates/s, stats/s and unlinks/s of empty files with 1
 # and 3 MDS members at concurrency 1 and 16, and serial create latency
 # (p50/p99), on this machine. Appends a dated section to bench/RESULTS.md.
+# The members and the client share this machine's cores, so each member
+# runs one runtime thread (`aspen mds --workers`, MDS_WORKERS=N to change it).
 #
 # Usage: bench/mds.sh            (FILES=N to change the files per run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${FILES:-5000}
+MDS_WORKERS=${MDS_WORKERS:-1}
 source bench/lib.sh mds
 CONFIG=$OUT/mds1/cluster.json
 start_mds mds1
@@ -15,7 +18,7 @@ run() { "$ASPEN" bench mds --config "$CONFIG" --files "$FILES" --concurrency "$1
 run 1
 run 16
 for id in 2 3; do
-  "$ASPEN" mds join --data "$OUT/mds$id" --listen "127.0.0.1:$(free_port)" --id "$id" --config "$CONFIG" >"$OUT/mds$id.log" 2>&1 & pids+=($!)
+  "$ASPEN" mds join --data "$OUT/mds$id" --listen "127.0.0.1:$(free_port)" --id "$id" --config "$CONFIG" --workers "$MDS_WORKERS" >"$OUT/mds$id.log" 2>&1 & pids+=($!)
   until grep -q "\"raft_id\": $id" "$CONFIG"; do sleep 0.3; done
 done
 until "$ASPEN" status --config "$CONFIG" | grep -q "3 of 3 members up"; do sleep 0.3; done
@@ -27,7 +30,7 @@ run 16
   echo "## Metadata service — $(date -u +%Y-%m-%d)"
   echo
   echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/Mem:/{print $2}') GiB; disk under $(df -h "$OUT" | awk 'NR==2{print $1}')."
-  echo "Command: \`FILES=$FILES bench/mds.sh\` (release build; MDS members and the client on 127.0.0.1; empty files in a fresh directory)."
+  echo "Command: \`FILES=$FILES bench/mds.sh\` (release build; MDS members, each on $MDS_WORKERS runtime thread(s), and the client on 127.0.0.1; empty files in a fresh directory)."
   echo
   echo "| members | concurrency | creates/s | stats/s | unlinks/s | serial create p50 | p99 |"
   echo "|---|---|---|---|---|---|---|"

@@ -44,6 +44,7 @@ impl Command {
     fn workers(&self) -> Option<usize> {
         match self {
             Command::Osd(args) => args.workers(),
+            Command::Mds(args) => args.workers(),
             _ => None,
         }
     }

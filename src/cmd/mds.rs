@@ -19,6 +19,18 @@ pub struct MdsArgs {
     /// is part of the membership).
     #[arg(long, requires = "data")]
     listen: Option<SocketAddr>,
+    /// Threads that serve the member (default: one per core). Where the
+    /// members of a group share a machine's few cores, one each spares them
+    /// the switching (bench/RESULTS.md, 2026-12-05).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
+}
+
+impl MdsArgs {
+    /// The runtime threads asked for, if any.
+    pub fn workers(&self) -> Option<usize> {
+        self.workers.map(usize::from)
+    }
 }
 
 #[derive(Subcommand)]

@@ -1,14 +1,21 @@
 //! The Raft log in SQLite: entries, the vote and the purge point.
 //!
 //! An append commits its transaction without SQLite's own sync
-//! (`synchronous = OFF`) and then has the write-ahead log fsynced before it
-//! reports the entries durable. openraft 0.9 waits for that report before it
-//! runs its next command, so appends never overlap, and the fsync runs on the
-//! appending thread itself (no thread wakeups on the write's path) except
-//! for one case: a leader appending a batch of its clients' commands
-//! ([`Command::Batch`], formed only while other writes wait) hands the fsync
-//! to the flusher thread, so that the worker goes on serving those clients
-//! and forming the next batch meanwhile.
+//! (`synchronous = OFF`) and then has the write-ahead log fsynced. A
+//! follower's append is synced on the appending thread before it is
+//! reported durable: its answer to the leader says the entries are on disk.
+//!
+//! A leader's own append (this member's committed vote, entries of its
+//! term) is reported durable at once and synced by the flusher thread
+//! meanwhile, so that openraft 0.9, which waits for that report before it
+//! runs its next command, sends the entries to the followers while the
+//! leader's disk writes them (the Raft thesis, section 10.2.1). openraft
+//! then counts the leader toward a commit before its copy is on disk, so
+//! nothing may act on a commit until it is: [`DurableLog`] says how far the
+//! log is durable, the state machine applies no entry past it, and the
+//! commit index a leader sends its followers is clamped to it. An entry is
+//! thus applied anywhere, and answered, only once a majority holds it on
+//! disk with the leader among them.
 //!
 //! The vote, truncation and purge are synced before they return too.
 //!
@@ -34,11 +41,12 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
-    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError,
+    AnyError, ErrorSubject, ErrorVerb, LeaderId, OptionalSend, RaftLogReader, StorageIOError,
 };
 use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::watch;
 
-use super::{Command, Entry, LogId, StorageError, TypeConfig, Vote, decode, encode};
+use super::{Entry, LogId, StorageError, TypeConfig, Vote, decode, encode};
 use crate::sql::{CachedStatements, durable_checkpoint};
 
 const SCHEMA: &str = "
@@ -58,22 +66,133 @@ const WAL_PREALLOCATED_BYTES: u64 = 16 << 20;
 /// The log store. Clones share one database connection and one flusher.
 #[derive(Clone)]
 pub struct LogStore {
-    /// The member this log belongs to: its own entries are the leader's.
+    /// The member this log belongs to.
     own_id: u64,
     conn: Arc<Mutex<Connection>>,
     wal: Arc<File>,
     /// Entries appended since the last checkpoint.
     since_checkpoint: Arc<AtomicUsize>,
     flusher: Sender<FlusherWork>,
+    progress: Arc<Progress>,
 }
 
 /// What the flusher thread is asked to do.
 enum FlusherWork {
-    /// Sync the write-ahead log, then report an append durable (the
-    /// leader's batches).
-    Flush(LogFlushed<TypeConfig>),
+    /// Sync the write-ahead log (after a leader's own append).
+    Sync,
     /// [`CHECKPOINT_EVERY_ENTRIES`] went by.
     Checkpoint,
+}
+
+/// Where this member's log stands.
+struct Progress {
+    /// The leadership this member holds (its own committed vote), if any:
+    /// appends of its entries are the leader's own.
+    leading: Mutex<Option<LeaderId<u64>>>,
+    /// The last entry appended, in the write-ahead log but perhaps not yet
+    /// synced.
+    appended: Mutex<Option<LogId>>,
+    durable: watch::Sender<Durable>,
+}
+
+/// How far the log is durable.
+#[derive(Clone, Debug, Default)]
+struct Durable {
+    /// Every entry of the log up to this one is on disk. Only rises, so
+    /// after a truncation it may name an entry no longer in the log and
+    /// order after entries appended since. Those are a follower's, synced
+    /// before they count. Entries reported early are a leader's own, of
+    /// its term, the newest this member has seen: they order after every
+    /// entry it ever held.
+    up_to: Option<LogId>,
+    /// A sync failed: what was appended after `up_to` may never be durable.
+    failed: Option<String>,
+}
+
+/// How far a member's log is durable, for what must not act on an entry
+/// before it is (see the module documentation).
+#[derive(Clone)]
+pub struct DurableLog(watch::Receiver<Durable>);
+
+/// Why a wait for durability ended without it.
+#[derive(Debug, thiserror::Error)]
+pub enum DurabilityError {
+    #[error("a raft log sync failed: {0}")]
+    SyncFailed(String),
+    #[error("the raft log is closed")]
+    Closed,
+}
+
+impl DurableLog {
+    /// Returns once `log_id` and every entry before it are durable.
+    pub async fn wait_for(&self, log_id: LogId) -> Result<(), DurabilityError> {
+        let mut durable = self.0.clone();
+        let settled = durable
+            .wait_for(|d| d.up_to >= Some(log_id) || d.failed.is_some())
+            .await
+            .map_err(|_| DurabilityError::Closed)?;
+        match &settled.failed {
+            Some(error) if settled.up_to < Some(log_id) => {
+                Err(DurabilityError::SyncFailed(error.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A commit index no further than the durable log: what a leader may
+    /// tell its followers is committed.
+    pub fn clamp(&self, committed: Option<LogId>) -> Option<LogId> {
+        committed.min(self.0.borrow().up_to)
+    }
+}
+
+impl Progress {
+    fn new(appended: Option<LogId>) -> Progress {
+        Progress {
+            leading: Mutex::new(None),
+            appended: Mutex::new(appended),
+            durable: watch::Sender::new(Durable {
+                up_to: appended,
+                failed: None,
+            }),
+        }
+    }
+
+    /// Syncs the write-ahead log: everything appended before the sync
+    /// began is durable after it.
+    fn sync(&self, wal: &File) -> std::io::Result<()> {
+        let appended = *lock(&self.appended);
+        let synced = wal.sync_data();
+        match &synced {
+            Ok(()) => self.durable.send_if_modified(|d| rise_to(d, appended)),
+            Err(error) => self.durable.send_if_modified(|d| {
+                d.failed = Some(error.to_string());
+                true
+            }),
+        };
+        synced
+    }
+
+    /// Whether an append of entries by `entry_leader` is this member's
+    /// own, as the leader it is.
+    fn is_own(&self, entry_leader: &LeaderId<u64>) -> bool {
+        lock(&self.leading).as_ref() == Some(entry_leader)
+    }
+}
+
+/// Raises the durable mark to `appended`; whether it moved.
+fn rise_to(durable: &mut Durable, appended: Option<LogId>) -> bool {
+    let rises = appended > durable.up_to;
+    if rises {
+        durable.up_to = appended;
+    }
+    rises
+}
+
+/// The leadership a saved vote gives member `own_id`: its own, once
+/// committed (won).
+fn leadership_of(vote: &Vote, own_id: u64) -> Option<LeaderId<u64>> {
+    (vote.is_committed() && vote.leader_id().voted_for() == Some(own_id)).then(|| *vote.leader_id())
 }
 
 fn io_error(
@@ -121,14 +240,24 @@ impl LogStore {
         wal.sync_data().map_err(open_error)?;
         preallocate(&wal).map_err(open_error)?;
         let wal = Arc::new(wal);
+        let progress = Arc::new(Progress::new(last_log_id(&conn).map_err(|e| {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(e.to_string()),
+            )
+        })?));
         let conn = Arc::new(Mutex::new(conn));
         let (flusher, work) = channel();
         let since_checkpoint = Arc::new(AtomicUsize::new(0));
-        let (flusher_conn, flusher_wal, flusher_count) =
-            (conn.clone(), wal.clone(), since_checkpoint.clone());
+        let flusher_state = FlusherState {
+            conn: conn.clone(),
+            wal: wal.clone(),
+            since_checkpoint: since_checkpoint.clone(),
+            progress: progress.clone(),
+        };
         std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || run_flusher(&flusher_conn, &flusher_wal, &flusher_count, &work))
+            .spawn(move || run_flusher(&flusher_state, &work))
             .map_err(open_error)?;
         Ok(LogStore {
             own_id,
@@ -136,19 +265,25 @@ impl LogStore {
             wal,
             since_checkpoint,
             flusher,
+            progress,
         })
+    }
+
+    /// How far this log is durable.
+    pub fn durability(&self) -> DurableLog {
+        DurableLog(self.progress.durable.subscribe())
     }
 
     /// Makes every committed write durable, for operations that must be
     /// durable when they return.
     fn sync_now(&self) -> Result<(), StorageError> {
-        self.wal.sync_data().map_err(write_error)
+        self.progress.sync(&self.wal).map_err(write_error)
     }
 
     /// Syncs the write-ahead log on this thread and reports an append's
     /// outcome.
     fn sync_and_report(&self, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError> {
-        let synced = self.wal.sync_data();
+        let synced = self.progress.sync(&self.wal);
         let failed = synced.as_ref().err().map(|e| write_error(copy_of(e)));
         callback.log_io_completed(synced);
         failed.map_or(Ok(()), Err)
@@ -197,6 +332,13 @@ impl LogStore {
     }
 }
 
+/// The id of the log's last entry, or of the last purged one when none is
+/// left.
+fn last_log_id(conn: &Connection) -> Result<Option<LogId>, StorageError> {
+    let last_purged: Option<LogId> = LogStore::meta(conn, LAST_PURGED)?;
+    Ok(LogStore::last_entry_id(conn)?.or(last_purged))
+}
+
 /// Writes zeros from the end of the write-ahead log up to
 /// [`WAL_PREALLOCATED_BYTES`], durably. Only bytes past the log's end are
 /// written, and SQLite reads no frame past the last valid one, so this is
@@ -216,41 +358,43 @@ fn preallocate(wal: &File) -> std::io::Result<()> {
     wal.sync_data()
 }
 
-fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
-    conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The flusher thread: one fsync for every flush queued meanwhile, and a
+/// What the flusher thread works on, shared with the store.
+struct FlusherState {
+    conn: Arc<Mutex<Connection>>,
+    wal: Arc<File>,
+    since_checkpoint: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
+}
+
+/// The flusher thread: one fsync for every sync asked for meanwhile, and a
 /// durable checkpoint each time appends report [`CHECKPOINT_EVERY_ENTRIES`]
 /// gone by (a failed one is tried again that many entries later). Ends when
 /// every store is dropped, after a last checkpoint.
-fn run_flusher(
-    conn: &Mutex<Connection>,
-    wal: &File,
-    since_checkpoint: &AtomicUsize,
-    work: &Receiver<FlusherWork>,
-) {
+fn run_flusher(state: &FlusherState, work: &Receiver<FlusherWork>) {
     while let Ok(first) = work.recv() {
-        let (mut flushes, mut checkpoint_due) = (Vec::new(), false);
+        let (mut sync_due, mut checkpoint_due) = (false, false);
         for item in std::iter::once(first).chain(work.try_iter()) {
             match item {
-                FlusherWork::Flush(callback) => flushes.push(callback),
+                FlusherWork::Sync => sync_due = true,
                 FlusherWork::Checkpoint => checkpoint_due = true,
             }
         }
-        if !flushes.is_empty() {
-            let synced = wal.sync_data();
-            for callback in flushes {
-                callback.log_io_completed(synced.as_ref().map_err(copy_of).copied());
-            }
+        if sync_due && let Err(error) = state.progress.sync(&state.wal) {
+            tracing::error!(%error, "raft log sync failed");
         }
         if checkpoint_due {
-            checkpoint(conn, since_checkpoint);
+            checkpoint(&state.conn, &state.since_checkpoint);
         }
     }
     // SQLite checkpoints on close without syncing at `synchronous = OFF`:
     // leave nothing for it to copy.
-    if let Err(error) = durable_checkpoint(&lock(conn)) {
+    if let Err(error) = durable_checkpoint(&lock(&state.conn)) {
         tracing::warn!(%error, "raft log final checkpoint failed");
     }
 }
@@ -333,7 +477,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let conn = self.lock();
         let last_purged_log_id: Option<LogId> = LogStore::meta(&conn, LAST_PURGED)?;
-        let last_log_id = LogStore::last_entry_id(&conn)?.or(last_purged_log_id);
+        let last_log_id = last_log_id(&conn)?;
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -350,12 +494,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             LogStore::set_meta(&conn, VOTE, vote)
                 .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, AnyError::new(&e)))?;
         }
-        self.sync_now()
+        self.sync_now()?;
+        *lock(&self.progress.leading) = leadership_of(vote, self.own_id);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let conn = self.lock();
-        LogStore::meta(&conn, VOTE)
+        let vote: Option<Vote> = LogStore::meta(&self.lock(), VOTE)?;
+        // openraft restores a member that led under this vote as leader at
+        // once, without saving the vote again.
+        *lock(&self.progress.leading) = vote.and_then(|v| leadership_of(&v, self.own_id));
+        Ok(vote)
     }
 
     async fn append<I>(
@@ -368,13 +517,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut count = 0;
-        let mut offload = false;
+        let mut own = true;
         let result = {
             let mut conn = self.lock();
             let tx = conn.transaction().map_err(write_error)?;
+            let mut last = None;
             for entry in entries {
-                offload |= entry.log_id.leader_id.node_id == self.own_id
-                    && matches!(entry.payload, EntryPayload::Normal(Command::Batch(_)));
+                own &= self.progress.is_own(&entry.log_id.leader_id);
                 let bytes = encode(&entry).map_err(write_error)?;
                 tx.execute_cached(
                     "INSERT OR REPLACE INTO log (idx, entry) VALUES (?1, ?2)",
@@ -382,8 +531,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 )
                 .map_err(write_error)?;
                 count += 1;
+                last = Some(entry.log_id);
             }
-            tx.commit()
+            let committed = tx.commit();
+            if committed.is_ok() && last.is_some() {
+                *lock(&self.progress.appended) = last;
+            }
+            committed
         };
         if let Err(error) = result {
             callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
@@ -394,22 +548,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // until the next start checkpoints it.
             let _ = self.flusher.send(FlusherWork::Checkpoint);
         }
-        if !offload {
+        if !own {
             return self.sync_and_report(callback);
         }
-        match self.flusher.send(FlusherWork::Flush(callback)) {
-            // The flusher is gone only if it panicked: sync here.
-            Err(std::sync::mpsc::SendError(FlusherWork::Flush(callback))) => {
-                self.sync_and_report(callback)
-            }
-            _ => Ok(()),
+        // The flusher is gone only if it panicked: then sync here.
+        if self.flusher.send(FlusherWork::Sync).is_err() {
+            return self.sync_and_report(callback);
         }
+        callback.log_io_completed(Ok(()));
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let conn = self.lock();
         conn.execute_cached("DELETE FROM log WHERE idx >= ?1", [log_id.index as i64])
             .map_err(write_error)?;
+        *lock(&self.progress.appended) = last_log_id(&conn)?;
         drop(conn);
         self.sync_now()
     }
@@ -428,9 +582,141 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload};
     use proptest::prelude::*;
 
+    use super::super::state_machine::StateMachineStore;
     use super::*;
+
+    /// Long enough for a wait that should end to have ended.
+    const SETTLE: Duration = Duration::from_millis(100);
+
+    fn log_id(term: u64, node: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, node), index)
+    }
+
+    fn wal() -> (tempfile::TempDir, File) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("wal")).unwrap();
+        (dir, file)
+    }
+
+    fn durability(progress: &Progress) -> DurableLog {
+        DurableLog(progress.durable.subscribe())
+    }
+
+    #[test]
+    fn a_member_leads_only_under_its_own_won_vote() {
+        let mut own = Vote::new(3, 1);
+        assert_eq!(
+            leadership_of(&own, 1),
+            None,
+            "a candidate does not lead yet"
+        );
+        own.commit();
+        assert_eq!(leadership_of(&own, 1), Some(*own.leader_id()));
+        assert_eq!(
+            leadership_of(&Vote::new_committed(3, 2), 1),
+            None,
+            "another's leadership"
+        );
+    }
+
+    #[tokio::test]
+    async fn appended_entries_count_as_durable_only_after_a_sync() {
+        let (_dir, wal) = wal();
+        let progress = Progress::new(Some(log_id(1, 1, 5)));
+        let log = durability(&progress);
+        *lock(&progress.appended) = Some(log_id(1, 1, 7));
+        let waiting = tokio::spawn({
+            let log = log.clone();
+            async move { log.wait_for(log_id(1, 1, 7)).await }
+        });
+        tokio::time::sleep(SETTLE).await;
+        assert!(!waiting.is_finished(), "entry 7 is not synced yet");
+        assert_eq!(
+            log.clamp(Some(log_id(1, 1, 7))),
+            Some(log_id(1, 1, 5)),
+            "a commit is told only as far as the disk holds the log"
+        );
+        progress.sync(&wal).unwrap();
+        tokio::time::timeout(SETTLE, waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(log.clamp(Some(log_id(1, 1, 7))), Some(log_id(1, 1, 7)));
+        assert_eq!(log.clamp(None), None);
+    }
+
+    #[tokio::test]
+    async fn the_durable_mark_never_falls_and_covers_a_later_terms_entries_only_once_synced() {
+        let (_dir, wal) = wal();
+        let progress = Progress::new(Some(log_id(1, 1, 10)));
+        let log = durability(&progress);
+        // A truncation back to entry 8, then entry 9 of the next term.
+        *lock(&progress.appended) = Some(log_id(1, 1, 8));
+        progress.sync(&wal).unwrap();
+        assert_eq!(log.clamp(Some(log_id(1, 1, 10))), Some(log_id(1, 1, 10)));
+        *lock(&progress.appended) = Some(log_id(2, 2, 9));
+        assert_eq!(log.clamp(Some(log_id(2, 2, 9))), Some(log_id(1, 1, 10)));
+        progress.sync(&wal).unwrap();
+        assert_eq!(log.clamp(Some(log_id(2, 2, 9))), Some(log_id(2, 2, 9)));
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_fails_the_waits_it_leaves_unmet() {
+        let progress = Progress::new(Some(log_id(1, 1, 5)));
+        let log = durability(&progress);
+        progress
+            .durable
+            .send_modify(|d| d.failed = Some("EIO".into()));
+        assert!(
+            log.wait_for(log_id(1, 1, 5)).await.is_ok(),
+            "entry 5 was synced before"
+        );
+        assert!(matches!(
+            log.wait_for(log_id(1, 1, 6)).await,
+            Err(DurabilityError::SyncFailed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_state_machine_applies_no_entry_before_the_log_holds_it_on_disk() {
+        let (_dir, wal) = wal();
+        let sm_dir = tempfile::tempdir().unwrap();
+        let progress = Progress::new(None);
+        let mut state = StateMachineStore::open(sm_dir.path())
+            .unwrap()
+            .applying_durable_entries_of(durability(&progress));
+        *lock(&progress.appended) = Some(log_id(1, 1, 1));
+        let applying = tokio::spawn({
+            let mut state = state.clone();
+            async move {
+                let entry = Entry {
+                    log_id: log_id(1, 1, 1),
+                    payload: EntryPayload::Blank,
+                };
+                state.apply(vec![entry]).await
+            }
+        });
+        tokio::time::sleep(SETTLE).await;
+        assert!(!applying.is_finished());
+        assert_eq!(state.applied_state().await.unwrap().0, None);
+        progress.sync(&wal).unwrap();
+        tokio::time::timeout(SETTLE, applying)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            state.applied_state().await.unwrap().0,
+            Some(log_id(1, 1, 1))
+        );
+    }
 
     /// What the appenders and the flusher thread do to the count, one step
     /// at a time in any order.

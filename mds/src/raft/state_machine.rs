@@ -15,6 +15,7 @@ use openraft::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::log_store::DurableLog;
 use super::{
     Command, Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig, decode, encode, replies,
@@ -102,9 +103,19 @@ pub struct StateMachineStore {
     locks_changed: Arc<tokio::sync::watch::Sender<u64>>,
     /// Counts applied entries that may have changed who holds which cap.
     caps_changed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The member's log: no entry is applied before it is durable there.
+    log: Option<DurableLog>,
 }
 
 impl StateMachineStore {
+    /// Has every apply wait until its entries are durable in `log`, which a
+    /// leader reports durable before they are (see
+    /// [`super::log_store`]).
+    pub fn applying_durable_entries_of(mut self, log: DurableLog) -> StateMachineStore {
+        self.log = Some(log);
+        self
+    }
+
     /// Opens (creating if needed) the state machine kept in `dir`.
     pub fn open(dir: &Path) -> Result<StateMachineStore, StoreError> {
         let snapshot_dir = dir.join(SNAPSHOT_DIR);
@@ -127,6 +138,7 @@ impl StateMachineStore {
         let current = newest_snapshot(&snapshot_dir);
         let epoch = load_osdmap(namespace.connection())?.epoch().0;
         Ok(StateMachineStore {
+            log: None,
             epoch: Arc::new(tokio::sync::watch::channel(epoch).0),
             locks_changed: Arc::new(tokio::sync::watch::channel(0).0),
             caps_changed: Arc::new(tokio::sync::watch::channel(0).0),
@@ -766,6 +778,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(log), Some(last)) = (&self.log, entries.last()) {
+            log.wait_for(last.log_id)
+                .await
+                .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        }
         let mut inner = self.lock();
         let tx = inner
             .namespace

@@ -129,8 +129,9 @@ impl MdsServer {
         let alpns = vec![ALPN_MDS.to_vec(), ALPN_RAFT.to_vec()];
         let transport = Transport::bind(secret, config.listen, alpns, authorized).await?;
         let log = LogStore::open(&config.data_dir.join(LOG_FILE), config.raft_id)?;
-        let state = StateMachineStore::open(&config.data_dir)?;
-        let network = Network::new(transport.clone());
+        let state = StateMachineStore::open(&config.data_dir)?
+            .applying_durable_entries_of(log.durability());
+        let network = Network::new(transport.clone(), log.durability());
         let raft = Raft::new(
             config.raft_id,
             raft_config(config.snapshots)?,

@@ -23,6 +23,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::raft::log_store::DurableLog;
 use crate::raft::{MdsNode, TypeConfig};
 
 pub type Raft = openraft::Raft<TypeConfig>;
@@ -133,16 +134,20 @@ impl Service for RaftService {
 pub struct Network {
     transport: Transport,
     links: Arc<Mutex<Links>>,
+    /// This member's log: as leader it tells followers of no commit past
+    /// what it holds on disk (see [`crate::raft::log_store`]).
+    log: DurableLog,
 }
 
 /// Each member's address as last seen, and the client dialling it.
 type Links = HashMap<u64, (MdsNode, Arc<RpcClient>)>;
 
 impl Network {
-    pub fn new(transport: Transport) -> Network {
+    pub fn new(transport: Transport, log: DurableLog) -> Network {
         Network {
             transport,
             links: Arc::default(),
+            log,
         }
     }
 
@@ -168,6 +173,7 @@ pub struct Peer {
     target: u64,
     client: Option<Arc<RpcClient>>,
     problem: String,
+    log: DurableLog,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -179,11 +185,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 target,
                 client: Some(self.link(target, node, id)),
                 problem: String::new(),
+                log: self.log.clone(),
             },
             Err(error) => Peer {
                 target,
                 client: None,
                 problem: format!("bad node id {:?}: {error}", node.node_id),
+                log: self.log.clone(),
             },
         }
     }
@@ -226,9 +234,12 @@ impl Peer {
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, RaftError<u64>> {
+        // A later message (the next entries, or a heartbeat) carries the
+        // rest of the commit once the log is durable that far.
+        rpc.leader_commit = self.log.clamp(rpc.leader_commit);
         match self.send(RaftRequest::Append(rpc)).await? {
             RaftResponse::Append(result) => {
                 result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
