@@ -89,23 +89,31 @@ struct Progress {
     /// The leadership this member holds (its own committed vote), if any:
     /// appends of its entries are the leader's own.
     leading: Mutex<Option<LeaderId<u64>>>,
-    /// The last entry appended, in the write-ahead log but perhaps not yet
-    /// synced.
-    appended: Mutex<Option<LogId>>,
+    appended: Mutex<Appended>,
     durable: watch::Sender<Durable>,
+}
+
+/// What the log holds, perhaps not yet synced.
+#[derive(Clone, Copy, Debug, Default)]
+struct Appended {
+    /// Its last entry.
+    last: Option<LogId>,
+    /// Counts truncations: a sync that began before one must not raise the
+    /// durable mark to an entry the truncation removed.
+    truncations: u64,
 }
 
 /// How far the log is durable.
 #[derive(Clone, Debug, Default)]
 struct Durable {
-    /// Every entry of the log up to this one is on disk. Only rises, so
-    /// after a truncation it may name an entry no longer in the log and
-    /// order after entries appended since. Those are a follower's, synced
-    /// before they count. Entries reported early are a leader's own, of
-    /// its term, the newest this member has seen: they order after every
-    /// entry it ever held.
+    /// The last entry on disk; every entry of the log before it is too. An
+    /// entry of the log, so that a commit clamped to it names one.
     up_to: Option<LogId>,
-    /// A sync failed: what was appended after `up_to` may never be durable.
+    /// The truncations the log had gone through when `up_to` was synced.
+    truncations: u64,
+    /// A sync failed. The mark stays where it was for good (after a failed
+    /// fsync the kernel may drop the unwritten pages and report the next
+    /// one fine), and the log takes no more appends.
     failed: Option<String>,
 }
 
@@ -147,30 +155,63 @@ impl DurableLog {
 }
 
 impl Progress {
-    fn new(appended: Option<LogId>) -> Progress {
+    fn new(last: Option<LogId>) -> Progress {
         Progress {
             leading: Mutex::new(None),
-            appended: Mutex::new(appended),
+            appended: Mutex::new(Appended {
+                last,
+                truncations: 0,
+            }),
             durable: watch::Sender::new(Durable {
-                up_to: appended,
+                up_to: last,
+                truncations: 0,
                 failed: None,
             }),
         }
     }
 
+    /// Records the log's new last entry after an append.
+    fn appended(&self, last: LogId) {
+        lock(&self.appended).last = Some(last);
+    }
+
+    /// Records the log's new last entry after a truncation.
+    fn truncated(&self, last: Option<LogId>) {
+        let mut appended = lock(&self.appended);
+        appended.last = last;
+        appended.truncations += 1;
+    }
+
     /// Syncs the write-ahead log: everything appended before the sync
-    /// began is durable after it.
+    /// began is durable after it, and the mark moves there unless the log
+    /// was truncated meanwhile.
     fn sync(&self, wal: &File) -> std::io::Result<()> {
-        let appended = *lock(&self.appended);
+        self.failure()?;
+        let before = *lock(&self.appended);
         let synced = wal.sync_data();
+        // Held while the mark moves: no truncation in between.
+        let appended = lock(&self.appended);
         match &synced {
-            Ok(()) => self.durable.send_if_modified(|d| rise_to(d, appended)),
+            Ok(()) if appended.truncations == before.truncations => {
+                self.durable.send_if_modified(|d| mark_synced(d, before))
+            }
+            Ok(()) => false,
             Err(error) => self.durable.send_if_modified(|d| {
                 d.failed = Some(error.to_string());
                 true
             }),
         };
         synced
+    }
+
+    /// The earlier sync failure, if any.
+    fn failure(&self) -> std::io::Result<()> {
+        match &self.durable.borrow().failed {
+            Some(error) => Err(std::io::Error::other(format!(
+                "an earlier raft log sync failed: {error}"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Whether an append of entries by `entry_leader` is this member's
@@ -180,13 +221,31 @@ impl Progress {
     }
 }
 
-/// Raises the durable mark to `appended`; whether it moved.
-fn rise_to(durable: &mut Durable, appended: Option<LogId>) -> bool {
-    let rises = appended > durable.up_to;
-    if rises {
-        durable.up_to = appended;
+/// Moves the durable mark to what a sync covered; whether it moved. It
+/// only rises while the log is not truncated (syncs may finish out of
+/// order), goes to the log's last entry after a truncation, and never
+/// moves after a failure.
+fn mark_synced(durable: &mut Durable, synced: Appended) -> bool {
+    let moves = durable.failed.is_none()
+        && (synced.truncations > durable.truncations
+            || (synced.truncations == durable.truncations && synced.last > durable.up_to));
+    if moves {
+        durable.up_to = synced.last;
+        durable.truncations = synced.truncations;
     }
-    rises
+    moves
+}
+
+/// The vote a member restarts with. Its own won vote comes back as a
+/// candidate's, so that it leads again only in a new term: openraft would
+/// restore it as leader of the same term, and its early-reported entries
+/// that a crash took from its disk while followers kept them would be
+/// written anew, different, under the same log ids.
+fn as_restarted(vote: Vote, own_id: u64) -> Vote {
+    match leadership_of(&vote, own_id) {
+        Some(leader) => Vote::new(leader.term, own_id),
+        None => vote,
+    }
 }
 
 /// The leadership a saved vote gives member `own_id`: its own, once
@@ -501,10 +560,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         let vote: Option<Vote> = LogStore::meta(&self.lock(), VOTE)?;
-        // openraft restores a member that led under this vote as leader at
-        // once, without saving the vote again.
-        *lock(&self.progress.leading) = vote.and_then(|v| leadership_of(&v, self.own_id));
-        Ok(vote)
+        Ok(vote.map(|vote| as_restarted(vote, self.own_id)))
     }
 
     async fn append<I>(
@@ -534,8 +590,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 last = Some(entry.log_id);
             }
             let committed = tx.commit();
-            if committed.is_ok() && last.is_some() {
-                *lock(&self.progress.appended) = last;
+            if let (Ok(()), Some(last)) = (&committed, last) {
+                self.progress.appended(last);
             }
             committed
         };
@@ -551,8 +607,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if !own {
             return self.sync_and_report(callback);
         }
-        // The flusher is gone only if it panicked: then sync here.
-        if self.flusher.send(FlusherWork::Sync).is_err() {
+        // After a failed sync, nothing is reported durable again (the sync
+        // itself refuses); the flusher is gone only if it panicked.
+        if self.progress.failure().is_err() || self.flusher.send(FlusherWork::Sync).is_err() {
             return self.sync_and_report(callback);
         }
         callback.log_io_completed(Ok(()));
@@ -563,7 +620,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let conn = self.lock();
         conn.execute_cached("DELETE FROM log WHERE idx >= ?1", [log_id.index as i64])
             .map_err(write_error)?;
-        *lock(&self.progress.appended) = last_log_id(&conn)?;
+        self.progress.truncated(last_log_id(&conn)?);
         drop(conn);
         self.sync_now()
     }
@@ -630,7 +687,7 @@ mod tests {
         let (_dir, wal) = wal();
         let progress = Progress::new(Some(log_id(1, 1, 5)));
         let log = durability(&progress);
-        *lock(&progress.appended) = Some(log_id(1, 1, 7));
+        progress.appended(log_id(1, 1, 7));
         let waiting = tokio::spawn({
             let log = log.clone();
             async move { log.wait_for(log_id(1, 1, 7)).await }
@@ -653,18 +710,65 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_durable_mark_never_falls_and_covers_a_later_terms_entries_only_once_synced() {
+    async fn a_truncation_takes_the_durable_mark_back_to_the_logs_last_entry() {
         let (_dir, wal) = wal();
         let progress = Progress::new(Some(log_id(1, 1, 10)));
         let log = durability(&progress);
-        // A truncation back to entry 8, then entry 9 of the next term.
-        *lock(&progress.appended) = Some(log_id(1, 1, 8));
+        progress.truncated(Some(log_id(1, 1, 8)));
         progress.sync(&wal).unwrap();
-        assert_eq!(log.clamp(Some(log_id(1, 1, 10))), Some(log_id(1, 1, 10)));
-        *lock(&progress.appended) = Some(log_id(2, 2, 9));
-        assert_eq!(log.clamp(Some(log_id(2, 2, 9))), Some(log_id(1, 1, 10)));
+        assert_eq!(
+            log.clamp(Some(log_id(2, 2, 11))),
+            Some(log_id(1, 1, 8)),
+            "a clamped commit names an entry the log holds"
+        );
+        progress.appended(log_id(2, 2, 9));
+        assert_eq!(log.clamp(Some(log_id(2, 2, 9))), Some(log_id(1, 1, 8)));
         progress.sync(&wal).unwrap();
         assert_eq!(log.clamp(Some(log_id(2, 2, 9))), Some(log_id(2, 2, 9)));
+    }
+
+    #[test]
+    fn syncs_finishing_out_of_order_never_move_the_mark_to_a_truncated_or_older_entry() {
+        let synced = |last, truncations| Appended {
+            last: Some(last),
+            truncations,
+        };
+        let mut durable = Durable {
+            up_to: Some(log_id(1, 1, 10)),
+            ..Durable::default()
+        };
+        assert!(mark_synced(&mut durable, synced(log_id(1, 1, 12), 0)));
+        assert!(
+            !mark_synced(&mut durable, synced(log_id(1, 1, 11), 0)),
+            "an older sync"
+        );
+        assert!(
+            mark_synced(&mut durable, synced(log_id(1, 1, 8), 1)),
+            "after a truncation"
+        );
+        assert_eq!(durable.up_to, Some(log_id(1, 1, 8)));
+        assert!(
+            !mark_synced(&mut durable, synced(log_id(1, 1, 12), 0)),
+            "a sync from before the truncation"
+        );
+        durable.failed = Some("EIO".into());
+        assert!(
+            !mark_synced(&mut durable, synced(log_id(2, 2, 9), 1)),
+            "after a failure"
+        );
+        assert_eq!(durable.up_to, Some(log_id(1, 1, 8)));
+    }
+
+    #[test]
+    fn a_restarted_leader_comes_back_a_candidate_of_its_term() {
+        let mut own = Vote::new(4, 1);
+        own.commit();
+        let restarted = as_restarted(own, 1);
+        assert!(!restarted.is_committed());
+        assert_eq!(restarted.leader_id(), own.leader_id());
+        let theirs = Vote::new_committed(4, 2);
+        assert_eq!(as_restarted(theirs, 1), theirs);
+        assert_eq!(as_restarted(Vote::new(5, 1), 1), Vote::new(5, 1));
     }
 
     #[tokio::test]
@@ -682,6 +786,13 @@ mod tests {
             log.wait_for(log_id(1, 1, 6)).await,
             Err(DurabilityError::SyncFailed(_))
         ));
+        let (_dir, wal) = wal();
+        progress.appended(log_id(1, 1, 6));
+        assert!(
+            progress.sync(&wal).is_err(),
+            "no sync counts after a failed one"
+        );
+        assert_eq!(log.clamp(Some(log_id(1, 1, 6))), Some(log_id(1, 1, 5)));
     }
 
     #[tokio::test]
@@ -692,7 +803,7 @@ mod tests {
         let mut state = StateMachineStore::open(sm_dir.path())
             .unwrap()
             .applying_durable_entries_of(durability(&progress));
-        *lock(&progress.appended) = Some(log_id(1, 1, 1));
+        progress.appended(log_id(1, 1, 1));
         let applying = tokio::spawn({
             let mut state = state.clone();
             async move {

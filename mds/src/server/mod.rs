@@ -177,6 +177,7 @@ impl MdsServer {
             writes: WriteBatcher::new(raft.clone()),
             lock_waits: Default::default(),
             revoker,
+            membership_changes: Default::default(),
         };
         let router = Router::builder(transport.endpoint.clone())
             .accept(ALPN_MDS, RpcProtocol(Arc::new(service)))

@@ -44,6 +44,8 @@ pub struct MdsService {
     pub lock_waits: Mutex<WaitGraph>,
     /// Cap revocations in flight.
     pub revoker: Arc<Revoker>,
+    /// Held through a membership change: one at a time.
+    pub membership_changes: tokio::sync::Mutex<()>,
 }
 
 /// How long a map request waits for a newer epoch.
@@ -322,8 +324,18 @@ impl MdsService {
                     .keys()
                     .map_or_else(|e| MdsResponse::Failed(e.to_string()), MdsResponse::Keys),
             },
-            MdsRequest::AddMember { raft_id, member } => self.add_member(raft_id, member).await,
+            MdsRequest::AddMember { raft_id, member } => {
+                let _one_at_a_time = self.membership_changes.lock().await;
+                if let Err(response) = self.linearize().await {
+                    return response;
+                }
+                self.add_member(raft_id, member).await
+            }
             MdsRequest::RemoveMember { raft_id } => {
+                let _one_at_a_time = self.membership_changes.lock().await;
+                if let Err(response) = self.linearize().await {
+                    return response;
+                }
                 let change = ChangeMembers::RemoveVoters([raft_id].into());
                 self.change_membership(self.raft.change_membership(change, false).await)
             }
@@ -350,6 +362,12 @@ impl MdsService {
     }
 
     /// Adds a member: as a learner first (it catches up), then as a voter.
+    /// Called once every earlier entry is applied here: openraft lets a
+    /// change start when the last configuration is committed by its own
+    /// count, which takes this leader's copy before it is on disk
+    /// (`crate::raft::log_store`); an applied entry is on disk on a
+    /// majority with the leader among them. Each step it takes returns
+    /// once applied too.
     async fn add_member(&self, raft_id: u64, member: MdsNode) -> MdsResponse {
         if let Err(error) = self.raft.add_learner(raft_id, member, true).await {
             return refusal(&error);
