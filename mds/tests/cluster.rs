@@ -9,13 +9,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use aspen_mds::raft::Command;
-use aspen_mds::server::{MdsConfig, MdsServer, node_id};
+use aspen_mds::server::{MdsConfig, MdsServer, ServerError, node_id};
 use aspen_proto::fs::Caller;
 use aspen_proto::mds::{
     KeyEntry, MdsMember, MdsRequest, MdsResponse, NsOp, NsReply, Role, SessionId,
 };
 use aspen_proto::transport::{
-    ALPN_MDS, AuthorizedKeys, Bytes, EndpointAddr, RpcClient, SecretKey, Transport,
+    ALPN_MDS, AuthorizedKeys, Bytes, EndpointAddr, RpcClient, SecretKey, Transport, TransportError,
     endpoint::peer_addr,
 };
 use aspen_proto::{FileLayout, InodeId};
@@ -35,6 +35,24 @@ struct Member {
 
 async fn start(member: &Member) -> MdsServer {
     MdsServer::start(member.config.clone()).await.unwrap()
+}
+
+/// Tries before a new member's start gives up on finding a free port.
+const BIND_TRIES: usize = 5;
+
+/// Starts a member for the first time. Its port was free when
+/// [`free_port`] chose it, but another test's endpoint may have taken it
+/// since: then it takes another (nothing has recorded its address yet).
+async fn start_new(member: &mut Member) -> MdsServer {
+    for _ in 1..BIND_TRIES {
+        match MdsServer::start(member.config.clone()).await {
+            Err(ServerError::Transport(TransportError::Bind(_))) => {
+                member.config.listen = free_port();
+            }
+            started => return started.unwrap(),
+        }
+    }
+    start(member).await
 }
 
 fn members(dirs: &[&Path]) -> Vec<Member> {
@@ -72,7 +90,7 @@ async fn new_client() -> (Transport, SecretKey) {
 
 /// A one-member group in `dir`, leading.
 async fn single_member(dir: &Path) -> MdsServer {
-    let server = start(&members(&[dir])[0]).await;
+    let server = start_new(&mut members(&[dir])[0]).await;
     server
         .initialize(BTreeMap::from([(1, server.member())]))
         .await
@@ -158,10 +176,10 @@ struct Group {
 async fn form_group(n: usize) -> Group {
     let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
     let paths: Vec<&Path> = dirs.iter().map(|d| d.path()).collect();
-    let members = members(&paths);
+    let mut members = members(&paths);
     let mut servers = Vec::new();
-    for member in &members {
-        servers.push(Some(start(member).await));
+    for member in &mut members {
+        servers.push(Some(start_new(member).await));
     }
     let group: BTreeMap<u64, MdsMember> = servers
         .iter()
@@ -213,10 +231,10 @@ async fn form_group(n: usize) -> Group {
 async fn three_members_replicate_fail_over_and_catch_up() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let paths: Vec<&Path> = dirs.iter().map(|d| d.path()).collect();
-    let members = members(&paths);
+    let mut members = members(&paths);
     let mut servers = Vec::new();
-    for member in &members {
-        servers.push(Some(start(member).await));
+    for member in &mut members {
+        servers.push(Some(start_new(member).await));
     }
     let group: BTreeMap<u64, MdsMember> = servers
         .iter()

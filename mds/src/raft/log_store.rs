@@ -43,6 +43,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     AnyError, ErrorSubject, ErrorVerb, LeaderId, OptionalSend, RaftLogReader, StorageIOError,
 };
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::watch;
 
@@ -91,6 +92,10 @@ struct Progress {
     leading: Mutex<Option<LeaderId<u64>>>,
     appended: Mutex<Appended>,
     durable: watch::Sender<Durable>,
+    /// Held through a sync and the recording of its outcome: the kernel
+    /// reports a write-back error to one fsync of a file only, so a sync
+    /// running beside a failing one could report data durable that is not.
+    syncing: Mutex<()>,
 }
 
 /// What the log holds, perhaps not yet synced.
@@ -167,6 +172,7 @@ impl Progress {
                 truncations: 0,
                 failed: None,
             }),
+            syncing: Mutex::new(()),
         }
     }
 
@@ -175,17 +181,26 @@ impl Progress {
         lock(&self.appended).last = Some(last);
     }
 
-    /// Records the log's new last entry after a truncation.
+    /// Records the log's new last entry after a truncation (`None` if it
+    /// could not be read: nothing then counts as durable until the next
+    /// sync). The durable mark comes back at once: what is left of the log
+    /// up to it is on disk.
     fn truncated(&self, last: Option<LogId>) {
         let mut appended = lock(&self.appended);
         appended.last = last;
         appended.truncations += 1;
+        let truncations = appended.truncations;
+        self.durable.send_modify(|d| {
+            d.up_to = d.up_to.min(last);
+            d.truncations = truncations;
+        });
     }
 
     /// Syncs the write-ahead log: everything appended before the sync
     /// began is durable after it, and the mark moves there unless the log
     /// was truncated meanwhile.
     fn sync(&self, wal: &File) -> std::io::Result<()> {
+        let _one_at_a_time = lock(&self.syncing);
         self.failure()?;
         let before = *lock(&self.appended);
         let synced = wal.sync_data();
@@ -236,11 +251,13 @@ fn mark_synced(durable: &mut Durable, synced: Appended) -> bool {
     moves
 }
 
-/// The vote a member restarts with. Its own won vote comes back as a
-/// candidate's, so that it leads again only in a new term: openraft would
-/// restore it as leader of the same term, and its early-reported entries
-/// that a crash took from its disk while followers kept them would be
-/// written anew, different, under the same log ids.
+/// The vote a member restarts with. Its own won vote comes back not won,
+/// so that openraft starts it as a follower that voted for itself, and it
+/// leads again only after winning a later term: restored as leader of the
+/// same term (what openraft does with a won vote), it would write anew,
+/// and differently, under the same log ids, early-reported entries that a
+/// crash took from its disk while followers kept them. Every restart of a
+/// leader costs an election; a lone member wins one at once.
 fn as_restarted(vote: Vote, own_id: u64) -> Vote {
     match leadership_of(&vote, own_id) {
         Some(leader) => Vote::new(leader.term, own_id),
@@ -447,13 +464,21 @@ fn run_flusher(state: &FlusherState, work: &Receiver<FlusherWork>) {
         if sync_due && let Err(error) = state.progress.sync(&state.wal) {
             tracing::error!(%error, "raft log sync failed");
         }
-        if checkpoint_due {
+        // After a failed sync the log's pages may be lost under SQLite's
+        // feet: nothing is copied into the database from then on, and the
+        // next start recovers from what the log file holds.
+        if checkpoint_due && state.progress.failure().is_ok() {
             checkpoint(&state.conn, &state.since_checkpoint);
         }
     }
+    let conn = lock(&state.conn);
+    if state.progress.failure().is_err() {
+        let _ = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
+        return;
+    }
     // SQLite checkpoints on close without syncing at `synchronous = OFF`:
     // leave nothing for it to copy.
-    if let Err(error) = durable_checkpoint(&lock(&state.conn)) {
+    if let Err(error) = durable_checkpoint(&conn) {
         tracing::warn!(%error, "raft log final checkpoint failed");
     }
 }
@@ -558,6 +583,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// Not quite the last saved vote, as openraft's contract has it: see
+    /// [`as_restarted`] (its conformance suite saves no won votes).
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         let vote: Option<Vote> = LogStore::meta(&self.lock(), VOTE)?;
         Ok(vote.map(|vote| as_restarted(vote, self.own_id)))
@@ -572,6 +599,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        if let Err(error) = self.progress.failure() {
+            callback.log_io_completed(Err(copy_of(&error)));
+            return Err(write_error(error));
+        }
         let mut count = 0;
         let mut own = true;
         let result = {
@@ -620,7 +651,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let conn = self.lock();
         conn.execute_cached("DELETE FROM log WHERE idx >= ?1", [log_id.index as i64])
             .map_err(write_error)?;
-        self.progress.truncated(last_log_id(&conn)?);
+        let last = last_log_id(&conn);
+        self.progress
+            .truncated(last.as_ref().ok().copied().flatten());
+        last?;
         drop(conn);
         self.sync_now()
     }
@@ -715,6 +749,11 @@ mod tests {
         let progress = Progress::new(Some(log_id(1, 1, 10)));
         let log = durability(&progress);
         progress.truncated(Some(log_id(1, 1, 8)));
+        assert_eq!(
+            log.clamp(Some(log_id(1, 1, 10))),
+            Some(log_id(1, 1, 8)),
+            "at once: what is left of the log up to the mark is on disk"
+        );
         progress.sync(&wal).unwrap();
         assert_eq!(
             log.clamp(Some(log_id(2, 2, 11))),
@@ -760,7 +799,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restarted_leader_comes_back_a_candidate_of_its_term() {
+    fn a_restarted_leader_comes_back_without_its_leadership() {
         let mut own = Vote::new(4, 1);
         own.commit();
         let restarted = as_restarted(own, 1);

@@ -50,6 +50,9 @@ pub struct MdsService {
 
 /// How long a map request waits for a newer epoch.
 pub const MAP_WAIT: Duration = Duration::from_secs(10);
+/// How long a member being added may take to catch up as a learner before
+/// it is made a voter.
+pub const LEARNER_CATCH_UP_WAIT: Duration = Duration::from_secs(120);
 
 /// The reply for a request this member cannot serve because of `error`.
 pub fn refusal<E>(error: &RaftError<u64, E>) -> MdsResponse
@@ -324,13 +327,7 @@ impl MdsService {
                     .keys()
                     .map_or_else(|e| MdsResponse::Failed(e.to_string()), MdsResponse::Keys),
             },
-            MdsRequest::AddMember { raft_id, member } => {
-                let _one_at_a_time = self.membership_changes.lock().await;
-                if let Err(response) = self.linearize().await {
-                    return response;
-                }
-                self.add_member(raft_id, member).await
-            }
+            MdsRequest::AddMember { raft_id, member } => self.add_member(raft_id, member).await,
             MdsRequest::RemoveMember { raft_id } => {
                 let _one_at_a_time = self.membership_changes.lock().await;
                 if let Err(response) = self.linearize().await {
@@ -362,15 +359,43 @@ impl MdsService {
     }
 
     /// Adds a member: as a learner first (it catches up), then as a voter.
-    /// Called once every earlier entry is applied here: openraft lets a
-    /// change start when the last configuration is committed by its own
-    /// count, which takes this leader's copy before it is on disk
-    /// (`crate::raft::log_store`); an applied entry is on disk on a
-    /// majority with the leader among them. Each step it takes returns
-    /// once applied too.
+    /// Each change starts once every earlier entry is applied here, one
+    /// change at a time: openraft lets a change start when the last
+    /// configuration is committed by its own count, which takes this
+    /// leader's copy before it is on disk (`crate::raft::log_store`); an
+    /// applied entry is on disk on a majority with the leader among them.
+    /// The learner catches up outside the turn, so one that never does
+    /// holds up no other change.
     async fn add_member(&self, raft_id: u64, member: MdsNode) -> MdsResponse {
-        if let Err(error) = self.raft.add_learner(raft_id, member, true).await {
-            return refusal(&error);
+        let added = {
+            let _one_at_a_time = self.membership_changes.lock().await;
+            if let Err(response) = self.linearize().await {
+                return response;
+            }
+            match self.raft.add_learner(raft_id, member, false).await {
+                Ok(written) => written.log_id,
+                Err(error) => return refusal(&error),
+            }
+        };
+        let caught_up = self
+            .raft
+            .wait(Some(LEARNER_CATCH_UP_WAIT))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|matched| matched.get(&raft_id))
+                        .is_some_and(|matched| *matched >= Some(added))
+                },
+                "the learner caught up",
+            )
+            .await;
+        if let Err(error) = caught_up {
+            return MdsResponse::Failed(format!("mds.{raft_id} as a learner: {error}"));
+        }
+        let _one_at_a_time = self.membership_changes.lock().await;
+        if let Err(response) = self.linearize().await {
+            return response;
         }
         let change = ChangeMembers::AddVoterIds([raft_id].into());
         self.change_membership(self.raft.change_membership(change, false).await)
