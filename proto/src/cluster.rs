@@ -108,7 +108,8 @@ impl ClusterConfig {
     pub async fn connect(&self) -> Result<(Transport, MdsClient), TransportError> {
         let key = load_or_create_secret_key(&self.key)?;
         let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let transport = Transport::bind(key, any_port, vec![], AuthorizedKeys::default()).await?;
+        let transport =
+            Transport::bind_delegated(&key, any_port, AuthorizedKeys::default()).await?;
         let mds = MdsClient::new(transport.clone(), self.members());
         Ok((transport, mds))
     }

@@ -1,5 +1,6 @@
-//! Two real iroh endpoints on 127.0.0.1: calls, concurrency, bulk bodies,
-//! the allow-list, malformed frames, and persistent keys.
+//! Real iroh endpoints on 127.0.0.1: calls, concurrency, bulk bodies, the
+//! allow-list, client endpoints acting for a shared key, malformed
+//! frames, and persistent keys.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -139,6 +140,76 @@ async fn unknown_nodes_are_refused() {
     // Once allowed, the same node gets through.
     server.authorized.allow(stranger.id());
     let rpc = RpcClient::new(stranger, server.addr(), ALPN);
+    let (reply, _): (Reply, Vec<u8>) = rpc
+        .call(&Request::Sum(vec![2, 3]), Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(reply, Reply::Sum(5));
+}
+
+async fn delegated(principal: &SecretKey) -> Transport {
+    Transport::bind_delegated(
+        principal,
+        "127.0.0.1:0".parse().unwrap(),
+        AuthorizedKeys::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Calls `server` from `client` many times, concurrently, and checks
+/// every answer names `principal` as the caller.
+async fn calls_as(client: Transport, server: &Transport, principal: EndpointId) {
+    let rpc = Arc::new(RpcClient::new(client, server.addr(), ALPN));
+    let calls = (0..100).map(|i| {
+        let rpc = rpc.clone();
+        tokio::spawn(async move {
+            let (reply, _): (Reply, Vec<u8>) = rpc
+                .call(&Request::Echo(format!("{i}")), Bytes::new())
+                .await
+                .unwrap();
+            reply
+        })
+    });
+    for (i, call) in calls.enumerate() {
+        assert_eq!(
+            call.await.unwrap(),
+            Reply::Echo {
+                text: format!("{i}"),
+                from: principal.to_string()
+            }
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_sharing_a_key_each_have_an_endpoint_and_act_for_the_key() {
+    let principal = SecretKey::generate();
+    let server = endpoint(&[principal.public()]).await;
+    let _router = serve(&server, ALPN, Arc::new(TestService));
+    let (first, second) = (delegated(&principal).await, delegated(&principal).await);
+    assert_ne!(first.id(), second.id(), "each has its own endpoint id");
+    assert_ne!(first.id(), principal.public());
+    tokio::join!(
+        calls_as(first, &server, principal.public()),
+        calls_as(second, &server, principal.public())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegation_from_an_unknown_key_is_refused() {
+    let server = endpoint(&[]).await;
+    let _router = serve(&server, ALPN, Arc::new(TestService));
+    let stranger = SecretKey::generate();
+    let rpc = RpcClient::new(delegated(&stranger).await, server.addr(), ALPN);
+    let result: Result<(Reply, Vec<u8>), _> = rpc.call(&Request::Sum(vec![1]), Bytes::new()).await;
+    assert!(
+        result.is_err(),
+        "a key not on the allow-list gets no answer"
+    );
+    // Once its key is allowed, a new endpoint acting for it gets through.
+    server.authorized.allow(stranger.public());
+    let rpc = RpcClient::new(delegated(&stranger).await, server.addr(), ALPN);
     let (reply, _): (Reply, Vec<u8>) = rpc
         .call(&Request::Sum(vec![2, 3]), Bytes::new())
         .await

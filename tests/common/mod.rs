@@ -334,8 +334,37 @@ impl TwoMounts {
     }
 }
 
+/// How many closing lines of each daemon log a failed test prints.
+const LOG_LINES_ON_FAILURE: usize = 40;
+
+/// Prints the last lines of every daemon log under `root` to stderr (a
+/// failed test's only record of what its daemons saw: its directory goes).
+fn print_daemon_logs(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let mut logs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(LOG_LINES_ON_FAILURE)..];
+        eprintln!("==== {} (last {} lines)", log.display(), tail.len());
+        for line in tail {
+            eprintln!("{line}");
+        }
+    }
+}
+
 impl Drop for TwoMounts {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            print_daemon_logs(&self.root);
+        }
         for mountpoint in &self.mounts {
             if aspen_fsclient::fuse::is_mounted(mountpoint) {
                 let _ = Command::new("umount").arg("-l").arg(mountpoint).status();

@@ -180,13 +180,16 @@ impl MdsServer {
             membership_changes: Default::default(),
         };
         let router = Router::builder(transport.endpoint.clone())
-            .accept(ALPN_MDS, RpcProtocol(Arc::new(service)))
+            .accept(ALPN_MDS, RpcProtocol::new(&transport, Arc::new(service)))
             .accept(
                 ALPN_RAFT,
-                RpcProtocol(Arc::new(RaftService {
-                    raft: raft.clone(),
-                    seed_members: config.peers.clone(),
-                })),
+                RpcProtocol::new(
+                    &transport,
+                    Arc::new(RaftService {
+                        raft: raft.clone(),
+                        seed_members: config.peers.clone(),
+                    }),
+                ),
             )
             .spawn();
         Ok(MdsServer {

@@ -1,6 +1,7 @@
-//! One iroh endpoint per process: a persistent secret key (its node id),
-//! no relays, no discovery, direct addresses only, and an allow-list of
-//! node ids that may connect.
+//! One iroh endpoint per process: a persistent secret key (its node id)
+//! for a daemon, a fresh one acting for the cluster config's key for a
+//! client ([`super::delegation`]); no relays, no discovery, direct
+//! addresses only, and an allow-list of node ids that may connect.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -11,6 +12,8 @@ use iroh::endpoint::{
     AfterHandshakeOutcome, Connection, EndpointHooks, PortmapperConfig, Side, VarInt, presets,
 };
 use iroh::{Endpoint, EndpointAddr, EndpointId, NetReportConfig, RelayMode, SecretKey};
+
+use super::delegation::{Delegation, Principals};
 
 /// QUIC close code sent to a peer that is not on the allow-list.
 pub const NOT_AUTHORIZED: u32 = 403;
@@ -88,20 +91,57 @@ impl AuthorizedKeys {
     }
 }
 
-/// Refuses incoming connections from node ids not on the allow-list.
+/// Refuses incoming connections from node ids not on the allow-list,
+/// unless they bring a delegation from a key on it; sends this endpoint's
+/// own delegation, if it has one, on each connection it opens.
 #[derive(Debug)]
-struct Gate(AuthorizedKeys);
+struct Gate {
+    authorized: AuthorizedKeys,
+    principals: Principals,
+    delegation: Option<Delegation>,
+}
+
+impl Gate {
+    async fn admit(&self, conn: &Connection) -> AfterHandshakeOutcome {
+        let remote = conn.remote_id();
+        if self.authorized.contains(&remote) {
+            return AfterHandshakeOutcome::Accept;
+        }
+        match Delegation::receive(conn).await {
+            Ok(delegation) if self.authorized.contains(&delegation.principal) => {
+                self.principals.admit(&delegation, conn);
+                AfterHandshakeOutcome::Accept
+            }
+            Ok(delegation) => refuse(remote, &format!("for {}", delegation.principal)),
+            Err(error) => refuse(remote, &error.to_string()),
+        }
+    }
+}
+
+fn refuse(remote: EndpointId, why: &str) -> AfterHandshakeOutcome {
+    tracing::warn!(peer = %remote, why, "refusing a connection from an unknown node");
+    AfterHandshakeOutcome::Reject {
+        error_code: VarInt::from_u32(NOT_AUTHORIZED),
+        reason: b"not authorized".to_vec(),
+    }
+}
 
 impl EndpointHooks for Gate {
     async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
-        if conn.side() == Side::Server && !self.0.contains(&conn.remote_id()) {
-            tracing::warn!(peer = %conn.remote_id(), "refusing a connection from an unknown node");
-            return AfterHandshakeOutcome::Reject {
-                error_code: VarInt::from_u32(NOT_AUTHORIZED),
-                reason: b"not authorized".to_vec(),
-            };
+        match (conn.side(), &self.delegation) {
+            (Side::Server, _) => self.admit(conn).await,
+            (Side::Client, Some(delegation)) => match delegation.send(conn).await {
+                Ok(()) => AfterHandshakeOutcome::Accept,
+                Err(problem) => {
+                    tracing::warn!(peer = %conn.remote_id(), problem, "could not send the delegation");
+                    AfterHandshakeOutcome::Reject {
+                        error_code: VarInt::from_u32(NOT_AUTHORIZED),
+                        reason: b"no delegation".to_vec(),
+                    }
+                }
+            },
+            (Side::Client, None) => AfterHandshakeOutcome::Accept,
         }
-        AfterHandshakeOutcome::Accept
     }
 }
 
@@ -110,16 +150,49 @@ impl EndpointHooks for Gate {
 pub struct Transport {
     pub endpoint: Endpoint,
     pub authorized: AuthorizedKeys,
+    /// Whom each delegated endpoint connected here acts for.
+    pub principals: Principals,
 }
 
 impl Transport {
-    /// Binds an endpoint on `addr` (port 0 picks one) serving `alpns`.
+    /// Binds an endpoint with key `secret` on `addr` (port 0 picks one)
+    /// serving `alpns`. For a daemon: no other live endpoint may have the
+    /// same key.
     pub async fn bind(
         secret: SecretKey,
         addr: SocketAddr,
         alpns: Vec<Vec<u8>>,
         authorized: AuthorizedKeys,
     ) -> Result<Transport, TransportError> {
+        Transport::bind_with(secret, None, addr, alpns, authorized).await
+    }
+
+    /// Binds a client endpoint with a fresh key of its own that acts for
+    /// `principal` (a registered key that other processes may be using at
+    /// the same time): see [`super::delegation`].
+    pub async fn bind_delegated(
+        principal: &SecretKey,
+        addr: SocketAddr,
+        authorized: AuthorizedKeys,
+    ) -> Result<Transport, TransportError> {
+        let secret = SecretKey::generate();
+        let delegation = Delegation::sign(principal, secret.public());
+        Transport::bind_with(secret, Some(delegation), addr, vec![], authorized).await
+    }
+
+    async fn bind_with(
+        secret: SecretKey,
+        delegation: Option<Delegation>,
+        addr: SocketAddr,
+        alpns: Vec<Vec<u8>>,
+        authorized: AuthorizedKeys,
+    ) -> Result<Transport, TransportError> {
+        let principals = Principals::default();
+        let gate = Gate {
+            authorized: authorized.clone(),
+            principals: principals.clone(),
+            delegation,
+        };
         let endpoint = Endpoint::builder(presets::Minimal)
             .secret_key(secret)
             .relay_mode(RelayMode::Disabled)
@@ -129,13 +202,14 @@ impl Transport {
             .portmapper_config(PortmapperConfig::Disabled)
             .net_report_config(NetReportConfig::minimal())
             .alpns(alpns)
-            .hooks(Gate(authorized.clone()))
+            .hooks(gate)
             .bind()
             .await
             .map_err(|e| TransportError::Bind(e.to_string()))?;
         Ok(Transport {
             endpoint,
             authorized,
+            principals,
         })
     }
 

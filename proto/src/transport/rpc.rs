@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
 use super::Transport;
+use super::delegation::Principals;
 use super::frame::{self, FrameError};
 
 /// A failed call.
@@ -59,8 +60,22 @@ pub trait Service: Send + Sync + 'static {
 }
 
 /// An iroh protocol handler that serves every stream of every connection
-/// with a [`Service`]; register it on a [`Router`] under its ALPN.
-pub struct RpcProtocol<S>(pub Arc<S>);
+/// with a [`Service`]; register it on a [`Router`] under its ALPN. The
+/// service sees each caller as the key it acts for ([`Principals`]).
+pub struct RpcProtocol<S> {
+    service: Arc<S>,
+    principals: Principals,
+}
+
+impl<S> RpcProtocol<S> {
+    /// `service` for connections to `transport`.
+    pub fn new(transport: &Transport, service: Arc<S>) -> RpcProtocol<S> {
+        RpcProtocol {
+            service,
+            principals: transport.principals.clone(),
+        }
+    }
+}
 
 impl<S> std::fmt::Debug for RpcProtocol<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,7 +85,8 @@ impl<S> std::fmt::Debug for RpcProtocol<S> {
 
 impl<S: Service> ProtocolHandler for RpcProtocol<S> {
     async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
-        serve_connection(connection, self.0.clone()).await;
+        let peer = self.principals.of(connection.remote_id());
+        serve_connection(connection, peer, self.service.clone()).await;
         Ok(())
     }
 }
@@ -79,12 +95,11 @@ impl<S: Service> ProtocolHandler for RpcProtocol<S> {
 /// is shut down (or dropped).
 pub fn serve<S: Service>(transport: &Transport, alpn: &'static [u8], service: Arc<S>) -> Router {
     Router::builder(transport.endpoint.clone())
-        .accept(alpn, RpcProtocol(service))
+        .accept(alpn, RpcProtocol::new(transport, service))
         .spawn()
 }
 
-async fn serve_connection<S: Service>(connection: Connection, service: Arc<S>) {
-    let peer = connection.remote_id();
+async fn serve_connection<S: Service>(connection: Connection, peer: EndpointId, service: Arc<S>) {
     while let Ok((mut send, mut recv)) = connection.accept_bi().await {
         let service = service.clone();
         tokio::spawn(async move {
