@@ -685,6 +685,17 @@ mod tests {
     /// Long enough for a wait that should end to have ended.
     const SETTLE: Duration = Duration::from_millis(100);
 
+    /// The value of `task`, which must end well within [`SETTLE`].
+    async fn finished_well<T, E: std::fmt::Debug>(
+        task: tokio::task::JoinHandle<Result<T, E>>,
+    ) -> T {
+        tokio::time::timeout(SETTLE, task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    }
+
     fn log_id(term: u64, node: u64, index: u64) -> LogId {
         LogId::new(CommittedLeaderId::new(term, node), index)
     }
@@ -734,11 +745,7 @@ mod tests {
             "a commit is told only as far as the disk holds the log"
         );
         progress.sync(&wal).unwrap();
-        tokio::time::timeout(SETTLE, waiting)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        finished_well(waiting).await;
         assert_eq!(log.clamp(Some(log_id(1, 1, 7))), Some(log_id(1, 1, 7)));
         assert_eq!(log.clamp(None), None);
     }
@@ -857,11 +864,7 @@ mod tests {
         assert!(!applying.is_finished());
         assert_eq!(state.applied_state().await.unwrap().0, None);
         progress.sync(&wal).unwrap();
-        tokio::time::timeout(SETTLE, applying)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        finished_well(applying).await;
         assert_eq!(
             state.applied_state().await.unwrap().0,
             Some(log_id(1, 1, 1))
