@@ -36,7 +36,11 @@ const TAKEN: [u8; 1] = [1];
 
 /// How long a server waits for a connecting endpoint's delegation (and
 /// the endpoint for the server's answer).
-pub const DELEGATION_WAIT: Duration = Duration::from_secs(5);
+pub const DELEGATION_WAIT: Duration = Duration::from_secs(2);
+
+/// How many connections may wait at once for their delegation to be read
+/// (more are refused: each holds a task and buffers).
+pub const MAX_PENDING_DELEGATIONS: usize = 64;
 
 /// Why a delegation was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -56,6 +60,10 @@ pub enum DelegationError {
     Signature,
     #[error("no delegation arrived: {0}")]
     Missing(String),
+    #[error("the delegation is for {0}, which is not registered")]
+    Unregistered(EndpointId),
+    #[error("the endpoint already acts for another key")]
+    OtherPrincipal,
 }
 
 /// A registered key's word that an endpoint acts for it.
@@ -148,27 +156,32 @@ impl Delegation {
         Ok(())
     }
 
-    /// Reads the delegation `conn`'s remote sends on its first stream,
-    /// within [`DELEGATION_WAIT`], and, if it is valid, says it was taken
-    /// (the caller still checks its principal).
-    pub(crate) async fn receive(conn: &Connection) -> Result<Delegation, DelegationError> {
+    /// Reads the delegation `conn`'s remote sends on its first stream and,
+    /// if it is valid and `admissible`, says it was taken; all within
+    /// [`DELEGATION_WAIT`].
+    pub(crate) async fn receive(
+        conn: &Connection,
+        admissible: impl Fn(&Delegation) -> bool,
+    ) -> Result<Delegation, DelegationError> {
+        let missing = |e: &dyn std::fmt::Display| DelegationError::Missing(e.to_string());
         let exchange = async {
-            let (send, mut recv): (SendStream, RecvStream) =
-                conn.accept_bi().await.map_err(|e| e.to_string())?;
+            let (mut send, mut recv): (SendStream, RecvStream) =
+                conn.accept_bi().await.map_err(|e| missing(&e))?;
             let bytes = recv
                 .read_to_end(DELEGATION_LEN)
                 .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((send, bytes))
+                .map_err(|e| missing(&e))?;
+            let delegation = Delegation::verify(&bytes, conn.remote_id())?;
+            if !admissible(&delegation) {
+                return Err(DelegationError::Unregistered(delegation.principal));
+            }
+            send.write_all(&TAKEN).await.map_err(|e| missing(&e))?;
+            send.finish().map_err(|e| missing(&e))?;
+            Ok(delegation)
         };
-        let (mut send, bytes) = tokio::time::timeout(DELEGATION_WAIT, exchange)
+        tokio::time::timeout(DELEGATION_WAIT, exchange)
             .await
-            .map_err(|_| DelegationError::Missing(format!("none within {DELEGATION_WAIT:?}")))?
-            .map_err(DelegationError::Missing)?;
-        let delegation = Delegation::verify(&bytes, conn.remote_id())?;
-        let _ = send.write_all(&TAKEN).await;
-        let _ = send.finish();
-        Ok(delegation)
+            .map_err(|_| missing(&format!("none within {DELEGATION_WAIT:?}")))?
     }
 }
 
@@ -188,12 +201,20 @@ impl Principals {
             .map_or(remote, |(principal, _)| *principal)
     }
 
-    /// Records `delegation` for as long as `conn` stays open.
-    pub(crate) fn admit(&self, delegation: &Delegation, conn: &Connection) {
+    /// Records `delegation` for as long as `conn` stays open (refused if
+    /// its endpoint already acts for another key on an open connection).
+    pub(crate) fn admit(
+        &self,
+        delegation: &Delegation,
+        conn: &Connection,
+    ) -> Result<(), DelegationError> {
         let endpoint = delegation.endpoint;
         {
             let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
             let entry = map.entry(endpoint).or_insert((delegation.principal, 0));
+            if entry.0 != delegation.principal {
+                return Err(DelegationError::OtherPrincipal);
+            }
             entry.1 += 1;
         }
         let closed = conn.weak_handle().closed();
@@ -202,6 +223,7 @@ impl Principals {
             closed.await;
             principals.release(endpoint);
         });
+        Ok(())
     }
 
     fn release(&self, endpoint: EndpointId) {

@@ -13,7 +13,7 @@ use iroh::endpoint::{
 };
 use iroh::{Endpoint, EndpointAddr, EndpointId, NetReportConfig, RelayMode, SecretKey};
 
-use super::delegation::{Delegation, Principals};
+use super::delegation::{Delegation, MAX_PENDING_DELEGATIONS, Principals};
 
 /// QUIC close code sent to a peer that is not on the allow-list.
 pub const NOT_AUTHORIZED: u32 = 403;
@@ -99,6 +99,8 @@ struct Gate {
     authorized: AuthorizedKeys,
     principals: Principals,
     delegation: Option<Delegation>,
+    /// Turns for connections waiting for their delegation to be read.
+    pending: Arc<tokio::sync::Semaphore>,
 }
 
 impl Gate {
@@ -107,12 +109,15 @@ impl Gate {
         if self.authorized.contains(&remote) {
             return AfterHandshakeOutcome::Accept;
         }
-        match Delegation::receive(conn).await {
-            Ok(delegation) if self.authorized.contains(&delegation.principal) => {
-                self.principals.admit(&delegation, conn);
-                AfterHandshakeOutcome::Accept
-            }
-            Ok(delegation) => refuse(remote, &format!("for {}", delegation.principal)),
+        let Ok(_turn) = self.pending.try_acquire() else {
+            return refuse(remote, "too many connections waiting to be admitted");
+        };
+        let registered = |d: &Delegation| self.authorized.contains(&d.principal);
+        let admitted = Delegation::receive(conn, registered)
+            .await
+            .and_then(|delegation| self.principals.admit(&delegation, conn));
+        match admitted {
+            Ok(()) => AfterHandshakeOutcome::Accept,
             Err(error) => refuse(remote, &error.to_string()),
         }
     }
@@ -192,6 +197,7 @@ impl Transport {
             authorized: authorized.clone(),
             principals: principals.clone(),
             delegation,
+            pending: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_DELEGATIONS)),
         };
         let endpoint = Endpoint::builder(presets::Minimal)
             .secret_key(secret)
