@@ -465,7 +465,9 @@ impl Vfs {
     ) -> Result<aspen_proto::caps::CapReply, Errno> {
         self.want(ino, CapMode::Exclusive).await?;
         let _cutting = self.io_alone(ino).await;
-        self.flush_and_report(ino).await?;
+        self.flush_data(ino).await?;
+        let _turn = self.report_turns.take(ino).await;
+        self.report_in_turn(ino).await?;
         let cached = self.cache().attr(ino);
         let old_size = match cached {
             Some(attr) => attr.size,
@@ -690,6 +692,12 @@ impl Vfs {
 
     /// Tells the MDS the size and mtime this client's writes produced.
     pub(super) async fn report(&self, ino: InodeId) -> Result<(), Errno> {
+        let _turn = self.report_turns.take(ino).await;
+        self.report_in_turn(ino).await
+    }
+
+    /// [`Vfs::report`], for a caller holding `ino`'s report turn.
+    pub(super) async fn report_in_turn(&self, ino: InodeId) -> Result<(), Errno> {
         let Some(written) = self.cache().unreported(ino) else {
             return Ok(());
         };

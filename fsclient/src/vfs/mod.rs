@@ -15,6 +15,7 @@ mod creates;
 mod files;
 mod local;
 mod locks;
+mod turns;
 mod unlinks;
 
 use std::collections::HashSet;
@@ -65,6 +66,8 @@ pub struct Vfs {
     recovery: tokio::sync::Mutex<()>,
     closing: AtomicBool,
     local: local::LocalOps,
+    /// Reports of sizes and mtimes, one per inode at a time.
+    report_turns: turns::InodeTurns,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -100,6 +103,7 @@ impl Vfs {
             recovery: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
             local: local::LocalOps::default(),
+            report_turns: turns::InodeTurns::default(),
         });
         coherence::start(&vfs);
         vfs
@@ -282,7 +286,9 @@ impl Vfs {
             None => {
                 // The MDS must know the size and mtime written here first,
                 // or a later answer would lose a time set now.
-                self.flush_and_report(ino).await?;
+                self.flush_data(ino).await?;
+                let _turn = self.report_turns.take(ino).await;
+                self.report_in_turn(ino).await?;
                 self.mutate(caller, op).await?
             }
         };
