@@ -465,9 +465,7 @@ impl Vfs {
     ) -> Result<aspen_proto::caps::CapReply, Errno> {
         self.want(ino, CapMode::Exclusive).await?;
         let _cutting = self.io_alone(ino).await;
-        self.flush_data(ino).await?;
-        let _turn = self.report_turns.take(ino).await;
-        self.report_in_turn(ino).await?;
+        let _turn = self.flush_and_report_in_turn(ino).await?;
         let cached = self.cache().attr(ino);
         let old_size = match cached {
             Some(attr) => attr.size,
@@ -696,8 +694,20 @@ impl Vfs {
         self.report_in_turn(ino).await
     }
 
-    /// [`Vfs::report`], for a caller holding `ino`'s report turn.
-    pub(super) async fn report_in_turn(&self, ino: InodeId) -> Result<(), Errno> {
+    /// [`Vfs::flush_and_report`], keeping `ino`'s report turn: a size or
+    /// time change made before the turn is dropped reaches the MDS before
+    /// any later report of it.
+    pub(super) async fn flush_and_report_in_turn(
+        &self,
+        ino: InodeId,
+    ) -> Result<super::turns::Turn<'_>, Errno> {
+        self.flush_data(ino).await?;
+        let turn = self.report_turns.take(ino).await;
+        self.report_in_turn(ino).await?;
+        Ok(turn)
+    }
+
+    async fn report_in_turn(&self, ino: InodeId) -> Result<(), Errno> {
         let Some(written) = self.cache().unreported(ino) else {
             return Ok(());
         };

@@ -286,9 +286,7 @@ impl Vfs {
             None => {
                 // The MDS must know the size and mtime written here first,
                 // or a later answer would lose a time set now.
-                self.flush_data(ino).await?;
-                let _turn = self.report_turns.take(ino).await;
-                self.report_in_turn(ino).await?;
+                let _turn = self.flush_and_report_in_turn(ino).await?;
                 self.mutate(caller, op).await?
             }
         };

@@ -176,6 +176,10 @@ impl Progress {
         }
     }
 
+    fn durability(&self) -> DurableLog {
+        DurableLog(self.durable.subscribe())
+    }
+
     /// Records the log's new last entry after an append.
     fn appended(&self, last: LogId) {
         lock(&self.appended).last = Some(last);
@@ -347,7 +351,7 @@ impl LogStore {
 
     /// How far this log is durable.
     pub fn durability(&self) -> DurableLog {
-        DurableLog(self.progress.durable.subscribe())
+        self.progress.durability()
     }
 
     /// Makes every committed write durable, for operations that must be
@@ -706,10 +710,6 @@ mod tests {
         (dir, file)
     }
 
-    fn durability(progress: &Progress) -> DurableLog {
-        DurableLog(progress.durable.subscribe())
-    }
-
     #[test]
     fn a_member_leads_only_under_its_own_won_vote() {
         let mut own = Vote::new(3, 1);
@@ -731,7 +731,7 @@ mod tests {
     async fn appended_entries_count_as_durable_only_after_a_sync() {
         let (_dir, wal) = wal();
         let progress = Progress::new(Some(log_id(1, 1, 5)));
-        let log = durability(&progress);
+        let log = progress.durability();
         progress.appended(log_id(1, 1, 7));
         let waiting = tokio::spawn({
             let log = log.clone();
@@ -754,7 +754,7 @@ mod tests {
     async fn a_truncation_takes_the_durable_mark_back_to_the_logs_last_entry() {
         let (_dir, wal) = wal();
         let progress = Progress::new(Some(log_id(1, 1, 10)));
-        let log = durability(&progress);
+        let log = progress.durability();
         progress.truncated(Some(log_id(1, 1, 8)));
         assert_eq!(
             log.clamp(Some(log_id(1, 1, 10))),
@@ -820,7 +820,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_sync_fails_the_waits_it_leaves_unmet() {
         let progress = Progress::new(Some(log_id(1, 1, 5)));
-        let log = durability(&progress);
+        let log = progress.durability();
         progress
             .durable
             .send_modify(|d| d.failed = Some("EIO".into()));
@@ -848,7 +848,7 @@ mod tests {
         let progress = Progress::new(None);
         let mut state = StateMachineStore::open(sm_dir.path())
             .unwrap()
-            .applying_durable_entries_of(durability(&progress));
+            .applying_durable_entries_of(progress.durability());
         progress.appended(log_id(1, 1, 1));
         let applying = tokio::spawn({
             let mut state = state.clone();

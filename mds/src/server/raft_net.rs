@@ -180,19 +180,15 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: u64, node: &MdsNode) -> Peer {
-        match node.node_id.parse::<EndpointId>() {
-            Ok(id) => Peer {
-                target,
-                client: Some(self.link(target, node, id)),
-                problem: String::new(),
-                log: self.log.clone(),
-            },
-            Err(error) => Peer {
-                target,
-                client: None,
-                problem: format!("bad node id {:?}: {error}", node.node_id),
-                log: self.log.clone(),
-            },
+        let (client, problem) = match node.node_id.parse::<EndpointId>() {
+            Ok(id) => (Some(self.link(target, node, id)), String::new()),
+            Err(error) => (None, format!("bad node id {:?}: {error}", node.node_id)),
+        };
+        Peer {
+            target,
+            client,
+            problem,
+            log: self.log.clone(),
         }
     }
 }

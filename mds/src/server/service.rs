@@ -329,10 +329,10 @@ impl MdsService {
             },
             MdsRequest::AddMember { raft_id, member } => self.add_member(raft_id, member).await,
             MdsRequest::RemoveMember { raft_id } => {
-                let _one_at_a_time = self.membership_changes.lock().await;
-                if let Err(response) = self.linearize().await {
-                    return response;
-                }
+                let _turn = match self.membership_turn().await {
+                    Ok(turn) => turn,
+                    Err(response) => return response,
+                };
                 let change = ChangeMembers::RemoveVoters([raft_id].into());
                 self.change_membership(self.raft.change_membership(change, false).await)
             }
@@ -358,6 +358,14 @@ impl MdsService {
         }
     }
 
+    /// The turn to change the membership (one change at a time), taken
+    /// once every earlier entry is applied here.
+    async fn membership_turn(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, MdsResponse> {
+        let turn = self.membership_changes.lock().await;
+        self.linearize().await?;
+        Ok(turn)
+    }
+
     /// Adds a member: as a learner first (it catches up), then as a voter.
     /// Each change starts once every earlier entry is applied here, one
     /// change at a time: openraft lets a change start when the last
@@ -368,10 +376,10 @@ impl MdsService {
     /// holds up no other change.
     async fn add_member(&self, raft_id: u64, member: MdsNode) -> MdsResponse {
         let added = {
-            let _one_at_a_time = self.membership_changes.lock().await;
-            if let Err(response) = self.linearize().await {
-                return response;
-            }
+            let _turn = match self.membership_turn().await {
+                Ok(turn) => turn,
+                Err(response) => return response,
+            };
             match self.raft.add_learner(raft_id, member, false).await {
                 Ok(written) => written.log_id,
                 Err(error) => return refusal(&error),
@@ -393,10 +401,10 @@ impl MdsService {
         if let Err(error) = caught_up {
             return MdsResponse::Failed(format!("mds.{raft_id} as a learner: {error}"));
         }
-        let _one_at_a_time = self.membership_changes.lock().await;
-        if let Err(response) = self.linearize().await {
-            return response;
-        }
+        let _turn = match self.membership_turn().await {
+            Ok(turn) => turn,
+            Err(response) => return response,
+        };
         let change = ChangeMembers::AddVoterIds([raft_id].into());
         self.change_membership(self.raft.change_membership(change, false).await)
     }

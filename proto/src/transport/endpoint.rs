@@ -125,9 +125,13 @@ impl Gate {
 
 fn refuse(remote: EndpointId, why: &str) -> AfterHandshakeOutcome {
     tracing::warn!(peer = %remote, why, "refusing a connection from an unknown node");
+    rejection(b"not authorized")
+}
+
+fn rejection(reason: &[u8]) -> AfterHandshakeOutcome {
     AfterHandshakeOutcome::Reject {
         error_code: VarInt::from_u32(NOT_AUTHORIZED),
-        reason: b"not authorized".to_vec(),
+        reason: reason.to_vec(),
     }
 }
 
@@ -139,10 +143,7 @@ impl EndpointHooks for Gate {
                 Ok(()) => AfterHandshakeOutcome::Accept,
                 Err(problem) => {
                     tracing::warn!(peer = %conn.remote_id(), problem, "could not send the delegation");
-                    AfterHandshakeOutcome::Reject {
-                        error_code: VarInt::from_u32(NOT_AUTHORIZED),
-                        reason: b"no delegation".to_vec(),
-                    }
+                    rejection(b"no delegation")
                 }
             },
             (Side::Client, None) => AfterHandshakeOutcome::Accept,

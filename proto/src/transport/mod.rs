@@ -16,7 +16,6 @@ pub mod rpc;
 
 /// A frame body: shared, so sending it copies nothing.
 pub use bytes::Bytes;
-pub use delegation::{Delegation, DelegationError, Principals};
 pub use endpoint::{AuthorizedKeys, Transport, TransportError, load_or_create_secret_key};
 pub use frame::{FrameError, MAX_BODY_LEN, MAX_HEADER_LEN};
 pub use iroh::protocol::Router;
