@@ -165,10 +165,12 @@ struct Inner {
 }
 
 /// The object store. Share it behind an `Arc`. Every method blocks (call
-/// it from a blocking thread in async code) but three: the `try_stage_*`
+/// it from a blocking thread in async code) but these: the `try_stage_*`
 /// methods stage a change only if the store is free at once (a short
 /// transaction step on the caller's thread, never a wait for the disk),
-/// and [`ObjectStore::durable_async`] awaits the sync.
+/// [`ObjectStore::try_read`] reads only if the store is free at once (for
+/// small reads: at most one wait for the disk), and
+/// [`ObjectStore::durable_async`] awaits the sync.
 pub struct ObjectStore {
     inner: Mutex<Inner>,
     wal: File,
@@ -262,6 +264,17 @@ fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// A read's key and length are within bounds.
+fn check_read(key: &ObjectKey, len: u64) -> Result<(), StoreError> {
+    check_key(key)?;
+    if len > MAX_READ_LEN {
+        return Err(StoreError::Invalid(format!(
+            "reads are at most {MAX_READ_LEN} bytes"
+        )));
+    }
+    Ok(())
 }
 
 fn check_key(key: &ObjectKey) -> Result<(), StoreError> {
@@ -929,21 +942,43 @@ impl ObjectStore {
     /// Reads up to `len` bytes at `offset` (fewer at the end of the object;
     /// holes read as zeros).
     pub fn read(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        check_key(key)?;
-        if len > MAX_READ_LEN {
-            return Err(StoreError::Invalid(format!(
-                "reads are at most {MAX_READ_LEN} bytes"
-            )));
-        }
-        let plan = {
-            let mut inner = lock(&self.inner);
-            let (object, size) =
-                ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
-            let end = offset.saturating_add(len).min(size);
-            let pattern = inner.trails.classify(object, offset, len);
-            plan_read(&inner, object, offset, end, pattern)?
-        };
+        check_read(key, len)?;
+        let plan = Self::plan_object_read(&mut lock(&self.inner), key, offset, len)?;
         assemble(plan)
+    }
+
+    /// [`ObjectStore::read`] if the store is free at once; `None` (nothing
+    /// read) if another caller holds it.
+    pub fn try_read(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        len: u64,
+    ) -> Option<Result<Vec<u8>, StoreError>> {
+        if let Err(error) = check_read(key, len) {
+            return Some(Err(error));
+        }
+        let mut inner = match self.inner.try_lock() {
+            Ok(inner) => inner,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        let plan = Self::plan_object_read(&mut inner, key, offset, len);
+        drop(inner);
+        Some(plan.and_then(assemble))
+    }
+
+    fn plan_object_read(
+        inner: &mut Inner,
+        key: &ObjectKey,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<PlannedPiece>, StoreError> {
+        let (object, size) =
+            ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
+        let end = offset.saturating_add(len).min(size);
+        let pattern = inner.trails.classify(object, offset, len);
+        plan_read(inner, object, offset, end, pattern)
     }
 
     pub fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectStat>, StoreError> {
@@ -1436,4 +1471,45 @@ fn assemble(plan: Vec<PlannedPiece>) -> Result<Vec<u8>, StoreError> {
         }
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aspen_placement::PoolId;
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey {
+            pg: PgId {
+                pool: PoolId(1),
+                seed: 3,
+            },
+            name: name.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn try_read_reads_what_read_does_and_never_waits_for_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        let k = key("try.read");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8 | 1).collect();
+        store.write(&k, 4096, &data).unwrap();
+        for (offset, len) in [(0, 8192), (4096, 4096), (50_000, 70_000), (104_000, 4096)] {
+            let read = store.read(&k, offset, len).unwrap();
+            assert_eq!(store.try_read(&k, offset, len).unwrap().unwrap(), read);
+        }
+        assert!(matches!(
+            store.try_read(&key("absent"), 0, 10),
+            Some(Err(StoreError::NotFound))
+        ));
+        assert!(matches!(
+            store.try_read(&k, 0, MAX_READ_LEN + 1),
+            Some(Err(StoreError::Invalid(_)))
+        ));
+        let held = lock(&store.inner);
+        assert!(store.try_read(&k, 0, 10).is_none(), "the store is held");
+        drop(held);
+        assert!(store.try_read(&k, 0, 10).is_some());
+    }
 }

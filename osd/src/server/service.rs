@@ -406,7 +406,13 @@ impl OsdService {
         let store = self.store.clone();
         match op {
             ObjectOp::Read { offset, len } => {
-                let bytes = blocking(move || store.read(&key, offset, len)).await?;
+                let in_task = (len <= READ_IN_TASK_MAX)
+                    .then(|| unwound_now(|| store.try_read(&key, offset, len)))
+                    .flatten();
+                let bytes = match in_task {
+                    Some(bytes) => bytes?,
+                    None => blocking(move || store.read(&key, offset, len)).await?,
+                };
                 Ok((OsdResponse::Data, bytes))
             }
             ObjectOp::Stat => {
@@ -695,6 +701,12 @@ impl OsdService {
 /// or large hash); larger ones are staged on a blocking thread, so no
 /// runtime thread stalls for long.
 pub const STAGE_IN_TASK_MAX: usize = crate::content::SMALL_WRITE_MAX;
+
+/// The largest read served on the async task that received it when the
+/// store is free (larger ones, or any while the store is held, go to a
+/// blocking thread): a small read costs less than the two thread wakeups
+/// a blocking thread takes, even when its bytes come from the disk.
+pub const READ_IN_TASK_MAX: u64 = crate::content::SMALL_WRITE_MAX as u64;
 
 /// The most replicated entries staged together on the async task that
 /// received them.
