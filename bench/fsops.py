@@ -6,7 +6,8 @@
                                        phase starts together (a barrier) and is
                                        timed from the first start to the last end
   fsops.py smallw DIR -n N --size S [--fsync]
-                                       write N files of S bytes, then syncfs and
+                                       write N files of S bytes (random, each its
+                                       own), then syncfs and
                                        fsync each (a FUSE daemon never sees
                                        syncfs: the kernel sends FUSE_SYNCFS to
                                        virtiofs only, so a client that buffers
@@ -67,9 +68,11 @@ def meta(args):
 
 def small_write(args):
     os.makedirs(args.dir, exist_ok=True)
-    payload = os.urandom(args.size)
+    # Each file its own bytes: one payload for all would let a store that
+    # deduplicates content keep a single copy.
+    payloads = [os.urandom(args.size) for _ in range(args.n)]
     start = time.monotonic()
-    for i in range(args.n):
+    for i, payload in enumerate(payloads):
         fd = os.open(os.path.join(args.dir, f"s.{i}"), os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o644)
         os.write(fd, payload)
         if args.fsync:
