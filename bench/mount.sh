@@ -171,6 +171,9 @@ for t in "${TARGETS[@]}"; do
   run_files "$t" "$d"
   rm -rf "$d"
   [[ $t == aspen ]] && stop_aspen
+  # Left running, the peer's daemons would share the cores with whatever
+  # runs next.
+  [[ $t == ceph ]] && stop_ceph
   ran+=("$t")
 done
 
