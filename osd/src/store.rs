@@ -246,6 +246,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// [`lock`] if `mutex` is free at once; `None` if another caller holds it.
+fn try_lock<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match mutex.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
 pub(crate) fn io(error: std::io::Error) -> StoreError {
     if error.kind() == std::io::ErrorKind::StorageFull {
         return StoreError::NoSpace;
@@ -472,11 +481,7 @@ impl ObjectStore {
     where
         C: FnOnce(&Connection, &mut ContentStore) -> Result<T, StoreError>,
     {
-        let mut inner = match self.inner.try_lock() {
-            Ok(inner) => inner,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return None,
-        };
+        let mut inner = try_lock(&self.inner)?;
         Some(Self::stage_each_in(&mut inner, changes))
     }
 
@@ -958,11 +963,7 @@ impl ObjectStore {
         if let Err(error) = check_read(key, len) {
             return Some(Err(error));
         }
-        let mut inner = match self.inner.try_lock() {
-            Ok(inner) => inner,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return None,
-        };
+        let mut inner = try_lock(&self.inner)?;
         let plan = Self::plan_object_read(&mut inner, key, offset, len);
         drop(inner);
         Some(plan.and_then(assemble))
