@@ -1,7 +1,8 @@
-//! Content chunks addressed by their BLAKE3 hash. The chunks of a small
-//! write (at most [`SMALL_WRITE_MAX`] bytes in all) are kept inline in
-//! SQLite, so it costs one log sync; a larger write's chunks, however small
-//! each is, are appended to segment files (written once, sequentially,
+//! Content chunks addressed by their BLAKE3 hash. The small chunks (at
+//! most [`INLINE_CHUNK_MAX`]) of a small write (at most [`SMALL_WRITE_MAX`]
+//! bytes in all) are kept inline in SQLite, so it costs one log sync; a
+//! larger chunk, and a larger write's chunks however small each is, are
+//! appended to segment files (written once, sequentially,
 //! whatever the write pattern: inline bytes are written twice, into the
 //! log and again at its checkpoint). The chunk index and
 //! reference counts live in SQLite, in the object store's database, so a
@@ -38,11 +39,18 @@ use crate::tree;
 /// The largest chunk: a write is cut into chunks of at most this size, and
 /// a read verifies whole chunks.
 pub const MAX_CHUNK: usize = 64 * 1024;
-/// A write of at most this many bytes in all is stored inline: a small
-/// file's bytes then cost one log sync, where a segment would add a second
-/// sync of its own. A larger write (a write-back of many scattered pieces)
-/// goes to a segment whole, its small pieces too.
+/// The chunks of a write of at most this many bytes in all are stored
+/// inline, up to [`INLINE_CHUNK_MAX`] each: a small write then costs one
+/// log sync, where a segment would add a second sync of its own. A larger
+/// write (a write-back of many scattered pieces) goes to a segment whole,
+/// its small pieces too.
 pub const SMALL_WRITE_MAX: usize = 64 * 1024;
+/// The largest chunk stored inline. A larger one (a 64 KiB file's) goes to
+/// a segment file even in a small write: inline, it would span a chain of
+/// overflow pages, written into the log and again at the checkpoint, and
+/// read back one page after another from wherever the database had free
+/// pages; in a segment it is written once and read with one read.
+pub const INLINE_CHUNK_MAX: usize = 16 * 1024;
 /// Segment file handles kept open for reading (up to two per segment, one
 /// per [`ReadPattern`]); past this many, the cache is emptied and refilled
 /// as reads come.
@@ -393,8 +401,8 @@ impl ContentStore {
     /// copy), an existing chunk with that id is read back first, and if its
     /// stored bytes are damaged they are replaced by these.
     ///
-    /// With `small_write`, the chunk is part of a write of at most
-    /// [`SMALL_WRITE_MAX`] bytes and goes inline.
+    /// With `inline`, the chunk goes inline (the caller's rule:
+    /// [`crate::store::in_segment`]) and has no tree.
     ///
     /// `known_tree` is the chunk's hash tree as its PG's primary computed
     /// it ([`tree::build`]; one of the wrong length is refused): taken as
@@ -405,7 +413,7 @@ impl ContentStore {
         conn: &Connection,
         bytes: &[u8],
         verify_existing: bool,
-        small_write: bool,
+        inline: bool,
         known_tree: Option<&[u8]>,
     ) -> Result<ChunkId, StoreError> {
         if bytes.len() > MAX_CHUNK {
@@ -414,7 +422,6 @@ impl ContentStore {
                 bytes.len()
             )));
         }
-        let inline = small_write;
         let tree = match known_tree {
             _ if inline => Cow::Borrowed(&[][..]),
             Some(tree) if tree.len() == tree::tree_len(bytes.len()) => Cow::Borrowed(tree),

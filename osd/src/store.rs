@@ -1110,24 +1110,26 @@ impl<'a, const N: usize> From<&'a [u8; N]> for Body<'a> {
 }
 
 /// The hash trees of the chunks the store cuts the bytes of a logged
-/// `op` into, one after another in the order it stores them: what a
-/// primary hashes once for itself and its replicas. Empty for a small
-/// write (its chunks stay inline, with no trees), for an op that carries
-/// no bytes, and for a malformed one (the store refuses that anyway).
+/// `op` into and keeps in segment files ([`in_segment`]), one after
+/// another in the order it stores them: what a primary hashes once for
+/// itself and its replicas. Empty when every chunk stays inline (a small
+/// write of small chunks), for an op that carries no bytes, and for a
+/// malformed one (the store refuses that anyway).
 pub fn write_trees(op: &ObjectOp, body: &[u8]) -> Vec<u8> {
-    if !has_trees(body.len()) {
-        return Vec::new();
-    }
     match writes_of(op, body) {
-        Some(Ok(writes)) => chunks_of(&writes).flat_map(tree::build).collect(),
+        Some(Ok(writes)) => chunks_of(&writes)
+            .filter(|chunk| in_segment(body.len(), chunk.len()))
+            .flat_map(tree::build)
+            .collect(),
         _ => Vec::new(),
     }
 }
 
-/// Whether a write of `len` bytes is stored as chunks with hash trees
-/// (a small write's chunks go inline, without).
-pub fn has_trees(len: usize) -> bool {
-    len > content::SMALL_WRITE_MAX
+/// Whether a chunk of `chunk_len` bytes, cut from a write of `write_len`
+/// bytes in all, is stored in a segment file with its hash tree (or
+/// inline, without one).
+pub fn in_segment(write_len: usize, chunk_len: usize) -> bool {
+    write_len > content::SMALL_WRITE_MAX || chunk_len > content::INLINE_CHUNK_MAX
 }
 
 /// A primary's change: `entry` appended to its PG's log and applied.
@@ -1241,13 +1243,17 @@ fn write_all_in(
     }
     let (object, size) = ObjectStore::object_or_create(conn, key)?;
     let total: usize = writes.iter().map(|(_, data)| data.len()).sum();
-    let small_write = !has_trees(total);
-    let mut known_trees = KnownTrees::new(trees, writes, small_write)?;
+    let mut known_trees = KnownTrees::new(trees, writes, total)?;
     let mut pieces = Vec::new();
     for (offset, data) in writes {
         for (index, piece) in data.chunks(MAX_CHUNK).enumerate() {
-            let tree = known_trees.next(piece.len());
-            let chunk = content.put(conn, piece, verify_existing, small_write, tree)?;
+            let inline = !in_segment(total, piece.len());
+            let tree = if inline {
+                None
+            } else {
+                known_trees.next(piece.len())
+            };
+            let chunk = content.put(conn, piece, verify_existing, inline, tree)?;
             pieces.push(Extent {
                 offset: offset + (index * MAX_CHUNK) as u64,
                 len: piece.len() as u64,
@@ -1273,19 +1279,20 @@ struct KnownTrees<'a>(Option<&'a [u8]>);
 
 impl<'a> KnownTrees<'a> {
     /// Checks that `trees` (if any) are as long as the trees of the
-    /// chunks of `writes` together.
+    /// chunks of `writes` (`total` bytes) that go to segments, together.
     fn new(
         trees: &'a [u8],
         writes: &[(u64, &[u8])],
-        small_write: bool,
+        total: usize,
     ) -> Result<KnownTrees<'a>, StoreError> {
         if trees.is_empty() {
             return Ok(KnownTrees(None));
         }
         let expected: usize = chunks_of(writes)
+            .filter(|chunk| in_segment(total, chunk.len()))
             .map(|chunk| tree::tree_len(chunk.len()))
             .sum();
-        if small_write || trees.len() != expected {
+        if trees.len() != expected {
             return Err(StoreError::Invalid(format!(
                 "{} bytes of hash trees for a write whose chunks have {expected}",
                 trees.len()
@@ -1294,7 +1301,7 @@ impl<'a> KnownTrees<'a> {
         Ok(KnownTrees(Some(trees)))
     }
 
-    /// The tree of the next chunk, `len` bytes long.
+    /// The tree of the next chunk that goes to a segment, `len` bytes long.
     fn next(&mut self, len: usize) -> Option<&'a [u8]> {
         let trees = self.0?;
         let (tree, rest) = trees.split_at(tree::tree_len(len));

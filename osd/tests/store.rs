@@ -141,23 +141,39 @@ fn inline_bytes_of_the_old_layout_move_to_their_own_table() {
 }
 
 #[test]
-fn a_small_write_is_stored_inline_a_larger_one_in_a_segment() {
+fn small_chunks_of_a_small_write_are_stored_inline_the_rest_in_a_segment() {
+    use aspen_osd::content::INLINE_CHUNK_MAX;
+    use aspen_osd::tree::tree_len;
     let dir = tempfile::tempdir().unwrap();
     let store = ObjectStore::open(dir.path()).unwrap();
-    let (small, large) = (key("small"), key("large"));
-    store.write(&small, 0, &pattern(13, 64 << 10)).unwrap();
+    let (small, one_chunk, large) = (key("small"), key("one_chunk"), key("large"));
+    store
+        .write(&small, 0, &pattern(13, INLINE_CHUNK_MAX))
+        .unwrap();
+    store.write(&one_chunk, 0, &pattern(16, 64 << 10)).unwrap();
     store
         .write(&large, 0, &pattern(14, (64 << 10) + 1))
         .unwrap();
     assert!(!store.segment_of(&small).unwrap().exists());
+    assert!(
+        store.segment_of(&one_chunk).unwrap().exists(),
+        "a chunk over the inline limit goes to a segment, even in a small write"
+    );
     assert!(store.segment_of(&large).unwrap().exists());
     assert_eq!(
         store.read(&small, 0, 64 << 10).unwrap(),
-        pattern(13, 64 << 10)
+        pattern(13, INLINE_CHUNK_MAX)
     );
-    // The segment also holds the hash tree of the large write's first chunk.
-    let tree = aspen_osd::tree::tree_len(64 << 10) as u64;
-    assert_eq!(store.used_bytes().unwrap(), (128 << 10) + 1 + tree);
+    assert_eq!(
+        store.read(&one_chunk, 0, 64 << 10).unwrap(),
+        pattern(16, 64 << 10)
+    );
+    // The segment also holds the hash tree of each chunk it keeps.
+    let in_segments = (128 << 10) + 1 + 2 * tree_len(64 << 10) + tree_len(1);
+    assert_eq!(
+        store.used_bytes().unwrap(),
+        (INLINE_CHUNK_MAX + in_segments) as u64
+    );
 }
 
 #[test]
@@ -745,8 +761,13 @@ fn a_replica_stores_a_large_write_under_the_primarys_hash_trees() {
         "four full chunks, one of 37,856 bytes"
     );
     assert!(
-        write_trees(&entry("x", 1).op, &body[..65_536]).is_empty(),
-        "a small write has none"
+        write_trees(&entry("x", 1).op, &body[..16_384]).is_empty(),
+        "a small write of small chunks has none"
+    );
+    assert_eq!(
+        write_trees(&entry("x", 1).op, &body[..65_536]).len(),
+        8 * 32,
+        "a small write's chunk over the inline limit has one"
     );
 
     let dir = tempfile::tempdir().unwrap();

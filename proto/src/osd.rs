@@ -178,7 +178,8 @@ pub struct ReplicaEntry {
     pub entry: LogEntry,
     pub body_len: u64,
     /// The BLAKE3 hash trees of the chunks the write's bytes are stored
-    /// as, which the primary computed (the OSD store's `write_trees`), so
+    /// as in segment files (inline chunks have none), which the primary
+    /// computed (the OSD store's `write_trees`), so
     /// a replica does not hash the bytes again; empty when the replica is
     /// to hash them itself. The store checks their length.
     pub trees: Vec<u8>,

@@ -454,7 +454,7 @@ impl OsdService {
         }
         // Hashed once, here, for this store and the replicas alike; before
         // the turn, which orders nothing by it.
-        let (body, trees) = if store::has_trees(body.len()) {
+        let (body, trees) = if body.len() > STAGE_IN_TASK_MAX {
             let op = op.clone();
             blocking(move || {
                 let trees = store::write_trees(&op, &body);
@@ -462,7 +462,8 @@ impl OsdService {
             })
             .await?
         } else {
-            (body, Vec::new())
+            let trees = store::write_trees(&op, &body);
+            (body, trees)
         };
         let turn = if body.len() <= BATCHED_BODY_MAX {
             Turn::Ordered(self.gates.ordered(pg).await)
@@ -696,10 +697,10 @@ impl OsdService {
     }
 }
 
-/// The most body bytes a change may carry to be staged on the async task
-/// that received it (bytes kept inline in the database, no segment write
-/// or large hash); larger ones are staged on a blocking thread, so no
-/// runtime thread stalls for long.
+/// The most body bytes a change may carry to be staged (and, on a
+/// primary, hashed) on the async task that received it; larger ones are
+/// hashed and staged on a blocking thread, so no runtime thread stalls for
+/// long.
 pub const STAGE_IN_TASK_MAX: usize = crate::content::SMALL_WRITE_MAX;
 
 /// The largest read served on the async task that received it when the
