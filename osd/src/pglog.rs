@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS pglog (
     op BLOB NOT NULL,
     PRIMARY KEY (pool, seed, version)
 ) WITHOUT ROWID;
--- each PG's newest position (kept when the log is trimmed or recovered)
+-- each PG's newest position as recovery last set it: a newer one is the
+-- log's newest entry (an append touches no page of this table)
 CREATE TABLE IF NOT EXISTS pgs (
     pool INTEGER NOT NULL,
     seed INTEGER NOT NULL,
@@ -65,10 +66,26 @@ fn record_last(conn: &Connection, pg: PgId, at: LogVersion) -> Result<(), StoreE
     Ok(())
 }
 
-/// The newest position in `pg` (zero before anything was logged).
+/// The newest position in `pg` (zero before anything was logged): the
+/// log's newest entry, or the position recovery set if that is newer
+/// (the log never loses its newest entry to a trim).
 pub(crate) fn last(conn: &Connection, pg: PgId) -> Result<LogVersion, StoreError> {
+    let set = newest_of(
+        conn,
+        "SELECT epoch, version FROM pgs WHERE pool = ?1 AND seed = ?2",
+        pg,
+    )?;
+    let logged = newest_of(
+        conn,
+        "SELECT epoch, version FROM pglog WHERE pool = ?1 AND seed = ?2 ORDER BY version DESC LIMIT 1",
+        pg,
+    )?;
+    Ok(set.max(logged))
+}
+
+fn newest_of(conn: &Connection, query: &str, pg: PgId) -> Result<LogVersion, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT epoch, version FROM pgs WHERE pool = ?1 AND seed = ?2")?
+        .prepare_cached(query)?
         .query_row(params![pg.pool.0, pg.seed], |r| {
             Ok(LogVersion {
                 epoch: r.get::<_, i64>(0)? as u64,
@@ -95,7 +112,6 @@ pub(crate) fn append(conn: &Connection, pg: PgId, entry: &LogEntry) -> Result<()
         entry.object,
         op
     ])?;
-    record_last(conn, pg, entry.at)?;
     if !entry.at.version.is_multiple_of(TRIM_EVERY) {
         return Ok(());
     }
@@ -206,5 +222,39 @@ mod tests {
             assert_eq!(kept.len() as u64, version - oldest + 1, "no gaps");
         }
         assert_eq!(last(&conn, pg).unwrap(), entry(appended).at);
+    }
+
+    #[test]
+    fn the_newest_position_is_the_logs_or_the_one_recovery_set_after_it() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let pg = PgId {
+            pool: PoolId(2),
+            seed: 9,
+        };
+        let at = |epoch, version| LogVersion { epoch, version };
+        assert_eq!(last(&conn, pg).unwrap(), LogVersion::default());
+        for version in 1..=5 {
+            append(&conn, pg, &entry(version)).unwrap();
+        }
+        assert_eq!(last(&conn, pg).unwrap(), at(1, 5));
+
+        set_last(&conn, pg, at(1, 3)).unwrap();
+        assert_eq!(last(&conn, pg).unwrap(), at(1, 3), "entries past it go");
+        append(&conn, pg, &entry(4)).unwrap();
+        assert_eq!(last(&conn, pg).unwrap(), at(1, 4));
+
+        set_last(&conn, pg, at(2, 100)).unwrap();
+        assert_eq!(
+            last(&conn, pg).unwrap(),
+            at(2, 100),
+            "a position past the log"
+        );
+        let next = LogEntry {
+            at: at(2, 101),
+            ..entry(0)
+        };
+        append(&conn, pg, &next).unwrap();
+        assert_eq!(last(&conn, pg).unwrap(), at(2, 101));
     }
 }
