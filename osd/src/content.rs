@@ -416,6 +416,37 @@ impl ContentStore {
         inline: bool,
         known_tree: Option<&[u8]>,
     ) -> Result<ChunkId, StoreError> {
+        self.store(conn, bytes, verify_existing, inline, known_tree, 0)
+            .map(|(id, _)| id)
+    }
+
+    /// [`ContentStore::put`], but a new chunk is stored holding one
+    /// reference (its bytes live at once), that of the extent about to
+    /// name it: the caller counts that reference as given up, so a chunk
+    /// no extent ends up naming is released like any other. The id, and
+    /// whether the chunk is new. A chunk stored unreferenced and then
+    /// referenced would pass through `unreferenced_chunks`, rewriting a
+    /// page of that index for every write.
+    pub fn put_held(
+        &mut self,
+        conn: &Connection,
+        bytes: &[u8],
+        verify_existing: bool,
+        inline: bool,
+        known_tree: Option<&[u8]>,
+    ) -> Result<(ChunkId, bool), StoreError> {
+        self.store(conn, bytes, verify_existing, inline, known_tree, 1)
+    }
+
+    fn store(
+        &mut self,
+        conn: &Connection,
+        bytes: &[u8],
+        verify_existing: bool,
+        inline: bool,
+        known_tree: Option<&[u8]>,
+        refs: i64,
+    ) -> Result<(ChunkId, bool), StoreError> {
         if bytes.len() > MAX_CHUNK {
             return Err(StoreError::Invalid(format!(
                 "a chunk of {} bytes is over {MAX_CHUNK}",
@@ -438,30 +469,33 @@ impl ContentStore {
             if verify_existing && matches!(self.get(conn, &id), Err(StoreError::Corrupt(_))) {
                 self.rewrite(conn, &id, location, bytes)?;
             }
-            return Ok(id);
+            return Ok((id, false));
         }
+        let len = bytes.len() as i64;
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO chunks (id, segment, offset, len, refs) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
         if inline {
             conn.prepare_cached("INSERT INTO inline_chunks (data) VALUES (?1)")?
                 .execute([bytes])?;
-            conn.prepare_cached(
-                "INSERT INTO chunks (id, segment, offset, len, refs) VALUES (?1, ?2, ?3, ?4, 0)",
-            )?
-            .execute(params![
+            insert.execute(params![
                 &id[..],
                 INLINE,
                 conn.last_insert_rowid(),
-                bytes.len() as i64
+                len,
+                refs
             ])?;
             conn.prepare_cached("UPDATE inline_usage SET bytes = bytes + ?1")?
-                .execute([bytes.len() as i64])?;
-            return Ok(id);
+                .execute([len])?;
+            return Ok((id, true));
         }
         let (segment, offset) = self.append(conn, bytes, &tree)?;
-        conn.prepare_cached(
-            "INSERT INTO chunks (id, segment, offset, len, refs) VALUES (?1, ?2, ?3, ?4, 0)",
-        )?
-        .execute(params![&id[..], segment, offset as i64, bytes.len() as i64])?;
-        Ok(id)
+        insert.execute(params![&id[..], segment, offset as i64, len, refs])?;
+        if refs > 0 {
+            conn.prepare_cached("UPDATE segments SET live = live + ?2 WHERE id = ?1")?
+                .execute(params![segment, len])?;
+        }
+        Ok((id, true))
     }
 
     /// Appends a chunk's tree and then its bytes to the active segment;
@@ -1017,6 +1051,38 @@ mod tests {
             content.take_dirty()[0].bytes,
             2 * appended.end..3 * appended.end
         );
+    }
+
+    #[test]
+    fn a_chunk_stored_held_has_its_reference_and_its_live_bytes_at_once() {
+        let (_dir, conn, mut content) = empty_store();
+        let (id, new) = content
+            .put_held(&conn, &chunk(5), false, false, None)
+            .unwrap();
+        assert!(new);
+        let (again, new_again) = content
+            .put_held(&conn, &chunk(5), false, false, None)
+            .unwrap();
+        assert_eq!((again, new_again), (id, false), "stored once");
+        let refs: i64 = conn
+            .query_row("SELECT refs FROM chunks WHERE id = ?1", [&id[..]], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(refs, 1, "the second store added nothing by itself");
+        let live: i64 = conn
+            .query_row("SELECT SUM(live) FROM segments", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(live, MAX_CHUNK as i64);
+        assert_eq!(content.drop_unreferenced(&conn).unwrap(), 0);
+
+        content.release(&conn, &[id]).unwrap();
+        assert_eq!(content.apply_released(&conn, 10).unwrap(), 1);
+        assert!(content.get(&conn, &id).is_err(), "its one reference went");
+        let live: i64 = conn
+            .query_row("SELECT SUM(live) FROM segments", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(live, 0);
     }
 
     #[test]

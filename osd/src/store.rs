@@ -1245,6 +1245,10 @@ fn write_all_in(
     let total: usize = writes.iter().map(|(_, data)| data.len()).sum();
     let mut known_trees = KnownTrees::new(trees, writes, total)?;
     let mut pieces = Vec::new();
+    // The references new chunks were stored holding (see
+    // ContentStore::put_held), given up again below against those the
+    // extent map's edit adds.
+    let mut held = Vec::new();
     for (offset, data) in writes {
         for (index, piece) in data.chunks(MAX_CHUNK).enumerate() {
             let inline = !in_segment(total, piece.len());
@@ -1253,7 +1257,10 @@ fn write_all_in(
             } else {
                 known_trees.next(piece.len())
             };
-            let chunk = content.put(conn, piece, verify_existing, inline, tree)?;
+            let (chunk, new) = content.put_held(conn, piece, verify_existing, inline, tree)?;
+            if new {
+                held.push(chunk);
+            }
             pieces.push(Extent {
                 offset: offset + (index * MAX_CHUNK) as u64,
                 len: piece.len() as u64,
@@ -1263,7 +1270,10 @@ fn write_all_in(
         }
     }
     ObjectStore::edit_extents(conn, content, object, (start.min(end), end), |map| {
-        let mut change = RefChange::default();
+        let mut change = RefChange {
+            removed: held,
+            ..RefChange::default()
+        };
         for piece in pieces {
             let step = map.write(piece);
             change.added.extend(step.added);
