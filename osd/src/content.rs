@@ -177,6 +177,39 @@ struct Location {
     tree: bool,
 }
 
+/// How [`ContentStore::put`] stores a chunk.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Put<'a> {
+    /// Recovery and repair installing a known-good copy: an existing chunk
+    /// with the same id is read back first, and if its stored bytes are
+    /// damaged they are replaced by these.
+    pub verify_existing: bool,
+    /// The chunk goes inline, without a tree (the caller's rule:
+    /// [`crate::store::in_segment`]).
+    pub inline: bool,
+    /// The chunk's hash tree as its PG's primary computed it
+    /// ([`tree::build`]; one of the wrong length is refused): taken as is,
+    /// so a replica does not hash the bytes again. Its reads still verify
+    /// the bytes against it, and scrub compares the copies.
+    pub known_tree: Option<&'a [u8]>,
+    /// A new chunk is stored holding one reference (its bytes live at
+    /// once), that of the extent about to name it: the caller counts that
+    /// reference as given up, so a chunk no extent ends up naming is
+    /// released like any other. Stored unreferenced and then referenced,
+    /// it would pass through `unreferenced_chunks`, rewriting a page of
+    /// that index on every write. Without, the chunk has no references
+    /// until extents take them ([`ContentStore::add_refs`]).
+    pub held: bool,
+}
+
+/// What [`ContentStore::put`] stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub id: ChunkId,
+    /// No chunk with this content was stored before.
+    pub new: bool,
+}
+
 /// The segment files of one store and the one appends go to.
 pub struct ContentStore {
     dir: PathBuf,
@@ -394,59 +427,19 @@ impl ContentStore {
     }
 
     /// Stores `bytes` (at most [`MAX_CHUNK`]) unless a chunk with the same
-    /// content exists; its id. The chunk has no references until extents
-    /// take them ([`ContentStore::add_refs`]).
-    ///
-    /// With `verify_existing` (recovery and repair installing a known-good
-    /// copy), an existing chunk with that id is read back first, and if its
-    /// stored bytes are damaged they are replaced by these.
-    ///
-    /// With `inline`, the chunk goes inline (the caller's rule:
-    /// [`crate::store::in_segment`]) and has no tree.
-    ///
-    /// `known_tree` is the chunk's hash tree as its PG's primary computed
-    /// it ([`tree::build`]; one of the wrong length is refused): taken as
-    /// is, so a replica does not hash the bytes again. Its reads still
-    /// verify the bytes against it, and scrub compares the copies.
+    /// content exists, as `how` says; its id, and whether it is new.
     pub fn put(
         &mut self,
         conn: &Connection,
         bytes: &[u8],
-        verify_existing: bool,
-        inline: bool,
-        known_tree: Option<&[u8]>,
-    ) -> Result<ChunkId, StoreError> {
-        self.store(conn, bytes, verify_existing, inline, known_tree, 0)
-            .map(|(id, _)| id)
-    }
-
-    /// [`ContentStore::put`], but a new chunk is stored holding one
-    /// reference (its bytes live at once), that of the extent about to
-    /// name it: the caller counts that reference as given up, so a chunk
-    /// no extent ends up naming is released like any other. The id, and
-    /// whether the chunk is new. A chunk stored unreferenced and then
-    /// referenced would pass through `unreferenced_chunks`, rewriting a
-    /// page of that index for every write.
-    pub fn put_held(
-        &mut self,
-        conn: &Connection,
-        bytes: &[u8],
-        verify_existing: bool,
-        inline: bool,
-        known_tree: Option<&[u8]>,
-    ) -> Result<(ChunkId, bool), StoreError> {
-        self.store(conn, bytes, verify_existing, inline, known_tree, 1)
-    }
-
-    fn store(
-        &mut self,
-        conn: &Connection,
-        bytes: &[u8],
-        verify_existing: bool,
-        inline: bool,
-        known_tree: Option<&[u8]>,
-        refs: i64,
-    ) -> Result<(ChunkId, bool), StoreError> {
+        how: Put<'_>,
+    ) -> Result<Stored, StoreError> {
+        let Put {
+            verify_existing,
+            inline,
+            known_tree,
+            held,
+        } = how;
         if bytes.len() > MAX_CHUNK {
             return Err(StoreError::Invalid(format!(
                 "a chunk of {} bytes is over {MAX_CHUNK}",
@@ -469,9 +462,10 @@ impl ContentStore {
             if verify_existing && matches!(self.get(conn, &id), Err(StoreError::Corrupt(_))) {
                 self.rewrite(conn, &id, location, bytes)?;
             }
-            return Ok((id, false));
+            return Ok(Stored { id, new: false });
         }
         let len = bytes.len() as i64;
+        let refs = i64::from(held);
         let mut insert = conn.prepare_cached(
             "INSERT INTO chunks (id, segment, offset, len, refs) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
@@ -487,15 +481,15 @@ impl ContentStore {
             ])?;
             conn.prepare_cached("UPDATE inline_usage SET bytes = bytes + ?1")?
                 .execute([len])?;
-            return Ok((id, true));
+            return Ok(Stored { id, new: true });
         }
         let (segment, offset) = self.append(conn, bytes, &tree)?;
         insert.execute(params![&id[..], segment, offset as i64, len, refs])?;
-        if refs > 0 {
+        if held {
             conn.prepare_cached("UPDATE segments SET live = live + ?2 WHERE id = ?1")?
                 .execute(params![segment, len])?;
         }
-        Ok((id, true))
+        Ok(Stored { id, new: true })
     }
 
     /// Appends a chunk's tree and then its bytes to the active segment;
@@ -1014,7 +1008,7 @@ mod tests {
     #[test]
     fn scattered_and_streaming_reads_agree_and_a_removed_segment_drops_both_handles() {
         let (_dir, conn, mut content) = empty_store();
-        let id = content.put(&conn, &chunk(4), false, false, None).unwrap();
+        let id = content.put(&conn, &chunk(4), Put::default()).unwrap().id;
         let piece = 8192..12288;
         for pattern in [ReadPattern::Scattered, ReadPattern::Streaming] {
             let read = content.start_read(&conn, &id, pattern).unwrap();
@@ -1030,7 +1024,7 @@ mod tests {
     #[test]
     fn a_sync_covers_the_bytes_appended_since_the_last_and_they_read_back_after_it() {
         let (_dir, conn, mut content) = empty_store();
-        let first = content.put(&conn, &chunk(1), false, false, None).unwrap();
+        let first = content.put(&conn, &chunk(1), Put::default()).unwrap().id;
         let spans = content.take_dirty();
         assert_eq!(spans.len(), 1);
         let appended = spans[0].bytes.clone();
@@ -1038,7 +1032,7 @@ mod tests {
         assert!(appended.end > MAX_CHUNK as u64, "the chunk and its tree");
         // A failed sync gives its spans back; the next append widens them.
         content.restore_dirty(&spans);
-        let second = content.put(&conn, &chunk(2), false, false, None).unwrap();
+        let second = content.put(&conn, &chunk(2), Put::default()).unwrap().id;
         let spans = content.take_dirty();
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].bytes, 0..2 * appended.end);
@@ -1046,7 +1040,7 @@ mod tests {
         assert!(content.take_dirty().is_empty());
         assert_eq!(content.get(&conn, &first).unwrap(), chunk(1));
         assert_eq!(content.get(&conn, &second).unwrap(), chunk(2));
-        content.put(&conn, &chunk(3), false, false, None).unwrap();
+        content.put(&conn, &chunk(3), Put::default()).unwrap();
         assert_eq!(
             content.take_dirty()[0].bytes,
             2 * appended.end..3 * appended.end
@@ -1056,14 +1050,14 @@ mod tests {
     #[test]
     fn a_chunk_stored_held_has_its_reference_and_its_live_bytes_at_once() {
         let (_dir, conn, mut content) = empty_store();
-        let (id, new) = content
-            .put_held(&conn, &chunk(5), false, false, None)
-            .unwrap();
+        let held = Put {
+            held: true,
+            ..Put::default()
+        };
+        let Stored { id, new } = content.put(&conn, &chunk(5), held).unwrap();
         assert!(new);
-        let (again, new_again) = content
-            .put_held(&conn, &chunk(5), false, false, None)
-            .unwrap();
-        assert_eq!((again, new_again), (id, false), "stored once");
+        let again = content.put(&conn, &chunk(5), held).unwrap();
+        assert_eq!(again, Stored { id, new: false }, "stored once");
         let refs: i64 = conn
             .query_row("SELECT refs FROM chunks WHERE id = ?1", [&id[..]], |r| {
                 r.get(0)
@@ -1088,11 +1082,8 @@ mod tests {
     #[test]
     fn compaction_forgets_chunks_nothing_references_instead_of_copying_them() {
         let (_dir, conn, mut content) = empty_store();
-        let [dead, live, garbage] = [1, 2, 3].map(|seed| {
-            content
-                .put(&conn, &chunk(seed), false, false, None)
-                .unwrap()
-        });
+        let [dead, live, garbage] =
+            [1, 2, 3].map(|seed| content.put(&conn, &chunk(seed), Put::default()).unwrap().id);
         content.add_refs(&conn, &[dead, live], 1).unwrap();
         content.add_refs(&conn, &[dead], -1).unwrap();
         // `garbage` was never referenced, like a chunk left by a delete
@@ -1111,8 +1102,18 @@ mod tests {
         let (_dir, conn, mut content) = empty_store();
         let small = vec![7u8; 4096];
         let [shared, inline] = [
-            content.put(&conn, &chunk(1), false, false, None).unwrap(),
-            content.put(&conn, &small, false, true, None).unwrap(),
+            content.put(&conn, &chunk(1), Put::default()).unwrap().id,
+            content
+                .put(
+                    &conn,
+                    &small,
+                    Put {
+                        inline: true,
+                        ..Put::default()
+                    },
+                )
+                .unwrap()
+                .id,
         ];
         content
             .add_refs(&conn, &[shared, shared, inline], 1)

@@ -1246,8 +1246,8 @@ fn write_all_in(
     let mut known_trees = KnownTrees::new(trees, writes, total)?;
     let mut pieces = Vec::new();
     // The references new chunks were stored holding (see
-    // ContentStore::put_held), given up again below against those the
-    // extent map's edit adds.
+    // content::Put::held), given up again below against those the extent
+    // map's edit adds.
     let mut held = Vec::new();
     for (offset, data) in writes {
         for (index, piece) in data.chunks(MAX_CHUNK).enumerate() {
@@ -1257,14 +1257,20 @@ fn write_all_in(
             } else {
                 known_trees.next(piece.len())
             };
-            let (chunk, new) = content.put_held(conn, piece, verify_existing, inline, tree)?;
-            if new {
-                held.push(chunk);
+            let how = content::Put {
+                verify_existing,
+                inline,
+                known_tree: tree,
+                held: true,
+            };
+            let stored = content.put(conn, piece, how)?;
+            if stored.new {
+                held.push(stored.id);
             }
             pieces.push(Extent {
                 offset: offset + (index * MAX_CHUNK) as u64,
                 len: piece.len() as u64,
-                chunk,
+                chunk: stored.id,
                 chunk_offset: 0,
             });
         }
