@@ -1116,9 +1116,13 @@ impl<'a, const N: usize> From<&'a [u8; N]> for Body<'a> {
 /// write of small chunks), for an op that carries no bytes, and for a
 /// malformed one (the store refuses that anyway).
 pub fn write_trees(op: &ObjectOp, body: &[u8]) -> Vec<u8> {
+    // No chunk is longer than the body: a short one stays inline whole,
+    // and its op need not be parsed (the primary asks for every write).
+    if !in_segment(body.len(), body.len().min(MAX_CHUNK)) {
+        return Vec::new();
+    }
     match writes_of(op, body) {
-        Some(Ok(writes)) => chunks_of(&writes)
-            .filter(|chunk| in_segment(body.len(), chunk.len()))
+        Some(Ok(writes)) => segment_chunks(&writes, body.len())
             .flat_map(tree::build)
             .collect(),
         _ => Vec::new(),
@@ -1199,9 +1203,16 @@ fn writes_of<'a>(op: &ObjectOp, body: &'a [u8]) -> Option<Result<Writes<'a>, Sto
     }
 }
 
-/// The chunks the store cuts `writes` into, in the order it stores them.
-fn chunks_of<'a>(writes: &'a [(u64, &'a [u8])]) -> impl Iterator<Item = &'a [u8]> {
-    writes.iter().flat_map(|(_, data)| data.chunks(MAX_CHUNK))
+/// The chunks the store cuts `writes` (`total` bytes) into and keeps in
+/// segment files, with their trees, in the order it stores them.
+fn segment_chunks<'a>(
+    writes: &'a [(u64, &'a [u8])],
+    total: usize,
+) -> impl Iterator<Item = &'a [u8]> {
+    writes
+        .iter()
+        .flat_map(|(_, data)| data.chunks(MAX_CHUNK))
+        .filter(move |chunk| in_segment(total, chunk.len()))
 }
 
 /// `data` cut into consecutive pieces, at the `(offset, len)` of each.
@@ -1304,8 +1315,7 @@ impl<'a> KnownTrees<'a> {
         if trees.is_empty() {
             return Ok(KnownTrees(None));
         }
-        let expected: usize = chunks_of(writes)
-            .filter(|chunk| in_segment(total, chunk.len()))
+        let expected: usize = segment_chunks(writes, total)
             .map(|chunk| tree::tree_len(chunk.len()))
             .sum();
         if trees.len() != expected {
