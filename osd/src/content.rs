@@ -271,6 +271,12 @@ impl ChunkRead {
         self.read(0..len)
     }
 
+    /// Whether the chunk's bytes are still to be read from a segment file
+    /// (an inline chunk's came with its location).
+    pub fn in_segment(&self) -> bool {
+        matches!(self.source, ChunkSource::Segment { .. })
+    }
+
     fn len(&self) -> usize {
         match &self.source {
             ChunkSource::Inline(bytes) => bytes.len(),

@@ -168,8 +168,8 @@ struct Inner {
 /// it from a blocking thread in async code) but these: the `try_stage_*`
 /// methods stage a change only if the store is free at once (a short
 /// transaction step on the caller's thread, never a wait for the disk),
-/// [`ObjectStore::try_read`] reads only if the store is free at once (for
-/// small reads: at most one wait for the disk), and
+/// [`ObjectStore::try_plan_read`] locates a read only if the store is free
+/// at once (its SQLite lookups, which may wait for the disk), and
 /// [`ObjectStore::durable_async`] awaits the sync.
 pub struct ObjectStore {
     inner: Mutex<Inner>,
@@ -948,25 +948,22 @@ impl ObjectStore {
     /// holes read as zeros).
     pub fn read(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         check_read(key, len)?;
-        let plan = Self::plan_object_read(&mut lock(&self.inner), key, offset, len)?;
-        assemble(plan)
+        Self::plan_object_read(&mut lock(&self.inner), key, offset, len)?.assemble()
     }
 
-    /// [`ObjectStore::read`] if the store is free at once; `None` (nothing
-    /// read) if another caller holds it.
-    pub fn try_read(
+    /// The pieces of [`ObjectStore::read`]'s read, located if the store is
+    /// free at once; `None` (nothing located) if another caller holds it.
+    pub fn try_plan_read(
         &self,
         key: &ObjectKey,
         offset: u64,
         len: u64,
-    ) -> Option<Result<Vec<u8>, StoreError>> {
+    ) -> Option<Result<ReadPlan, StoreError>> {
         if let Err(error) = check_read(key, len) {
             return Some(Err(error));
         }
         let mut inner = try_lock(&self.inner)?;
-        let plan = Self::plan_object_read(&mut inner, key, offset, len);
-        drop(inner);
-        Some(plan.and_then(assemble))
+        Some(Self::plan_object_read(&mut inner, key, offset, len))
     }
 
     fn plan_object_read(
@@ -974,12 +971,14 @@ impl ObjectStore {
         key: &ObjectKey,
         offset: u64,
         len: u64,
-    ) -> Result<Vec<PlannedPiece>, StoreError> {
+    ) -> Result<ReadPlan, StoreError> {
         let (object, size) =
             ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
         let end = offset.saturating_add(len).min(size);
         let pattern = inner.trails.classify(object, offset, len);
-        plan_read(inner, object, offset, end, pattern)
+        Ok(ReadPlan {
+            pieces: plan_read(inner, object, offset, end, pattern)?,
+        })
     }
 
     pub fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectStat>, StoreError> {
@@ -1448,6 +1447,28 @@ fn apply_entry_in(
     Ok(stat)
 }
 
+/// A read located under the store's lock, its bytes still to read
+/// ([`ReadPlan::assemble`]) once the lock is released.
+pub struct ReadPlan {
+    pieces: Vec<PlannedPiece>,
+}
+
+impl ReadPlan {
+    /// Whether assembling reads segment files (a wait for the disk when
+    /// their pages are not cached), not only bytes already in memory.
+    pub fn reads_segments(&self) -> bool {
+        self.pieces.iter().any(|piece| match piece {
+            PlannedPiece::Hole(_) => false,
+            PlannedPiece::Data { chunk, .. } => chunk.in_segment(),
+        })
+    }
+
+    /// The read's bytes, each chunk verified against its id.
+    pub fn assemble(self) -> Result<Vec<u8>, StoreError> {
+        assemble(self.pieces)
+    }
+}
+
 /// One piece of a read, located under the store's lock.
 enum PlannedPiece {
     Hole(u64),
@@ -1523,27 +1544,43 @@ mod tests {
     }
 
     #[test]
-    fn try_read_reads_what_read_does_and_never_waits_for_the_store() {
+    fn a_read_planned_without_waiting_reads_what_read_does() {
         let dir = tempfile::tempdir().unwrap();
         let store = ObjectStore::open(dir.path()).unwrap();
-        let k = key("try.read");
+        let plan = |k: &ObjectKey, offset, len| store.try_plan_read(k, offset, len).unwrap();
+        let large = key("in.segment");
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8 | 1).collect();
-        store.write(&k, 4096, &data).unwrap();
-        for (offset, len) in [(0, 8192), (4096, 4096), (50_000, 70_000), (104_000, 4096)] {
-            let read = store.read(&k, offset, len).unwrap();
-            assert_eq!(store.try_read(&k, offset, len).unwrap().unwrap(), read);
+        store.write(&large, 4096, &data).unwrap();
+        let small = key("inline");
+        store.write(&small, 0, &data[..4096]).unwrap();
+        for (k, offset, len, reads_segments) in [
+            (&large, 0, 4096, false),
+            (&large, 0, 8192, true),
+            (&large, 4096, 4096, true),
+            (&large, 50_000, 70_000, true),
+            (&large, 104_000, 4096, true),
+            (&small, 0, 4096, false),
+            (&small, 100, 10, false),
+        ] {
+            let planned = plan(k, offset, len).unwrap();
+            assert_eq!(planned.reads_segments(), reads_segments, "{offset}+{len}");
+            let read = store.read(k, offset, len).unwrap();
+            assert_eq!(planned.assemble().unwrap(), read, "{offset}+{len}");
         }
         assert!(matches!(
-            store.try_read(&key("absent"), 0, 10),
-            Some(Err(StoreError::NotFound))
+            plan(&key("absent"), 0, 10),
+            Err(StoreError::NotFound)
         ));
         assert!(matches!(
-            store.try_read(&k, 0, MAX_READ_LEN + 1),
-            Some(Err(StoreError::Invalid(_)))
+            plan(&large, 0, MAX_READ_LEN + 1),
+            Err(StoreError::Invalid(_))
         ));
         let held = lock(&store.inner);
-        assert!(store.try_read(&k, 0, 10).is_none(), "the store is held");
+        assert!(
+            store.try_plan_read(&large, 0, 10).is_none(),
+            "the store is held"
+        );
         drop(held);
-        assert!(store.try_read(&k, 0, 10).is_some());
+        assert!(store.try_plan_read(&large, 0, 10).is_some());
     }
 }
