@@ -50,6 +50,11 @@ impl DirtyExtents {
             .take_while(|(start, bytes)| **start + bytes.len() as u64 >= offset)
             .map(|(start, _)| *start)
             .collect();
+        if touching.is_empty() {
+            self.bytes += data.len() as u64;
+            self.extents.insert(offset, data.to_vec());
+            return;
+        }
         let mut start = offset;
         let mut stop = end;
         for key in &touching {
