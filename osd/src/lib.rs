@@ -12,6 +12,8 @@
 //!   small read hashes only the pieces it returns.
 //! - [`batch`]: group commit: concurrent mutations share one transaction
 //!   and one sync, each undone alone if it fails.
+//! - [`gathered_log`]: the SQLite VFS the store opens its database with,
+//!   which writes a commit's log frames with one system call.
 //! - [`store`]: the local object store: objects in pools (named by inode
 //!   and object number, or free-form), their sizes, versions, attributes and
 //!   extent maps in SQLite over the content store; durable when an
@@ -33,6 +35,7 @@ pub mod bench;
 pub mod client;
 pub mod content;
 pub mod extents;
+pub mod gathered_log;
 mod links;
 pub mod pglog;
 pub mod server;

@@ -23,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aspen_placement::PgId;
 use rusqlite::config::DbConfig;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use aspen_proto::osd::{LogEntry, LogVersion, ObjectCopy, ObjectOp};
 
@@ -32,9 +32,9 @@ use crate::content::{
     self, COMPACT_STEP_BYTES, ContentStore, MAX_CHUNK, RELEASE_STEP, ReadPattern,
 };
 use crate::extents::{Extent, ExtentMap, ReadPiece, RefChange};
-use crate::pglog;
 use crate::trails::ReadTrails;
 use crate::tree;
+use crate::{gathered_log, pglog};
 
 // The store enforces the protocol's limits itself: the longest object
 // name, the largest object, the longest read, and attribute sizes.
@@ -359,7 +359,11 @@ impl ObjectStore {
     pub fn open(dir: &Path) -> Result<ObjectStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
         let path = dir.join(DATABASE);
-        let mut conn = Connection::open(&path)?;
+        let mut conn = Connection::open_with_flags_and_vfs(
+            &path,
+            OpenFlags::default(),
+            gathered_log::vfs_name()?,
+        )?;
         // This connection is the database's only user: holding its locks
         // for good keeps the log index in memory, and spares every
         // transaction the file locking (and keeps a second OSD process
