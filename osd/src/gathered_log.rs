@@ -140,7 +140,7 @@ unsafe fn gather<'a>(file: *mut ffi::sqlite3_file) -> &'a mut GatherFile {
 }
 
 unsafe extern "C" fn open(
-    vfs: *mut ffi::sqlite3_vfs,
+    _vfs: *mut ffi::sqlite3_vfs,
     name: ffi::sqlite3_filename,
     file: *mut ffi::sqlite3_file,
     flags: c_int,
@@ -150,7 +150,6 @@ unsafe extern "C" fn open(
         return ffi::SQLITE_ERROR;
     };
     let base = base as *mut ffi::sqlite3_vfs;
-    let _ = vfs;
     // SAFETY: SQLite gave `file` szOsFile bytes, aligned for any type:
     // the default VFS's file follows this header, which is a multiple of
     // 8 bytes long.
@@ -207,23 +206,6 @@ static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     xUnfetch: Some(unfetch),
 };
 
-/// Writes out what the file holds, then runs the default VFS's method
-/// `$method` with `$args`; `$missing` if it has none. The SQLite result
-/// code of the first that fails.
-macro_rules! flushed_then {
-    ($file:expr, $method:ident, $missing:expr $(, $arg:expr)*) => {{
-        let gathered = unsafe { gather($file) };
-        let rc = unsafe { gathered.flush() };
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        match unsafe { gathered.methods() }.$method {
-            Some(method) => unsafe { method(gathered.real $(, $arg)*) },
-            None => $missing,
-        }
-    }};
-}
-
 /// Runs the default VFS's method `$method` with `$args`; `$missing` if it
 /// has none.
 macro_rules! passed {
@@ -233,6 +215,18 @@ macro_rules! passed {
             Some(method) => unsafe { method(gathered.real $(, $arg)*) },
             None => $missing,
         }
+    }};
+}
+
+/// [`passed!`] once what the file holds is written out; the SQLite result
+/// code of that write if it fails.
+macro_rules! flushed_then {
+    ($file:expr, $method:ident, $missing:expr $(, $arg:expr)*) => {{
+        let rc = unsafe { gather($file).flush() };
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        passed!($file, $method, $missing $(, $arg)*)
     }};
 }
 
@@ -361,19 +355,12 @@ unsafe extern "C" fn fetch(
     amount: c_int,
     out: *mut *mut c_void,
 ) -> c_int {
-    let gathered = unsafe { gather(file) };
-    let rc = unsafe { gathered.flush() };
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match unsafe { gathered.methods() }.xFetch {
-        Some(method) => unsafe { method(gathered.real, at, amount, out) },
-        None => {
-            // No memory map: SQLite reads instead.
-            unsafe { *out = std::ptr::null_mut() };
-            ffi::SQLITE_OK
-        }
-    }
+    // Without a memory map SQLite reads the page instead.
+    let unmapped = || {
+        unsafe { *out = std::ptr::null_mut() };
+        ffi::SQLITE_OK
+    };
+    flushed_then!(file, xFetch, unmapped(), at, amount, out)
 }
 
 unsafe extern "C" fn unfetch(

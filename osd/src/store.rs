@@ -895,7 +895,7 @@ impl ObjectStore {
             .collect::<Result<_, _>>()?;
         drop(statement);
         drop(inner);
-        Ok(Some((ObjectCopy { size, attrs, at }, assemble(plan)?)))
+        Ok(Some((ObjectCopy { size, attrs, at }, plan.assemble()?)))
     }
 
     /// Replaces `key` with a copy (or deletes it, for `None`), in one
@@ -980,9 +980,7 @@ impl ObjectStore {
             ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
         let end = offset.saturating_add(len).min(size);
         let pattern = inner.trails.classify(object, offset, len);
-        Ok(ReadPlan {
-            pieces: plan_read(inner, object, offset, end, pattern)?,
-        })
+        plan_read(inner, object, offset, end, pattern)
     }
 
     pub fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectStat>, StoreError> {
@@ -1469,7 +1467,22 @@ impl ReadPlan {
 
     /// The read's bytes, each chunk verified against its id.
     pub fn assemble(self) -> Result<Vec<u8>, StoreError> {
-        assemble(self.pieces)
+        let total: u64 = self
+            .pieces
+            .iter()
+            .map(|piece| match piece {
+                PlannedPiece::Hole(len) => *len,
+                PlannedPiece::Data { range, .. } => range.len() as u64,
+            })
+            .sum();
+        let mut bytes = Vec::with_capacity(total as usize);
+        for piece in self.pieces {
+            match piece {
+                PlannedPiece::Hole(len) => bytes.resize(bytes.len() + len as usize, 0),
+                PlannedPiece::Data { chunk, range } => bytes.extend_from_slice(&chunk.read(range)?),
+            }
+        }
+        Ok(bytes)
     }
 }
 
@@ -1482,21 +1495,22 @@ enum PlannedPiece {
     },
 }
 
-/// Locates the pieces of `offset..end` of `object`; [`assemble`] reads
-/// them once the lock is released, so a slow disk read does not hold up
-/// every other operation on the store.
+/// Locates the pieces of `offset..end` of `object`; [`ReadPlan::assemble`]
+/// reads them once the lock is released, so a slow disk read does not hold
+/// up every other operation on the store.
 fn plan_read(
     inner: &Inner,
     object: i64,
     offset: u64,
     end: u64,
     pattern: ReadPattern,
-) -> Result<Vec<PlannedPiece>, StoreError> {
+) -> Result<ReadPlan, StoreError> {
     if offset >= end {
-        return Ok(Vec::new());
+        return Ok(ReadPlan { pieces: Vec::new() });
     }
     let map = ExtentMap::from_extents(ObjectStore::load_extents(&inner.conn, object, offset, end)?);
-    map.read(offset, end - offset)
+    let pieces = map
+        .read(offset, end - offset)
         .into_iter()
         .map(|piece| match piece {
             ReadPiece::Hole { len } => Ok(PlannedPiece::Hole(len)),
@@ -1510,26 +1524,8 @@ fn plan_read(
                 range: chunk_offset as usize..chunk_offset.saturating_add(len) as usize,
             }),
         })
-        .collect()
-}
-
-/// The bytes of a planned read, each chunk verified against its hash.
-fn assemble(plan: Vec<PlannedPiece>) -> Result<Vec<u8>, StoreError> {
-    let total: u64 = plan
-        .iter()
-        .map(|piece| match piece {
-            PlannedPiece::Hole(len) => *len,
-            PlannedPiece::Data { range, .. } => range.len() as u64,
-        })
-        .sum();
-    let mut bytes = Vec::with_capacity(total as usize);
-    for piece in plan {
-        match piece {
-            PlannedPiece::Hole(len) => bytes.resize(bytes.len() + len as usize, 0),
-            PlannedPiece::Data { chunk, range } => bytes.extend_from_slice(&chunk.read(range)?),
-        }
-    }
-    Ok(bytes)
+        .collect::<Result<_, StoreError>>()?;
+    Ok(ReadPlan { pieces })
 }
 
 #[cfg(test)]
