@@ -110,6 +110,10 @@ impl Namespace {
         conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Every operation runs in a savepoint (`savepoint` below), whose undo
+        // journal would otherwise be a temporary file in /var/tmp: several
+        // `pwrite`s per operation for pages that never need to reach a disk.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.execute_batch(store::SCHEMA)?;
         conn.execute_batch(caps::TRACKING)?;
         conn.set_prepared_statement_cache_capacity(crate::sql::STATEMENT_CACHE_CAPACITY);
@@ -365,4 +369,20 @@ fn touch_dir(conn: &Connection, dir: &mut Attr, now: Timestamp) -> OpResult<()> 
     dir.mtime = now;
     dir.ctime = now;
     store::save(conn, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn savepoint_journals_stay_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Namespace::open(&dir.path().join("namespace.db")).unwrap();
+        let temp_store: i64 = ns
+            .connection()
+            .query_row("PRAGMA temp_store", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(temp_store, 2, "temp_store is MEMORY");
+    }
 }
