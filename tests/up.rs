@@ -5,25 +5,60 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use aspen_fsclient::fuse::is_mounted;
 use common::{eventually, require_fuse};
 
-fn up(data: &Path, mountpoint: &Path, log: &Path) -> Child {
+/// A running `aspen up`. Dropped while it still runs (a failed check), it
+/// is killed and its mount detached, so the temporary directory's removal
+/// does not wait on a mount nobody serves.
+struct Running {
+    child: Option<Child>,
+    mountpoint: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Kills an `aspen up` still running; one that exited is only reaped.
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.mountpoint) {
+            let _ = aspen_fsclient::fuse::unmount(&self.mountpoint);
+        }
+    }
+}
+
+fn up(data: &Path, mountpoint: &Path, log: &Path) -> Running {
+    up_with(
+        Command::new(env!("CARGO_BIN_EXE_aspen")),
+        data,
+        mountpoint,
+        log,
+    )
+}
+
+fn up_with(mut command: Command, data: &Path, mountpoint: &Path, log: &Path) -> Running {
     let log = std::fs::File::create(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_aspen"))
+    let child = command
         .args(["up", "--data", data.to_str().unwrap(), "--mount"])
         .arg(mountpoint)
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()
-        .unwrap()
+        .unwrap();
+    Running {
+        child: Some(child),
+        mountpoint: mountpoint.to_path_buf(),
+    }
 }
 
 /// Ctrl-C, then the process must exit successfully and leave no mount.
-fn interrupt(mut child: Child, mountpoint: &Path, log: &Path) {
+fn interrupt(mut running: Running, mountpoint: &Path, log: &Path) {
+    let child = running.child.as_mut().unwrap();
     let sent = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -66,4 +101,27 @@ fn aspen_up_mounts_stops_cleanly_and_finds_its_files_again() {
     });
     assert_eq!(std::fs::read(mountpoint.join("link")).unwrap(), content);
     interrupt(second, &mountpoint, &root.path().join("up2.log"));
+}
+
+/// As on a one-core machine, where tokio starts one runtime thread: the
+/// mount must come up and serve without a second thread to answer the
+/// requests its own setup makes of it.
+#[test]
+fn aspen_up_serves_on_a_single_runtime_thread() {
+    require_fuse();
+    let root = tempfile::tempdir().unwrap();
+    let mountpoint = root.path().join("mnt");
+    let log = root.path().join("up.log");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_aspen"));
+    command.env("TOKIO_WORKER_THREADS", "1");
+    let child = up_with(command, &root.path().join("data"), &mountpoint, &log);
+    let log_says_mounted =
+        || std::fs::read_to_string(&log).is_ok_and(|log| log.contains("mounted at"));
+    eventually("the mount on one runtime thread", 60, || {
+        (is_mounted(&mountpoint) && log_says_mounted()).then_some(())
+    });
+    let content: Vec<u8> = (0..3_000_000u32).map(|n| (n % 241) as u8).collect();
+    std::fs::write(mountpoint.join("file"), &content).unwrap();
+    assert_eq!(std::fs::read(mountpoint.join("file")).unwrap(), content);
+    interrupt(child, &mountpoint, &log);
 }

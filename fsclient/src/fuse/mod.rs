@@ -21,7 +21,7 @@ mod signals;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -117,14 +117,9 @@ pub fn mount(
 /// FUSE mounts at 128 KiB, which leaves sequential reads waiting on one
 /// round trip at a time). Only root may; others keep the default.
 fn widen_readahead(mountpoint: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(mountpoint) else {
+    let Some((major, minor)) = mounted_device(mountpoint) else {
         return;
     };
-    let (major, minor) = (
-        nix::sys::stat::major(meta.dev()),
-        nix::sys::stat::minor(meta.dev()),
-    );
     let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
     if let Err(error) = std::fs::write(&knob, (READAHEAD_BYTES / 1024).to_string()) {
         tracing::debug!(%error, knob, "the readahead stays at the kernel's default");
@@ -905,30 +900,67 @@ impl Filesystem for AspenFuse {
 }
 
 /// Whether a FUSE filesystem is mounted at `mountpoint`.
-/// (A mount whose server died cannot be resolved itself, so its parent
-/// is.)
 pub fn is_mounted(mountpoint: &Path) -> bool {
-    let (Some(parent), Some(name)) = (mountpoint.parent(), mountpoint.file_name()) else {
-        return false;
-    };
+    mounted_device(mountpoint).is_some()
+}
+
+/// The device numbers of the FUSE mount at `mountpoint` (the topmost, if
+/// several are stacked there), from the kernel's mount table. Nothing here
+/// looks inside the mount: a `stat` of it is a request to its server, which
+/// may be this very process, and a dead server's mount cannot be resolved
+/// at all (so its parent is).
+fn mounted_device(mountpoint: &Path) -> Option<(u32, u32)> {
+    let (parent, name) = (mountpoint.parent()?, mountpoint.file_name()?);
     let parent = if parent.as_os_str().is_empty() {
         Path::new(".")
     } else {
         parent
     };
-    let Ok(target) = parent.canonicalize().map(|p| p.join(name)) else {
-        return false;
-    };
-    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
-        mounts.lines().any(|line| {
-            let mut fields = line.split(' ');
-            let (Some(_), Some(point), Some(kind)) = (fields.next(), fields.next(), fields.next())
-            else {
-                return false;
-            };
-            kind.starts_with("fuse") && Path::new(point) == target
-        })
+    let target = parent.canonicalize().ok()?.join(name);
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    fuse_device_in_mountinfo(&table, &target)
+}
+
+/// The device numbers of the last FUSE mount at `target` in a
+/// `/proc/PID/mountinfo` table.
+fn fuse_device_in_mountinfo(table: &str, target: &Path) -> Option<(u32, u32)> {
+    table.lines().rev().find_map(|line| {
+        let (mount, source) = line.split_once(" - ")?;
+        let fields: Vec<&str> = mount.split(' ').collect();
+        let (device, point) = (fields.get(2)?, fields.get(4)?);
+        let kind = source.split(' ').next()?;
+        if !kind.starts_with("fuse") || unescape_mount_path(point) != target {
+            return None;
+        }
+        let (major, minor) = device.split_once(':')?;
+        Some((major.parse().ok()?, minor.parse().ok()?))
     })
+}
+
+/// A path as the kernel's mount tables write it: space, tab, newline and
+/// backslash as three-digit octal escapes (`\040`).
+fn unescape_mount_path(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut path = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let escaped = bytes
+            .get(at + 1..at + 4)
+            .filter(|digits| bytes[at] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)))
+            .and_then(|digits| u8::from_str_radix(std::str::from_utf8(digits).ok()?, 8).ok());
+        match escaped {
+            Some(byte) => {
+                path.push(byte);
+                at += 4;
+            }
+            None => {
+                path.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(path))
 }
 
 /// Unmounts `mountpoint`: cleanly if it is idle, lazily (detached, gone
@@ -952,5 +984,50 @@ pub fn unmount(mountpoint: &Path) -> std::io::Result<()> {
             }
         }
         Err(error) => Err(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+41 22 0:44 / /tmp/a\\040b rw,nosuid,nodev,relatime shared:20 - fuse.aspen aspen:f1 rw,user_id=0,group_id=0
+42 22 0:45 / /tmp/plain rw,relatime shared:21 - tmpfs tmpfs rw
+43 41 0:46 / /tmp/a\\040b rw,relatime shared:22 - fuse aspen:f2 rw,user_id=0,group_id=0
+";
+
+    #[test]
+    fn the_topmost_fuse_mount_at_a_path_gives_its_device() {
+        let device = fuse_device_in_mountinfo(MOUNTINFO, Path::new("/tmp/a b"));
+        assert_eq!(device, Some((0, 46)));
+    }
+
+    #[test]
+    fn other_filesystems_and_paths_are_not_fuse_mounts() {
+        assert_eq!(
+            fuse_device_in_mountinfo(MOUNTINFO, Path::new("/tmp/plain")),
+            None
+        );
+        assert_eq!(fuse_device_in_mountinfo(MOUNTINFO, Path::new("/")), None);
+        assert_eq!(
+            fuse_device_in_mountinfo(MOUNTINFO, Path::new("/tmp/a\\040b")),
+            None
+        );
+        assert_eq!(
+            fuse_device_in_mountinfo("garbage\n - \n", Path::new("/")),
+            None
+        );
+    }
+
+    #[test]
+    fn mount_table_escapes_are_undone() {
+        assert_eq!(
+            unescape_mount_path("/a\\040b\\011c\\134d"),
+            Path::new("/a b\tc\\d")
+        );
+        assert_eq!(unescape_mount_path("/a\\9zz\\"), Path::new("/a\\9zz\\"));
+        assert_eq!(unescape_mount_path("/a\\+12"), Path::new("/a\\+12"));
     }
 }
