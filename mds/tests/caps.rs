@@ -542,3 +542,38 @@ async fn a_report_overtaken_by_a_larger_one_does_not_shrink_the_file() {
     let attr = late.attrs.iter().find(|a| a.ino == file).unwrap();
     assert_eq!(attr.size, 200);
 }
+
+#[tokio::test]
+async fn size_reports_sent_together_are_each_applied_or_refused() {
+    let setup = start().await;
+    let mut a = client(&setup, "client.a").await;
+    let (one, _) = create(&mut a, "one").await;
+    let (given_back, _) = create(&mut a, "given back").await;
+    let (two, _) = create(&mut a, "two").await;
+    let released = a
+        .cap(CapOp::Release {
+            caps: vec![(given_back, u64::MAX)],
+        })
+        .await;
+    assert_eq!(released.result, Ok(NsReply::Done));
+    let mtime = Timestamp::new(1_700_000_000, 7);
+    let reports = vec![
+        (one, Flushed { size: 100, mtime }),
+        (given_back, Flushed { size: 300, mtime }),
+        (two, Flushed { size: 200, mtime }),
+    ];
+    let reply = a.cap(CapOp::FlushMany { reports }).await;
+    assert_eq!(
+        reply.result,
+        Ok(NsReply::Reported(vec![Ok(()), Err(Errno::EBADF), Ok(())])),
+        "a report without its cap is refused alone"
+    );
+    let size = |ino| reply.attrs.iter().find(|a| a.ino == ino).unwrap().size;
+    assert_eq!((size(one), size(given_back), size(two)), (100, 0, 200));
+
+    let too_many = (0..=aspen_proto::caps::MAX_FLUSH_REPORTS)
+        .map(|_| (one, Flushed { size: 1, mtime }))
+        .collect();
+    let refused = a.cap(CapOp::FlushMany { reports: too_many }).await;
+    assert_eq!(refused.result, Err(Errno::EINVAL));
+}

@@ -28,6 +28,8 @@ pub const MAX_RELEASE: usize = 4096;
 pub const MAX_EVENTS: usize = 4096;
 /// The most inode numbers one reservation takes.
 pub const MAX_RESERVE: u32 = 1024;
+/// The most size reports one [`CapOp::FlushMany`] carries.
+pub const MAX_FLUSH_REPORTS: usize = 64;
 
 /// How much a session may cache about an inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -95,6 +97,10 @@ pub enum CapOp {
     Pin { ino: InodeId },
     /// Reports writes while keeping the Exclusive cap (fsync, close, timer).
     Flush { ino: InodeId, flushed: Flushed },
+    /// [`CapOp::Flush`] for several inodes at once (at most
+    /// [`MAX_FLUSH_REPORTS`]), each applied or refused on its own: the
+    /// answer is [`NsReply::Reported`], one result per report, in order.
+    FlushMany { reports: Vec<(InodeId, Flushed)> },
     /// Gives caps back (each up to the grant `seq` named).
     Release { caps: Vec<(InodeId, u64)> },
     /// Reserves up to [`MAX_RESERVE`] inode numbers for the session's own
@@ -110,6 +116,7 @@ impl CapOp {
             self,
             CapOp::Ack { .. }
                 | CapOp::Flush { .. }
+                | CapOp::FlushMany { .. }
                 | CapOp::Release { .. }
                 | CapOp::Pin { .. }
                 | CapOp::Reserve { .. }

@@ -140,6 +140,8 @@ pub enum NsReply {
     },
     /// Inode numbers reserved for the session, each with its generation.
     Reserved(Vec<(InodeId, u64)>),
+    /// The result of each report of a `CapOp::FlushMany`, in its order.
+    Reported(Vec<Result<(), Errno>>),
 }
 /// One member of the MDS group.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aspen_proto::caps::{CapMode, CapOp, Flushed};
+use aspen_proto::caps::{CapMode, CapOp};
 use aspen_proto::fs::{Attr, Caller, Timestamp, open_flags};
 use aspen_proto::mds::{HandleId, NsOp, NsReply};
 use aspen_proto::{Errno, InodeId};
@@ -705,28 +705,6 @@ impl Vfs {
         let turn = self.report_turns.take(ino).await;
         self.report_in_turn(ino).await?;
         Ok(turn)
-    }
-
-    async fn report_in_turn(&self, ino: InodeId) -> Result<(), Errno> {
-        let Some(written) = self.cache().unreported(ino) else {
-            return Ok(());
-        };
-        let flushed = Flushed {
-            size: written.size,
-            mtime: written.mtime,
-        };
-        let reply = self
-            .cap_call(&written.writer, CapOp::Flush { ino, flushed })
-            .await?;
-        match reply.result {
-            Ok(_) => {
-                self.cache().reported(ino, &written);
-                Ok(())
-            }
-            // The cap went: a revocation reported it, or the file is gone.
-            Err(Errno::EBADF) => Ok(()),
-            Err(errno) => Err(errno),
-        }
     }
 
     /// Buffered bytes out, then the size reported: what fsync promises.

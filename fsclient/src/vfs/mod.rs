@@ -15,6 +15,7 @@ mod creates;
 mod files;
 mod local;
 mod locks;
+mod reports;
 mod turns;
 mod unlinks;
 
@@ -68,6 +69,8 @@ pub struct Vfs {
     local: local::LocalOps,
     /// Reports of sizes and mtimes, one per inode at a time.
     report_turns: turns::InodeTurns,
+    /// Reports waiting to go to the MDS together.
+    reports: reports::ReportQueue,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,7 +83,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 fn attr_reply(reply: &CapReply) -> Result<Attr, Errno> {
     match &reply.result {
         Ok(NsReply::Attr(attr) | NsReply::Opened { attr, .. }) => Ok(attr.clone()),
-        Ok(NsReply::Done | NsReply::Reserved(_)) => Err(Errno::EIO),
+        Ok(NsReply::Done | NsReply::Reserved(_) | NsReply::Reported(_)) => Err(Errno::EIO),
         Err(errno) => Err(*errno),
     }
 }
@@ -104,6 +107,7 @@ impl Vfs {
             closing: AtomicBool::new(false),
             local: local::LocalOps::default(),
             report_turns: turns::InodeTurns::default(),
+            reports: reports::ReportQueue::default(),
         });
         coherence::start(&vfs);
         vfs

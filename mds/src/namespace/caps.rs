@@ -409,6 +409,7 @@ pub(crate) fn apply(
         CapOp::Flush { ino, flushed } => own_op(conn, ctx, version, *ino, |conn, cap| {
             report(conn, ctx, cap, *ino, *flushed).map(|()| None)
         }),
+        CapOp::FlushMany { reports } => flush_many(conn, ctx, version, reports),
         CapOp::Reserve { count } => guarded(conn, || {
             let result = split(super::create::reserve(conn, ctx, *count))?;
             Ok(CapOutcome::Answer(answer(
@@ -447,6 +448,45 @@ pub(crate) fn apply(
             )?))
         }
     }
+}
+
+/// Each report as its own [`CapOp::Flush`] would be, in one answer: one
+/// refused (its cap went, or its size is too large) leaves the rest applied.
+fn flush_many(
+    conn: &Connection,
+    ctx: &OpContext,
+    version: u64,
+    reports: &[(InodeId, Flushed)],
+) -> Result<CapOutcome, StoreError> {
+    guarded(conn, || {
+        if reports.len() > aspen_proto::caps::MAX_FLUSH_REPORTS {
+            let reply = answer(conn, ctx, Err(Errno::EINVAL), &[], &[], version)?;
+            return Ok(CapOutcome::Answer(reply));
+        }
+        let mut results = Vec::with_capacity(reports.len());
+        for (ino, flushed) in reports {
+            let held = match requester(ctx) {
+                Some(session) => split(own(conn, session, *ino))?.map_err(corrupt)?,
+                None => None,
+            };
+            results.push(match held {
+                None => Err(Errno::EBADF),
+                Some(cap) => split(super::savepoint(conn, |conn| {
+                    report(conn, ctx, cap, *ino, *flushed)
+                }))?,
+            });
+        }
+        let reported: Vec<InodeId> = reports.iter().map(|(ino, _)| *ino).collect();
+        let reply = answer(
+            conn,
+            ctx,
+            Ok(NsReply::Reported(results)),
+            &[],
+            &reported,
+            version,
+        )?;
+        Ok(CapOutcome::Answer(reply))
+    })
 }
 
 /// A request about the session's own cap on `ino`, which it must hold

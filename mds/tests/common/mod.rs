@@ -57,7 +57,9 @@ impl Fs {
     fn attr(reply: Result<NsReply, Errno>) -> Result<Attr, Errno> {
         match reply? {
             NsReply::Attr(attr) | NsReply::Opened { attr, .. } => Ok(attr),
-            NsReply::Done | NsReply::Reserved(_) => panic!("expected attributes"),
+            NsReply::Done | NsReply::Reserved(_) | NsReply::Reported(_) => {
+                panic!("expected attributes")
+            }
         }
     }
 
