@@ -60,6 +60,25 @@ impl ReportQueue {
     }
 }
 
+/// The sending task's hold on the queue. Should the task end before it
+/// emptied the queue (a panic), the queue is freed for the next report and
+/// the reports waiting fail with EIO rather than wait for a sender that
+/// will not come.
+struct Sender<'a> {
+    queue: &'a ReportQueue,
+    emptied: bool,
+}
+
+impl Drop for Sender<'_> {
+    fn drop(&mut self) {
+        if !self.emptied {
+            let mut queue = lock(&self.queue.0);
+            queue.sending = false;
+            queue.waiting.clear();
+        }
+    }
+}
+
 impl Vfs {
     /// Tells the MDS the size and mtime this client's writes to `ino`
     /// produced (nothing when they are reported already). The caller holds
@@ -85,9 +104,14 @@ impl Vfs {
 
     /// Sends batches until no report waits.
     async fn send_reports(&self) {
+        let mut sender = Sender {
+            queue: &self.reports,
+            emptied: false,
+        };
         loop {
             let batch = self.reports.next_batch();
             if batch.is_empty() {
+                sender.emptied = true;
                 return;
             }
             self.send_report_batch(batch).await;
@@ -181,6 +205,30 @@ mod tests {
         assert!(
             queue.push(queued(9, &root)),
             "an emptied queue needs a new sender"
+        );
+    }
+
+    #[test]
+    fn a_sender_gone_before_the_queue_emptied_fails_the_waiting_reports() {
+        let root = Caller::root();
+        let queue = ReportQueue::default();
+        let (answered, mut answer) = oneshot::channel();
+        let waiting = Queued {
+            answered,
+            ..queued(1, &root)
+        };
+        assert!(queue.push(waiting));
+        drop(Sender {
+            queue: &queue,
+            emptied: false,
+        });
+        assert!(
+            matches!(answer.try_recv(), Err(oneshot::error::TryRecvError::Closed)),
+            "the waiting report is answered (EIO), not left waiting"
+        );
+        assert!(
+            queue.push(queued(2, &root)),
+            "the next report starts a new sender"
         );
     }
 }
