@@ -125,3 +125,58 @@ fn aspen_up_serves_on_a_single_runtime_thread() {
     assert_eq!(std::fs::read(mountpoint.join("file")).unwrap(), content);
     interrupt(child, &mountpoint, &log);
 }
+
+/// Ctrl-C while a process works inside the mount: `aspen up` says it
+/// serves the mount's users still and keeps running; a second Ctrl-C ends
+/// the mount's connection and `aspen up` stops cleanly.
+#[test]
+fn aspen_up_stops_on_a_second_ctrl_c_while_the_mount_is_in_use() {
+    require_fuse();
+    let root = tempfile::tempdir().unwrap();
+    let mountpoint = root.path().join("mnt");
+    let log = root.path().join("up.log");
+    let mut running = up(&root.path().join("data"), &mountpoint, &log);
+    let log_says = |text: &str| std::fs::read_to_string(&log).is_ok_and(|log| log.contains(text));
+    eventually("the mount", 120, || {
+        (is_mounted(&mountpoint) && log_says("mounted at")).then_some(())
+    });
+    let mut user = Command::new("sleep")
+        .arg("600")
+        .current_dir(&mountpoint)
+        .spawn()
+        .unwrap();
+    let pid = running.child.as_ref().unwrap().id().to_string();
+    let ctrl_c = || {
+        assert!(
+            Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    ctrl_c();
+    eventually("the notice that the mount is in use", 30, || {
+        log_says("still in use").then_some(())
+    });
+    let child = running.child.as_mut().unwrap();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "aspen up stopped while its mount was in use"
+    );
+    ctrl_c();
+    let status = eventually("aspen up to stop after a second Ctrl-C", 60, || {
+        child.try_wait().unwrap()
+    });
+    let _ = user.kill();
+    let _ = user.wait();
+    assert!(
+        status.success(),
+        "aspen up exited with {status}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        !is_mounted(&mountpoint),
+        "still mounted after a second Ctrl-C"
+    );
+}

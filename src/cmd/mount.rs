@@ -12,6 +12,9 @@ use clap::Args;
 
 /// How long `--daemon` waits for the background mount to appear.
 pub const DAEMON_MOUNT_WAIT: Duration = Duration::from_secs(60);
+/// How long a stop waits for a detached mount's users to go before it says
+/// that it serves them still.
+const BUSY_NOTICE_AFTER: Duration = Duration::from_secs(2);
 /// mount(8) options that mean nothing to Aspen and are accepted silently.
 const IGNORED_OPTIONS: &[&str] = &[
     "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "dev", "suid",
@@ -67,19 +70,43 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves until SIGINT/SIGTERM (then unmounts) or an outside unmount.
+/// Serves until SIGINT/SIGTERM (then unmounts) or an outside unmount. A
+/// mount still in use is detached and served until its last user goes, or
+/// until a second signal ends its connection.
 pub async fn serve_until_unmounted(session: fuser::BackgroundSession, mountpoint: &Path) {
     let mut served = tokio::task::spawn_blocking(move || session.join());
     let unmounted_outside = tokio::select! {
         _ = super::wait_for_stop_signal() => false,
         _ = &mut served => true,
     };
-    if !unmounted_outside {
-        if let Err(error) = fuse::unmount(mountpoint) {
-            eprintln!("unmounting {}: {error}", mountpoint.display());
-        }
-        let _ = served.await;
+    if unmounted_outside {
+        return;
     }
+    let connection = fuse::kernel_connection(mountpoint);
+    if let Err(error) = fuse::unmount(mountpoint) {
+        eprintln!("unmounting {}: {error}", mountpoint.display());
+    }
+    if tokio::time::timeout(BUSY_NOTICE_AFTER, &mut served)
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    eprintln!(
+        "{} is still in use (open files or working directories): serving them until they go; \
+         stop again to end now (they then see ENOTCONN)",
+        mountpoint.display()
+    );
+    tokio::select! {
+        _ = &mut served => return,
+        _ = super::wait_for_stop_signal() => {}
+    }
+    match connection.map(fuse::KernelConnection::abort) {
+        Some(Ok(())) => {}
+        Some(Err(error)) => eprintln!("ending the mount's FUSE connection: {error}"),
+        None => eprintln!("the mount's FUSE connection was not found"),
+    }
+    let _ = served.await;
 }
 
 /// Starts `aspen mount` without `--daemon` in its own session and waits

@@ -904,6 +904,47 @@ pub fn is_mounted(mountpoint: &Path) -> bool {
     mounted_device(mountpoint).is_some()
 }
 
+/// Where the kernel's FUSE control filesystem (fusectl) lists the
+/// connections, one directory per mount.
+const FUSE_CONNECTIONS: &str = "/sys/fs/fuse/connections";
+
+/// A FUSE mount's connection to the kernel, found while the mount is still
+/// at its path: it outlives a lazy unmount for as long as the mount has
+/// users.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelConnection {
+    device: (u32, u32),
+}
+
+/// The kernel connection of the FUSE mount at `mountpoint`.
+pub fn kernel_connection(mountpoint: &Path) -> Option<KernelConnection> {
+    mounted_device(mountpoint).map(|device| KernelConnection { device })
+}
+
+impl KernelConnection {
+    /// Ends the connection: the server's reads of the device end and every
+    /// user of the mount sees ENOTCONN. Mounts fusectl when it is not.
+    pub fn abort(self) -> std::io::Result<()> {
+        let (major, minor) = self.device;
+        // fusectl names a connection by the kernel's own dev_t encoding.
+        let name = (u64::from(major) << 20) | u64::from(minor);
+        let connections = Path::new(FUSE_CONNECTIONS);
+        let abort = connections.join(name.to_string()).join("abort");
+        if !abort.exists() {
+            use nix::mount::{MsFlags, mount};
+            mount(
+                Some("fusectl"),
+                connections,
+                Some("fusectl"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .map_err(std::io::Error::from)?;
+        }
+        std::fs::write(abort, "1")
+    }
+}
+
 /// The device numbers of the FUSE mount at `mountpoint` (the topmost, if
 /// several are stacked there), from the kernel's mount table. Nothing here
 /// looks inside the mount: a `stat` of it is a request to its server, which
