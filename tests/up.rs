@@ -56,6 +56,16 @@ fn up_with(mut command: Command, data: &Path, mountpoint: &Path, log: &Path) -> 
     }
 }
 
+/// Waits until `aspen up` has mounted and its log says so (the mount can
+/// show before `aspen up` has written its line about it).
+fn wait_until_mounted(what: &str, seconds: u64, mountpoint: &Path, log: &Path) {
+    let log_says_mounted =
+        || std::fs::read_to_string(log).is_ok_and(|log| log.contains("mounted at"));
+    eventually(what, seconds, || {
+        (is_mounted(mountpoint) && log_says_mounted()).then_some(())
+    });
+}
+
 /// Ctrl-C, then the process must exit successfully and leave no mount.
 fn interrupt(mut running: Running, mountpoint: &Path, log: &Path) {
     let child = running.child.as_mut().unwrap();
@@ -81,12 +91,7 @@ fn aspen_up_mounts_stops_cleanly_and_finds_its_files_again() {
     let mountpoint = root.path().join("mnt");
     let first = up(&data, &mountpoint, &root.path().join("up1.log"));
     let log_path = root.path().join("up1.log");
-    // The mount can show before `aspen up` has written its line about it.
-    let log_says_mounted =
-        || std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains("mounted at"));
-    eventually("the first mount", 120, || {
-        (is_mounted(&mountpoint) && log_says_mounted()).then_some(())
-    });
+    wait_until_mounted("the first mount", 120, &mountpoint, &log_path);
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("osd.2") && log.contains("mounted at"), "{log}");
     std::fs::create_dir(mountpoint.join("dir")).unwrap();
@@ -96,9 +101,12 @@ fn aspen_up_mounts_stops_cleanly_and_finds_its_files_again() {
     interrupt(first, &mountpoint, &root.path().join("up1.log"));
 
     let second = up(&data, &mountpoint, &root.path().join("up2.log"));
-    eventually("the second mount", 120, || {
-        is_mounted(&mountpoint).then_some(())
-    });
+    wait_until_mounted(
+        "the second mount",
+        120,
+        &mountpoint,
+        &root.path().join("up2.log"),
+    );
     assert_eq!(std::fs::read(mountpoint.join("link")).unwrap(), content);
     interrupt(second, &mountpoint, &root.path().join("up2.log"));
 }
@@ -115,11 +123,7 @@ fn aspen_up_serves_on_a_single_runtime_thread() {
     let mut command = Command::new(env!("CARGO_BIN_EXE_aspen"));
     command.env("TOKIO_WORKER_THREADS", "1");
     let child = up_with(command, &root.path().join("data"), &mountpoint, &log);
-    let log_says_mounted =
-        || std::fs::read_to_string(&log).is_ok_and(|log| log.contains("mounted at"));
-    eventually("the mount on one runtime thread", 60, || {
-        (is_mounted(&mountpoint) && log_says_mounted()).then_some(())
-    });
+    wait_until_mounted("the mount on one runtime thread", 60, &mountpoint, &log);
     let content: Vec<u8> = (0..3_000_000u32).map(|n| (n % 241) as u8).collect();
     std::fs::write(mountpoint.join("file"), &content).unwrap();
     assert_eq!(std::fs::read(mountpoint.join("file")).unwrap(), content);
@@ -136,10 +140,7 @@ fn aspen_up_stops_on_a_second_ctrl_c_while_the_mount_is_in_use() {
     let mountpoint = root.path().join("mnt");
     let log = root.path().join("up.log");
     let mut running = up(&root.path().join("data"), &mountpoint, &log);
-    let log_says = |text: &str| std::fs::read_to_string(&log).is_ok_and(|log| log.contains(text));
-    eventually("the mount", 120, || {
-        (is_mounted(&mountpoint) && log_says("mounted at")).then_some(())
-    });
+    wait_until_mounted("the mount", 120, &mountpoint, &log);
     let mut user = Command::new("sleep")
         .arg("600")
         .current_dir(&mountpoint)
@@ -157,7 +158,9 @@ fn aspen_up_stops_on_a_second_ctrl_c_while_the_mount_is_in_use() {
     };
     ctrl_c();
     eventually("the notice that the mount is in use", 30, || {
-        log_says("still in use").then_some(())
+        std::fs::read_to_string(&log)
+            .is_ok_and(|log| log.contains("still in use"))
+            .then_some(())
     });
     let child = running.child.as_mut().unwrap();
     assert!(
