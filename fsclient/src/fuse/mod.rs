@@ -930,7 +930,8 @@ impl KernelConnection {
         let name = (u64::from(major) << 20) | u64::from(minor);
         let connections = Path::new(FUSE_CONNECTIONS);
         let abort = connections.join(name.to_string()).join("abort");
-        if !abort.exists() {
+        let unmounted = std::fs::read_dir(connections).is_ok_and(|mut dir| dir.next().is_none());
+        if unmounted {
             use nix::mount::{MsFlags, mount};
             mount(
                 Some("fusectl"),

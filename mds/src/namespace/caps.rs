@@ -465,16 +465,9 @@ fn flush_many(
         }
         let mut results = Vec::with_capacity(reports.len());
         for (ino, flushed) in reports {
-            let held = match requester(ctx) {
-                Some(session) => split(own(conn, session, *ino))?.map_err(corrupt)?,
-                None => None,
-            };
-            results.push(match held {
-                None => Err(Errno::EBADF),
-                Some(cap) => split(super::savepoint(conn, |conn| {
-                    report(conn, ctx, cap, *ino, *flushed)
-                }))?,
-            });
+            results.push(on_own_cap(conn, ctx, *ino, |conn, cap| {
+                report(conn, ctx, cap, *ino, *flushed)
+            })?);
         }
         let reported: Vec<InodeId> = reports.iter().map(|(ino, _)| *ino).collect();
         let reply = answer(
@@ -500,15 +493,7 @@ fn own_op(
     work: impl FnOnce(&Connection, HeldCap) -> OpResult<Option<super::HandleId>>,
 ) -> Result<CapOutcome, StoreError> {
     guarded(conn, || {
-        let held = match requester(ctx) {
-            Some(session) => split(own(conn, session, ino))?.map_err(corrupt)?,
-            None => None,
-        };
-        let result = match held {
-            None => Err(Errno::EBADF),
-            Some(cap) => split(super::savepoint(conn, |conn| work(conn, cap)))?,
-        };
-        let result = match result {
+        let result = match on_own_cap(conn, ctx, ino, work)? {
             Ok(Some(handle)) => {
                 split(store::load(conn, ino))?.map(|attr| NsReply::Opened { attr, handle })
             }
@@ -518,6 +503,25 @@ fn own_op(
         let reply = answer(conn, ctx, result, &[], &[ino], version)?;
         Ok(CapOutcome::Answer(reply))
     })
+}
+
+/// `work` on the requester's own cap on `ino`, in a savepoint of its own;
+/// `EBADF` when the requester holds none (it was revoked, or the session
+/// was evicted).
+fn on_own_cap<T>(
+    conn: &Connection,
+    ctx: &OpContext,
+    ino: InodeId,
+    work: impl FnOnce(&Connection, HeldCap) -> OpResult<T>,
+) -> Result<Result<T, Errno>, StoreError> {
+    let held = match requester(ctx) {
+        Some(session) => split(own(conn, session, ino))?.map_err(corrupt)?,
+        None => None,
+    };
+    match held {
+        None => Ok(Err(Errno::EBADF)),
+        Some(cap) => split(super::savepoint(conn, |conn| work(conn, cap))),
+    }
 }
 
 /// Records the size and mtime the Exclusive holder's writes produced.
