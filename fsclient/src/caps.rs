@@ -97,6 +97,17 @@ impl Cached {
         attr
     }
 
+    /// The Exclusive cap went, and with it the right to override the MDS's
+    /// attributes: this client's unreported writes become its cached
+    /// attributes (the ack or release carries them to the MDS), so a newer
+    /// answer replaces them rather than being overridden by them.
+    fn hand_over_unreported(&mut self) {
+        if self.unreported.is_some() {
+            self.attr = self.shown();
+            self.unreported = None;
+        }
+    }
+
     fn drop_cached(&mut self) {
         self.dir = DirCache::default();
         self.no_file_caps = false;
@@ -402,6 +413,12 @@ impl CapCache {
                 seq: held.seq,
             });
         }
+        if cached
+            .cap
+            .is_none_or(|held| held.mode != CapMode::Exclusive)
+        {
+            cached.hand_over_unreported();
+        }
         if cached.cap.is_none() {
             cached.drop_cached();
         }
@@ -411,6 +428,7 @@ impl CapCache {
     pub fn release(&mut self, ino: InodeId) -> Option<HeldCap> {
         let cached = self.inodes.get_mut(&ino)?;
         let held = cached.cap.take();
+        cached.hand_over_unreported();
         cached.drop_cached();
         held
     }
@@ -491,6 +509,61 @@ mod tests {
             mode,
             seq,
         }
+    }
+
+    /// Writes made under an Exclusive cap that a revocation took: once the
+    /// cap is granted again, the MDS's newer size (another client appended
+    /// meanwhile) is the size here, not the size those writes reached.
+    #[test]
+    fn writes_handed_over_with_a_revoked_cap_do_not_override_a_later_grant() {
+        let mut cache = CapCache::default();
+        let writer = Caller::root();
+        cache.absorb(&reply(
+            vec![attr(5, 0)],
+            vec![grant(5, CapMode::Exclusive, 1)],
+            1,
+        ));
+        cache.note_write(InodeId(5), 5000, &writer);
+        let revoke = Revoke {
+            ino: InodeId(5),
+            seq: 1,
+            to: None,
+        };
+        cache.begin_revoke(&revoke);
+        let acked = cache.unreported(InodeId(5)).unwrap();
+        cache.finish_revoke(&revoke);
+        cache.absorb(&reply(
+            vec![attr(5, 8000)],
+            vec![grant(5, CapMode::Exclusive, 2)],
+            5,
+        ));
+        assert_eq!(cache.attr(InodeId(5)).unwrap().size, 8000);
+        cache.note_write(InodeId(5), 8064, &writer);
+        // The ack's answer arrives only now.
+        cache.reported(InodeId(5), &acked);
+        assert_eq!(cache.attr(InodeId(5)).unwrap().size, 8064);
+    }
+
+    #[test]
+    fn a_cap_taken_down_to_shared_shows_its_own_writes_until_newer_answers() {
+        let mut cache = CapCache::default();
+        cache.absorb(&reply(
+            vec![attr(5, 0)],
+            vec![grant(5, CapMode::Exclusive, 1)],
+            1,
+        ));
+        cache.note_write(InodeId(5), 300, &Caller::root());
+        let revoke = Revoke {
+            ino: InodeId(5),
+            seq: 1,
+            to: Some(CapMode::Shared),
+        };
+        cache.begin_revoke(&revoke);
+        cache.finish_revoke(&revoke);
+        assert_eq!(cache.unreported(InodeId(5)), None, "the ack carries them");
+        assert_eq!(cache.attr(InodeId(5)).unwrap().size, 300);
+        cache.absorb(&reply(vec![attr(5, 900)], vec![], 2));
+        assert_eq!(cache.attr(InodeId(5)).unwrap().size, 900);
     }
 
     #[test]
