@@ -161,8 +161,16 @@ fn conflicts_of(
     needs: &[(InodeId, Need)],
 ) -> Result<Vec<(SessionId, aspen_proto::caps::Revoke)>, StoreError> {
     let mut found = Vec::new();
+    let mut known: Vec<(InodeId, Vec<HeldCap>)> = Vec::new();
     for (ino, need) in needs {
-        for conflict in caps::conflicts(*ino, &held(conn, *ino)?, requester(ctx), *need) {
+        let caps_on = match known.iter().position(|(known, _)| known == ino) {
+            Some(at) => at,
+            None => {
+                known.push((*ino, held(conn, *ino)?));
+                known.len() - 1
+            }
+        };
+        for conflict in caps::conflicts(*ino, &known[caps_on].1, requester(ctx), *need) {
             if !found.contains(&conflict) {
                 found.push(conflict);
             }
@@ -302,8 +310,13 @@ pub(crate) fn mutate(
         if !conflicts.is_empty() {
             return Ok(CapOutcome::Conflict(conflicts));
         }
-        forget_gone(conn, &changed)?;
         let reply = answer(conn, ctx, result, &wanted, &changed, version)?;
+        // The answer shows every changed inode that still exists.
+        let gone: Vec<InodeId> = changed
+            .into_iter()
+            .filter(|ino| !reply.attrs.iter().any(|attr| attr.ino == *ino))
+            .collect();
+        forget_gone(conn, &gone)?;
         Ok(CapOutcome::Answer(reply))
     })
 }

@@ -202,9 +202,11 @@ pub(super) fn reserve(
     }
     let count = count.min(aspen_proto::caps::MAX_RESERVE);
     let mut reserved = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let ino = InodeId(store::next_counter(conn, NEXT_INO)?);
-        let generation = store::next_counter(conn, NEXT_GENERATION)?;
+    let first_ino = store::take_counters(conn, NEXT_INO, count.into())?;
+    let first_generation = store::take_counters(conn, NEXT_GENERATION, count.into())?;
+    for taken in 0..u64::from(count) {
+        let ino = InodeId(first_ino + taken);
+        let generation = first_generation + taken;
         conn.execute_cached(
             "INSERT INTO reserved_inodes (ino, session, generation) VALUES (?1, ?2, ?3)",
             rusqlite::params![ino.0 as i64, ctx.session.0 as i64, generation as i64],

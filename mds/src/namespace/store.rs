@@ -116,8 +116,14 @@ fn kind_from_code(code: i64) -> Option<FileType> {
     })
 }
 
-const ATTR_COLUMNS: &str = "ino, kind, perm, nlink, uid, gid, size, atime_sec, atime_nsec, \
-    mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, rdev, generation, object_size, acl, pool";
+/// The columns [`attr_from_row`] reads, in its order (a macro, so that the
+/// statements naming them are constants rather than built per call).
+macro_rules! attr_columns {
+    () => {
+        "ino, kind, perm, nlink, uid, gid, size, atime_sec, atime_nsec, \
+         mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, rdev, generation, object_size, acl, pool"
+    };
+}
 
 fn attr_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Attr, String>> {
     let ino: i64 = row.get(0)?;
@@ -158,9 +164,9 @@ fn attr_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Attr, Strin
 
 /// The attributes of `ino`, or `ENOENT`.
 pub(crate) fn load(conn: &Connection, ino: InodeId) -> OpResult<Attr> {
-    let sql = format!("SELECT {ATTR_COLUMNS} FROM inodes WHERE ino = ?1");
+    const SQL: &str = concat!("SELECT ", attr_columns!(), " FROM inodes WHERE ino = ?1");
     let row = conn
-        .query_row_cached(&sql, [ino.0 as i64], attr_from_row)
+        .query_row_cached(SQL, [ino.0 as i64], attr_from_row)
         .optional()?;
     match row {
         None => Err(Errno::ENOENT.into()),
@@ -172,12 +178,31 @@ pub(crate) fn load(conn: &Connection, ino: InodeId) -> OpResult<Attr> {
 /// Inserts a new inode; `parent` is set for directories.
 pub(crate) fn insert(conn: &Connection, attr: &Attr, parent: Option<InodeId>) -> OpResult<()> {
     conn.execute_cached(
-        &format!("INSERT INTO inodes ({ATTR_COLUMNS}, parent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"),
+        concat!(
+            "INSERT INTO inodes (",
+            attr_columns!(),
+            ", parent) VALUES ",
+            "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+        ),
         params![
-            attr.ino.0 as i64, kind_code(attr.kind), attr.perm, attr.nlink, attr.uid, attr.gid,
-            attr.size as i64, attr.atime.sec, attr.atime.nsec, attr.mtime.sec, attr.mtime.nsec,
-            attr.ctime.sec, attr.ctime.nsec, attr.rdev as i64, attr.generation as i64,
-            attr.layout.object_size() as i64, acl_column(attr), attr.layout.pool().0,
+            attr.ino.0 as i64,
+            kind_code(attr.kind),
+            attr.perm,
+            attr.nlink,
+            attr.uid,
+            attr.gid,
+            attr.size as i64,
+            attr.atime.sec,
+            attr.atime.nsec,
+            attr.mtime.sec,
+            attr.mtime.nsec,
+            attr.ctime.sec,
+            attr.ctime.nsec,
+            attr.rdev as i64,
+            attr.generation as i64,
+            attr.layout.object_size() as i64,
+            acl_column(attr),
+            attr.layout.pool().0,
             parent.map(|p| p.0 as i64),
         ],
     )?;
@@ -218,15 +243,19 @@ fn acl_column(attr: &Attr) -> Option<Vec<u8>> {
 
 /// Takes the next value of a `meta` counter.
 pub(crate) fn next_counter(conn: &Connection, key: &str) -> OpResult<u64> {
-    let value: i64 = conn
-        .query_row_cached("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-        .optional()?
-        .unwrap_or(1);
-    conn.execute_cached(
-        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
-        params![key, value + 1],
+    take_counters(conn, key, 1)
+}
+
+/// Takes the next `count` values of a `meta` counter (a counter never
+/// set starts at 1); the first of them.
+pub(crate) fn take_counters(conn: &Connection, key: &str, count: u64) -> OpResult<u64> {
+    let first: i64 = conn.query_row_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, 1 + ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = value + ?2 RETURNING value - ?2",
+        params![key, count as i64],
+        |r| r.get(0),
     )?;
-    Ok(value as u64)
+    Ok(first as u64)
 }
 
 /// Sets a `meta` counter's next value.

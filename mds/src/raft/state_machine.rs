@@ -794,6 +794,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut access_changed = false;
         let mut locks_touched = false;
         let mut caps_touched = false;
+        let mut last_applied = None;
         for entry in entries {
             access_changed |= changes_access(&entry);
             caps_touched |= matches!(&entry.payload, EntryPayload::Normal(c) if c.touches_caps());
@@ -811,10 +812,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     Response::None
                 }
             };
-            write_meta(&tx, LAST_APPLIED, &Some(log_id))?;
+            last_applied = Some(log_id);
             locks_touched |= matches!(&entry.payload,
                 EntryPayload::Normal(command) if command.may_free_locks(&response));
             responses.push(response);
+        }
+        if last_applied.is_some() {
+            write_meta(&tx, LAST_APPLIED, &last_applied)?;
         }
         tx.commit().map_err(|e| sm_error(ErrorVerb::Write, e))?;
         inner.applied_since_checkpoint += responses.len() as u64;
