@@ -2,8 +2,8 @@
 //! 127.0.0.1) with two client sessions: grants, revocation delivered by
 //! the event long poll and answered with a flush, a change that clears
 //! every other cache, eviction (with the OSD map blocklisting the
-//! session) of a holder that does not answer, and an unlinked
-//! inode's caps going with it.
+//! session) of a holder that does not answer, an unlinked inode's caps
+//! going with it, and a client's own changes sent together.
 
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
@@ -576,4 +576,150 @@ async fn size_reports_sent_together_are_each_applied_or_refused() {
         .collect();
     let refused = a.cap(CapOp::FlushMany { reports: too_many }).await;
     assert_eq!(refused.result, Err(Errno::EINVAL));
+}
+
+#[tokio::test]
+async fn changes_sent_together_are_applied_in_order_until_one_must_wait() {
+    let setup = start().await;
+    let mut a = client(&setup, "client.a").await;
+    let mut b = client(&setup, "client.b").await;
+    // B holds a file in the root, and gives back its cap on the root.
+    let (held, _) = create(&mut b, "held").await;
+    let released = b
+        .cap(CapOp::Release {
+            caps: vec![(InodeId::ROOT, u64::MAX)],
+        })
+        .await;
+    assert_eq!(released.result, Ok(NsReply::Done));
+    let made = a
+        .cap(CapOp::Mutate(NsOp::Mkdir {
+            parent: InodeId::ROOT,
+            name: b"d".to_vec(),
+            mode: 0o755,
+            umask: 0,
+        }))
+        .await;
+    let Ok(NsReply::Attr(dir)) = &made.result else {
+        panic!("mkdir failed: {made:?}");
+    };
+    let dir = dir.ino;
+    let reserved = a.cap(CapOp::Reserve { count: 3 }).await;
+    let Ok(NsReply::Reserved(numbers)) = reserved.result else {
+        panic!("reserve failed: {reserved:?}");
+    };
+    let create_as = move |name: &str, ino| NsOp::CreateAs {
+        parent: dir,
+        name: name.into(),
+        mode: 0o644,
+        umask: 0,
+        ino,
+        now: Timestamp::now(),
+    };
+    let unlink_held = NsOp::Unlink {
+        parent: InodeId::ROOT,
+        name: b"held".to_vec(),
+    };
+    let (x, y, z) = (numbers[0].0, numbers[1].0, numbers[2].0);
+
+    // B's caps on "held" stop the batch before its unlink.
+    let ops = vec![
+        create_as("x", x),
+        create_as("y", y),
+        unlink_held.clone(),
+        create_as("z", z),
+    ];
+    let reply = a.cap(CapOp::MutateMany(ops)).await;
+    let Ok(NsReply::Mutated(results)) = &reply.result else {
+        panic!("batch failed: {reply:?}");
+    };
+    let created: Vec<InodeId> = results
+        .iter()
+        .map(|result| match result {
+            Ok(NsReply::Attr(attr)) => attr.ino,
+            other => panic!("create failed: {other:?}"),
+        })
+        .collect();
+    assert_eq!(created, [x, y], "the changes before the conflict, in order");
+    for ino in [x, y] {
+        assert_eq!(
+            grant_on(&reply, ino).map(|g| g.mode),
+            Some(CapMode::Exclusive)
+        );
+    }
+    assert!(
+        reply.attrs.iter().any(|attr| attr.ino == dir),
+        "the answer shows the directory the creates changed"
+    );
+    let still = b.cap(CapOp::GetAttr { ino: held }).await;
+    assert!(
+        still.result.is_ok(),
+        "the unlink was not applied: {still:?}"
+    );
+
+    // Sent again, the rest waits for B to give up its caps, then goes.
+    let rest = tokio::spawn(async move {
+        let reply = a
+            .cap(CapOp::MutateMany(vec![unlink_held, create_as("z", z)]))
+            .await;
+        (reply, a)
+    });
+    let events = b.events().await;
+    assert!(
+        events.revokes.iter().any(|(_, r)| r.ino == held),
+        "B is asked for its cap on the file: {events:?}"
+    );
+    // (An ack of a cap already given up is refused: only the effect counts.)
+    for (_, revoke) in &events.revokes {
+        b.ack(*revoke, false).await;
+    }
+    let (reply, mut a) = rest.await.unwrap();
+    let Ok(NsReply::Mutated(results)) = &reply.result else {
+        panic!("batch failed: {reply:?}");
+    };
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert!(results[0].is_ok(), "{results:?}");
+    assert!(matches!(&results[1], Ok(NsReply::Attr(attr)) if attr.ino == z));
+
+    // A batch applied once answers its resend from the reply cache.
+    let resend = MdsRequest::Cap {
+        caller: Caller::root(),
+        session: a.session,
+        request: 9_000,
+        op: CapOp::MutateMany(vec![NsOp::Unlink {
+            parent: dir,
+            name: b"x".to_vec(),
+        }]),
+    };
+    let first = a.call(&resend).await;
+    let again = a.call(&resend).await;
+    let MdsResponse::Cap(first) = first else {
+        panic!("unexpected {first:?}");
+    };
+    assert!(
+        matches!(&first.result, Ok(NsReply::Mutated(r)) if r.len() == 1 && r[0].is_ok()),
+        "{first:?}"
+    );
+    assert!(
+        matches!(again, MdsResponse::Cap(ref reply) if reply.result == first.result),
+        "the resend is not applied again (ENOENT): {again:?}"
+    );
+
+    for refused in [
+        Vec::new(),
+        vec![NsOp::Mkdir {
+            parent: dir,
+            name: b"sub".to_vec(),
+            mode: 0o755,
+            umask: 0,
+        }],
+        (0..=aspen_proto::caps::MAX_MUTATIONS)
+            .map(|i| NsOp::Unlink {
+                parent: dir,
+                name: format!("n{i}").into_bytes(),
+            })
+            .collect(),
+    ] {
+        let reply = a.cap(CapOp::MutateMany(refused)).await;
+        assert_eq!(reply.result, Err(Errno::EINVAL));
+    }
 }

@@ -500,7 +500,9 @@ fn ino_of(model: &Model, index: u8) -> u64 {
 fn summarize(reply: Result<NsReply, Errno>) -> Outcome {
     let attr: Attr = match reply? {
         NsReply::Attr(attr) | NsReply::Opened { attr, .. } => attr,
-        NsReply::Done | NsReply::Reserved(_) | NsReply::Reported(_) => return Ok(None),
+        NsReply::Done | NsReply::Reserved(_) | NsReply::Reported(_) | NsReply::Mutated(_) => {
+            return Ok(None);
+        }
     };
     Ok(Some((
         attr.ino.0, attr.kind, attr.perm, attr.nlink, attr.uid, attr.gid,

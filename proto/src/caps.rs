@@ -30,6 +30,8 @@ pub const MAX_EVENTS: usize = 4096;
 pub const MAX_RESERVE: u32 = 1024;
 /// The most size reports one [`CapOp::FlushMany`] carries.
 pub const MAX_FLUSH_REPORTS: usize = 64;
+/// The most namespace changes one [`CapOp::MutateMany`] carries.
+pub const MAX_MUTATIONS: usize = 64;
 
 /// How much a session may cache about an inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -73,6 +75,15 @@ pub enum CapOp {
     /// A namespace mutation; the session gets Shared on every inode it
     /// changed (Exclusive on a file it created or opened for writing).
     Mutate(NsOp),
+    /// The changes a client answers itself ([`NsOp::CreateAs`] and
+    /// [`NsOp::Unlink`]; at most [`MAX_MUTATIONS`]; `EINVAL` otherwise),
+    /// each applied as its own [`CapOp::Mutate`] would be, in order. The
+    /// MDS stops before the first that would have to wait for another
+    /// session's caps (the client sends it and those after it again); a
+    /// conflict of the first waits as a single mutation's does. The answer
+    /// is [`NsReply::Mutated`], the result of each change applied, with
+    /// the grants and attributes of them all.
+    MutateMany(Vec<NsOp>),
     /// Resolves `name` in `parent`; Shared on both (on `parent` alone when
     /// the name is missing, so the absence may be cached too).
     Lookup { parent: InodeId, name: Vec<u8> },
@@ -109,6 +120,13 @@ pub enum CapOp {
 }
 
 impl CapOp {
+    /// Whether `ops` may make one [`CapOp::MutateMany`]: one to
+    /// [`MAX_MUTATIONS`] of the changes it carries.
+    pub fn valid_batch(ops: &[NsOp]) -> bool {
+        let carried = |op: &NsOp| matches!(op, NsOp::CreateAs { .. } | NsOp::Unlink { .. });
+        (1..=MAX_MUTATIONS).contains(&ops.len()) && ops.iter().all(carried)
+    }
+
     /// Whether the op changes nothing but caps the session holds (and the
     /// size it reports): it can never wait for another session.
     pub fn is_own(&self) -> bool {

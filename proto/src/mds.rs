@@ -142,6 +142,9 @@ pub enum NsReply {
     Reserved(Vec<(InodeId, u64)>),
     /// The result of each report of a `CapOp::FlushMany`, in its order.
     Reported(Vec<Result<(), Errno>>),
+    /// The result of each change of a `CapOp::MutateMany` the MDS applied,
+    /// in its order (its first changes, perhaps not all).
+    Mutated(Vec<Result<NsReply, Errno>>),
 }
 /// One member of the MDS group.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,12 +20,13 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, MutexGuard};
 
-use aspen_proto::caps::{CapMode, CapOp, CapReply};
+use aspen_proto::caps::{CapMode, CapReply};
 use aspen_proto::fs::{Caller, Timestamp};
 use aspen_proto::mds::NsOp;
 use aspen_proto::{Errno, InodeId};
 use tokio::sync::Notify;
 
+use super::behind::Behind;
 use super::{Vfs, lock};
 
 /// Inode numbers asked for at once.
@@ -144,9 +145,10 @@ impl Vfs {
     }
 
     /// Sends `op`, a change of `parent` this client answered itself at
-    /// `now`, to the MDS in the background, and ends `ticket` once it is
-    /// answered. The cache takes in the reply first; then `settle` gets
-    /// the reply if the MDS applied the change, or why it did not.
+    /// `now`, to the MDS in the background (with others:
+    /// [`behind`](super::behind)), and ends `ticket` once it is answered.
+    /// The cache takes in the reply first; then `settle` gets the reply if
+    /// the MDS applied the change, or why it did not.
     pub(super) fn send_behind(
         &self,
         caller: &Caller,
@@ -154,25 +156,13 @@ impl Vfs {
         (op, parent, now): (NsOp, InodeId, Timestamp),
         settle: impl FnOnce(&Vfs, Result<&CapReply, Errno>) + Send + 'static,
     ) {
-        let Some(vfs) = self.me.upgrade() else {
-            self.local.end(ticket);
-            return;
-        };
-        let caller = caller.clone();
-        tokio::spawn(async move {
-            let sent = vfs.session.cap(&caller, CapOp::Mutate(op)).await;
-            if let Ok(reply) = &sent {
-                vfs.objects.require_epoch(reply.barrier);
-                let mut cache = vfs.cache();
-                cache.absorb(reply);
-                cache.touch_at_least(parent, now);
-            }
-            let outcome = match &sent {
-                Ok(reply) => reply.result.as_ref().map(|_| reply).map_err(|errno| *errno),
-                Err(errno) => Err(*errno),
-            };
-            settle(&vfs, outcome);
-            vfs.local.end(ticket);
+        self.queue_behind(Behind {
+            caller: caller.clone(),
+            ticket,
+            op,
+            parent,
+            now,
+            settle: Box::new(settle),
         });
     }
 

@@ -10,6 +10,7 @@
 //! [`coherence`] carries revocations out, gives back caps the cache no
 //! longer wants and starts over when the MDS ends the session.
 
+mod behind;
 mod coherence;
 mod creates;
 mod files;
@@ -71,6 +72,7 @@ pub struct Vfs {
     report_turns: turns::InodeTurns,
     /// Reports waiting to go to the MDS together.
     reports: reports::ReportQueue,
+    behind: behind::BehindQueue,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -83,7 +85,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 fn attr_reply(reply: &CapReply) -> Result<Attr, Errno> {
     match &reply.result {
         Ok(NsReply::Attr(attr) | NsReply::Opened { attr, .. }) => Ok(attr.clone()),
-        Ok(NsReply::Done | NsReply::Reserved(_) | NsReply::Reported(_)) => Err(Errno::EIO),
+        Ok(NsReply::Done | NsReply::Reserved(_) | NsReply::Reported(_) | NsReply::Mutated(_)) => {
+            Err(Errno::EIO)
+        }
         Err(errno) => Err(*errno),
     }
 }
@@ -108,6 +112,7 @@ impl Vfs {
             local: local::LocalOps::default(),
             report_turns: turns::InodeTurns::default(),
             reports: reports::ReportQueue::default(),
+            behind: behind::BehindQueue::default(),
         });
         coherence::start(&vfs);
         vfs

@@ -285,7 +285,19 @@ pub(crate) fn mutate(
     grants: bool,
     version: u64,
 ) -> Result<CapOutcome, StoreError> {
-    guarded(conn, || {
+    mutate_noting_gone(conn, op, ctx, grants, version).map(|(outcome, _)| outcome)
+}
+
+/// [`mutate`], with the inodes it changed that no longer exist.
+fn mutate_noting_gone(
+    conn: &Connection,
+    op: &NsOp,
+    ctx: &OpContext,
+    grants: bool,
+    version: u64,
+) -> Result<(CapOutcome, Vec<InodeId>), StoreError> {
+    let mut gone = Vec::new();
+    let outcome = guarded(conn, || {
         start_tracking(conn)?;
         let result = super::apply_within(conn, op, ctx)?;
         let changed = touched(conn)?;
@@ -312,13 +324,57 @@ pub(crate) fn mutate(
         }
         let reply = answer(conn, ctx, result, &wanted, &changed, version)?;
         // The answer shows every changed inode that still exists.
-        let gone: Vec<InodeId> = changed
+        gone = changed
             .into_iter()
             .filter(|ino| !reply.attrs.iter().any(|attr| attr.ino == *ino))
             .collect();
         forget_gone(conn, &gone)?;
         Ok(CapOutcome::Answer(reply))
-    })
+    })?;
+    Ok((outcome, gone))
+}
+
+/// Each op as its own [`mutate`] (with grants) would be, in order,
+/// stopping before the first that conflicts with another session's caps;
+/// a conflict of the first is the outcome. One answer carries the grants
+/// and attributes of every op applied, as they stand after the last.
+fn mutate_many(
+    conn: &Connection,
+    ctx: &OpContext,
+    version: u64,
+    ops: &[NsOp],
+) -> Result<CapOutcome, StoreError> {
+    if !CapOp::valid_batch(ops) {
+        let reply = answer(conn, ctx, Err(Errno::EINVAL), &[], &[], version)?;
+        return Ok(CapOutcome::Answer(reply));
+    }
+    let mut merged = CapReply {
+        result: Ok(NsReply::Done),
+        grants: Vec::new(),
+        attrs: Vec::new(),
+        version,
+        barrier: 0,
+    };
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        let reply = match mutate_noting_gone(conn, op, ctx, true, version)? {
+            (CapOutcome::Answer(reply), gone) => {
+                let newer = |ino: &InodeId| {
+                    gone.contains(ino) || reply.attrs.iter().any(|attr| attr.ino == *ino)
+                };
+                merged.attrs.retain(|attr| !newer(&attr.ino));
+                merged.grants.retain(|grant| !newer(&grant.ino));
+                reply
+            }
+            (conflict, _) if results.is_empty() => return Ok(conflict),
+            _ => break,
+        };
+        merged.attrs.extend(reply.attrs);
+        merged.grants.extend(reply.grants);
+        results.push(reply.result);
+    }
+    merged.result = Ok(NsReply::Mutated(results));
+    Ok(CapOutcome::Answer(merged))
 }
 
 /// A read that grants Shared on what it read: `parent` and `found` (a
@@ -357,6 +413,7 @@ pub(crate) fn apply(
 ) -> Result<CapOutcome, StoreError> {
     match op {
         CapOp::Mutate(op) => mutate(conn, op, ctx, true, version),
+        CapOp::MutateMany(ops) => mutate_many(conn, ctx, version, ops),
         CapOp::Lookup { parent, name } => guarded(conn, || {
             let result = split(super::read::lookup(conn, *parent, name, &ctx.caller))?;
             let mut read = Vec::new();

@@ -446,7 +446,7 @@ fn apply_cap(
     version: u64,
 ) -> Result<Response, StoreError> {
     let barrier = read_counter(conn, EPOCH_BARRIER)?.unwrap_or(0);
-    let cached = request != 0 && matches!(op, CapOp::Mutate(_));
+    let cached = request != 0 && matches!(op, CapOp::Mutate(_) | CapOp::MutateMany(_));
     if cached && let Some(result) = replies::recall(conn, ctx.session, request)? {
         let reply = CapReply {
             result,

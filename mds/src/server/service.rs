@@ -602,9 +602,13 @@ impl MdsService {
         if !self.owns_session(peer, session) {
             return refused(Errno::ESTALE);
         }
-        if let CapOp::Mutate(op) = &op
-            && let Err(errno) = self.check_mutation(op)
-        {
+        let mutations = match &op {
+            CapOp::Mutate(op) => std::slice::from_ref(op),
+            CapOp::MutateMany(ops) if CapOp::valid_batch(ops) => ops.as_slice(),
+            CapOp::MutateMany(_) => return refused(Errno::EINVAL),
+            _ => &[],
+        };
+        if let Err(errno) = mutations.iter().try_for_each(|op| self.check_mutation(op)) {
             return refused(errno);
         }
         self.sessions.touch(session);

@@ -57,7 +57,7 @@ impl Fs {
     fn attr(reply: Result<NsReply, Errno>) -> Result<Attr, Errno> {
         match reply? {
             NsReply::Attr(attr) | NsReply::Opened { attr, .. } => Ok(attr),
-            NsReply::Done | NsReply::Reserved(_) | NsReply::Reported(_) => {
+            NsReply::Done | NsReply::Reserved(_) | NsReply::Reported(_) | NsReply::Mutated(_) => {
                 panic!("expected attributes")
             }
         }
