@@ -70,6 +70,14 @@ impl BehindQueue {
         queue.waiting.drain(..run).collect()
     }
 
+    /// Frees the queue for the next change's sender and returns what
+    /// waited (a sender that ends before emptying it hands them back).
+    fn abandon(&self) -> Vec<Behind> {
+        let mut queue = lock(&self.0);
+        queue.sending = false;
+        std::mem::take(&mut queue.waiting).into()
+    }
+
     /// Puts changes the MDS left unapplied back at the front, in order.
     fn requeue(&self, unapplied: Vec<Behind>) {
         let mut queue = lock(&self.0);
@@ -93,12 +101,7 @@ impl Drop for Sender<'_> {
         if self.emptied {
             return;
         }
-        let waiting = {
-            let mut queue = lock(&self.vfs.behind.0);
-            queue.sending = false;
-            std::mem::take(&mut queue.waiting)
-        };
-        for behind in waiting {
+        for behind in self.vfs.behind.abandon() {
             self.vfs.settle_behind(behind, Err(Errno::EIO));
         }
     }
@@ -235,6 +238,16 @@ mod tests {
         assert_eq!(queue.next_batch().len(), MAX_MUTATIONS);
         let limit = MAX_MUTATIONS as u64;
         assert_eq!(tickets(&queue.next_batch()), [limit, limit + 1, limit + 2]);
+    }
+
+    #[test]
+    fn an_abandoned_queue_hands_back_its_changes_and_takes_a_new_sender() {
+        let queue = BehindQueue::default();
+        queue.push(change(0, 0));
+        queue.push(change(5, 1));
+        assert_eq!(tickets(&queue.abandon()), [0, 1]);
+        assert!(queue.next_batch().is_empty());
+        assert!(queue.push(change(0, 2)), "the next change starts a sender");
     }
 
     #[test]
