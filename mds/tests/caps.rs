@@ -183,6 +183,31 @@ async fn create(client: &mut Client, name: &str) -> (InodeId, CapReply) {
     (attr.ino, reply)
 }
 
+/// Makes directory `name` in the root (its maker holds it Exclusive).
+async fn mkdir(client: &mut Client, name: &str) -> (InodeId, CapReply) {
+    let made = client
+        .cap(CapOp::Mutate(NsOp::Mkdir {
+            parent: InodeId::ROOT,
+            name: name.into(),
+            mode: 0o755,
+            umask: 0,
+        }))
+        .await;
+    let Ok(NsReply::Attr(dir)) = &made.result else {
+        panic!("mkdir failed: {made:?}");
+    };
+    (dir.ino, made)
+}
+
+/// Reserves `count` inode numbers for the session's own creates.
+async fn reserve(client: &mut Client, count: u32) -> Vec<(InodeId, u64)> {
+    let reserved = client.cap(CapOp::Reserve { count }).await;
+    let Ok(NsReply::Reserved(numbers)) = reserved.result else {
+        panic!("reserve failed: {reserved:?}");
+    };
+    numbers
+}
+
 #[tokio::test]
 async fn a_reader_waits_for_the_writer_to_flush_and_sees_its_size() {
     let setup = start().await;
@@ -441,28 +466,14 @@ async fn a_session_creates_under_reserved_numbers_in_a_directory_it_made() {
     let setup = start().await;
     let mut a = client(&setup, "client.a").await;
     let mut b = client(&setup, "client.b").await;
-    let made = a
-        .cap(CapOp::Mutate(NsOp::Mkdir {
-            parent: InodeId::ROOT,
-            name: b"d".to_vec(),
-            mode: 0o755,
-            umask: 0,
-        }))
-        .await;
-    let Ok(NsReply::Attr(dir)) = &made.result else {
-        panic!("mkdir failed: {made:?}");
-    };
-    let dir = dir.ino;
+    let (dir, made) = mkdir(&mut a, "d").await;
     assert_eq!(
         grant_on(&made, dir).map(|g| g.mode),
         Some(CapMode::Exclusive),
         "the maker of a directory holds it Exclusive"
     );
 
-    let reserved = a.cap(CapOp::Reserve { count: 3 }).await;
-    let Ok(NsReply::Reserved(numbers)) = reserved.result else {
-        panic!("reserve failed: {reserved:?}");
-    };
+    let numbers = reserve(&mut a, 3).await;
     assert_eq!(numbers.len(), 3);
     let (ino, generation) = numbers[0];
     let now = Timestamp::new(1_700_000_000, 5);
@@ -591,22 +602,8 @@ async fn changes_sent_together_are_applied_in_order_until_one_must_wait() {
         })
         .await;
     assert_eq!(released.result, Ok(NsReply::Done));
-    let made = a
-        .cap(CapOp::Mutate(NsOp::Mkdir {
-            parent: InodeId::ROOT,
-            name: b"d".to_vec(),
-            mode: 0o755,
-            umask: 0,
-        }))
-        .await;
-    let Ok(NsReply::Attr(dir)) = &made.result else {
-        panic!("mkdir failed: {made:?}");
-    };
-    let dir = dir.ino;
-    let reserved = a.cap(CapOp::Reserve { count: 3 }).await;
-    let Ok(NsReply::Reserved(numbers)) = reserved.result else {
-        panic!("reserve failed: {reserved:?}");
-    };
+    let (dir, _) = mkdir(&mut a, "d").await;
+    let numbers = reserve(&mut a, 3).await;
     let create_as = move |name: &str, ino| NsOp::CreateAs {
         parent: dir,
         name: name.into(),

@@ -9,15 +9,13 @@
 //! would have to wait for another session's caps: the rest go back to the
 //! front of the queue and are sent again.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
-
 use aspen_proto::caps::{CapOp, CapReply, MAX_MUTATIONS};
 use aspen_proto::fs::{Caller, Timestamp};
 use aspen_proto::mds::{NsOp, NsReply};
 use aspen_proto::{Errno, InodeId};
 
-use super::{Vfs, lock};
+use super::Vfs;
+use super::send_queue::SendQueue;
 
 /// What the sender does once the MDS answered a change: gets the batch's
 /// answer when the change was applied, or why it was not.
@@ -35,55 +33,38 @@ pub(super) struct Behind {
 
 /// The changes waiting for the batch on its way to finish.
 #[derive(Default)]
-pub(super) struct BehindQueue(Mutex<Queue>);
-
-#[derive(Default)]
-struct Queue {
-    waiting: VecDeque<Behind>,
-    /// A task is sending batches (and will take what waits).
-    sending: bool,
-}
+pub(super) struct BehindQueue(SendQueue<Behind>);
 
 impl BehindQueue {
     /// Queues a change; true when the caller must start the sender.
     fn push(&self, behind: Behind) -> bool {
-        let mut queue = lock(&self.0);
-        queue.waiting.push_back(behind);
-        !std::mem::replace(&mut queue.sending, true)
+        self.0.push(behind)
     }
 
     /// The next batch: the oldest changes, as long as they are one
     /// caller's, up to the limit (none when the queue is empty, and then
     /// the sender stops).
     fn next_batch(&self) -> Vec<Behind> {
-        let mut queue = lock(&self.0);
-        let Some(caller) = queue.waiting.front().map(|b| b.caller.clone()) else {
-            queue.sending = false;
-            return Vec::new();
-        };
-        let run = queue
-            .waiting
-            .iter()
-            .take(MAX_MUTATIONS)
-            .take_while(|b| b.caller == caller)
-            .count();
-        queue.waiting.drain(..run).collect()
+        self.0.next_batch(|waiting| {
+            let caller = &waiting[0].caller;
+            let run = waiting
+                .iter()
+                .take(MAX_MUTATIONS)
+                .take_while(|b| b.caller == *caller)
+                .count();
+            waiting.drain(..run).collect()
+        })
     }
 
     /// Frees the queue for the next change's sender and returns what
-    /// waited (a sender that ends before emptying it hands them back).
+    /// waited.
     fn abandon(&self) -> Vec<Behind> {
-        let mut queue = lock(&self.0);
-        queue.sending = false;
-        std::mem::take(&mut queue.waiting).into()
+        self.0.abandon()
     }
 
     /// Puts changes the MDS left unapplied back at the front, in order.
     fn requeue(&self, unapplied: Vec<Behind>) {
-        let mut queue = lock(&self.0);
-        for behind in unapplied.into_iter().rev() {
-            queue.waiting.push_front(behind);
-        }
+        self.0.requeue(unapplied)
     }
 }
 

@@ -17,6 +17,7 @@ mod files;
 mod local;
 mod locks;
 mod reports;
+mod send_queue;
 mod turns;
 mod unlinks;
 

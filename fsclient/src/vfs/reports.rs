@@ -4,26 +4,20 @@
 //! `MAX_FLUSH_REPORTS`), so the MDS answers and commits them once. A
 //! report waits in the queue only while another batch is on its way.
 
-use std::sync::Mutex;
+use std::collections::VecDeque;
 
 use aspen_proto::caps::{CapOp, Flushed, MAX_FLUSH_REPORTS};
 use aspen_proto::mds::NsReply;
 use aspen_proto::{Errno, InodeId};
 use tokio::sync::oneshot;
 
-use super::{Vfs, lock};
+use super::Vfs;
+use super::send_queue::SendQueue;
 use crate::caps::Unreported;
 
 /// The reports waiting for the batch on its way to finish.
 #[derive(Default)]
-pub(super) struct ReportQueue(Mutex<Queue>);
-
-#[derive(Default)]
-struct Queue {
-    waiting: Vec<Queued>,
-    /// A task is sending batches (and will take what waits).
-    sending: bool,
-}
+pub(super) struct ReportQueue(SendQueue<Queued>);
 
 struct Queued {
     ino: InodeId,
@@ -34,29 +28,25 @@ struct Queued {
 impl ReportQueue {
     /// Queues a report; true when the caller must start the sender.
     fn push(&self, queued: Queued) -> bool {
-        let mut queue = lock(&self.0);
-        queue.waiting.push(queued);
-        !std::mem::replace(&mut queue.sending, true)
+        self.0.push(queued)
     }
 
     /// The next batch: the oldest report's writer's reports, oldest first
     /// (none when the queue is empty, and then the sender stops).
     fn next_batch(&self) -> Vec<Queued> {
-        let mut queue = lock(&self.0);
-        let Some(writer) = queue.waiting.first().map(|q| q.written.writer.clone()) else {
-            queue.sending = false;
-            return Vec::new();
-        };
-        let (mut batch, mut rest) = (Vec::new(), Vec::new());
-        for queued in queue.waiting.drain(..) {
-            if batch.len() < MAX_FLUSH_REPORTS && queued.written.writer == writer {
-                batch.push(queued);
-            } else {
-                rest.push(queued);
+        self.0.next_batch(|waiting| {
+            let writer = waiting[0].written.writer.clone();
+            let (mut batch, mut rest) = (Vec::new(), VecDeque::new());
+            for queued in waiting.drain(..) {
+                if batch.len() < MAX_FLUSH_REPORTS && queued.written.writer == writer {
+                    batch.push(queued);
+                } else {
+                    rest.push_back(queued);
+                }
             }
-        }
-        queue.waiting = rest;
-        batch
+            *waiting = rest;
+            batch
+        })
     }
 }
 
@@ -72,9 +62,8 @@ struct Sender<'a> {
 impl Drop for Sender<'_> {
     fn drop(&mut self) {
         if !self.emptied {
-            let mut queue = lock(&self.queue.0);
-            queue.sending = false;
-            queue.waiting.clear();
+            // Dropping them answers their callers (EIO).
+            self.queue.0.abandon();
         }
     }
 }
