@@ -29,6 +29,18 @@ pub struct HeldCap {
     pub seq: u64,
 }
 
+/// A revocation under way, from [`CapCache::begin_revoke`] to
+/// [`CapCache::finish_revoke`].
+#[derive(Debug)]
+#[must_use]
+pub struct Revoking {
+    revoke: Revoke,
+    /// The cap it takes down (none: gone already, or granted after it).
+    pub held: Option<HeldCap>,
+    /// Whether the inode was cached, and so counts it as under way.
+    counted: bool,
+}
+
 /// Writes made under Exclusive that the MDS has not heard of yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unreported {
@@ -195,10 +207,18 @@ impl CapCache {
                 revoked: late.remove(&attr.ino),
                 ..Cached::new(attr.clone(), 0, now)
             });
-            if reply.version >= cached.version {
+            let newer = reply.version >= cached.version;
+            if newer {
                 cached.attr = attr.clone();
                 cached.version = reply.version;
             }
+            tracing::debug!(
+                ino = attr.ino.0,
+                version = reply.version,
+                size = attr.size,
+                newer,
+                "absorbed attributes"
+            );
             cached.used = now;
         }
         for grant in &reply.grants {
@@ -221,6 +241,7 @@ impl CapCache {
             mode,
             seq: grant.seq,
         });
+        tracing::debug!(ino = grant.ino.0, seq = grant.seq, mode = ?grant.mode, held = ?cached.cap, revoked = ?cached.revoked, "took a grant");
     }
 
     /// Records that `name` in `parent` is `ino` (or absent), as of
@@ -338,11 +359,26 @@ impl CapCache {
             .unreported
             .as_ref()
             .map_or(cached.attr.size, |u| u.size);
+        tracing::debug!(ino = ino.0, end, size, cap = ?cached.cap, "noted a write");
         cached.unreported = Some(Unreported {
             size: size.max(end),
             mtime: Timestamp::now(),
             writer: writer.clone(),
         });
+        if cached
+            .cap
+            .is_none_or(|held| held.mode != CapMode::Exclusive)
+        {
+            // A write's cap outlasts it (revocations wait for writes in
+            // flight): this is a bug. Its size must not override the
+            // answers of grants to come.
+            tracing::error!(
+                ino = ino.0,
+                end,
+                "a write finished without its Exclusive cap"
+            );
+            cached.hand_over_unreported();
+        }
     }
 
     /// Unreported writes of `ino`.
@@ -356,6 +392,7 @@ impl CapCache {
         if let Some(cached) = self.inodes.get_mut(&ino)
             && cached.unreported.as_ref() == Some(reported)
         {
+            tracing::debug!(ino = ino.0, size = reported.size, "reported");
             cached.unreported = None;
         }
     }
@@ -378,32 +415,59 @@ impl CapCache {
 
     /// A revocation starts: until [`CapCache::finish_revoke`], the last
     /// known attributes still answer (the MDS holds back whoever asked
-    /// for it, so they are still right).
-    pub fn begin_revoke(&mut self, revoke: &Revoke) -> Option<HeldCap> {
-        let cached = self.inodes.get_mut(&revoke.ino)?;
+    /// for it, so they are still right). It counts from now: a grant it
+    /// covers whose answer arrives meanwhile is cut down at once, so no
+    /// write starts under a cap the revocation has already passed over.
+    pub fn begin_revoke(&mut self, revoke: &Revoke) -> Revoking {
+        self.remember_revocation(revoke);
+        let Some(cached) = self.inodes.get_mut(&revoke.ino) else {
+            return Revoking {
+                revoke: *revoke,
+                held: None,
+                counted: false,
+            };
+        };
+        tracing::debug!(?revoke, cap = ?cached.cap, "begins a revocation");
         cached.revoking += 1;
-        cached.cap.filter(|held| held.seq <= revoke.seq)
+        Revoking {
+            revoke: *revoke,
+            held: cached.cap.filter(|held| held.seq <= revoke.seq),
+            counted: true,
+        }
+    }
+
+    /// Holds `revoke` against grants it covers, whether or not their
+    /// answers have arrived.
+    fn remember_revocation(&mut self, revoke: &Revoke) {
+        let newer =
+            |seen: &Option<(u64, Option<CapMode>)>| seen.is_none_or(|(seq, _)| seq <= revoke.seq);
+        match self.inodes.get_mut(&revoke.ino) {
+            Some(cached) => {
+                if newer(&cached.revoked) {
+                    cached.revoked = Some((revoke.seq, revoke.to));
+                }
+            }
+            None => {
+                if self.late.len() >= MAX_LATE_REVOCATIONS {
+                    self.late.clear();
+                }
+                let seen = self.late.get(&revoke.ino).copied();
+                if newer(&seen) {
+                    self.late.insert(revoke.ino, (revoke.seq, revoke.to));
+                }
+            }
+        }
     }
 
     /// A revocation is carried out: the cap is down to what it asked,
-    /// and what a lost cap covered goes. Remembered for late grants.
-    pub fn finish_revoke(&mut self, revoke: &Revoke) {
+    /// and what a lost cap covered goes.
+    pub fn finish_revoke(&mut self, revoking: Revoking) {
+        let revoke = revoking.revoke;
         let Some(cached) = self.inodes.get_mut(&revoke.ino) else {
-            if self.late.len() >= MAX_LATE_REVOCATIONS {
-                self.late.clear();
-            }
-            let seen = self
-                .late
-                .entry(revoke.ino)
-                .or_insert((revoke.seq, revoke.to));
-            if seen.0 < revoke.seq {
-                *seen = (revoke.seq, revoke.to);
-            }
             return;
         };
-        cached.revoking = cached.revoking.saturating_sub(1);
-        if cached.revoked.is_none_or(|(seq, _)| seq <= revoke.seq) {
-            cached.revoked = Some((revoke.seq, revoke.to));
+        if revoking.counted {
+            cached.revoking = cached.revoking.saturating_sub(1);
         }
         if let Some(held) = cached.cap
             && held.seq <= revoke.seq
@@ -422,6 +486,7 @@ impl CapCache {
         if cached.cap.is_none() {
             cached.drop_cached();
         }
+        tracing::debug!(?revoke, cap = ?cached.cap, size = cached.shown().size, "finished a revocation");
     }
 
     /// Drops `ino`'s cap (given back to the MDS) and what it covered.
@@ -529,9 +594,9 @@ mod tests {
             seq: 1,
             to: None,
         };
-        cache.begin_revoke(&revoke);
+        let revoking = cache.begin_revoke(&revoke);
         let acked = cache.unreported(InodeId(5)).unwrap();
-        cache.finish_revoke(&revoke);
+        cache.finish_revoke(revoking);
         cache.absorb(&reply(
             vec![attr(5, 8000)],
             vec![grant(5, CapMode::Exclusive, 2)],
@@ -558,8 +623,8 @@ mod tests {
             seq: 1,
             to: Some(CapMode::Shared),
         };
-        cache.begin_revoke(&revoke);
-        cache.finish_revoke(&revoke);
+        let revoking = cache.begin_revoke(&revoke);
+        cache.finish_revoke(revoking);
         assert_eq!(cache.unreported(InodeId(5)), None, "the ack carries them");
         assert_eq!(cache.attr(InodeId(5)).unwrap().size, 300);
         cache.absorb(&reply(vec![attr(5, 900)], vec![], 2));
@@ -593,10 +658,10 @@ mod tests {
             seq: 1,
             to: None,
         };
-        cache.begin_revoke(&revoke);
+        let revoking = cache.begin_revoke(&revoke);
         assert!(cache.attr(InodeId(5)).is_some(), "still answered");
         assert!(!cache.attrs_held(InodeId(5)), "but not to be kept");
-        cache.finish_revoke(&revoke);
+        cache.finish_revoke(revoking);
         assert!(!cache.attrs_held(InodeId(5)));
         cache.absorb(&reply(vec![], vec![grant(5, CapMode::Exclusive, 2)], 3));
         assert!(cache.attrs_held(InodeId(5)));
@@ -617,9 +682,10 @@ mod tests {
             seq: 4,
             to: None,
         };
-        assert!(cache.begin_revoke(&revoke).is_some());
+        let revoking = cache.begin_revoke(&revoke);
+        assert!(revoking.held.is_some());
         assert!(cache.attr(InodeId(5)).is_some(), "answers while revoking");
-        cache.finish_revoke(&revoke);
+        cache.finish_revoke(revoking);
         assert_eq!(cache.cap(InodeId(5)), None);
         cache.absorb(&reply(
             vec![attr(5, 10)],
@@ -639,8 +705,9 @@ mod tests {
             seq: 3,
             to: Some(CapMode::Shared),
         };
-        assert!(cache.begin_revoke(&unknown).is_none());
-        cache.finish_revoke(&unknown);
+        let unknown_revoking = cache.begin_revoke(&unknown);
+        assert!(unknown_revoking.held.is_none());
+        cache.finish_revoke(unknown_revoking);
         cache.absorb(&reply(
             vec![attr(8, 1)],
             vec![grant(8, CapMode::Exclusive, 3)],
@@ -651,6 +718,71 @@ mod tests {
             CapMode::Shared,
             "a revocation that came before anything else of the inode"
         );
+    }
+
+    /// The revocation's event can arrive before the answer of the grant it
+    /// covers. That grant is cut down the moment its answer arrives, even
+    /// while the revocation is still being carried out: a writer must not
+    /// start under a cap whose revocation has already passed it over.
+    #[test]
+    fn a_grant_answered_while_its_revocation_is_carried_out_is_cut_at_once() {
+        let mut cache = CapCache::default();
+        cache.absorb(&reply(vec![attr(5, 10)], vec![], 1));
+        let revoke = Revoke {
+            ino: InodeId(5),
+            seq: 52,
+            to: None,
+        };
+        let revoking = cache.begin_revoke(&revoke);
+        assert_eq!(revoking.held, None, "its grant has not arrived yet");
+        cache.absorb(&reply(
+            vec![attr(5, 10)],
+            vec![grant(5, CapMode::Exclusive, 52)],
+            2,
+        ));
+        assert_eq!(cache.cap(InodeId(5)), None, "grant 52 is being revoked");
+        cache.finish_revoke(revoking);
+        cache.absorb(&reply(
+            vec![attr(5, 10)],
+            vec![grant(5, CapMode::Exclusive, 53)],
+            3,
+        ));
+        assert_eq!(cache.cap(InodeId(5)).unwrap().mode, CapMode::Exclusive);
+
+        let uncached = Revoke {
+            ino: InodeId(8),
+            seq: 3,
+            to: Some(CapMode::Shared),
+        };
+        let revoking = cache.begin_revoke(&uncached);
+        cache.absorb(&reply(
+            vec![attr(8, 1)],
+            vec![grant(8, CapMode::Exclusive, 3)],
+            4,
+        ));
+        assert_eq!(
+            cache.cap(InodeId(8)).unwrap().mode,
+            CapMode::Shared,
+            "an inode first cached during the revocation"
+        );
+        cache.finish_revoke(revoking);
+        assert_eq!(cache.cap(InodeId(8)).unwrap().mode, CapMode::Shared);
+    }
+
+    /// A write that ends without an Exclusive cap is a bug. Its size must
+    /// not then override what later grants say.
+    #[test]
+    fn a_write_noted_without_its_cap_does_not_override_later_answers() {
+        let mut cache = CapCache::default();
+        cache.absorb(&reply(vec![attr(5, 100)], vec![], 1));
+        cache.note_write(InodeId(5), 164, &Caller::root());
+        assert_eq!(cache.unreported(InodeId(5)), None);
+        cache.absorb(&reply(
+            vec![attr(5, 500)],
+            vec![grant(5, CapMode::Exclusive, 2)],
+            2,
+        ));
+        assert_eq!(cache.attr(InodeId(5)).unwrap().size, 500);
     }
 
     #[test]
@@ -680,8 +812,8 @@ mod tests {
             seq: 1,
             to: None,
         };
-        cache.begin_revoke(&revoke);
-        cache.finish_revoke(&revoke);
+        let revoking = cache.begin_revoke(&revoke);
+        cache.finish_revoke(revoking);
         assert_eq!(
             cache.lookup(InodeId(2), b"b"),
             None,

@@ -334,12 +334,42 @@ impl TwoMounts {
     }
 }
 
+/// Names a directory into which a failed test copies its daemons' whole
+/// logs (each test's under a directory of its own).
+pub const KEEP_LOGS_ENV: &str = "ASPEN_TEST_KEEP_LOGS";
+
+/// Copies the daemon logs under `root` whole to [`KEEP_LOGS_ENV`]'s
+/// directory, when set.
+fn keep_daemon_logs(root: &Path) {
+    let Some(keep) = std::env::var_os(KEEP_LOGS_ENV) else {
+        return;
+    };
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("test")
+        .replace("::", "-");
+    let into = PathBuf::from(keep).join(format!("{test}.{}", std::process::id()));
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(&into);
+    for path in entries.flatten().map(|entry| entry.path()) {
+        if path.extension().is_some_and(|ext| ext == "log")
+            && let Some(name) = path.file_name()
+        {
+            let _ = std::fs::copy(&path, into.join(name));
+        }
+    }
+    eprintln!("==== the daemon logs are kept in {}", into.display());
+}
+
 /// How many closing lines of each daemon log a failed test prints.
 const LOG_LINES_ON_FAILURE: usize = 40;
 
 /// Prints the last lines of every daemon log under `root` to stderr (a
 /// failed test's only record of what its daemons saw: its directory goes).
 fn print_daemon_logs(root: &Path) {
+    keep_daemon_logs(root);
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };

@@ -118,9 +118,12 @@ impl Vfs {
     /// kernel forgets the file's data if the cap goes, and the MDS gets the
     /// acknowledgement with the size and mtime written here. Until then,
     /// reads and writes in flight finish under the old cap (whoever waits
-    /// for it is held back by the MDS).
+    /// for it is held back by the MDS); the cap goes before the ack is
+    /// sent, and until the ack is answered no write starts and no cap on
+    /// the inode is asked for.
     async fn carry_out(&self, revoke: Revoke) {
-        let held = self.cache().begin_revoke(&revoke);
+        let revoking = self.cache().begin_revoke(&revoke);
+        let held = revoking.held;
         let was_exclusive = held.is_some_and(|held| held.mode == CapMode::Exclusive)
             && revoke.to != Some(CapMode::Exclusive);
         if was_exclusive {
@@ -147,8 +150,8 @@ impl Vfs {
         };
         // Opens made under the cap keep the file once it goes.
         let pin = held.is_some() && revoke.to.is_none() && self.needs_pin(revoke.ino);
-        self.cache().finish_revoke(&revoke);
-        drop(quiet);
+        let acking = self.ack_turns.take(revoke.ino).await;
+        self.cache().finish_revoke(revoking);
         let flushed = unreported.as_ref().map(|written| Flushed {
             size: written.size,
             mtime: written.mtime,
@@ -163,8 +166,10 @@ impl Vfs {
             flushed,
             pin,
         };
+        tracing::debug!(?ack, "acking");
         match self.cap_call(&caller, ack).await {
             Ok(reply) if reply.result.is_ok() => {
+                tracing::debug!(?revoke, "ack answered");
                 if let Some(written) = &unreported {
                     self.cache().reported(revoke.ino, written);
                 }
@@ -175,6 +180,11 @@ impl Vfs {
             Ok(reply) => tracing::warn!(?revoke, "the MDS refused an ack: {:?}", reply.result),
             Err(errno) => tracing::warn!(?revoke, "acknowledging a revocation: {errno}"),
         }
+        // No write starts before the ack's answer: a grant made before
+        // the MDS had the ack (asked for by a lookup or an open) carries
+        // the size from before it, and the answer replaces that size.
+        drop(acking);
+        drop(quiet);
     }
 
     /// Waits for writes in flight on `ino`, then sends its buffered bytes.

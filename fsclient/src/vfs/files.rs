@@ -568,6 +568,7 @@ impl Vfs {
                 continue;
             };
             let offset = write_offset(&file, offset, size);
+            tracing::debug!(ino = file.ino.0, offset, size, revoking, "write");
             let end = data::write_end(offset, bytes.len() as u64)?;
             // During a revocation nothing more is buffered: it must be on
             // the OSDs before the cap goes.
@@ -606,6 +607,7 @@ impl Vfs {
         }
         let written = Vfs::take_error(&io).and_then(|()| {
             let offset = write_offset(&file, offset, size);
+            tracing::debug!(ino = file.ino.0, offset, size, "write now");
             let end = data::write_end(offset, bytes.len() as u64)?;
             self.buffer(&io, offset, bytes);
             self.cache().note_write(file.ino, end, caller);
@@ -931,8 +933,15 @@ impl Vfs {
             ZERO_RANGE => true,
             _ => return Err(Errno::EOPNOTSUPP),
         };
-        self.want(file.ino, CapMode::Exclusive).await?;
-        let _cutting = io.io.write().await;
+        // The cap is checked again under the I/O lock: a revocation may
+        // have taken it while this waited.
+        let _cutting = loop {
+            self.want(file.ino, CapMode::Exclusive).await?;
+            let cutting = io.io.write().await;
+            if self.exclusive_size(file.ino).is_some() {
+                break cutting;
+            }
+        };
         // Buffered bytes in the range must not land over the zeros.
         self.flush_data(file.ino).await?;
         let size = self.cache().attr(file.ino).map_or(0, |attr| attr.size);

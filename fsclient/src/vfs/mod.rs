@@ -71,6 +71,8 @@ pub struct Vfs {
     local: local::LocalOps,
     /// Reports of sizes and mtimes, one per inode at a time.
     report_turns: turns::InodeTurns,
+    /// Held by a revocation from the cap's change to its ack's answer.
+    ack_turns: turns::InodeTurns,
     /// Reports waiting to go to the MDS together.
     reports: reports::ReportQueue,
     behind: behind::BehindQueue,
@@ -112,6 +114,7 @@ impl Vfs {
             closing: AtomicBool::new(false),
             local: local::LocalOps::default(),
             report_turns: turns::InodeTurns::default(),
+            ack_turns: turns::InodeTurns::default(),
             reports: reports::ReportQueue::default(),
             behind: behind::BehindQueue::default(),
         });
@@ -156,13 +159,19 @@ impl Vfs {
 
     /// Makes sure this session holds at least `mode` on `ino`.
     async fn want(&self, ino: InodeId, mode: CapMode) -> Result<(), Errno> {
-        if self.cache().cap(ino).is_some_and(|held| held.mode >= mode) {
+        let holds = || self.cache().cap(ino).is_some_and(|held| held.mode >= mode);
+        if holds() {
+            return Ok(());
+        }
+        drop(self.ack_turns.take(ino).await);
+        if holds() {
             return Ok(());
         }
         let op = match mode {
             CapMode::Shared => CapOp::GetAttr { ino },
             CapMode::Exclusive => CapOp::Want { ino, mode },
         };
+        tracing::debug!(?op, "wanting");
         attr_reply(&self.cap_call(&Caller::root(), op).await?).map(drop)
     }
 

@@ -119,6 +119,7 @@ impl Vfs {
                 (q.ino, flushed)
             })
             .collect();
+        tracing::debug!(?reports, "reporting");
         let results = match self.cap_call(&writer, CapOp::FlushMany { reports }).await {
             Ok(reply) => match reply.result {
                 Ok(NsReply::Reported(results)) if results.len() == batch.len() => results,
@@ -127,6 +128,7 @@ impl Vfs {
             },
             Err(errno) => vec![Err(errno); batch.len()],
         };
+        tracing::debug!(?results, "reported");
         for (queued, result) in batch.into_iter().zip(results) {
             let outcome = match result {
                 Ok(()) => {

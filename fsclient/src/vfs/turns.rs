@@ -1,9 +1,16 @@
-//! Per-inode turns for telling the MDS a file's size and mtime. A report
-//! is worked out from the cache and sent later; one worked out before a
-//! truncation or a utimes and applied after it would undo it (the MDS
-//! grows a file to any size a writer reports). So a report holds its
-//! inode's turn from reading the cache to its answer, and a size or time
-//! change holds it from its own last report to its answer.
+//! Per-inode turns: one holder at a time per inode, and an inode's entry
+//! only while someone holds or waits for its turn. Two kinds are kept:
+//! - Reports of a file's size and mtime. A report is worked out from the
+//!   cache and sent later; one worked out before a truncation or a utimes
+//!   and applied after it would undo it (the MDS grows a file to any size
+//!   a writer reports). So a report holds its inode's turn from reading
+//!   the cache to its answer, and a size or time change holds it from its
+//!   own last report to its answer.
+//! - Acknowledgements of revocations. A request for a cap that reached
+//!   the MDS before this client's ack of the same inode would be granted
+//!   with the size from before the ack (which carries this client's
+//!   writes). So a revocation holds the inode's ack turn from the cap's
+//!   change to the ack's answer, and a request for a cap waits for it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

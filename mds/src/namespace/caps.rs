@@ -91,6 +91,7 @@ fn grant(
          ON CONFLICT (ino, session) DO UPDATE SET mode = ?3, seq = ?4",
         params![ino.0 as i64, session.0 as i64, mode_code(mode), seq as i64],
     )?;
+    tracing::debug!(session = session.0, ino = ino.0, seq, ?mode, "granted");
     Ok(CapGrant { ino, mode, seq })
 }
 
@@ -196,6 +197,13 @@ fn answer(
             continue;
         }
         if let Ok(attr) = split(store::load(conn, *ino))? {
+            tracing::debug!(
+                session = ctx.session.0,
+                ino = ino.0,
+                size = attr.size,
+                version,
+                "answered with"
+            );
             attrs.push(attr);
         }
     }
@@ -470,7 +478,18 @@ pub(crate) fn apply(
                 true => Some(super::open::pin(conn, ctx, *ino)?),
                 false => None,
             };
-            set(conn, cap.session, *ino, caps::after_ack(cap, *seq, *to))?;
+            let after = caps::after_ack(cap, *seq, *to);
+            tracing::debug!(
+                session = cap.session.0,
+                ino = ino.0,
+                seq,
+                ?to,
+                ?flushed,
+                held = cap.seq,
+                ?after,
+                "acked"
+            );
+            set(conn, cap.session, *ino, after)?;
             Ok(pinned)
         }),
         CapOp::Pin { ino } => own_op(conn, ctx, version, *ino, |conn, _| {
@@ -602,6 +621,7 @@ fn report(
     ino: InodeId,
     flushed: Flushed,
 ) -> OpResult<()> {
+    tracing::debug!(session = cap.session.0, ino = ino.0, size = flushed.size, seq = cap.seq, mode = ?cap.mode, "report");
     if cap.mode != CapMode::Exclusive {
         return Err(Errno::EBADF.into());
     }

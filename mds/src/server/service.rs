@@ -499,6 +499,7 @@ impl MdsService {
             let Response::Cap(CapOutcome::Conflict(conflicts)) = response else {
                 return Ok(response);
             };
+            tracing::debug!(?conflicts, "revoking");
             gates.push(self.revoker.revoke(&conflicts));
             self.resolve(&conflicts, until).await?;
         }
@@ -550,6 +551,7 @@ impl MdsService {
                 .map_or(until, |at| tokio::time::Instant::from_std(at).min(until));
             let woken = tokio::time::timeout_at(wake, changes.changed()).await;
             if woken.is_err() && tokio::time::Instant::now() >= until {
+                tracing::debug!(?open, "busy");
                 return Err(MdsResponse::Busy);
             }
         }
@@ -614,6 +616,7 @@ impl MdsService {
         self.sessions.touch(session);
         let until = tokio::time::Instant::now() + BUSY_WAIT;
         if !self.revoker.wait_open(&granted_inodes(&op), until).await {
+            tracing::debug!(?op, "busy at the gate");
             return MdsResponse::Busy;
         }
         let ctx = OpContext {
