@@ -74,6 +74,10 @@ struct Cached {
     dir: DirCache,
     /// Set while a revocation is being carried out.
     revoking: usize,
+    /// Acks on their way that carry this client's writes. Until they are
+    /// answered the MDS may answer (and grant) with the size from before
+    /// them, so neither a cap nor the attributes answer here.
+    acking: usize,
     used: u64,
     /// The inode has no `security.capability` xattr (the kernel asks
     /// before every write).
@@ -91,6 +95,7 @@ impl Cached {
             unreported: None,
             dir: DirCache::default(),
             revoking: 0,
+            acking: 0,
             used,
             no_file_caps: false,
         }
@@ -113,11 +118,13 @@ impl Cached {
     /// attributes: this client's unreported writes become its cached
     /// attributes (the ack or release carries them to the MDS), so a newer
     /// answer replaces them rather than being overridden by them.
-    fn hand_over_unreported(&mut self) {
-        if self.unreported.is_some() {
-            self.attr = self.shown();
-            self.unreported = None;
+    fn hand_over_unreported(&mut self) -> bool {
+        if self.unreported.is_none() {
+            return false;
         }
+        self.attr = self.shown();
+        self.unreported = None;
+        true
     }
 
     fn drop_cached(&mut self) {
@@ -152,9 +159,13 @@ impl CapCache {
         self.clock
     }
 
-    /// The cap held on `ino`.
+    /// The cap held on `ino` (none while an ack of its writes is on its
+    /// way).
     pub fn cap(&self, ino: InodeId) -> Option<HeldCap> {
-        self.inodes.get(&ino).and_then(|c| c.cap)
+        self.inodes
+            .get(&ino)
+            .filter(|c| c.acking == 0)
+            .and_then(|c| c.cap)
     }
 
     /// Whether the attributes of `ino` stay right until a revocation (or
@@ -162,7 +173,7 @@ impl CapCache {
     pub fn attrs_held(&self, ino: InodeId) -> bool {
         self.inodes
             .get(&ino)
-            .is_some_and(|c| c.cap.is_some() && c.revoking == 0)
+            .is_some_and(|c| c.cap.is_some() && c.revoking == 0 && c.acking == 0)
     }
 
     /// Whether a revocation of `ino` is being carried out.
@@ -175,7 +186,7 @@ impl CapCache {
     pub fn attr(&mut self, ino: InodeId) -> Option<Attr> {
         let now = self.tick();
         let cached = self.inodes.get_mut(&ino)?;
-        if cached.cap.is_none() && cached.revoking == 0 {
+        if cached.acking > 0 || (cached.cap.is_none() && cached.revoking == 0) {
             return None;
         }
         cached.used = now;
@@ -439,32 +450,34 @@ impl CapCache {
     /// Holds `revoke` against grants it covers, whether or not their
     /// answers have arrived.
     fn remember_revocation(&mut self, revoke: &Revoke) {
-        let newer =
-            |seen: &Option<(u64, Option<CapMode>)>| seen.is_none_or(|(seq, _)| seq <= revoke.seq);
+        // Of two revocations of one grant, the one leaving less counts
+        // (`None`, no cap, orders first).
+        let merged = |seen: Option<(u64, Option<CapMode>)>| match seen {
+            Some((seq, to)) if seq == revoke.seq => (seq, to.min(revoke.to)),
+            Some((seq, to)) if seq > revoke.seq => (seq, to),
+            _ => (revoke.seq, revoke.to),
+        };
         match self.inodes.get_mut(&revoke.ino) {
-            Some(cached) => {
-                if newer(&cached.revoked) {
-                    cached.revoked = Some((revoke.seq, revoke.to));
-                }
-            }
+            Some(cached) => cached.revoked = Some(merged(cached.revoked)),
             None => {
                 if self.late.len() >= MAX_LATE_REVOCATIONS {
                     self.late.clear();
                 }
                 let seen = self.late.get(&revoke.ino).copied();
-                if newer(&seen) {
-                    self.late.insert(revoke.ino, (revoke.seq, revoke.to));
-                }
+                self.late.insert(revoke.ino, merged(seen));
             }
         }
     }
 
     /// A revocation is carried out: the cap is down to what it asked,
-    /// and what a lost cap covered goes.
-    pub fn finish_revoke(&mut self, revoking: Revoking) {
+    /// and what a lost cap covered goes. True when the ack carries this
+    /// client's writes: then the inode shows no cap and no attributes
+    /// until [`CapCache::acked`].
+    #[must_use]
+    pub fn finish_revoke(&mut self, revoking: Revoking) -> bool {
         let revoke = revoking.revoke;
         let Some(cached) = self.inodes.get_mut(&revoke.ino) else {
-            return;
+            return false;
         };
         if revoking.counted {
             cached.revoking = cached.revoking.saturating_sub(1);
@@ -477,16 +490,24 @@ impl CapCache {
                 seq: held.seq,
             });
         }
-        if cached
+        let handed_over = cached
             .cap
             .is_none_or(|held| held.mode != CapMode::Exclusive)
-        {
-            cached.hand_over_unreported();
-        }
+            && cached.hand_over_unreported();
+        cached.acking += usize::from(handed_over);
         if cached.cap.is_none() {
             cached.drop_cached();
         }
-        tracing::debug!(?revoke, cap = ?cached.cap, size = cached.shown().size, "finished a revocation");
+        let size = cached.shown().size;
+        tracing::debug!(?revoke, cap = ?cached.cap, size, handed_over, "finished a revocation");
+        handed_over
+    }
+
+    /// The ack that carried this client's writes to `ino` is answered.
+    pub fn acked(&mut self, ino: InodeId) {
+        if let Some(cached) = self.inodes.get_mut(&ino) {
+            cached.acking = cached.acking.saturating_sub(1);
+        }
     }
 
     /// Drops `ino`'s cap (given back to the MDS) and what it covered.
@@ -528,8 +549,9 @@ impl CapCache {
 
     /// Forgets inodes that hold no cap and are not being revoked.
     pub fn forget_uncapped(&mut self) {
-        self.inodes
-            .retain(|_, c| c.cap.is_some() || c.revoking > 0 || c.unreported.is_some());
+        self.inodes.retain(|_, c| {
+            c.cap.is_some() || c.revoking > 0 || c.acking > 0 || c.unreported.is_some()
+        });
     }
 }
 
@@ -577,8 +599,9 @@ mod tests {
     }
 
     /// Writes made under an Exclusive cap that a revocation took: once the
-    /// cap is granted again, the MDS's newer size (another client appended
-    /// meanwhile) is the size here, not the size those writes reached.
+    /// ack is answered and the cap granted again, the MDS's newer size
+    /// (another client appended meanwhile) is the size here, not the size
+    /// those writes reached.
     #[test]
     fn writes_handed_over_with_a_revoked_cap_do_not_override_a_later_grant() {
         let mut cache = CapCache::default();
@@ -595,8 +618,9 @@ mod tests {
             to: None,
         };
         let revoking = cache.begin_revoke(&revoke);
-        let acked = cache.unreported(InodeId(5)).unwrap();
-        cache.finish_revoke(revoking);
+        assert!(cache.finish_revoke(revoking), "the ack carries the writes");
+        cache.absorb(&reply(vec![attr(5, 5000)], vec![], 3));
+        cache.acked(InodeId(5));
         cache.absorb(&reply(
             vec![attr(5, 8000)],
             vec![grant(5, CapMode::Exclusive, 2)],
@@ -604,31 +628,49 @@ mod tests {
         ));
         assert_eq!(cache.attr(InodeId(5)).unwrap().size, 8000);
         cache.note_write(InodeId(5), 8064, &writer);
-        // The ack's answer arrives only now.
-        cache.reported(InodeId(5), &acked);
         assert_eq!(cache.attr(InodeId(5)).unwrap().size, 8064);
     }
 
+    /// While the ack that carries this client's writes is on its way, a
+    /// grant made before the MDS had it (asked for by a lookup or an open
+    /// of this client's) comes with the size from before those writes:
+    /// neither it nor the attributes answer until the ack's answer, which
+    /// brings the size the writes reached.
     #[test]
-    fn a_cap_taken_down_to_shared_shows_its_own_writes_until_newer_answers() {
+    fn nothing_answers_while_an_ack_carrying_writes_is_on_its_way() {
         let mut cache = CapCache::default();
         cache.absorb(&reply(
             vec![attr(5, 0)],
             vec![grant(5, CapMode::Exclusive, 1)],
             1,
         ));
-        cache.note_write(InodeId(5), 300, &Caller::root());
+        cache.note_write(InodeId(5), 5000, &Caller::root());
         let revoke = Revoke {
             ino: InodeId(5),
             seq: 1,
             to: Some(CapMode::Shared),
         };
         let revoking = cache.begin_revoke(&revoke);
-        cache.finish_revoke(revoking);
+        assert!(cache.finish_revoke(revoking));
         assert_eq!(cache.unreported(InodeId(5)), None, "the ack carries them");
-        assert_eq!(cache.attr(InodeId(5)).unwrap().size, 300);
-        cache.absorb(&reply(vec![attr(5, 900)], vec![], 2));
-        assert_eq!(cache.attr(InodeId(5)).unwrap().size, 900);
+        cache.absorb(&reply(
+            vec![attr(5, 0)],
+            vec![grant(5, CapMode::Exclusive, 2)],
+            2,
+        ));
+        assert_eq!(cache.cap(InodeId(5)), None, "a grant from before the ack");
+        assert_eq!(cache.attr(InodeId(5)), None, "a size from before the ack");
+        assert!(!cache.attrs_held(InodeId(5)));
+        cache.absorb(&reply(vec![attr(5, 5000)], vec![], 3));
+        cache.acked(InodeId(5));
+        assert_eq!(cache.cap(InodeId(5)).unwrap().mode, CapMode::Exclusive);
+        assert_eq!(cache.attr(InodeId(5)).unwrap().size, 5000);
+        cache.absorb(&reply(vec![attr(5, 900)], vec![], 4));
+        assert_eq!(
+            cache.attr(InodeId(5)).unwrap().size,
+            900,
+            "newer answers win"
+        );
     }
 
     #[test]
@@ -661,7 +703,7 @@ mod tests {
         let revoking = cache.begin_revoke(&revoke);
         assert!(cache.attr(InodeId(5)).is_some(), "still answered");
         assert!(!cache.attrs_held(InodeId(5)), "but not to be kept");
-        cache.finish_revoke(revoking);
+        assert!(!cache.finish_revoke(revoking));
         assert!(!cache.attrs_held(InodeId(5)));
         cache.absorb(&reply(vec![], vec![grant(5, CapMode::Exclusive, 2)], 3));
         assert!(cache.attrs_held(InodeId(5)));
@@ -685,7 +727,7 @@ mod tests {
         let revoking = cache.begin_revoke(&revoke);
         assert!(revoking.held.is_some());
         assert!(cache.attr(InodeId(5)).is_some(), "answers while revoking");
-        cache.finish_revoke(revoking);
+        assert!(!cache.finish_revoke(revoking));
         assert_eq!(cache.cap(InodeId(5)), None);
         cache.absorb(&reply(
             vec![attr(5, 10)],
@@ -707,7 +749,7 @@ mod tests {
         };
         let unknown_revoking = cache.begin_revoke(&unknown);
         assert!(unknown_revoking.held.is_none());
-        cache.finish_revoke(unknown_revoking);
+        assert!(!cache.finish_revoke(unknown_revoking));
         cache.absorb(&reply(
             vec![attr(8, 1)],
             vec![grant(8, CapMode::Exclusive, 3)],
@@ -741,7 +783,7 @@ mod tests {
             2,
         ));
         assert_eq!(cache.cap(InodeId(5)), None, "grant 52 is being revoked");
-        cache.finish_revoke(revoking);
+        assert!(!cache.finish_revoke(revoking));
         cache.absorb(&reply(
             vec![attr(5, 10)],
             vec![grant(5, CapMode::Exclusive, 53)],
@@ -765,8 +807,30 @@ mod tests {
             CapMode::Shared,
             "an inode first cached during the revocation"
         );
-        cache.finish_revoke(revoking);
+        assert!(!cache.finish_revoke(revoking));
         assert_eq!(cache.cap(InodeId(8)).unwrap().mode, CapMode::Shared);
+
+        // Two revocations of one grant: the one leaving less counts.
+        let to_none = Revoke {
+            ino: InodeId(9),
+            seq: 7,
+            to: None,
+        };
+        let to_shared = Revoke {
+            to: Some(CapMode::Shared),
+            ..to_none
+        };
+        let first = cache.begin_revoke(&to_none);
+        let second = cache.begin_revoke(&to_shared);
+        cache.absorb(&reply(
+            vec![attr(9, 1)],
+            vec![grant(9, CapMode::Exclusive, 7)],
+            5,
+        ));
+        assert_eq!(cache.cap(InodeId(9)), None);
+        assert!(!cache.finish_revoke(second));
+        assert!(!cache.finish_revoke(first));
+        assert_eq!(cache.cap(InodeId(9)), None);
     }
 
     /// A write that ends without an Exclusive cap is a bug. Its size must
@@ -813,7 +877,7 @@ mod tests {
             to: None,
         };
         let revoking = cache.begin_revoke(&revoke);
-        cache.finish_revoke(revoking);
+        assert!(!cache.finish_revoke(revoking));
         assert_eq!(
             cache.lookup(InodeId(2), b"b"),
             None,

@@ -102,15 +102,17 @@ async fn housekeeping(vfs: Weak<Vfs>) {
 }
 
 impl Vfs {
-    /// Carries out `revoke` in the background (once per grant at a time).
+    /// Carries out `revoke` in the background, once at a time (a new MDS
+    /// leader delivers again those still waiting).
     fn start_revoke(&self, revoke: Revoke) {
-        if !lock(&self.revoking).insert((revoke.ino, revoke.seq)) {
+        let key = (revoke.ino, revoke.seq, revoke.to);
+        if !lock(&self.revoking).insert(key) {
             return;
         }
         let Some(vfs) = self.me.upgrade() else { return };
         tokio::spawn(async move {
             vfs.carry_out(revoke).await;
-            lock(&vfs.revoking).remove(&(revoke.ino, revoke.seq));
+            lock(&vfs.revoking).remove(&key);
         });
     }
 
@@ -118,9 +120,12 @@ impl Vfs {
     /// kernel forgets the file's data if the cap goes, and the MDS gets the
     /// acknowledgement with the size and mtime written here. Until then,
     /// reads and writes in flight finish under the old cap (whoever waits
-    /// for it is held back by the MDS); the cap goes before the ack is
-    /// sent, and until the ack is answered no write starts and no cap on
-    /// the inode is asked for.
+    /// for it is held back by the MDS). The cap goes before the ack is
+    /// sent. Until the ack is answered, the inode's ack turn is held (a
+    /// `Want` or `GetAttr` of this client's waits for it) and, when the ack
+    /// carries this client's writes, the cache shows no cap or attributes
+    /// of it: the MDS may answer a request that overtook the ack with the
+    /// size from before it.
     async fn carry_out(&self, revoke: Revoke) {
         let revoking = self.cache().begin_revoke(&revoke);
         let held = revoking.held;
@@ -151,7 +156,7 @@ impl Vfs {
         // Opens made under the cap keep the file once it goes.
         let pin = held.is_some() && revoke.to.is_none() && self.needs_pin(revoke.ino);
         let acking = self.ack_turns.take(revoke.ino).await;
-        self.cache().finish_revoke(revoking);
+        let acking_writes = self.cache().finish_revoke(revoking);
         let flushed = unreported.as_ref().map(|written| Flushed {
             size: written.size,
             mtime: written.mtime,
@@ -180,9 +185,9 @@ impl Vfs {
             Ok(reply) => tracing::warn!(?revoke, "the MDS refused an ack: {:?}", reply.result),
             Err(errno) => tracing::warn!(?revoke, "acknowledging a revocation: {errno}"),
         }
-        // No write starts before the ack's answer: a grant made before
-        // the MDS had the ack (asked for by a lookup or an open) carries
-        // the size from before it, and the answer replaces that size.
+        if acking_writes {
+            self.cache().acked(revoke.ino);
+        }
         drop(acking);
         drop(quiet);
     }

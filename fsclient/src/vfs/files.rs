@@ -463,8 +463,16 @@ impl Vfs {
         new_size: u64,
         op: NsOp,
     ) -> Result<aspen_proto::caps::CapReply, Errno> {
-        self.want(ino, CapMode::Exclusive).await?;
-        let _cutting = self.io_alone(ino).await;
+        // The cap is checked again under the I/O lock: a revocation may
+        // have taken it while this waited, and the old size known here
+        // must be the file's.
+        let _cutting = loop {
+            self.want(ino, CapMode::Exclusive).await?;
+            let cutting = self.io_alone(ino).await;
+            if self.exclusive_size(ino).is_some() {
+                break cutting;
+            }
+        };
         let _turn = self.flush_and_report_in_turn(ino).await?;
         let cached = self.cache().attr(ino);
         let old_size = match cached {

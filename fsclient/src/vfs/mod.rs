@@ -63,8 +63,8 @@ pub struct Vfs {
     /// releases what they hold.
     lockers: Mutex<HashSet<(InodeId, u64)>>,
     invalidator: OnceLock<Invalidator>,
-    /// Revocations being carried out, by (inode, grant).
-    revoking: Mutex<HashSet<(InodeId, u64)>>,
+    /// Revocations being carried out, by (inode, grant, mode left).
+    revoking: Mutex<HashSet<(InodeId, u64, Option<CapMode>)>>,
     /// One session recovery at a time.
     recovery: tokio::sync::Mutex<()>,
     closing: AtomicBool,
@@ -157,7 +157,10 @@ impl Vfs {
         self.cache().attr(attr.ino).unwrap_or(attr)
     }
 
-    /// Makes sure this session holds at least `mode` on `ino`.
+    /// Makes sure this session holds at least `mode` on `ino`. Asked only
+    /// once this client's ack of `ino` on its way (if any) is answered: a
+    /// request that overtook it would be granted with the size from
+    /// before the writes it carries.
     async fn want(&self, ino: InodeId, mode: CapMode) -> Result<(), Errno> {
         let holds = || self.cache().cap(ino).is_some_and(|held| held.mode >= mode);
         if holds() {
@@ -282,6 +285,8 @@ impl Vfs {
         if let Some(attr) = self.getattr_now(ino) {
             return Ok(attr);
         }
+        // After this client's ack of `ino`, not before it (see `want`).
+        drop(self.ack_turns.take(ino).await);
         let reply = self
             .cap_call(&Caller::root(), CapOp::GetAttr { ino })
             .await?;

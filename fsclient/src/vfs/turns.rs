@@ -10,7 +10,9 @@
 //!   the MDS before this client's ack of the same inode would be granted
 //!   with the size from before the ack (which carries this client's
 //!   writes). So a revocation holds the inode's ack turn from the cap's
-//!   change to the ack's answer, and a request for a cap waits for it.
+//!   change to the ack's answer, and a `Want` or `GetAttr` waits for it
+//!   (other requests that grant, a lookup or an open, find the cache
+//!   showing neither cap nor attributes until then: `CapCache::acked`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
