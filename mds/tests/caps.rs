@@ -720,3 +720,60 @@ async fn changes_sent_together_are_applied_in_order_until_one_must_wait() {
         assert_eq!(reply.result, Err(Errno::EINVAL));
     }
 }
+
+/// A session whose cap on a file is being revoked may ask for more on
+/// it without waiting for its own revocation: its kernel may hold the
+/// file's pages locked for the write that asks, and carrying out the
+/// revocation means dropping those pages. The other session's request
+/// then goes on once the asker's new cap is revoked in turn.
+#[tokio::test]
+async fn a_session_being_revoked_is_not_held_back_by_its_own_revocation() {
+    let setup = start().await;
+    let mut a = client(&setup, "client.a").await;
+    let mut b = client(&setup, "client.b").await;
+    let (file, created) = create(&mut a, "f").await;
+    let created = grant_on(&created, file).unwrap();
+    let released = a
+        .cap(CapOp::Release {
+            caps: vec![(file, created.seq)],
+        })
+        .await;
+    assert_eq!(released.result, Ok(NsReply::Done));
+    let read = b.cap(CapOp::GetAttr { ino: file }).await;
+    let shared = grant_on(&read, file).unwrap();
+    assert_eq!(shared.mode, CapMode::Shared);
+
+    // A wants Exclusive: B's Shared is revoked, and the file's gate shut.
+    let exclusive = CapOp::Want {
+        ino: file,
+        mode: CapMode::Exclusive,
+    };
+    let a_wants = {
+        let exclusive = exclusive.clone();
+        tokio::spawn(async move { a.cap(exclusive).await })
+    };
+    let events = b.events().await;
+    assert!(events.revokes.iter().any(|(_, r)| r.seq == shared.seq));
+
+    // B asks for Exclusive before it answers: granted at once.
+    let asked = tokio::time::timeout(Duration::from_secs(1), b.cap(exclusive)).await;
+    let asked = asked.expect("B waited for its own revocation");
+    let upgraded = grant_on(&asked, file).expect("B is granted");
+    assert_eq!(upgraded.mode, CapMode::Exclusive);
+    assert!(!a_wants.is_finished());
+
+    // A's Want now revokes B's new cap; once B answers, A has it.
+    let revoke = loop {
+        let events = b.events().await;
+        if let Some((_, revoke)) = events.revokes.iter().find(|(_, r)| r.seq == upgraded.seq) {
+            break *revoke;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(b.ack(revoke, false).await.result, Ok(NsReply::Done));
+    let granted = tokio::time::timeout(Duration::from_secs(5), a_wants)
+        .await
+        .expect("A's Want goes on")
+        .unwrap();
+    assert_eq!(grant_on(&granted, file).unwrap().mode, CapMode::Exclusive);
+}

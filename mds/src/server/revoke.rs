@@ -186,19 +186,35 @@ impl Revoker {
             .min()
     }
 
-    /// Whether any of `inodes` is gated.
-    fn gated(&self, inodes: &[InodeId]) -> bool {
+    /// Whether any of `inodes` is gated for `session`. A session whose
+    /// own cap on an inode is being revoked passes that inode's gate: its
+    /// kernel may hold the file's pages locked for the write that asks,
+    /// and the revocation waits to drop those pages.
+    fn gated(&self, inodes: &[InodeId], session: SessionId) -> bool {
         let state = self.lock();
-        inodes.iter().any(|ino| state.gates.contains_key(ino))
+        let revoked_from = |ino: &InodeId| {
+            state
+                .pending
+                .values()
+                .any(|p| p.session == session && p.revoke.ino == *ino)
+        };
+        inodes
+            .iter()
+            .any(|ino| state.gates.contains_key(ino) && !revoked_from(ino))
     }
 
-    /// Waits until none of `inodes` is gated, or `until`; whether they are
-    /// open.
-    pub async fn wait_open(&self, inodes: &[InodeId], until: tokio::time::Instant) -> bool {
+    /// Waits until none of `inodes` is gated for `session`, or `until`;
+    /// whether they are open.
+    pub async fn wait_open(
+        &self,
+        inodes: &[InodeId],
+        session: SessionId,
+        until: tokio::time::Instant,
+    ) -> bool {
         let mut changes = self.changed.subscribe();
         loop {
             changes.borrow_and_update();
-            if !self.gated(inodes) {
+            if !self.gated(inodes, session) {
                 return true;
             }
             if tokio::time::timeout_at(until, changes.changed())
@@ -295,9 +311,14 @@ mod tests {
         assert_eq!(revoker.overdue(&conflicts), vec![a, b]);
         revoker.settle(|session, _| session == a);
         assert_eq!(revoker.overdue(&conflicts), vec![b]);
-        assert!(revoker.gated(&[InodeId(5)]));
+        let c = SessionId(3);
+        assert!(revoker.gated(&[InodeId(5)], c));
+        assert!(
+            !revoker.gated(&[InodeId(5)], b),
+            "b's own cap on 5 is being revoked"
+        );
         drop(gate);
         drop(_again);
-        assert!(!revoker.gated(&[InodeId(5)]));
+        assert!(!revoker.gated(&[InodeId(5)], c));
     }
 }

@@ -615,7 +615,11 @@ impl MdsService {
         }
         self.sessions.touch(session);
         let until = tokio::time::Instant::now() + BUSY_WAIT;
-        if !self.revoker.wait_open(&granted_inodes(&op), until).await {
+        if !self
+            .revoker
+            .wait_open(&granted_inodes(&op), session, until)
+            .await
+        {
             tracing::debug!(?op, "busy at the gate");
             return MdsResponse::Busy;
         }
