@@ -547,11 +547,20 @@ impl CapCache {
             .collect()
     }
 
-    /// Forgets inodes that hold no cap and are not being revoked.
+    /// Forgets inodes that hold no cap and are not being revoked; their
+    /// last revocations stay, held against grants still on their way.
     pub fn forget_uncapped(&mut self) {
-        self.inodes.retain(|_, c| {
-            c.cap.is_some() || c.revoking > 0 || c.acking > 0 || c.unreported.is_some()
+        let mut forgotten = Vec::new();
+        self.inodes.retain(|ino, c| {
+            let keep = c.cap.is_some() || c.revoking > 0 || c.acking > 0 || c.unreported.is_some();
+            if !keep && let Some(revoked) = c.revoked {
+                forgotten.push((*ino, revoked));
+            }
+            keep
         });
+        for (ino, (seq, to)) in forgotten {
+            self.remember_revocation(&Revoke { ino, seq, to });
+        }
     }
 }
 
@@ -831,6 +840,28 @@ mod tests {
         assert!(!cache.finish_revoke(second));
         assert!(!cache.finish_revoke(first));
         assert_eq!(cache.cap(InodeId(9)), None);
+    }
+
+    /// An inode forgotten for room keeps its last revocation: a grant it
+    /// covered whose answer arrives later is still cut down.
+    #[test]
+    fn a_forgotten_inode_keeps_its_last_revocation() {
+        let mut cache = CapCache::default();
+        cache.absorb(&reply(vec![attr(5, 10)], vec![], 1));
+        let revoke = Revoke {
+            ino: InodeId(5),
+            seq: 4,
+            to: None,
+        };
+        let revoking = cache.begin_revoke(&revoke);
+        assert!(!cache.finish_revoke(revoking));
+        cache.forget_uncapped();
+        cache.absorb(&reply(
+            vec![attr(5, 10)],
+            vec![grant(5, CapMode::Exclusive, 4)],
+            2,
+        ));
+        assert_eq!(cache.cap(InodeId(5)), None, "grant 4 was revoked");
     }
 
     /// A write that ends without an Exclusive cap is a bug. Its size must
