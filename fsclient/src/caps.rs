@@ -252,7 +252,14 @@ impl CapCache {
             mode,
             seq: grant.seq,
         });
-        tracing::debug!(ino = grant.ino.0, seq = grant.seq, mode = ?grant.mode, held = ?cached.cap, revoked = ?cached.revoked, "took a grant");
+        tracing::debug!(
+            ino = grant.ino.0,
+            seq = grant.seq,
+            mode = ?grant.mode,
+            held = ?cached.cap,
+            revoked = ?cached.revoked,
+            "took a grant"
+        );
     }
 
     /// Records that `name` in `parent` is `ino` (or absent), as of
@@ -498,8 +505,13 @@ impl CapCache {
         if cached.cap.is_none() {
             cached.drop_cached();
         }
-        let size = cached.shown().size;
-        tracing::debug!(?revoke, cap = ?cached.cap, size, handed_over, "finished a revocation");
+        tracing::debug!(
+            ?revoke,
+            cap = ?cached.cap,
+            size = cached.shown().size,
+            handed_over,
+            "finished a revocation"
+        );
         handed_over
     }
 
@@ -599,6 +611,19 @@ mod tests {
         }
     }
 
+    /// A reply granting `mode` (seq `seq`) on a file of `size` bytes.
+    fn granted(ino: u64, size: u64, mode: CapMode, seq: u64, version: u64) -> CapReply {
+        reply(vec![attr(ino, size)], vec![grant(ino, mode, seq)], version)
+    }
+
+    fn revocation(ino: u64, seq: u64, to: Option<CapMode>) -> Revoke {
+        Revoke {
+            ino: InodeId(ino),
+            seq,
+            to,
+        }
+    }
+
     fn grant(ino: u64, mode: CapMode, seq: u64) -> CapGrant {
         CapGrant {
             ino: InodeId(ino),
@@ -615,26 +640,14 @@ mod tests {
     fn writes_handed_over_with_a_revoked_cap_do_not_override_a_later_grant() {
         let mut cache = CapCache::default();
         let writer = Caller::root();
-        cache.absorb(&reply(
-            vec![attr(5, 0)],
-            vec![grant(5, CapMode::Exclusive, 1)],
-            1,
-        ));
+        cache.absorb(&granted(5, 0, CapMode::Exclusive, 1, 1));
         cache.note_write(InodeId(5), 5000, &writer);
-        let revoke = Revoke {
-            ino: InodeId(5),
-            seq: 1,
-            to: None,
-        };
+        let revoke = revocation(5, 1, None);
         let revoking = cache.begin_revoke(&revoke);
         assert!(cache.finish_revoke(revoking), "the ack carries the writes");
         cache.absorb(&reply(vec![attr(5, 5000)], vec![], 3));
         cache.acked(InodeId(5));
-        cache.absorb(&reply(
-            vec![attr(5, 8000)],
-            vec![grant(5, CapMode::Exclusive, 2)],
-            5,
-        ));
+        cache.absorb(&granted(5, 8000, CapMode::Exclusive, 2, 5));
         assert_eq!(cache.attr(InodeId(5)).unwrap().size, 8000);
         cache.note_write(InodeId(5), 8064, &writer);
         assert_eq!(cache.attr(InodeId(5)).unwrap().size, 8064);
@@ -648,25 +661,13 @@ mod tests {
     #[test]
     fn nothing_answers_while_an_ack_carrying_writes_is_on_its_way() {
         let mut cache = CapCache::default();
-        cache.absorb(&reply(
-            vec![attr(5, 0)],
-            vec![grant(5, CapMode::Exclusive, 1)],
-            1,
-        ));
+        cache.absorb(&granted(5, 0, CapMode::Exclusive, 1, 1));
         cache.note_write(InodeId(5), 5000, &Caller::root());
-        let revoke = Revoke {
-            ino: InodeId(5),
-            seq: 1,
-            to: Some(CapMode::Shared),
-        };
+        let revoke = revocation(5, 1, Some(CapMode::Shared));
         let revoking = cache.begin_revoke(&revoke);
         assert!(cache.finish_revoke(revoking));
         assert_eq!(cache.unreported(InodeId(5)), None, "the ack carries them");
-        cache.absorb(&reply(
-            vec![attr(5, 0)],
-            vec![grant(5, CapMode::Exclusive, 2)],
-            2,
-        ));
+        cache.absorb(&granted(5, 0, CapMode::Exclusive, 2, 2));
         assert_eq!(cache.cap(InodeId(5)), None, "a grant from before the ack");
         assert_eq!(cache.attr(InodeId(5)), None, "a size from before the ack");
         assert!(!cache.attrs_held(InodeId(5)));
@@ -687,11 +688,7 @@ mod tests {
         let mut cache = CapCache::default();
         cache.absorb(&reply(vec![attr(5, 10)], vec![], 3));
         assert_eq!(cache.attr(InodeId(5)), None, "no cap, no answer");
-        cache.absorb(&reply(
-            vec![attr(5, 20)],
-            vec![grant(5, CapMode::Shared, 1)],
-            9,
-        ));
+        cache.absorb(&granted(5, 20, CapMode::Shared, 1, 9));
         assert_eq!(cache.attr(InodeId(5)).unwrap().size, 20);
         cache.absorb(&reply(vec![attr(5, 15)], vec![], 4));
         assert_eq!(cache.attr(InodeId(5)).unwrap().size, 20, "an older answer");
@@ -704,11 +701,7 @@ mod tests {
         assert!(!cache.attrs_held(InodeId(5)), "no cap");
         cache.absorb(&reply(vec![], vec![grant(5, CapMode::Shared, 1)], 2));
         assert!(cache.attrs_held(InodeId(5)));
-        let revoke = Revoke {
-            ino: InodeId(5),
-            seq: 1,
-            to: None,
-        };
+        let revoke = revocation(5, 1, None);
         let revoking = cache.begin_revoke(&revoke);
         assert!(cache.attr(InodeId(5)).is_some(), "still answered");
         assert!(!cache.attrs_held(InodeId(5)), "but not to be kept");
@@ -723,47 +716,23 @@ mod tests {
     #[test]
     fn a_revocation_that_overtakes_its_grant_still_counts() {
         let mut cache = CapCache::default();
-        cache.absorb(&reply(
-            vec![attr(5, 10)],
-            vec![grant(5, CapMode::Shared, 1)],
-            1,
-        ));
-        let revoke = Revoke {
-            ino: InodeId(5),
-            seq: 4,
-            to: None,
-        };
+        cache.absorb(&granted(5, 10, CapMode::Shared, 1, 1));
+        let revoke = revocation(5, 4, None);
         let revoking = cache.begin_revoke(&revoke);
         assert!(revoking.held.is_some());
         assert!(cache.attr(InodeId(5)).is_some(), "answers while revoking");
         assert!(!cache.finish_revoke(revoking));
         assert_eq!(cache.cap(InodeId(5)), None);
-        cache.absorb(&reply(
-            vec![attr(5, 10)],
-            vec![grant(5, CapMode::Exclusive, 4)],
-            2,
-        ));
+        cache.absorb(&granted(5, 10, CapMode::Exclusive, 4, 2));
         assert_eq!(cache.cap(InodeId(5)), None, "grant 4 was revoked");
-        cache.absorb(&reply(
-            vec![attr(5, 10)],
-            vec![grant(5, CapMode::Shared, 6)],
-            3,
-        ));
+        cache.absorb(&granted(5, 10, CapMode::Shared, 6, 3));
         assert_eq!(cache.cap(InodeId(5)).unwrap().mode, CapMode::Shared);
 
-        let unknown = Revoke {
-            ino: InodeId(8),
-            seq: 3,
-            to: Some(CapMode::Shared),
-        };
+        let unknown = revocation(8, 3, Some(CapMode::Shared));
         let unknown_revoking = cache.begin_revoke(&unknown);
         assert!(unknown_revoking.held.is_none());
         assert!(!cache.finish_revoke(unknown_revoking));
-        cache.absorb(&reply(
-            vec![attr(8, 1)],
-            vec![grant(8, CapMode::Exclusive, 3)],
-            4,
-        ));
+        cache.absorb(&granted(8, 1, CapMode::Exclusive, 3, 4));
         assert_eq!(
             cache.cap(InodeId(8)).unwrap().mode,
             CapMode::Shared,
@@ -779,38 +748,18 @@ mod tests {
     fn a_grant_answered_while_its_revocation_is_carried_out_is_cut_at_once() {
         let mut cache = CapCache::default();
         cache.absorb(&reply(vec![attr(5, 10)], vec![], 1));
-        let revoke = Revoke {
-            ino: InodeId(5),
-            seq: 52,
-            to: None,
-        };
+        let revoke = revocation(5, 52, None);
         let revoking = cache.begin_revoke(&revoke);
         assert_eq!(revoking.held, None, "its grant has not arrived yet");
-        cache.absorb(&reply(
-            vec![attr(5, 10)],
-            vec![grant(5, CapMode::Exclusive, 52)],
-            2,
-        ));
+        cache.absorb(&granted(5, 10, CapMode::Exclusive, 52, 2));
         assert_eq!(cache.cap(InodeId(5)), None, "grant 52 is being revoked");
         assert!(!cache.finish_revoke(revoking));
-        cache.absorb(&reply(
-            vec![attr(5, 10)],
-            vec![grant(5, CapMode::Exclusive, 53)],
-            3,
-        ));
+        cache.absorb(&granted(5, 10, CapMode::Exclusive, 53, 3));
         assert_eq!(cache.cap(InodeId(5)).unwrap().mode, CapMode::Exclusive);
 
-        let uncached = Revoke {
-            ino: InodeId(8),
-            seq: 3,
-            to: Some(CapMode::Shared),
-        };
+        let uncached = revocation(8, 3, Some(CapMode::Shared));
         let revoking = cache.begin_revoke(&uncached);
-        cache.absorb(&reply(
-            vec![attr(8, 1)],
-            vec![grant(8, CapMode::Exclusive, 3)],
-            4,
-        ));
+        cache.absorb(&granted(8, 1, CapMode::Exclusive, 3, 4));
         assert_eq!(
             cache.cap(InodeId(8)).unwrap().mode,
             CapMode::Shared,
@@ -820,22 +769,14 @@ mod tests {
         assert_eq!(cache.cap(InodeId(8)).unwrap().mode, CapMode::Shared);
 
         // Two revocations of one grant: the one leaving less counts.
-        let to_none = Revoke {
-            ino: InodeId(9),
-            seq: 7,
-            to: None,
-        };
+        let to_none = revocation(9, 7, None);
         let to_shared = Revoke {
             to: Some(CapMode::Shared),
             ..to_none
         };
         let first = cache.begin_revoke(&to_none);
         let second = cache.begin_revoke(&to_shared);
-        cache.absorb(&reply(
-            vec![attr(9, 1)],
-            vec![grant(9, CapMode::Exclusive, 7)],
-            5,
-        ));
+        cache.absorb(&granted(9, 1, CapMode::Exclusive, 7, 5));
         assert_eq!(cache.cap(InodeId(9)), None);
         assert!(!cache.finish_revoke(second));
         assert!(!cache.finish_revoke(first));
@@ -848,19 +789,11 @@ mod tests {
     fn a_forgotten_inode_keeps_its_last_revocation() {
         let mut cache = CapCache::default();
         cache.absorb(&reply(vec![attr(5, 10)], vec![], 1));
-        let revoke = Revoke {
-            ino: InodeId(5),
-            seq: 4,
-            to: None,
-        };
+        let revoke = revocation(5, 4, None);
         let revoking = cache.begin_revoke(&revoke);
         assert!(!cache.finish_revoke(revoking));
         cache.forget_uncapped();
-        cache.absorb(&reply(
-            vec![attr(5, 10)],
-            vec![grant(5, CapMode::Exclusive, 4)],
-            2,
-        ));
+        cache.absorb(&granted(5, 10, CapMode::Exclusive, 4, 2));
         assert_eq!(cache.cap(InodeId(5)), None, "grant 4 was revoked");
     }
 
@@ -872,11 +805,7 @@ mod tests {
         cache.absorb(&reply(vec![attr(5, 100)], vec![], 1));
         cache.note_write(InodeId(5), 164, &Caller::root());
         assert_eq!(cache.unreported(InodeId(5)), None);
-        cache.absorb(&reply(
-            vec![attr(5, 500)],
-            vec![grant(5, CapMode::Exclusive, 2)],
-            2,
-        ));
+        cache.absorb(&granted(5, 500, CapMode::Exclusive, 2, 2));
         assert_eq!(cache.attr(InodeId(5)).unwrap().size, 500);
     }
 
@@ -902,11 +831,7 @@ mod tests {
         assert_eq!(cache.lookup(InodeId(2), b"b"), None);
         cache.note_complete(InodeId(2));
         assert_eq!(cache.lookup(InodeId(2), b"b"), Some(Found::Absent));
-        let revoke = Revoke {
-            ino: InodeId(2),
-            seq: 1,
-            to: None,
-        };
+        let revoke = revocation(2, 1, None);
         let revoking = cache.begin_revoke(&revoke);
         assert!(!cache.finish_revoke(revoking));
         assert_eq!(
@@ -919,11 +844,7 @@ mod tests {
     #[test]
     fn unreported_writes_show_until_reported() {
         let mut cache = CapCache::default();
-        cache.absorb(&reply(
-            vec![attr(5, 10)],
-            vec![grant(5, CapMode::Exclusive, 1)],
-            1,
-        ));
+        cache.absorb(&granted(5, 10, CapMode::Exclusive, 1, 1));
         let writer = Caller::new(7, 7, vec![]);
         cache.note_write(InodeId(5), 100, &writer);
         let shown = cache.attr(InodeId(5)).unwrap();

@@ -174,6 +174,22 @@ impl Vfs {
         Some(io.io.clone().write_owned().await)
     }
 
+    /// [`Vfs::io_alone`] under an Exclusive cap on `ino`. The cap is
+    /// checked again once the I/O is held: a revocation may have taken it
+    /// while this waited.
+    async fn alone_under_exclusive(
+        &self,
+        ino: InodeId,
+    ) -> Result<Option<OwnedRwLockWriteGuard<()>>, Errno> {
+        loop {
+            self.want(ino, CapMode::Exclusive).await?;
+            let alone = self.io_alone(ino).await;
+            if self.exclusive_size(ino).is_some() {
+                return Ok(alone);
+            }
+        }
+    }
+
     /// Inodes with bytes buffered for at least `age`.
     pub(super) fn written_inodes(&self, age: Duration) -> Vec<InodeId> {
         lock(&self.files)
@@ -463,16 +479,8 @@ impl Vfs {
         new_size: u64,
         op: NsOp,
     ) -> Result<aspen_proto::caps::CapReply, Errno> {
-        // The cap is checked again under the I/O lock: a revocation may
-        // have taken it while this waited, and the old size known here
-        // must be the file's.
-        let _cutting = loop {
-            self.want(ino, CapMode::Exclusive).await?;
-            let cutting = self.io_alone(ino).await;
-            if self.exclusive_size(ino).is_some() {
-                break cutting;
-            }
-        };
+        // The old size known here must be the file's.
+        let _cutting = self.alone_under_exclusive(ino).await?;
         let _turn = self.flush_and_report_in_turn(ino).await?;
         let cached = self.cache().attr(ino);
         let old_size = match cached {
@@ -941,15 +949,7 @@ impl Vfs {
             ZERO_RANGE => true,
             _ => return Err(Errno::EOPNOTSUPP),
         };
-        // The cap is checked again under the I/O lock: a revocation may
-        // have taken it while this waited.
-        let _cutting = loop {
-            self.want(file.ino, CapMode::Exclusive).await?;
-            let cutting = io.io.write().await;
-            if self.exclusive_size(file.ino).is_some() {
-                break cutting;
-            }
-        };
+        let _cutting = self.alone_under_exclusive(file.ino).await?;
         // Buffered bytes in the range must not land over the zeros.
         self.flush_data(file.ino).await?;
         let size = self.cache().attr(file.ino).map_or(0, |attr| attr.size);

@@ -166,7 +166,7 @@ impl Vfs {
         if holds() {
             return Ok(());
         }
-        drop(self.ack_turns.take(ino).await);
+        self.ack_turns.wait_free(ino).await;
         if holds() {
             return Ok(());
         }
@@ -286,7 +286,7 @@ impl Vfs {
             return Ok(attr);
         }
         // After this client's ack of `ino`, not before it (see `want`).
-        drop(self.ack_turns.take(ino).await);
+        self.ack_turns.wait_free(ino).await;
         let reply = self
             .cap_call(&Caller::root(), CapOp::GetAttr { ino })
             .await?;

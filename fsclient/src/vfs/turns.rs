@@ -45,6 +45,11 @@ impl InodeTurns {
         }
     }
 
+    /// Waits until nobody holds `ino`'s turn.
+    pub(super) async fn wait_free(&self, ino: InodeId) {
+        drop(self.take(ino).await);
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         lock(&self.0).len()

@@ -621,7 +621,14 @@ fn report(
     ino: InodeId,
     flushed: Flushed,
 ) -> OpResult<()> {
-    tracing::debug!(session = cap.session.0, ino = ino.0, size = flushed.size, seq = cap.seq, mode = ?cap.mode, "report");
+    tracing::debug!(
+        session = cap.session.0,
+        ino = ino.0,
+        size = flushed.size,
+        seq = cap.seq,
+        mode = ?cap.mode,
+        "report"
+    );
     if cap.mode != CapMode::Exclusive {
         return Err(Errno::EBADF.into());
     }
