@@ -8,7 +8,7 @@
 //! This module is the bookkeeping only (no I/O): the VFS asks it, feeds it
 //! the MDS's answers, and tells it what a revocation left.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use aspen_proto::InodeId;
 use aspen_proto::caps::{CapGrant, CapMode, CapReply, Revoke};
@@ -19,7 +19,8 @@ use aspen_proto::fs::{Attr, Caller, Timestamp};
 pub const MAX_CACHED_INODES: usize = 65_536;
 /// How many it gives back at once when over the limit.
 pub const TRIM_BATCH: usize = 1024;
-/// How many revocations of uncached inodes it remembers.
+/// How many revocations of uncached inodes it remembers (those of the
+/// oldest grants are forgotten first).
 pub const MAX_LATE_REVOCATIONS: usize = 4096;
 
 /// A cap as the client holds it.
@@ -146,11 +147,54 @@ pub struct CapCache {
     inodes: HashMap<InodeId, Cached>,
     /// Revocations of inodes the cache had no entry for, held against the
     /// answers of grants still on their way.
-    late: HashMap<InodeId, (u64, Option<CapMode>)>,
+    late: LateRevocations,
     clock: u64,
     /// The newest MDS version absorbed (what a change made here is as new
     /// as).
     latest: u64,
+}
+
+/// A revocation as held against grants: the grant it names and the mode
+/// it leaves.
+type Revoked = (u64, Option<CapMode>);
+
+/// The revocations of uncached inodes, at most [`MAX_LATE_REVOCATIONS`];
+/// beyond that, those of the oldest grants go (grant numbers grow: an old
+/// grant's answer has long arrived).
+#[derive(Debug, Default)]
+struct LateRevocations {
+    by_inode: HashMap<InodeId, Revoked>,
+    by_grant: BTreeSet<(u64, InodeId)>,
+}
+
+impl LateRevocations {
+    fn get(&self, ino: InodeId) -> Option<Revoked> {
+        self.by_inode.get(&ino).copied()
+    }
+
+    fn take(&mut self, ino: InodeId) -> Option<Revoked> {
+        let revoked = self.by_inode.remove(&ino)?;
+        self.by_grant.remove(&(revoked.0, ino));
+        Some(revoked)
+    }
+
+    fn put(&mut self, ino: InodeId, revoked: Revoked) {
+        if let Some((seq, _)) = self.by_inode.insert(ino, revoked) {
+            self.by_grant.remove(&(seq, ino));
+        }
+        self.by_grant.insert((revoked.0, ino));
+        while self.by_inode.len() > MAX_LATE_REVOCATIONS {
+            let Some((_, oldest)) = self.by_grant.pop_first() else {
+                break;
+            };
+            self.by_inode.remove(&oldest);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_inode.clear();
+        self.by_grant.clear();
+    }
 }
 
 impl CapCache {
@@ -215,7 +259,7 @@ impl CapCache {
         for attr in &reply.attrs {
             let late = &mut self.late;
             let cached = self.inodes.entry(attr.ino).or_insert_with(|| Cached {
-                revoked: late.remove(&attr.ino),
+                revoked: late.take(attr.ino),
                 ..Cached::new(attr.clone(), 0, now)
             });
             let newer = reply.version >= cached.version;
@@ -459,7 +503,7 @@ impl CapCache {
     fn remember_revocation(&mut self, revoke: &Revoke) {
         // Of two revocations of one grant, the one leaving less counts
         // (`None`, no cap, orders first).
-        let merged = |seen: Option<(u64, Option<CapMode>)>| match seen {
+        let merged = |seen: Option<Revoked>| match seen {
             Some((seq, to)) if seq == revoke.seq => (seq, to.min(revoke.to)),
             Some((seq, to)) if seq > revoke.seq => (seq, to),
             _ => (revoke.seq, revoke.to),
@@ -467,11 +511,8 @@ impl CapCache {
         match self.inodes.get_mut(&revoke.ino) {
             Some(cached) => cached.revoked = Some(merged(cached.revoked)),
             None => {
-                if self.late.len() >= MAX_LATE_REVOCATIONS {
-                    self.late.clear();
-                }
-                let seen = self.late.get(&revoke.ino).copied();
-                self.late.insert(revoke.ino, merged(seen));
+                let seen = self.late.get(revoke.ino);
+                self.late.put(revoke.ino, merged(seen));
             }
         }
     }
@@ -795,6 +836,35 @@ mod tests {
         cache.forget_uncapped();
         cache.absorb(&granted(5, 10, CapMode::Exclusive, 4, 2));
         assert_eq!(cache.cap(InodeId(5)), None, "grant 4 was revoked");
+    }
+
+    /// Past [`MAX_LATE_REVOCATIONS`] the revocations of the oldest grants
+    /// go, not one still being carried out (they were all dropped at once).
+    #[test]
+    fn late_revocations_beyond_the_limit_forget_the_oldest_grants() {
+        let mut cache = CapCache::default();
+        let limit = MAX_LATE_REVOCATIONS as u64;
+        let recent = revocation(1, 10 * limit, None);
+        let revoking = cache.begin_revoke(&recent);
+        for n in 0..limit {
+            let revoking = cache.begin_revoke(&revocation(100 + n, 1 + n, None));
+            assert!(!cache.finish_revoke(revoking));
+        }
+        assert!(!cache.finish_revoke(revoking));
+        assert_eq!(cache.late.by_inode.len(), MAX_LATE_REVOCATIONS);
+        assert_eq!(cache.late.by_grant.len(), MAX_LATE_REVOCATIONS);
+        // The first grant's revocation went; the recent one stays.
+        cache.absorb(&granted(100, 10, CapMode::Exclusive, 1, 2));
+        assert!(cache.cap(InodeId(100)).is_some());
+        cache.absorb(&granted(1, 10, CapMode::Exclusive, 10 * limit, 2));
+        assert_eq!(
+            cache.cap(InodeId(1)),
+            None,
+            "the recent revocation was forgotten"
+        );
+        // One taken by its grant's answer leaves both indexes.
+        assert_eq!(cache.late.by_inode.len(), MAX_LATE_REVOCATIONS - 1);
+        assert_eq!(cache.late.by_grant.len(), MAX_LATE_REVOCATIONS - 1);
     }
 
     /// A write that ends without an Exclusive cap is a bug. Its size must
