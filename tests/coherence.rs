@@ -10,6 +10,8 @@
 //! - files A creates on its own (in a directory it made) are seen by B
 //!   at once, with the inode numbers and modes A answered with;
 //! - O_APPEND from both mounts loses no byte;
+//! - both mounts reading and writing one file at once go on without
+//!   waiting for each other (neither waits to be evicted);
 //! - the size and mtime B sees right after A's close are A's, by path and
 //!   through a file B holds open (whose attributes B's kernel keeps);
 //! - kill -9 of A while it holds an Exclusive cap with unwritten data: B
@@ -26,6 +28,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aspen_fsclient::vfs::STUCK_PAGE_DROP;
 use aspen_mds::server::revoke::REVOKE_TIMEOUT;
 use common::{MOUNT_DAEMONS, TwoMounts};
 
@@ -439,4 +442,192 @@ fn an_evicted_writers_late_writes_are_refused() {
     // A's mount goes on with a new session.
     std::fs::write(a.join("after"), b"ok").unwrap();
     assert_eq!(read(&b.join("after")), b"ok");
+}
+
+/// A barrier for two threads that gives up after [`Meeting::PATIENCE`],
+/// so one thread's failure does not leave the other waiting for ever.
+#[derive(Default)]
+struct Meeting {
+    arrived_and_round: std::sync::Mutex<(usize, u64)>,
+    all_here: std::sync::Condvar,
+}
+
+impl Meeting {
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    fn wait(&self) {
+        let mut state = self.arrived_and_round.lock().unwrap();
+        let round = state.1;
+        state.0 += 1;
+        if state.0 == 2 {
+            *state = (0, round + 1);
+            self.all_here.notify_all();
+            return;
+        }
+        let (_state, waited) = self
+            .all_here
+            .wait_timeout_while(state, Self::PATIENCE, |state| state.1 == round)
+            .unwrap();
+        assert!(!waited.timed_out(), "the other thread never came");
+    }
+}
+
+/// A file mapped shared, read and written.
+struct SharedMapping {
+    base: std::ptr::NonNull<std::ffi::c_void>,
+    len: usize,
+}
+
+impl SharedMapping {
+    fn new(file: &File, len: usize) -> SharedMapping {
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap};
+        let length = std::num::NonZeroUsize::new(len).unwrap();
+        // SAFETY: a fresh mapping of a file this test owns; nothing else
+        // in the process aliases it.
+        let base = unsafe {
+            mmap(
+                None,
+                length,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                file,
+                0,
+            )
+        }
+        .unwrap();
+        SharedMapping { base, len }
+    }
+
+    /// Copies `bytes` in at `offset` and writes the mapping back (the
+    /// kernel sends its dirty pages as a write from the page cache).
+    fn write_back(&self, offset: usize, bytes: &[u8]) -> std::io::Result<()> {
+        use nix::sys::mman::{MsFlags, msync};
+        assert!(offset + bytes.len() <= self.len);
+        // SAFETY: the range lies inside the mapping, which lives as long
+        // as `self`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.base.as_ptr().cast::<u8>().add(offset),
+                bytes.len(),
+            );
+            msync(self.base, self.len, MsFlags::MS_SYNC)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        let _ = unsafe { nix::sys::mman::munmap(self.base, self.len) };
+    }
+}
+
+/// Both mounts cache the file (Shared) and then write it at the same
+/// moment, so each write waits for the other mount's revocation while the
+/// kernel holds a page it writes: locked for a `write(2)`, under write-back
+/// for a shared mapping's `msync`. Neither revocation may wait for those
+/// pages: they did, until both sessions were evicted (20 s, EIO).
+#[test]
+fn both_mounts_reading_and_writing_one_file_at_once_never_stall() {
+    const ROUNDS: usize = 40;
+    // Records cross page boundaries: a write then holds two pages.
+    const SLOT: usize = 3000;
+    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .unwrap()
+        .unwrap() as usize;
+    // Then two pages per mount and round, written through a shared mapping
+    // (whole pages: a mapping's write-back carries whole pages).
+    let mapped = (2 * ROUNDS * SLOT).div_ceil(page_size) * page_size;
+    let mapped_len = 2 * page_size;
+    let mapped_at = move |round: usize, n: usize| mapped + (2 * round + n) * mapped_len;
+    let len = mapped_at(ROUNDS, 0);
+    let cluster = TwoMounts::start();
+    std::fs::write(cluster.mounts[0].join("shared"), vec![0u8; len]).unwrap();
+    let barrier = std::sync::Arc::new(Meeting::default());
+    let workers: Vec<_> = cluster
+        .mounts
+        .iter()
+        .enumerate()
+        .map(|(n, mount)| {
+            let path = mount.join("shared");
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                use std::os::unix::fs::FileExt;
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .unwrap();
+                let mapping = SharedMapping::new(&file, len);
+                let mut waits = Vec::new();
+                let mut pages = vec![0u8; mapped_len];
+                let other = b'a' + (1 - n) as u8;
+                for round in 0..ROUNDS {
+                    // Both read (each mount caches the file under Shared)
+                    // and see each other's writes of the rounds before.
+                    barrier.wait();
+                    let mut slots = vec![0u8; 2 * round * SLOT];
+                    file.read_exact_at(&mut slots, 0).unwrap();
+                    for (i, slot) in slots.chunks(SLOT).enumerate() {
+                        let writer = b'a' + (i % 2) as u8;
+                        assert!(
+                            slot.iter().all(|&c| c == writer),
+                            "round {round}: mount {n} reads slot {i} stale"
+                        );
+                    }
+                    if round > 0 {
+                        let at = mapped_at(round - 1, 1 - n) as u64;
+                        file.read_exact_at(&mut pages, at).unwrap();
+                        assert!(
+                            pages.iter().all(|&c| c == other),
+                            "round {round}: mount {n} reads the other's mapped page stale"
+                        );
+                    }
+                    // Then both write at the same moment: with write(2),
+                    // then through the mapping.
+                    barrier.wait();
+                    let started = Instant::now();
+                    let slot = (2 * round + n) * SLOT;
+                    file.write_all_at(&vec![b'a' + n as u8; SLOT], slot as u64)
+                        .unwrap_or_else(|e| panic!("round {round}: mount {n} writes: {e}"));
+                    waits.push(started.elapsed());
+                    barrier.wait();
+                    let started = Instant::now();
+                    mapping
+                        .write_back(mapped_at(round, n), &vec![b'a' + n as u8; mapped_len])
+                        .unwrap_or_else(|e| panic!("round {round}: mount {n} msyncs: {e}"));
+                    waits.push(started.elapsed());
+                }
+                waits
+            })
+        })
+        .collect();
+    let mut waits: Vec<Duration> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    let data = read(&cluster.mounts[0].join("shared"));
+    assert_eq!(data, read(&cluster.mounts[1].join("shared")));
+    for (i, slot) in data[..2 * ROUNDS * SLOT].chunks(SLOT).enumerate() {
+        let writer = b'a' + (i % 2) as u8;
+        assert!(slot.iter().all(|&c| c == writer), "slot {i} lost its write");
+    }
+    for (i, page) in data[mapped..].chunks(mapped_len).enumerate() {
+        let writer = b'a' + (i % 2) as u8;
+        assert!(
+            page.iter().all(|&c| c == writer),
+            "mapped page {i} lost its write"
+        );
+    }
+    // No write waited for its session's eviction, and most did not wait
+    // for a revocation to give up on the kernel's pages.
+    waits.sort();
+    let (median, slowest) = (waits[waits.len() / 2], waits[waits.len() - 1]);
+    assert!(slowest < REVOKE_TIMEOUT / 4, "a write waited {slowest:?}");
+    assert!(
+        median < STUCK_PAGE_DROP,
+        "half the writes waited {median:?}"
+    );
 }

@@ -37,7 +37,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::vfs::Vfs;
+use crate::vfs::{HeldPages, Vfs};
 use convert::{caller_of, errno, file_attr, file_type, ino, set_time};
 
 /// How long the kernel may trust an attribute or a directory entry (the
@@ -104,8 +104,17 @@ pub fn mount(
         &config,
     )?;
     let notifier = session.notifier();
-    vfs.set_invalidator(Box::new(move |ino| {
-        if let Err(error) = notifier.inval_inode(INodeNo(ino.0), 0, 0) {
+    vfs.set_invalidator(Box::new(move |ino, bytes| {
+        if bytes.is_empty() {
+            return;
+        }
+        // The kernel reads a length of 0 as "to the end of the file".
+        let len = match bytes.end {
+            u64::MAX => 0,
+            end => i64::try_from(end - bytes.start).unwrap_or(0),
+        };
+        let offset = i64::try_from(bytes.start).unwrap_or(i64::MAX);
+        if let Err(error) = notifier.inval_inode(INodeNo(ino.0), offset, len) {
             tracing::debug!(%error, ino = ino.0, "the kernel kept no pages to drop");
         }
     }));
@@ -495,7 +504,7 @@ impl Filesystem for AspenFuse {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -504,9 +513,16 @@ impl Filesystem for AspenFuse {
         if let Some(result) = self.answer_here(|vfs| vfs.write_now(&caller, fh.0, offset, data)) {
             return reply_written(reply, result);
         }
+        // A write-back of a shared mapping's dirty pages keeps them all
+        // under write-back until answered; a write(2) only its last page.
+        let held = if write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
+            HeldPages::All
+        } else {
+            HeldPages::Last
+        };
         let data = data.to_vec();
         self.spawn(|vfs| async move {
-            reply_written(reply, vfs.write(&caller, fh.0, offset, &data).await)
+            reply_written(reply, vfs.write(&caller, fh.0, offset, &data, held).await)
         });
     }
 

@@ -14,6 +14,7 @@ use aspen_proto::fs::{Caller, Timestamp};
 use aspen_proto::{Errno, InodeId};
 
 use super::files::{Report, WRITEBACK_INTERVAL};
+use super::waiting;
 use super::{Vfs, lock};
 
 /// How often unused caps are given back when the cache is over its size.
@@ -135,7 +136,7 @@ impl Vfs {
             self.drain_writes(revoke.ino).await;
         }
         if held.is_some() && revoke.to.is_none() {
-            self.invalidate_data(revoke.ino).await;
+            self.drop_pages_for_revoke(revoke.ino).await;
         }
         // From the last write-back to the cap's change no write may start:
         // one that did would be missing from the size the ack carries.
@@ -206,21 +207,32 @@ impl Vfs {
 
     /// Makes the kernel drop its cached pages and attributes of `ino`.
     pub(super) async fn invalidate_data(&self, ino: InodeId) {
-        let Some(vfs) = self.me.upgrade() else { return };
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Some(invalidate) = vfs.invalidator.get() {
-                invalidate(ino);
-            }
-        })
-        .await;
+        let drop_range = self.drop_range(ino);
+        let _ = tokio::task::spawn_blocking(move || drop_range(0..u64::MAX)).await;
     }
 
     /// [`Vfs::invalidate_data`] in the background, for a cap dropped
     /// where no one waits.
     pub(super) fn invalidate_later(&self, ino: InodeId) {
-        if let Some(vfs) = self.me.upgrade() {
-            tokio::spawn(async move { vfs.invalidate_data(ino).await });
-        }
+        let drop_range = self.drop_range(ino);
+        drop(tokio::task::spawn_blocking(move || drop_range(0..u64::MAX)));
+    }
+
+    /// Has the kernel drop `ino`'s pages for a revocation, but for those
+    /// this client's writes waiting for a cap hold ([`waiting::drop_pages`]).
+    async fn drop_pages_for_revoke(&self, ino: InodeId) {
+        waiting::drop_pages(&self.waiting_writes, ino, &self.drop_range(ino)).await;
+    }
+
+    /// Has the kernel drop its attributes of `ino` and its pages over a
+    /// range of bytes (blocking while it waits for locked pages).
+    fn drop_range(&self, ino: InodeId) -> waiting::DropRange {
+        let vfs = self.me.clone();
+        Arc::new(move |range| {
+            if let Some(invalidate) = vfs.upgrade().as_ref().and_then(|vfs| vfs.invalidator.get()) {
+                invalidate(ino, range);
+            }
+        })
     }
 
     /// Gives back the caps of the least recently used inodes beyond the

@@ -27,6 +27,7 @@ use aspen_proto::mds::{HandleId, NsOp, NsReply};
 use aspen_proto::{Errno, InodeId};
 use tokio::sync::{Notify, OwnedRwLockWriteGuard, RwLock, Semaphore};
 
+use super::waiting::HeldPages;
 use super::{Vfs, attr_reply, lock};
 use crate::data::{self, FileObjects};
 use crate::writeback::{DirtyExtents, SendingExtents};
@@ -569,6 +570,7 @@ impl Vfs {
         fh: u64,
         offset: u64,
         bytes: &[u8],
+        held: HeldPages,
     ) -> Result<u32, Errno> {
         let (file, io) = self.open_file(fh)?;
         if !file.writable() {
@@ -577,6 +579,12 @@ impl Vfs {
         // A failed write-back (ENOSPC, EIO) stops the writer at once.
         Vfs::take_error(&io)?;
         let direct = file.flags & open_flags::O_DIRECT != 0;
+        // The kernel may hold pages of this write while it waits for a cap
+        // (O_DIRECT has none).
+        let held = if direct { HeldPages::None } else { held };
+        let _waiting = self
+            .waiting_writes
+            .begin(file.ino, offset, bytes.len() as u64, held);
         loop {
             self.want(file.ino, CapMode::Exclusive).await?;
             let _writing = io.io.read().await;
@@ -990,7 +998,7 @@ impl Vfs {
             if bytes.is_empty() {
                 break;
             }
-            self.write(caller, fh_out, offset_out + copied, &bytes)
+            self.write(caller, fh_out, offset_out + copied, &bytes, HeldPages::None)
                 .await?;
             copied += bytes.len() as u64;
         }

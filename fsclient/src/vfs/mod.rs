@@ -20,8 +20,10 @@ mod reports;
 mod send_queue;
 mod turns;
 mod unlinks;
+mod waiting;
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
@@ -37,6 +39,7 @@ use crate::session::{Session, unexpected};
 use files::{Files, WriteBack};
 
 pub use files::{COPY_CHUNK, MAX_DIRTY_BYTES, WRITEBACK_CHUNK, WRITEBACK_INTERVAL};
+pub use waiting::{HeldPages, PAGE_DROP_PATIENCE, STUCK_PAGE_DROP};
 
 /// How many entries one readdir asks the MDS for.
 pub const READDIR_BATCH: u32 = 256;
@@ -45,9 +48,11 @@ pub const READDIR_BATCH: u32 = 256;
 /// capabilities), answered from the cache when a cap covers its absence.
 const FILE_CAPS_XATTR: &[u8] = b"security.capability";
 
-/// Drops the kernel's cached data of an inode (the frontend's part of
-/// giving up a cap).
-pub type Invalidator = Box<dyn Fn(InodeId) + Send + Sync>;
+/// Drops the kernel's cached attributes of an inode and its cached pages
+/// over a range of bytes (to the end of the file when the range ends at
+/// `u64::MAX`; nothing for an empty range): the frontend's part of giving
+/// up a cap.
+pub type Invalidator = Box<dyn Fn(InodeId, Range<u64>) + Send + Sync>;
 
 /// The filesystem as one client sees it.
 pub struct Vfs {
@@ -73,6 +78,8 @@ pub struct Vfs {
     report_turns: turns::InodeTurns,
     /// Held by a revocation from the cap's change to its ack's answer.
     ack_turns: turns::InodeTurns,
+    /// Writes waiting for an Exclusive cap (pages a revocation leaves).
+    waiting_writes: waiting::WaitingWrites,
     /// Reports waiting to go to the MDS together.
     reports: reports::ReportQueue,
     behind: behind::BehindQueue,
@@ -115,6 +122,7 @@ impl Vfs {
             local: local::LocalOps::default(),
             report_turns: turns::InodeTurns::default(),
             ack_turns: turns::InodeTurns::default(),
+            waiting_writes: waiting::WaitingWrites::new(waiting::page_size()),
             reports: reports::ReportQueue::default(),
             behind: behind::BehindQueue::default(),
         });
@@ -157,17 +165,21 @@ impl Vfs {
         self.cache().attr(attr.ino).unwrap_or(attr)
     }
 
+    /// Whether this session holds at least `mode` on `ino`.
+    fn holds(&self, ino: InodeId, mode: CapMode) -> bool {
+        self.cache().cap(ino).is_some_and(|held| held.mode >= mode)
+    }
+
     /// Makes sure this session holds at least `mode` on `ino`. Asked only
     /// once this client's ack of `ino` on its way (if any) is answered: a
     /// request that overtook it would be granted with the size from
     /// before the writes it carries.
     async fn want(&self, ino: InodeId, mode: CapMode) -> Result<(), Errno> {
-        let holds = || self.cache().cap(ino).is_some_and(|held| held.mode >= mode);
-        if holds() {
+        if self.holds(ino, mode) {
             return Ok(());
         }
         self.ack_turns.wait_free(ino).await;
-        if holds() {
+        if self.holds(ino, mode) {
             return Ok(());
         }
         let op = match mode {
