@@ -12,6 +12,8 @@
 //! - O_APPEND from both mounts loses no byte;
 //! - both mounts reading and writing one file at once go on without
 //!   waiting for each other (neither waits to be evicted);
+//! - pages B reads while its cap is being revoked do not outlive the
+//!   revocation (B reads A's overwrite once it has returned);
 //! - the size and mtime B sees right after A's close are A's, by path and
 //!   through a file B holds open (whose attributes B's kernel keeps);
 //! - kill -9 of A while it holds an Exclusive cap with unwritten data: B
@@ -630,4 +632,48 @@ fn both_mounts_reading_and_writing_one_file_at_once_never_stall() {
         median < STUCK_PAGE_DROP,
         "half the writes waited {median:?}"
     );
+}
+
+/// B reads a file without pause while A overwrites it (same size): each
+/// of A's writes makes B's revocation drop B's pages while B's reads go
+/// on. A page B read during the revocation must not outlive it: once A's
+/// write has returned, B reads A's bytes.
+#[test]
+fn pages_read_while_a_revocation_drops_them_do_not_outlive_it() {
+    const ROUNDS: u8 = 40;
+    const LEN: usize = 256 * 1024;
+    let cluster = TwoMounts::start();
+    let [a, b] = &cluster.mounts;
+    std::fs::write(a.join("hot"), vec![0u8; LEN]).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let path = b.join("hot");
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let file = File::open(path).unwrap();
+            let mut bytes = vec![0u8; LEN];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                file.read_exact_at(&mut bytes, 0).unwrap();
+            }
+        })
+    };
+    let writer = OpenOptions::new().write(true).open(a.join("hot")).unwrap();
+    let on_b = File::open(b.join("hot")).unwrap();
+    for round in 1..=ROUNDS {
+        use std::os::unix::fs::FileExt;
+        writer.write_all_at(&vec![round; LEN], 0).unwrap();
+        let mut bytes = vec![0u8; LEN];
+        on_b.read_exact_at(&mut bytes, 0).unwrap();
+        if let Some(at) = bytes.iter().position(|&c| c != round) {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            panic!(
+                "round {round}: B reads byte {at} (page {}) as {} after A's write returned",
+                at / 4096,
+                bytes[at]
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
 }

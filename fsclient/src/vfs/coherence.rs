@@ -122,13 +122,15 @@ impl Vfs {
     /// acknowledgement with the size and mtime written here. Until then,
     /// reads and writes in flight finish under the old cap (whoever waits
     /// for it is held back by the MDS). The cap goes before the ack is
-    /// sent. Until the ack is answered, the inode's ack turn is held (a
-    /// `Want` or `GetAttr` of this client's waits for it) and, when the ack
-    /// carries this client's writes, the cache shows no cap or attributes
-    /// of it: the MDS may answer a request that overtook the ack with the
-    /// size from before it.
+    /// sent. From the start until the ack is answered, the inode's ack
+    /// turn is held: a `Want` or `GetAttr` of this client's, and a read
+    /// that arrives meanwhile, wait for it (a page read meanwhile could
+    /// outlive the page drop). And when the ack carries this client's
+    /// writes, the cache shows no cap or attributes of it: the MDS may
+    /// answer a request that overtook the ack with the size from before it.
     async fn carry_out(&self, revoke: Revoke) {
         let revoking = self.cache().begin_revoke(&revoke);
+        let acking = self.ack_turns.take(revoke.ino).await;
         let held = revoking.held;
         let was_exclusive = held.is_some_and(|held| held.mode == CapMode::Exclusive)
             && revoke.to != Some(CapMode::Exclusive);
@@ -156,7 +158,6 @@ impl Vfs {
         };
         // Opens made under the cap keep the file once it goes.
         let pin = held.is_some() && revoke.to.is_none() && self.needs_pin(revoke.ino);
-        let acking = self.ack_turns.take(revoke.ino).await;
         let acking_writes = self.cache().finish_revoke(revoking);
         let flushed = unreported.as_ref().map(|written| Flushed {
             size: written.size,
@@ -221,7 +222,7 @@ impl Vfs {
     /// Has the kernel drop `ino`'s pages for a revocation, but for those
     /// this client's writes waiting for a cap hold ([`waiting::drop_pages`]).
     async fn drop_pages_for_revoke(&self, ino: InodeId) {
-        waiting::drop_pages(&self.waiting_writes, ino, &self.drop_range(ino)).await;
+        waiting::drop_pages(&self.waiting_requests, ino, &self.drop_range(ino)).await;
     }
 
     /// Has the kernel drop its attributes of `ino` and its pages over a

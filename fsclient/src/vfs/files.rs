@@ -506,23 +506,40 @@ impl Vfs {
         Ok(reply)
     }
 
-    /// Makes sure reads of `ino` may go on: a cap is held, or one is being
-    /// revoked (its holder still knows the file as it is).
-    async fn readable(&self, ino: InodeId) -> Result<(), Errno> {
-        let covered = {
-            let cache = self.cache();
-            cache.cap(ino).is_some() || cache.revoking(ino)
-        };
-        if covered {
-            return Ok(());
+    /// Makes sure reads of `ino` may go on under a cap, for a request for
+    /// which the kernel holds `held` pages from `offset` for `len` bytes.
+    /// While a revocation of the cap is carried out, the read waits for
+    /// it and for a new cap: a page it filled meanwhile could be kept by
+    /// the kernel past the revocation's page drop, with the bytes from
+    /// before the write the revocation makes way for.
+    async fn readable(
+        &self,
+        ino: InodeId,
+        held: HeldPages,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), Errno> {
+        loop {
+            let (capped, revoking) = {
+                let cache = self.cache();
+                (cache.cap(ino).is_some(), cache.revoking(ino))
+            };
+            if capped && !revoking {
+                return Ok(());
+            }
+            let _waiting = self.waiting_requests.begin(ino, offset, len, held);
+            self.ack_turns.wait_free(ino).await;
+            // A revocation that had not yet taken the turn leaves the old
+            // cap showing: the loop waits for it then.
+            self.want(ino, CapMode::Shared).await?;
         }
-        self.want(ino, CapMode::Shared).await
     }
 
     pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Vec<u8>, Errno> {
         let (file, io) = self.open_file(fh)?;
         loop {
-            self.readable(file.ino).await?;
+            self.readable(file.ino, HeldPages::All, offset, u64::from(len))
+                .await?;
             let _reading = io.io.read().await;
             let Some(attr) = self.cache().attr(file.ino) else {
                 continue;
@@ -583,7 +600,7 @@ impl Vfs {
         // (O_DIRECT has none).
         let held = if direct { HeldPages::None } else { held };
         let _waiting = self
-            .waiting_writes
+            .waiting_requests
             .begin(file.ino, offset, bytes.len() as u64, held);
         loop {
             self.want(file.ino, CapMode::Exclusive).await?;
@@ -977,7 +994,7 @@ impl Vfs {
     /// SEEK_DATA and SEEK_HOLE.
     pub async fn lseek(&self, fh: u64, offset: u64, whence: i32) -> Result<u64, Errno> {
         let (file, io) = self.open_file(fh)?;
-        self.readable(file.ino).await?;
+        self.readable(file.ino, HeldPages::None, offset, 0).await?;
         self.flush_data(file.ino).await?;
         let size = self.cache().attr(file.ino).map_or(0, |attr| attr.size);
         self.data.seek(io.file, offset, size, whence).await

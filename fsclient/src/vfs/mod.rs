@@ -79,7 +79,7 @@ pub struct Vfs {
     /// Held by a revocation from the cap's change to its ack's answer.
     ack_turns: turns::InodeTurns,
     /// Writes waiting for an Exclusive cap (pages a revocation leaves).
-    waiting_writes: waiting::WaitingWrites,
+    waiting_requests: waiting::WaitingRequests,
     /// Reports waiting to go to the MDS together.
     reports: reports::ReportQueue,
     behind: behind::BehindQueue,
@@ -122,7 +122,7 @@ impl Vfs {
             local: local::LocalOps::default(),
             report_turns: turns::InodeTurns::default(),
             ack_turns: turns::InodeTurns::default(),
-            waiting_writes: waiting::WaitingWrites::new(waiting::page_size()),
+            waiting_requests: waiting::WaitingRequests::new(waiting::page_size()),
             reports: reports::ReportQueue::default(),
             behind: behind::BehindQueue::default(),
         });

@@ -1,21 +1,22 @@
-//! This client's writes waiting for an Exclusive cap, by inode, and the
-//! order in which a revocation has the kernel drop a file's pages while
-//! they wait.
+//! This client's reads and writes that wait for a cap while the kernel
+//! holds pages for them, by inode, and the order in which a revocation has
+//! the kernel drop a file's pages while they wait.
 //!
 //! A write through the page cache (FUSE without its write-back cache)
 //! copies its bytes into the cached pages and keeps the last page it fills
 //! only in part locked until the daemon answers, when that page was not
-//! cached before (a page that was is unlocked at once). Dropping a range of
-//! pages waits for each locked one. So a revocation that dropped all of a
-//! file's pages waited for this client's own write, and that write waits
-//! for a cap the MDS grants only once the revocation is answered: two
-//! mounts that held Shared and wrote one file at once each waited for the
-//! other until both were evicted. A revocation therefore drops every page
-//! but the last one of each waiting write first, and then those: a locked
-//! one holds no cached data (it was not cached, and the write fills it
-//! only in part), so the revocation need not wait for it. The write-back
-//! of a shared mapping's dirty pages holds every page it covers (under
-//! write-back, which dropping them waits for too) and is kept apart alike.
+//! cached before (a page that was is unlocked at once); the write-back of
+//! a shared mapping's dirty pages keeps all of them under write-back; a
+//! read keeps the pages it fills locked. Dropping a range of pages waits
+//! for each such page. So a revocation that dropped all of a file's pages
+//! waited for this client's own write, and that write waits for a cap the
+//! MDS grants only once the revocation is answered: two mounts that held
+//! Shared and wrote one file at once each waited for the other until both
+//! were evicted. A revocation therefore drops every page but those of the
+//! waiting requests first, and then those, on threads of their own and
+//! without waiting long: a page held for a request holds no cached data
+//! the request does not replace (a write's locked page was not cached and
+//! is filled only in part; a read's is being filled, under the new cap).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -41,12 +42,13 @@ pub const STUCK_PAGE_DROP: Duration = Duration::from_secs(1);
 /// Which pages of a write the kernel holds until the write is answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeldPages {
-    /// None: `O_DIRECT`, or a write the client makes itself (the copy of
-    /// `copy_file_range`).
+    /// None: `O_DIRECT`, a write the client makes itself (the copy of
+    /// `copy_file_range`), a seek.
     None,
     /// A `write(2)` through the page cache: at most its last page.
     Last,
-    /// The write-back of a shared mapping's dirty pages: all it covers.
+    /// A read, or the write-back of a shared mapping's dirty pages: all it
+    /// covers.
     All,
 }
 
@@ -63,11 +65,11 @@ pub(super) struct DropPlan {
     pub(super) others: Vec<Range<u64>>,
     pub(super) written: Vec<Range<u64>>,
     /// The first id of a write that began after the plan was made.
-    pub(super) later_writes: u64,
+    pub(super) later_requests: u64,
 }
 
 /// The writes waiting for a cap; an inode's entry only while one waits.
-pub(super) struct WaitingWrites {
+pub(super) struct WaitingRequests {
     page_size: u64,
     writes: Mutex<Waiting>,
 }
@@ -84,14 +86,14 @@ struct Registered {
     pages: Range<u64>,
 }
 
-/// A write noted in [`WaitingWrites`], until dropped.
-pub(super) struct WaitingWrite<'a> {
-    writes: &'a WaitingWrites,
+/// A write noted in [`WaitingRequests`], until dropped.
+pub(super) struct WaitingRequest<'a> {
+    writes: &'a WaitingRequests,
     ino: InodeId,
     id: u64,
 }
 
-impl Drop for WaitingWrite<'_> {
+impl Drop for WaitingRequest<'_> {
     fn drop(&mut self) {
         let mut writes = lock(&self.writes.writes);
         let Some(waiting) = writes.by_inode.get_mut(&self.ino) else {
@@ -114,9 +116,9 @@ pub(super) fn page_size() -> u64 {
         .unwrap_or(USUAL)
 }
 
-impl WaitingWrites {
-    pub(super) fn new(page_size: u64) -> WaitingWrites {
-        WaitingWrites {
+impl WaitingRequests {
+    pub(super) fn new(page_size: u64) -> WaitingRequests {
+        WaitingRequests {
             page_size: page_size.max(1),
             writes: Mutex::new(Waiting::default()),
         }
@@ -130,7 +132,7 @@ impl WaitingWrites {
         offset: u64,
         len: u64,
         held: HeldPages,
-    ) -> Option<WaitingWrite<'_>> {
+    ) -> Option<WaitingRequest<'_>> {
         let last_page = offset.saturating_add(len.max(1) - 1) / self.page_size;
         let first_page = match held {
             HeldPages::None => return None,
@@ -144,7 +146,7 @@ impl WaitingWrites {
             id,
             pages: first_page..last_page.saturating_add(1),
         });
-        Some(WaitingWrite {
+        Some(WaitingRequest {
             writes: self,
             ino,
             id,
@@ -187,7 +189,7 @@ impl WaitingWrites {
         DropPlan {
             others,
             written,
-            later_writes: writes.next_id,
+            later_requests: writes.next_id,
         }
     }
 
@@ -204,12 +206,12 @@ impl WaitingWrites {
 /// waiting while the other pages go may hold one of them: they are
 /// dropped again around its pages. After [`STUCK_PAGE_DROP`] with a write
 /// waiting, the revocation goes on and the kernel drops the rest later.
-pub(super) async fn drop_pages(writes: &WaitingWrites, ino: InodeId, drop_range: &DropRange) {
+pub(super) async fn drop_pages(writes: &WaitingRequests, ino: InodeId, drop_range: &DropRange) {
     let began = Instant::now();
     let mut plan = writes.drop_plan(ino);
     let mut others = Dropping::start(drop_range, plan.others.clone());
     while !others.finish_within(PAGE_DROP_PATIENCE).await {
-        if writes.waits_since(ino, plan.later_writes) {
+        if writes.waits_since(ino, plan.later_requests) {
             tracing::debug!(
                 ino = ino.0,
                 "a write began waiting: dropping the pages around it"
@@ -278,14 +280,14 @@ mod tests {
     const PAGE: u64 = 4096;
     const INO: InodeId = InodeId(7);
 
-    fn plan(writes: &WaitingWrites) -> (Vec<Range<u64>>, Vec<Range<u64>>) {
+    fn plan(writes: &WaitingRequests) -> (Vec<Range<u64>>, Vec<Range<u64>>) {
         let plan = writes.drop_plan(INO);
         (plan.others, plan.written)
     }
 
     #[test]
     fn with_no_write_waiting_every_page_goes_at_once() {
-        let writes = WaitingWrites::new(PAGE);
+        let writes = WaitingRequests::new(PAGE);
         assert_eq!(plan(&writes), (vec![0..u64::MAX], vec![]));
         assert!(writes.begin(INO, 0, 10, HeldPages::None).is_none());
         assert_eq!(plan(&writes), (vec![0..u64::MAX], vec![]));
@@ -293,7 +295,7 @@ mod tests {
 
     #[test]
     fn the_last_page_of_each_waiting_write_goes_after_the_others() {
-        let writes = WaitingWrites::new(PAGE);
+        let writes = WaitingRequests::new(PAGE);
         // Bytes 100..612 (page 0), 8192..12300 (pages 2 and 3: the last
         // is 3), another write ending on page 3, and one to another file.
         let first = writes.begin(INO, 100, 512, HeldPages::Last);
@@ -323,7 +325,7 @@ mod tests {
 
     #[test]
     fn a_mappings_write_back_keeps_every_page_it_covers_for_last() {
-        let writes = WaitingWrites::new(PAGE);
+        let writes = WaitingRequests::new(PAGE);
         // Pages 1 to 3, and then page 4 (the last of a write from page 2),
         // next to them; then page 6 on its own.
         let _mapped = writes.begin(INO, PAGE, 3 * PAGE, HeldPages::All);
@@ -340,20 +342,20 @@ mod tests {
 
     #[test]
     fn only_writes_begun_after_a_plan_count_as_later() {
-        let writes = WaitingWrites::new(PAGE);
+        let writes = WaitingRequests::new(PAGE);
         let _before = writes.begin(INO, 0, 10, HeldPages::Last);
         let plan = writes.drop_plan(INO);
-        assert!(!writes.waits_since(INO, plan.later_writes));
+        assert!(!writes.waits_since(INO, plan.later_requests));
         let after = writes.begin(INO, PAGE, 10, HeldPages::Last);
-        assert!(writes.waits_since(INO, plan.later_writes));
-        assert!(!writes.waits_since(InodeId(8), plan.later_writes));
+        assert!(writes.waits_since(INO, plan.later_requests));
+        assert!(!writes.waits_since(InodeId(8), plan.later_requests));
         drop(after);
-        assert!(!writes.waits_since(INO, plan.later_writes));
+        assert!(!writes.waits_since(INO, plan.later_requests));
     }
 
     #[test]
     fn an_empty_write_and_one_at_the_end_of_the_offsets_do_not_overflow() {
-        let writes = WaitingWrites::new(PAGE);
+        let writes = WaitingRequests::new(PAGE);
         let _empty = writes.begin(INO, 5 * PAGE, 0, HeldPages::Last);
         let _last = writes.begin(INO, u64::MAX - 1, 100, HeldPages::All);
         let (others, written) = plan(&writes);
@@ -431,15 +433,15 @@ mod tests {
 
     #[tokio::test]
     async fn with_nothing_locked_every_page_goes_before_the_revocation_goes_on() {
-        let writes = WaitingWrites::new(PAGE);
+        let writes = WaitingRequests::new(PAGE);
         let cache = FakeCache::locking(&[]);
         drop_pages(&writes, INO, &cache.drop_range()).await;
         assert_eq!(cache.cached(), Vec::<u64>::new());
     }
 
     #[tokio::test]
-    async fn a_waiting_writes_locked_page_does_not_hold_back_the_revocation() {
-        let writes = WaitingWrites::new(PAGE);
+    async fn a_waiting_requests_locked_page_does_not_hold_back_the_revocation() {
+        let writes = WaitingRequests::new(PAGE);
         // Page 3 locked for its write; page 9 of another waiting write is
         // not (it was cached before), so it goes before the ack.
         let _locking = writes.begin(INO, 3 * PAGE + 10, 100, HeldPages::Last);
@@ -454,7 +456,7 @@ mod tests {
 
     #[tokio::test]
     async fn pages_past_a_write_that_began_meanwhile_go_before_the_revocation_goes_on() {
-        let writes = Arc::new(WaitingWrites::new(PAGE));
+        let writes = Arc::new(WaitingRequests::new(PAGE));
         // Page 5 is locked by a write the client has not noted yet.
         let cache = FakeCache::locking(&[5]);
         let _unlock = cache.unlocked_at_end();
@@ -473,7 +475,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_page_locked_by_no_waiting_write_is_waited_for() {
-        let writes = WaitingWrites::new(PAGE);
+        let writes = WaitingRequests::new(PAGE);
         let cache = FakeCache::locking(&[2]);
         let _unlock = cache.unlocked_at_end();
         let unlocker = cache.clone();
