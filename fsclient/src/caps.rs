@@ -42,6 +42,13 @@ pub struct Revoking {
     counted: bool,
 }
 
+impl Revoking {
+    /// Whether it takes a held cap away: the kernel's pages go with it.
+    pub fn drops_pages(&self) -> bool {
+        self.held.is_some() && self.revoke.to.is_none()
+    }
+}
+
 /// Writes made under Exclusive that the MDS has not heard of yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unreported {
@@ -75,6 +82,8 @@ struct Cached {
     dir: DirCache,
     /// Set while a revocation is being carried out.
     revoking: usize,
+    /// Set while one that takes the cap away (the kernel's pages go) is.
+    dropping: usize,
     /// Acks on their way that carry this client's writes. Until they are
     /// answered the MDS may answer (and grant) with the size from before
     /// them, so neither a cap nor the attributes answer here.
@@ -96,6 +105,7 @@ impl Cached {
             unreported: None,
             dir: DirCache::default(),
             revoking: 0,
+            dropping: 0,
             acking: 0,
             used,
             no_file_caps: false,
@@ -223,6 +233,12 @@ impl CapCache {
     /// Whether a revocation of `ino` is being carried out.
     pub fn revoking(&self, ino: InodeId) -> bool {
         self.inodes.get(&ino).is_some_and(|c| c.revoking > 0)
+    }
+
+    /// Whether a revocation that takes the cap on `ino` away (and so has
+    /// the kernel drop its pages) is being carried out.
+    pub fn dropping_pages(&self, ino: InodeId) -> bool {
+        self.inodes.get(&ino).is_some_and(|c| c.dropping > 0)
     }
 
     /// The attributes of `ino`, if a cap covers them (with unreported
@@ -490,12 +506,14 @@ impl CapCache {
             };
         };
         tracing::debug!(?revoke, cap = ?cached.cap, "begins a revocation");
-        cached.revoking += 1;
-        Revoking {
+        let revoking = Revoking {
             revoke: *revoke,
             held: cached.cap.filter(|held| held.seq <= revoke.seq),
             counted: true,
-        }
+        };
+        cached.revoking += 1;
+        cached.dropping += usize::from(revoking.drops_pages());
+        revoking
     }
 
     /// Holds `revoke` against grants it covers, whether or not their
@@ -529,6 +547,9 @@ impl CapCache {
         };
         if revoking.counted {
             cached.revoking = cached.revoking.saturating_sub(1);
+            cached.dropping = cached
+                .dropping
+                .saturating_sub(usize::from(revoking.drops_pages()));
         }
         if let Some(held) = cached.cap
             && held.seq <= revoke.seq

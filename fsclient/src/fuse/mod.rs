@@ -54,6 +54,11 @@ pub const MAX_WRITE: u32 = 1 << 20;
 pub const READAHEAD_BYTES: u64 = 4 << 20;
 /// Kernel threads reading requests (the work itself runs on tokio).
 pub const READER_THREADS: usize = 2;
+/// Requests the kernel keeps in flight in the background (reads ahead),
+/// above its default of 16: reads that wait for a cap during a revocation
+/// hold theirs, and one the kernel queues beyond the limit holds its
+/// pages locked where the client cannot see them (`vfs::waiting`).
+pub const MAX_BACKGROUND: u16 = 64;
 
 /// How to mount.
 #[derive(Clone, Debug, Default)]
@@ -273,6 +278,7 @@ fn fopen_flags(flags: u32) -> FopenFlags {
 impl Filesystem for AspenFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_background(MAX_BACKGROUND);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         // fcntl and flock locks go to the MDS, so they hold across clients.
         // The kernel sends a flock as a lock on the whole file whose owner

@@ -122,22 +122,27 @@ impl Vfs {
     /// acknowledgement with the size and mtime written here. Until then,
     /// reads and writes in flight finish under the old cap (whoever waits
     /// for it is held back by the MDS). The cap goes before the ack is
-    /// sent. From the start until the ack is answered, the inode's ack
-    /// turn is held: a `Want` or `GetAttr` of this client's, and a read
-    /// that arrives meanwhile, wait for it (a page read meanwhile could
-    /// outlive the page drop). And when the ack carries this client's
-    /// writes, the cache shows no cap or attributes of it: the MDS may
-    /// answer a request that overtook the ack with the size from before it.
+    /// sent. Until the ack is answered the inode's ack turn is held (a
+    /// `Want` or `GetAttr` of this client's waits for it), from the start
+    /// when the kernel's pages go (a read arriving meanwhile waits for it
+    /// too: its page could outlive the page drop). And when the ack
+    /// carries this client's writes, the cache shows no cap or attributes
+    /// of it: the MDS may answer a request that overtook the ack with the
+    /// size from before it.
     async fn carry_out(&self, revoke: Revoke) {
         let revoking = self.cache().begin_revoke(&revoke);
-        let acking = self.ack_turns.take(revoke.ino).await;
+        let drops_pages = revoking.drops_pages();
+        let mut acking = match drops_pages {
+            true => Some(self.ack_turns.take(revoke.ino).await),
+            false => None,
+        };
         let held = revoking.held;
         let was_exclusive = held.is_some_and(|held| held.mode == CapMode::Exclusive)
             && revoke.to != Some(CapMode::Exclusive);
         if was_exclusive {
             self.drain_writes(revoke.ino).await;
         }
-        if held.is_some() && revoke.to.is_none() {
+        if drops_pages {
             self.drop_pages_for_revoke(revoke.ino).await;
         }
         // From the last write-back to the cap's change no write may start:
@@ -157,7 +162,10 @@ impl Vfs {
             None
         };
         // Opens made under the cap keep the file once it goes.
-        let pin = held.is_some() && revoke.to.is_none() && self.needs_pin(revoke.ino);
+        let pin = drops_pages && self.needs_pin(revoke.ino);
+        if acking.is_none() {
+            acking = Some(self.ack_turns.take(revoke.ino).await);
+        }
         let acking_writes = self.cache().finish_revoke(revoking);
         let flushed = unreported.as_ref().map(|written| Flushed {
             size: written.size,

@@ -481,12 +481,16 @@ impl Vfs {
         op: NsOp,
     ) -> Result<aspen_proto::caps::CapReply, Errno> {
         // The old size known here must be the file's.
-        let _cutting = self.alone_under_exclusive(ino).await?;
+        let cutting = self.alone_under_exclusive(ino).await?;
         let _turn = self.flush_and_report_in_turn(ino).await?;
         let cached = self.cache().attr(ino);
-        let old_size = match cached {
-            Some(attr) => attr.size,
-            None => self.getattr(ino).await?.size,
+        let old_size = match (cached, &cutting) {
+            (Some(attr), _) => attr.size,
+            // With the file's I/O held under Exclusive, the attributes go
+            // only with the session; and asking (after the inode's ack
+            // turn) could wait for a revocation that waits for this I/O.
+            (None, Some(_)) => return Err(Errno::EIO),
+            (None, None) => self.getattr(ino).await?.size,
         };
         let reply = self.mutate(caller, op).await?;
         let attr = attr_reply(&reply)?;
@@ -508,10 +512,10 @@ impl Vfs {
 
     /// Makes sure reads of `ino` may go on under a cap, for a request for
     /// which the kernel holds `held` pages from `offset` for `len` bytes.
-    /// While a revocation of the cap is carried out, the read waits for
-    /// it and for a new cap: a page it filled meanwhile could be kept by
-    /// the kernel past the revocation's page drop, with the bytes from
-    /// before the write the revocation makes way for.
+    /// While a revocation that takes the cap away is carried out, the read
+    /// waits for it and for a new cap: a page it filled meanwhile could be
+    /// kept by the kernel past the revocation's page drop, with the bytes
+    /// from before the write the revocation makes way for.
     async fn readable(
         &self,
         ino: InodeId,
@@ -520,11 +524,11 @@ impl Vfs {
         len: u64,
     ) -> Result<(), Errno> {
         loop {
-            let (capped, revoking) = {
+            let (capped, dropping) = {
                 let cache = self.cache();
-                (cache.cap(ino).is_some(), cache.revoking(ino))
+                (cache.cap(ino).is_some(), cache.dropping_pages(ino))
             };
-            if capped && !revoking {
+            if capped && !dropping {
                 return Ok(());
             }
             let _waiting = self.waiting_requests.begin(ino, offset, len, held);
@@ -536,9 +540,20 @@ impl Vfs {
     }
 
     pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Vec<u8>, Errno> {
+        self.read_holding(fh, offset, len, HeldPages::All).await
+    }
+
+    /// [`Vfs::read`] for a request for which the kernel holds `held` pages.
+    async fn read_holding(
+        &self,
+        fh: u64,
+        offset: u64,
+        len: u32,
+        held: HeldPages,
+    ) -> Result<Vec<u8>, Errno> {
         let (file, io) = self.open_file(fh)?;
         loop {
-            self.readable(file.ino, HeldPages::All, offset, u64::from(len))
+            self.readable(file.ino, held, offset, u64::from(len))
                 .await?;
             let _reading = io.io.read().await;
             let Some(attr) = self.cache().attr(file.ino) else {
@@ -1011,7 +1026,9 @@ impl Vfs {
         let mut copied = 0;
         while copied < len {
             let chunk = (len - copied).min(COPY_CHUNK) as u32;
-            let bytes = self.read(fh_in, offset_in + copied, chunk).await?;
+            let bytes = self
+                .read_holding(fh_in, offset_in + copied, chunk, HeldPages::None)
+                .await?;
             if bytes.is_empty() {
                 break;
             }

@@ -9,11 +9,12 @@
 //! - Acknowledgements of revocations. A request for a cap that reached
 //!   the MDS before this client's ack of the same inode would be granted
 //!   with the size from before the ack (which carries this client's
-//!   writes). So a revocation holds the inode's ack turn from its start
-//!   to the ack's answer, and a `Want` or `GetAttr` waits for it (other
-//!   requests that grant, a lookup or an open, find the cache showing
-//!   neither cap nor attributes until then: `CapCache::acked`), as does a
-//!   read that arrives during the revocation.
+//!   writes). So a revocation holds the inode's ack turn from the cap's
+//!   change to the ack's answer (from its start when it takes the cap
+//!   away, as a read arriving meanwhile waits for it too), and a `Want` or
+//!   `GetAttr` waits for it (other requests that grant, a lookup or an
+//!   open, find the cache showing neither cap nor attributes until then:
+//!   `CapCache::acked`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
