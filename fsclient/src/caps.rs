@@ -77,7 +77,7 @@ struct Cached {
     cap: Option<HeldCap>,
     /// The newest revocation seen: grants up to its seq are cut down to
     /// its mode (a grant's answer can arrive after its revocation).
-    revoked: Option<(u64, Option<CapMode>)>,
+    revoked: Option<Revoked>,
     unreported: Option<Unreported>,
     dir: DirCache,
     /// Set while a revocation is being carried out.

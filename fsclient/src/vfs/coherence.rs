@@ -216,15 +216,19 @@ impl Vfs {
 
     /// Makes the kernel drop its cached pages and attributes of `ino`.
     pub(super) async fn invalidate_data(&self, ino: InodeId) {
-        let drop_range = self.drop_range(ino);
-        let _ = tokio::task::spawn_blocking(move || drop_range(0..u64::MAX)).await;
+        let _ = self.drop_everything(ino).await;
     }
 
     /// [`Vfs::invalidate_data`] in the background, for a cap dropped
     /// where no one waits.
     pub(super) fn invalidate_later(&self, ino: InodeId) {
+        drop(self.drop_everything(ino));
+    }
+
+    /// Has the kernel drop all it caches of `ino`, on a thread of its own.
+    fn drop_everything(&self, ino: InodeId) -> tokio::task::JoinHandle<()> {
         let drop_range = self.drop_range(ino);
-        drop(tokio::task::spawn_blocking(move || drop_range(0..u64::MAX)));
+        tokio::task::spawn_blocking(move || drop_range(0..u64::MAX))
     }
 
     /// Has the kernel drop `ino`'s pages for a revocation, but for those

@@ -60,7 +60,6 @@ pub(super) type DropRange = Arc<dyn Fn(Range<u64>) + Send + Sync>;
 /// The bytes of a file whose pages a revocation drops: first `others`
 /// (the last range runs to `u64::MAX`, so there is always one), then
 /// `written`, the pages waiting writes may hold.
-#[derive(Debug, PartialEq)]
 pub(super) struct DropPlan {
     pub(super) others: Vec<Range<u64>>,
     pub(super) written: Vec<Range<u64>>,
