@@ -14,6 +14,8 @@
 //!   waiting for each other (neither waits to be evicted);
 //! - pages B reads while its cap is being revoked do not outlive the
 //!   revocation (B reads A's overwrite once it has returned);
+//! - a reader on B and a writer on A that never pause both go on (each
+//!   read and write takes a cap the other held, and none waits long);
 //! - the size and mtime B sees right after A's close are A's, by path and
 //!   through a file B holds open (whose attributes B's kernel keeps);
 //! - kill -9 of A while it holds an Exclusive cap with unwritten data: B
@@ -694,4 +696,62 @@ fn pages_read_while_a_revocation_drops_them_do_not_outlive_it() {
     rounds.sort();
     let median = rounds[rounds.len() / 2];
     assert!(median < STUCK_PAGE_DROP, "half the rounds took {median:?}");
+}
+
+#[test]
+fn a_reader_and_a_writer_without_pause_on_two_mounts_both_go_on() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const LEN: u64 = 256 * 1024;
+    const RUN: Duration = Duration::from_secs(8);
+
+    /// The waits of `step`, run without pause until `stop` is set.
+    fn time_each(stop: &AtomicBool, mut step: impl FnMut(u64)) -> Vec<Duration> {
+        let mut waits = Vec::new();
+        let mut at = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let begun = Instant::now();
+            step(at);
+            waits.push(begun.elapsed());
+            at = (at + 12 * 1024) % LEN;
+        }
+        waits.sort();
+        waits
+    }
+
+    let cluster = TwoMounts::start();
+    let [a, b] = &cluster.mounts;
+    std::fs::write(a.join("hot"), vec![0u8; LEN as usize]).unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writer = {
+        let file = OpenOptions::new().write(true).open(a.join("hot")).unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            time_each(&stop, |at| file.write_all_at(&[7u8; 4096], at).unwrap())
+        })
+    };
+    let reader = {
+        let file = File::open(b.join("hot")).unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            time_each(&stop, |at| {
+                let mut bytes = [0u8; 4096];
+                file.read_exact_at(&mut bytes, at).unwrap();
+                assert!(bytes.iter().all(|&c| c == bytes[0]), "a torn 4 KiB read");
+            })
+        })
+    };
+    std::thread::sleep(RUN);
+    stop.store(true, Ordering::Relaxed);
+    for (name, waits) in [("B's reads", reader.join()), ("A's writes", writer.join())] {
+        let waits = waits.unwrap();
+        let (p99, max) = (waits[waits.len() * 99 / 100], waits[waits.len() - 1]);
+        eprintln!(
+            "{name}: {} in {RUN:?}, p99 {p99:?}, max {max:?}",
+            waits.len()
+        );
+        assert!(waits.len() >= 10, "{name}: only {} in {RUN:?}", waits.len());
+        assert!(p99 < STUCK_PAGE_DROP, "{name}: p99 {p99:?}");
+        assert!(max < REVOKE_TIMEOUT / 4, "{name}: one waited {max:?}");
+    }
 }
