@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -271,6 +272,14 @@ impl ChunkRead {
         self.read(0..len)
     }
 
+    /// Bytes `range` of the chunk, verified: against the chunk's id, or,
+    /// when its tree is stored, against the tree (itself checked against
+    /// the id), hashing only the pieces the range touches.
+    pub fn read(&self, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
+        self.read_if(range, Wait::ForDisk)?
+            .ok_or_else(|| StoreError::Io("a read that waits for the disk read nothing".into()))
+    }
+
     /// Whether the chunk's bytes are still to be read from a segment file
     /// (an inline chunk's came with its location).
     pub fn in_segment(&self) -> bool {
@@ -284,10 +293,9 @@ impl ChunkRead {
         }
     }
 
-    /// Bytes `range` of the chunk, verified: against the chunk's id, or,
-    /// when its tree is stored, against the tree (itself checked against
-    /// the id), hashing only the pieces the range touches.
-    pub fn read(self, range: std::ops::Range<usize>) -> Result<Vec<u8>, StoreError> {
+    /// [`ChunkRead::read`], or `None` if that would wait for the disk and
+    /// `wait` is [`Wait::ForNothing`].
+    pub fn read_if(&self, range: Range<usize>, wait: Wait) -> Result<Option<Vec<u8>>, StoreError> {
         if range.start > range.end || range.end > self.len() {
             return Err(StoreError::Corrupt(format!(
                 "an extent runs past chunk {}",
@@ -300,39 +308,52 @@ impl ChunkRead {
                 offset,
                 len,
                 tree: true,
-            } if tree::pieces(*len) > 0 => self.read_pieces(file, *offset, *len, range),
-            _ => self.read_whole(range),
+            } if tree::pieces(*len) > 0 => self.read_pieces(file, (*offset, *len), range, wait),
+            // A chunk of a segment written before trees is read and hashed
+            // whole, up to MAX_CHUNK bytes for a read of a few: work for a
+            // thread that may wait, not for one that must not.
+            ChunkSource::Segment { len, .. } if wait == Wait::ForNothing && *len > tree::PIECE => {
+                Ok(None)
+            }
+            _ => self.read_whole(range, wait),
         }
     }
 
-    fn read_whole(self, range: std::ops::Range<usize>) -> Result<Vec<u8>, StoreError> {
-        let bytes = match self.source {
-            ChunkSource::Inline(bytes) => bytes,
+    fn read_whole(&self, range: Range<usize>, wait: Wait) -> Result<Option<Vec<u8>>, StoreError> {
+        let bytes: Cow<'_, [u8]> = match &self.source {
+            ChunkSource::Inline(bytes) => Cow::Borrowed(bytes),
             ChunkSource::Segment {
                 file, offset, len, ..
-            } => read_at(&file, offset, len, &self.id)?,
+            } => match read_at(file, *offset, *len, &self.id, wait)? {
+                Some(bytes) => Cow::Owned(bytes),
+                None => return Ok(None),
+            },
         };
         if blake3::hash(&bytes).as_bytes() != &self.id {
             return Err(mismatch(&self.id));
         }
-        Ok(match range.len() == bytes.len() {
-            true => bytes,
+        Ok(Some(match range.len() == bytes.len() {
+            true => bytes.into_owned(),
             false => bytes[range].to_vec(),
-        })
+        }))
     }
 
+    /// The pieces `range` touches of the chunk at `offset` (`len` bytes)
+    /// in `file`, checked against its stored tree.
     fn read_pieces(
         &self,
         file: &File,
-        offset: u64,
-        len: usize,
-        range: std::ops::Range<usize>,
-    ) -> Result<Vec<u8>, StoreError> {
+        (offset, len): (u64, usize),
+        range: Range<usize>,
+        wait: Wait,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let tree_len = tree::tree_len(len) as u64;
         let tree_at = offset
             .checked_sub(tree_len)
             .ok_or_else(|| mismatch(&self.id))?;
-        let values = read_at(file, tree_at, tree_len as usize, &self.id)?;
+        let Some(values) = read_at(file, tree_at, tree_len as usize, &self.id, wait)? else {
+            return Ok(None);
+        };
         if tree::root(&values, len) != Some(self.id) {
             return Err(mismatch(&self.id));
         }
@@ -342,25 +363,67 @@ impl ChunkRead {
         let at = offset
             .checked_add(base as u64)
             .ok_or_else(|| mismatch(&self.id))?;
-        let mut bytes = read_at(file, at, end - base, &self.id)?;
+        let Some(mut bytes) = read_at(file, at, end - base, &self.id, wait)? else {
+            return Ok(None);
+        };
         if !tree::pieces_match(&values, first, &bytes) {
             return Err(mismatch(&self.id));
         }
         bytes.truncate(range.end - base);
         bytes.drain(..range.start - base);
-        Ok(bytes)
+        Ok(Some(bytes))
     }
+}
+
+/// Whether a read of a segment file may wait for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// It reads whatever it takes.
+    ForDisk,
+    /// It reads only bytes the page cache holds, and gives up otherwise.
+    ForNothing,
 }
 
 fn mismatch(id: &ChunkId) -> StoreError {
     StoreError::Corrupt(format!("chunk {} does not match its hash", hex(id)))
 }
 
-fn read_at(file: &File, offset: u64, len: usize, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+/// `len` bytes at `offset` of `file` (a chunk of `id`'s), or `None` if
+/// that would wait for the disk and `wait` is [`Wait::ForNothing`].
+fn read_at(
+    file: &File,
+    offset: u64,
+    len: usize,
+    id: &ChunkId,
+    wait: Wait,
+) -> Result<Option<Vec<u8>>, StoreError> {
     let mut bytes = vec![0; len];
-    file.read_exact_at(&mut bytes, offset)
-        .map_err(|e| StoreError::Corrupt(format!("chunk {}: {e}", hex(id))))?;
-    Ok(bytes)
+    match wait {
+        Wait::ForDisk => {
+            file.read_exact_at(&mut bytes, offset)
+                .map_err(|e| StoreError::Corrupt(format!("chunk {}: {e}", hex(id))))?;
+            Ok(Some(bytes))
+        }
+        Wait::ForNothing => Ok(read_cached_at(file, &mut bytes, offset).then_some(bytes)),
+    }
+}
+
+/// Fills `buf` from `offset` of `file` if the page cache holds all of it,
+/// without waiting for the disk (`preadv2` with `RWF_NOWAIT`); false when
+/// it does not, or on a short read or any error (a kernel or filesystem
+/// without `RWF_NOWAIT` included): a read that may wait then tells.
+fn read_cached_at(file: &File, buf: &mut [u8], offset: u64) -> bool {
+    let Ok(offset) = libc::off_t::try_from(offset) else {
+        return false;
+    };
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `iov` names `buf`, borrowed mutably for the whole call, and
+    // the descriptor is `file`'s, borrowed for the call too.
+    let read = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    usize::try_from(read).is_ok_and(|read| read == buf.len())
 }
 
 impl ContentStore {
@@ -1025,6 +1088,30 @@ mod tests {
         assert_eq!(open(&content), 2, "one handle per pattern");
         content.remove_segment(segment).unwrap();
         assert_eq!(open(&content), 0);
+    }
+
+    #[test]
+    fn a_read_that_waits_for_nothing_gives_up_on_bytes_it_cannot_read_at_once() {
+        let (_dir, conn, mut content) = empty_store();
+        let id = content.put(&conn, &chunk(5), Put::default()).unwrap().id;
+        let read = content
+            .start_read(&conn, &id, ReadPattern::Scattered)
+            .unwrap();
+        let piece = 8192..12288;
+        // A read that waits brings the pages in; one that does not then
+        // finds them, verified.
+        assert_eq!(read.read(piece.clone()).unwrap(), chunk(5)[piece.clone()]);
+        let cached = read.read_if(piece.clone(), Wait::ForNothing).unwrap();
+        assert_eq!(cached.as_deref(), Some(&chunk(5)[piece.clone()]));
+        // Bytes it cannot have at once (here: cut off the file) are not an
+        // error to it; the read that waits reports them.
+        let segment = content.locate(&conn, &id).unwrap().unwrap().segment;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(content.segment_path(segment));
+        file.unwrap().set_len(1).unwrap();
+        assert_eq!(read.read_if(piece.clone(), Wait::ForNothing).unwrap(), None);
+        assert!(matches!(read.read(piece), Err(StoreError::Corrupt(_))));
     }
 
     #[test]

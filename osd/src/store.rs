@@ -29,7 +29,7 @@ use aspen_proto::osd::{LogEntry, LogVersion, ObjectCopy, ObjectOp};
 
 use crate::batch::{Batches, Committed, Failure, Outcome};
 use crate::content::{
-    self, COMPACT_STEP_BYTES, ContentStore, MAX_CHUNK, RELEASE_STEP, ReadPattern,
+    self, COMPACT_STEP_BYTES, ContentStore, MAX_CHUNK, RELEASE_STEP, ReadPattern, Wait,
 };
 use crate::extents::{Extent, ExtentMap, ReadPiece, RefChange};
 use crate::trails::ReadTrails;
@@ -1467,6 +1467,17 @@ impl ReadPlan {
 
     /// The read's bytes, each chunk verified against its id.
     pub fn assemble(self) -> Result<Vec<u8>, StoreError> {
+        self.assemble_if(Wait::ForDisk)?
+            .ok_or_else(|| StoreError::Io("a read that waits for the disk read nothing".into()))
+    }
+
+    /// [`ReadPlan::assemble`] if none of its bytes waits for the disk (the
+    /// segment pages it reads are all cached); `None` otherwise.
+    pub fn assemble_cached(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.assemble_if(Wait::ForNothing)
+    }
+
+    fn assemble_if(&self, wait: Wait) -> Result<Option<Vec<u8>>, StoreError> {
         let total: u64 = self
             .pieces
             .iter()
@@ -1476,13 +1487,16 @@ impl ReadPlan {
             })
             .sum();
         let mut bytes = Vec::with_capacity(total as usize);
-        for piece in self.pieces {
+        for piece in &self.pieces {
             match piece {
-                PlannedPiece::Hole(len) => bytes.resize(bytes.len() + len as usize, 0),
-                PlannedPiece::Data { chunk, range } => bytes.extend_from_slice(&chunk.read(range)?),
+                PlannedPiece::Hole(len) => bytes.resize(bytes.len() + *len as usize, 0),
+                PlannedPiece::Data { chunk, range } => match chunk.read_if(range.clone(), wait)? {
+                    Some(read) => bytes.extend_from_slice(&read),
+                    None => return Ok(None),
+                },
             }
         }
-        Ok(bytes)
+        Ok(Some(bytes))
     }
 }
 

@@ -411,7 +411,12 @@ impl OsdService {
                     .flatten();
                 let bytes = match planned {
                     Some(plan) => match plan? {
-                        plan if plan.reads_segments() => blocking(move || plan.assemble()).await?,
+                        plan if plan.reads_segments() => {
+                            match unwound(|| plan.assemble_cached())? {
+                                Some(bytes) => bytes,
+                                None => blocking(move || plan.assemble()).await?,
+                            }
+                        }
                         plan => unwound(|| plan.assemble())?,
                     },
                     None => blocking(move || store.read(&key, offset, len)).await?,
@@ -710,10 +715,12 @@ pub const STAGE_IN_TASK_MAX: usize = crate::content::SMALL_WRITE_MAX;
 /// store is free (larger ones, or any while the store is held, go to a
 /// blocking thread whole): its SQLite lookups cost less than the two
 /// thread wakeups a blocking thread takes. Its bytes are read on the task
-/// only when none come from a segment file: a segment read waits for the
-/// disk when cold, and a worker held that long stalls every connection it
-/// serves (4 KiB cold random reads through the mount: 6.9-7.2k IOPS with
-/// the segment reads on the task, 8.1-8.3k on a blocking thread).
+/// too when none comes from a segment file, or when the page cache holds
+/// all that do (`RWF_NOWAIT`); otherwise on a blocking thread: a segment
+/// read waits for the disk when cold, and a worker held that long stalls
+/// every connection it serves (4 KiB cold random reads through the mount:
+/// 6.9-7.2k IOPS with every segment read on the task, 8.1-8.3k on a
+/// blocking thread).
 pub const READ_IN_TASK_MAX: u64 = crate::content::SMALL_WRITE_MAX as u64;
 
 /// The most replicated entries staged together on the async task that
