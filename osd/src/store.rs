@@ -1449,6 +1449,12 @@ fn apply_entry_in(
     Ok(stat)
 }
 
+/// The most pieces (extents and holes) a read assembles where it must not
+/// wait ([`ReadPlan::assemble_cached`]): each chunk's piece reads and
+/// checks the chunk's stored tree and hashes at least one tree piece, so a
+/// read across many small extents is work for a thread that may wait.
+pub const CACHED_READ_MAX_PIECES: usize = 16;
+
 /// A read located under the store's lock, its bytes still to read
 /// ([`ReadPlan::assemble`]) once the lock is released.
 pub struct ReadPlan {
@@ -1472,8 +1478,14 @@ impl ReadPlan {
     }
 
     /// [`ReadPlan::assemble`] if none of its bytes waits for the disk (the
-    /// segment pages it reads are all cached); `None` otherwise.
+    /// segment pages it reads are all cached) and it is little work (at
+    /// most [`CACHED_READ_MAX_PIECES`] pieces, no chunk of a segment
+    /// written before hash trees over one tree piece: those are hashed
+    /// whole); `None` otherwise.
     pub fn assemble_cached(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.pieces.len() > CACHED_READ_MAX_PIECES {
+            return Ok(None);
+        }
         self.assemble_if(Wait::ForNothing)
     }
 

@@ -716,11 +716,11 @@ pub const STAGE_IN_TASK_MAX: usize = crate::content::SMALL_WRITE_MAX;
 /// blocking thread whole): its SQLite lookups cost less than the two
 /// thread wakeups a blocking thread takes. Its bytes are read on the task
 /// too when none comes from a segment file, or when the page cache holds
-/// all that do (`RWF_NOWAIT`); otherwise on a blocking thread: a segment
-/// read waits for the disk when cold, and a worker held that long stalls
-/// every connection it serves (4 KiB cold random reads through the mount:
-/// 6.9-7.2k IOPS with every segment read on the task, 8.1-8.3k on a
-/// blocking thread).
+/// all that do and they are little work (`ReadPlan::assemble_cached`);
+/// otherwise on a blocking thread: a segment read waits for the disk when
+/// cold, and a worker held that long stalls every connection it serves
+/// (4 KiB cold random reads through the mount: 6.9-7.2k IOPS with every
+/// segment read on the task, 8.1-8.3k on a blocking thread).
 pub const READ_IN_TASK_MAX: u64 = crate::content::SMALL_WRITE_MAX as u64;
 
 /// The most replicated entries staged together on the async task that
