@@ -278,8 +278,7 @@ impl ChunkRead {
     /// when its tree is stored, against the tree (itself checked against
     /// the id), hashing only the pieces the range touches.
     pub fn read(&self, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
-        self.read_if(range, Wait::ForDisk)?
-            .ok_or_else(|| StoreError::Io("a read that waits for the disk read nothing".into()))
+        waited(self.read_if(range, Wait::ForDisk)?).map(Cow::into_owned)
     }
 
     /// Whether the chunk's bytes are still to be read from a segment file
@@ -295,9 +294,13 @@ impl ChunkRead {
         }
     }
 
-    /// [`ChunkRead::read`], or `None` if that would wait for the disk and
-    /// `wait` is [`Wait::ForNothing`].
-    pub fn read_if(&self, range: Range<usize>, wait: Wait) -> Result<Option<Vec<u8>>, StoreError> {
+    /// [`ChunkRead::read`] (an inline chunk's bytes borrowed), or `None` if
+    /// that would wait for the disk and `wait` is [`Wait::ForNothing`].
+    pub fn read_if(
+        &self,
+        range: Range<usize>,
+        wait: Wait,
+    ) -> Result<Option<Cow<'_, [u8]>>, StoreError> {
         if range.start > range.end || range.end > self.len() {
             return Err(StoreError::Corrupt(format!(
                 "an extent runs past chunk {}",
@@ -310,7 +313,9 @@ impl ChunkRead {
                 offset,
                 len,
                 tree: true,
-            } if tree::pieces(*len) > 0 => self.read_pieces(file, (*offset, *len), range, wait),
+            } if tree::pieces(*len) > 0 => Ok(self
+                .read_pieces(file, (*offset, *len), range, wait)?
+                .map(Cow::Owned)),
             // A chunk of a segment written before trees is read and hashed
             // whole, up to MAX_CHUNK bytes for a read of a few: work for a
             // thread that may wait, not for one that must not.
@@ -321,7 +326,11 @@ impl ChunkRead {
         }
     }
 
-    fn read_whole(&self, range: Range<usize>, wait: Wait) -> Result<Option<Vec<u8>>, StoreError> {
+    fn read_whole(
+        &self,
+        range: Range<usize>,
+        wait: Wait,
+    ) -> Result<Option<Cow<'_, [u8]>>, StoreError> {
         let bytes: Cow<'_, [u8]> = match &self.source {
             ChunkSource::Inline(bytes) => Cow::Borrowed(bytes),
             ChunkSource::Segment {
@@ -334,9 +343,10 @@ impl ChunkRead {
         if blake3::hash(&bytes).as_bytes() != &self.id {
             return Err(mismatch(&self.id));
         }
-        Ok(Some(match range.len() == bytes.len() {
-            true => bytes.into_owned(),
-            false => bytes[range].to_vec(),
+        Ok(Some(match bytes {
+            _ if range.len() == bytes.len() => bytes,
+            Cow::Borrowed(bytes) => Cow::Borrowed(&bytes[range]),
+            Cow::Owned(bytes) => Cow::Owned(bytes[range].to_vec()),
         }))
     }
 
@@ -375,6 +385,11 @@ impl ChunkRead {
         bytes.drain(..range.start - base);
         Ok(Some(bytes))
     }
+}
+
+/// The bytes of a read made with [`Wait::ForDisk`], which always has them.
+pub(crate) fn waited<T>(read: Option<T>) -> Result<T, StoreError> {
+    read.ok_or_else(|| StoreError::Io("a read that waits for the disk read nothing".into()))
 }
 
 /// Whether a read of a segment file may wait for the disk.

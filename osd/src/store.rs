@@ -1473,8 +1473,7 @@ impl ReadPlan {
 
     /// The read's bytes, each chunk verified against its id.
     pub fn assemble(self) -> Result<Vec<u8>, StoreError> {
-        self.assemble_if(Wait::ForDisk)?
-            .ok_or_else(|| StoreError::Io("a read that waits for the disk read nothing".into()))
+        content::waited(self.assemble_if(Wait::ForDisk)?)
     }
 
     /// [`ReadPlan::assemble`] if none of its bytes waits for the disk (the
