@@ -1,7 +1,9 @@
 # Shared by the benchmark scripts that mount Aspen: `aspen up` in the
 # background until it has mounted, its stop (also on exit: the caller traps
-# stop_aspen), and the disk's trim before a measured run.
-# Usage: source bench/aspen_up.sh; start_aspen BIN DATA_DIR MOUNT_DIR LOG; stop_aspen; trim_disk
+# stop_aspen), the disk's trim before a measured run, the aspen process's
+# CPU time and the 1 GiB sequential fio pass.
+# Usage: source bench/aspen_up.sh; start_aspen BIN DATA_DIR MOUNT_DIR LOG; stop_aspen; trim_disk;
+#        cpu_ticks PID; seq_mibs DIR RW [FIO_ARG...]
 
 # Trims the freed space of the filesystem holding the current directory.
 # Deletes on a filesystem mounted with `discard` leave discards behind that
@@ -35,4 +37,19 @@ stop_aspen() {
   kill -INT "$aspen_pid" 2>/dev/null || true
   wait "$aspen_pid" 2>/dev/null || true
   aspen_pid=
+}
+
+# cpu_ticks PID: the CPU time (user and system) of process PID, in clock
+# ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# seq_mibs DIR RW [FIO_ARG...]: MiB/s of a 1 GiB fio pass, RW write or
+# read, in DIR as bench/mount.sh runs it (bs 1M, end_fsync, psync, no
+# fallocate). A read's caller drops the caches first when it wants it cold.
+seq_mibs() {
+  local dir=$1 rw=$2 field=48
+  [[ $rw == read ]] && field=7
+  timeout 900 fio --name=s --directory="$dir" --rw="$rw" --bs=1M --size=1G \
+    --end_fsync=1 --fallocate=none --ioengine=psync --output-format=terse "${@:3}" |
+    awk -F';' -v f=$field '$1 == 3 { printf "%.1f", $f / 1024 }'
 }

@@ -15,7 +15,6 @@ ROUNDS=${3:-5}
 TICKS=$(getconf CLK_TCK)
 
 udp_in() { awk '/^Udp:/ { n++; if (n == 2) print $2 }' /proc/net/snmp; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 # One round of one binary: appends "INDEX write_mibs write_cpu_s write_udp
 # read_mibs read_cpu_s read_udp" to $OUT/rows.
@@ -27,10 +26,7 @@ run_one() {
     [[ $rw == read ]] && { sync; echo 3 >/proc/sys/vm/drop_caches; }
     c0=$(cpu_ticks "$aspen_pid")
     u0=$(udp_in)
-    local field=48; [[ $rw == read ]] && field=7
-    mibs=$(timeout 900 fio --name=s --directory="$dir/mnt/b" --rw=$rw --bs=1M --size=1G \
-      --end_fsync=1 --fallocate=none --ioengine=psync --output-format=terse |
-      awk -F';' -v f=$field '$1 == 3 { printf "%.1f", $f / 1024 }')
+    mibs=$(seq_mibs "$dir/mnt/b" $rw)
     row+=("$mibs" "$(awk -v t=$(( $(cpu_ticks "$aspen_pid") - c0 )) -v hz="$TICKS" 'BEGIN { printf "%.1f", t / hz }')")
     row+=("$(( $(udp_in) - u0 ))")
   done

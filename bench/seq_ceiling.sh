@@ -38,15 +38,10 @@ CORES=$(nproc)
 WRITE_PROFILE_S=3
 READ_PROFILE_S=1
 
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-
 # fio_pass DIR FILE RW: MiB/s of a 1 GiB pass (a cold one for reads).
 fio_pass() {
-  local field=48
-  if [[ $3 == read ]]; then field=7; sync; echo 3 >/proc/sys/vm/drop_caches; fi
-  timeout 900 fio --name=s --directory="$1" --filename="$2" --rw="$3" --bs=1M --size=1G \
-    --end_fsync=1 --fallocate=none --ioengine=psync --output-format=terse |
-    awk -F';' -v f=$field '$1 == 3 { printf "%.1f", $f / 1024 }'
+  [[ $3 == read ]] && { sync; echo 3 >/proc/sys/vm/drop_caches; }
+  seq_mibs "$1" "$3" --filename="$2"
 }
 
 # transport_share DIR FILE RW SECONDS: the transport's share of the aspen

@@ -443,12 +443,19 @@ fn read_cached_at(file: &File, buf: &mut [u8], offset: u64) -> bool {
     let flags = rustix::io::ReadWriteFlags::NOWAIT;
     match rustix::io::preadv2(file, &mut [IoSliceMut::new(buf)], offset, flags) {
         Ok(read) => read == buf.len(),
-        Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
+        Err(error) if refuses_reads_without_waiting(error) => {
             READS_WITHOUT_WAITING.store(false, Ordering::Relaxed);
             false
         }
         Err(_) => false,
     }
+}
+
+/// Whether `error` from a `preadv2` with `RWF_NOWAIT` says the kernel or
+/// the filesystem does not take the flag at all (rather than that this
+/// read would wait).
+fn refuses_reads_without_waiting(error: Errno) -> bool {
+    matches!(error, Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL)
 }
 
 impl ContentStore {
@@ -1122,7 +1129,7 @@ mod tests {
         let mut byte = [0u8];
         let flags = rustix::io::ReadWriteFlags::NOWAIT;
         let read = rustix::io::preadv2(&file, &mut [IoSliceMut::new(&mut byte)], 0, flags);
-        !matches!(read, Err(Errno::OPNOTSUPP))
+        !matches!(read, Err(error) if refuses_reads_without_waiting(error))
     }
 
     #[test]
