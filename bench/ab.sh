@@ -92,8 +92,6 @@ rand_iops() {
     --randrepeat=0 "${@:3}" --output-format=terse | awk -F';' -v column="$2" '$1 == 3 { print $column }'
 }
 
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-
 # start_with_rand_files INDEX DIR: `aspen up` of binary INDEX in DIR, with
 # the random-I/O files laid out in DIR/mnt/b.
 start_with_rand_files() {

@@ -1,9 +1,10 @@
 # Shared by the benchmark scripts that mount Aspen: `aspen up` in the
 # background until it has mounted, its stop (also on exit: the caller traps
-# stop_aspen), the disk's trim before a measured run, the aspen process's
-# CPU time and the 1 GiB sequential fio pass.
+# stop_aspen), the disk's trim and the kernel's caches dropped before a
+# measured run, the aspen process's CPU time and the 1 GiB sequential fio
+# pass.
 # Usage: source bench/aspen_up.sh; start_aspen BIN DATA_DIR MOUNT_DIR LOG; stop_aspen; trim_disk;
-#        cpu_ticks PID; seq_mibs DIR RW [FIO_ARG...]
+#        drop_caches; cpu_ticks PID; ticks_to_seconds TICKS DECIMALS; seq_mibs DIR RW [FIO_ARG...]
 
 # Trims the freed space of the filesystem holding the current directory.
 # Deletes on a filesystem mounted with `discard` leave discards behind that
@@ -39,9 +40,18 @@ stop_aspen() {
   aspen_pid=
 }
 
+# Writes back and drops the kernel's page, dentry and inode caches: the
+# next read through the mount is cold.
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
 # cpu_ticks PID: the CPU time (user and system) of process PID, in clock
 # ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# ticks_to_seconds TICKS DECIMALS: clock ticks as seconds.
+ticks_to_seconds() {
+  awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v d="$2" 'BEGIN { printf "%.*f", d, t / hz }'
+}
 
 # seq_mibs DIR RW [FIO_ARG...]: MiB/s of a 1 GiB fio pass, RW write or
 # read, in DIR as bench/mount.sh runs it (bs 1M, end_fsync, psync, no

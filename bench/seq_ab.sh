@@ -12,7 +12,6 @@
 # Usage: bench/seq_ab.sh BASE_BIN NEW_BIN [ROUNDS]     (ROUNDS default 5)
 source "$(dirname "$0")/ab.sh" seq_ab "$@"
 ROUNDS=${3:-5}
-TICKS=$(getconf CLK_TCK)
 
 udp_in() { awk '/^Udp:/ { n++; if (n == 2) print $2 }' /proc/net/snmp; }
 
@@ -23,11 +22,11 @@ run_one() {
   start_aspen "${BINS[$index]}" "$dir/data" "$dir/mnt" "$dir/up.log"
   mkdir -p "$dir/mnt/b"
   for rw in write read; do
-    [[ $rw == read ]] && { sync; echo 3 >/proc/sys/vm/drop_caches; }
+    [[ $rw == read ]] && drop_caches
     c0=$(cpu_ticks "$aspen_pid")
     u0=$(udp_in)
     mibs=$(seq_mibs "$dir/mnt/b" $rw)
-    row+=("$mibs" "$(awk -v t=$(( $(cpu_ticks "$aspen_pid") - c0 )) -v hz="$TICKS" 'BEGIN { printf "%.1f", t / hz }')")
+    row+=("$mibs" "$(ticks_to_seconds $(( $(cpu_ticks "$aspen_pid") - c0 )) 1)")
     row+=("$(( $(udp_in) - u0 ))")
   done
   stop_aspen

@@ -31,7 +31,6 @@ OUT=$REPO/bench/out/seq_ceiling
 rm -rf "$OUT" && mkdir -p "$OUT"
 source bench/aspen_up.sh
 trap stop_aspen EXIT
-TICKS=$(getconf CLK_TCK)
 CORES=$(nproc)
 # The profile covers this much of each pass, from a second into it (the
 # write takes about 5 s here, the read about 2 s).
@@ -40,7 +39,7 @@ READ_PROFILE_S=1
 
 # fio_pass DIR FILE RW: MiB/s of a 1 GiB pass (a cold one for reads).
 fio_pass() {
-  [[ $3 == read ]] && { sync; echo 3 >/proc/sys/vm/drop_caches; }
+  [[ $3 == read ]] && drop_caches
   seq_mibs "$1" "$3" --filename="$2"
 }
 
@@ -65,7 +64,7 @@ run_round() {
   for rw in write read; do
     c0=$(cpu_ticks "$aspen_pid")
     mibs=$(fio_pass "$dir/mnt" plain.dat $rw)
-    cpu=$(awk -v t=$(( $(cpu_ticks "$aspen_pid") - c0 )) -v hz="$TICKS" 'BEGIN { printf "%.2f", t / hz }')
+    cpu=$(ticks_to_seconds $(( $(cpu_ticks "$aspen_pid") - c0 )) 2)
     row+=("$mibs" "$cpu")
   done
   for rw in write read; do

@@ -31,12 +31,16 @@ pub const NOT_AUTHORIZED: u32 = 403;
 /// its acknowledgement without waiting out [`MAX_ACK_DELAY`].
 const ACK_ELICITING_THRESHOLD: u32 = 7;
 
-/// How long a peer may hold an acknowledgement back when fewer than
+/// How long a peer may hold an acknowledgement back when no more than
 /// [`ACK_ELICITING_THRESHOLD`] packets have come: the longest a sender whose
-/// congestion window is full waits to send more. Not under noq's timer
-/// granularity (1 ms), which a peer refuses as a protocol violation.
+/// congestion window is full waits to send more. Not under
+/// [`QUIC_TIMER_GRANULARITY`].
 const MAX_ACK_DELAY: Duration = Duration::from_millis(2);
-const _: () = assert!(MAX_ACK_DELAY.as_micros() >= 1000);
+
+/// noq's timer granularity: a peer refuses a shorter acknowledgement delay
+/// as a protocol violation.
+const QUIC_TIMER_GRANULARITY: Duration = Duration::from_millis(1);
+const _: () = assert!(MAX_ACK_DELAY.as_micros() >= QUIC_TIMER_GRANULARITY.as_micros());
 
 /// A transport failure.
 #[derive(Debug, thiserror::Error)]
