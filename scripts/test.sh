@@ -40,6 +40,10 @@ install_debian_packages "${DEBIAN_PACKAGES[@]}"
 require_rust_components
 install_cargo_tools "${CARGO_TOOLS[@]}"
 
+# The free space the run starts with: the mount tests keep three copies of
+# what they write, so a short disk shows up as ENOSPC there.
+echo "== free disk"
+df -h . "${TMPDIR:-/tmp}"
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"

@@ -1,16 +1,17 @@
 //! The filesystem through a real FUSE mount of a replicated cluster: one
 //! MDS and three `aspen osd` processes (pool size 3) and an `aspen mount`
-//! process. File data really spreads over the OSDs, large files and mmap
-//! read back intact, concurrent writers do not disturb each other, a
-//! truncate or unlink frees the objects, a copy survives kill -9 of an OSD,
-//! SIGTERM unmounts cleanly, and a full cluster or damaged data surfaces
-//! as ENOSPC or EIO, never as wrong bytes.
+//! process. File data really spreads over the OSDs, long files, writes
+//! past 32-bit offsets and mmap read back intact, concurrent writers do
+//! not disturb each other, a truncate or unlink frees the objects, a copy
+//! survives kill -9 of an OSD, SIGTERM unmounts cleanly, and a full
+//! cluster or damaged data surfaces as ENOSPC or EIO, never as wrong
+//! bytes.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -69,6 +70,62 @@ fn write_pattern(path: &Path, len: u64, seed: u64) -> blake3::Hash {
     }
     file.sync_all().unwrap();
     hasher.finalize()
+}
+
+/// How much the large-file check streams (three copies go to disk).
+const STREAMED_LEN: u64 = 512 << 20;
+/// Offsets that a 32-bit signed or unsigned offset would get wrong.
+const PAST_32_BIT_OFFSETS: [u64; 2] = [2 << 30, 4 << 30];
+/// The piece written across each of them.
+const PIECE_LEN: usize = 2 << 20;
+
+/// Asks the kernel to forget `path`'s clean cached pages, so the next read
+/// comes from the cluster.
+fn drop_cached_pages(path: &Path) {
+    let file = std::fs::File::open(path).unwrap();
+    nix::fcntl::posix_fadvise(
+        &file,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .unwrap();
+}
+
+/// Writes a piece across each of [`PAST_32_BIT_OFFSETS`] into the file at
+/// `path`, then reads the pieces and a hole back from the cluster.
+fn check_writes_past_32_bit_offsets(path: &Path) {
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let pieces: Vec<(u64, Vec<u8>)> = PAST_32_BIT_OFFSETS
+        .iter()
+        .enumerate()
+        .map(|(n, boundary)| {
+            let piece = pattern(77 + n as u64, PIECE_LEN);
+            let offset = boundary - PIECE_LEN as u64 / 2;
+            file.write_all_at(&piece, offset).unwrap();
+            (offset, piece)
+        })
+        .collect();
+    file.sync_all().unwrap();
+    drop(file);
+    drop_cached_pages(path);
+    let end = pieces
+        .last()
+        .map(|(offset, piece)| offset + piece.len() as u64);
+    assert_eq!(Some(std::fs::metadata(path).unwrap().len()), end);
+    let file = std::fs::File::open(path).unwrap();
+    for (offset, piece) in &pieces {
+        let mut back = vec![0u8; piece.len()];
+        file.read_exact_at(&mut back, *offset).unwrap();
+        assert!(back == *piece, "the piece at {offset} read back differs");
+    }
+    let mut hole = vec![1u8; PIECE_LEN];
+    file.read_exact_at(&mut hole, STREAMED_LEN + (1 << 30))
+        .unwrap();
+    assert!(
+        hole.iter().all(|&byte| byte == 0),
+        "a hole read back non-zero"
+    );
 }
 
 struct Cluster {
@@ -236,11 +293,15 @@ fn a_mounted_replicated_cluster_keeps_file_data_right() {
         "a fourth 1 MiB object"
     );
 
-    // A 2 GiB file reads back with the same checksum.
+    // A long sequential write reads back with the same checksum, and data
+    // written across the 2 GiB and 4 GiB offsets lands there, with the
+    // hole before it reading as zeros. (Sparse, so the test's disk need
+    // stays at three copies of the streamed part.)
     let large = cluster.path("large");
-    let expected = write_pattern(&large, 2 << 30, 2);
-    assert_eq!(std::fs::metadata(&large).unwrap().len(), 2 << 30);
-    assert_eq!(digest(&large), expected, "2 GiB file read back differs");
+    let expected = write_pattern(&large, STREAMED_LEN, 2);
+    drop_cached_pages(&large);
+    assert_eq!(digest(&large), expected, "streamed file read back differs");
+    check_writes_past_32_bit_offsets(&large);
     std::fs::remove_file(&large).unwrap();
 
     // Writes through a shared mapping reach the file, and the mapping sees it.
