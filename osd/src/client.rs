@@ -247,7 +247,7 @@ impl ObjectClient {
             .pg_mapping(pg)
             .map_err(|e| e.to_string())?
             .acting_primary
-            .ok_or(format!("{pg:?} has no primary"))?;
+            .ok_or_else(|| format!("{pg:?} has no primary"))?;
         let moved = match op {
             ObjectOp::Read { len, .. } => *len,
             _ => body.len() as u64,
