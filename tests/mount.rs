@@ -295,8 +295,9 @@ fn a_mounted_replicated_cluster_keeps_file_data_right() {
 
     // A long sequential write reads back with the same checksum, and data
     // written across the 2 GiB and 4 GiB offsets lands there, with the
-    // hole before it reading as zeros. (Sparse, so the test's disk need
-    // stays at three copies of the streamed part.)
+    // hole between the streamed part and the pieces reading as zeros.
+    // (Sparse, so the test's disk need stays at three copies of the
+    // streamed part.)
     let large = cluster.path("large");
     let expected = write_pattern(&large, STREAMED_LEN, 2);
     drop_cached_pages(&large);
