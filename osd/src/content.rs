@@ -38,6 +38,7 @@ use rustix::io::Errno;
 use crate::extents::ChunkId;
 use crate::store::{StoreError, io};
 use crate::tree;
+use crate::tree_cache::TreeCache;
 
 /// The largest chunk: a write is cut into chunks of at most this size, and
 /// a read verifies whole chunks.
@@ -169,15 +170,30 @@ fn move_inline_bytes_out_of_the_index(conn: &Connection) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Where a chunk's bytes are.
+/// Where a chunk's bytes are: a row of `chunks` with its segment's
+/// `tree` flag (see [`ContentStore::locate`]).
 #[derive(Clone, Copy, Debug)]
-struct Location {
+pub(crate) struct Location {
     segment: i64,
     /// Where the chunk's bytes start (its tree, if stored, ends there).
     offset: u64,
     len: u64,
     /// Whether the chunk's tree is stored.
     tree: bool,
+}
+
+impl Location {
+    /// A location from the columns `c.segment, c.offset, c.len,
+    /// COALESCE(s.tree, 0)` of `chunks c LEFT JOIN segments s ON s.id =
+    /// c.segment`, as a caller's own statement selects them.
+    pub(crate) fn from_columns(segment: i64, offset: i64, len: i64, tree: i64) -> Location {
+        Location {
+            segment,
+            offset: offset as u64,
+            len: len as u64,
+            tree: tree != 0,
+        }
+    }
 }
 
 /// How [`ContentStore::put`] stores a chunk.
@@ -231,6 +247,9 @@ pub struct ContentStore {
     /// One handle per segment and [`ReadPattern`]: the readahead advice
     /// holds for an open file, not for the file.
     readers: Mutex<HashMap<(i64, ReadPattern), Arc<File>>>,
+    /// Chunk trees small reads checked, so the next small read of the
+    /// chunk reads only its pieces.
+    trees: Arc<TreeCache>,
 }
 
 /// How the read a chunk belongs to moves through its segment file, so the
@@ -264,6 +283,7 @@ enum ChunkSource {
         offset: u64,
         len: usize,
         tree: bool,
+        trees: Arc<TreeCache>,
     },
 }
 
@@ -313,8 +333,9 @@ impl ChunkRead {
                 offset,
                 len,
                 tree: true,
+                trees,
             } if tree::pieces(*len) > 0 => Ok(self
-                .read_pieces(file, (*offset, *len), range, wait)?
+                .read_pieces(file, trees, (*offset, *len), range, wait)?
                 .map(Cow::Owned)),
             // A chunk of a segment written before trees is read and hashed
             // whole, up to MAX_CHUNK bytes for a read of a few: work for a
@@ -351,24 +372,35 @@ impl ChunkRead {
     }
 
     /// The pieces `range` touches of the chunk at `offset` (`len` bytes)
-    /// in `file`, checked against its stored tree.
+    /// in `file`, checked against its tree: the stored one, or for a read
+    /// of part of the chunk the one `trees` kept from an earlier read.
     fn read_pieces(
         &self,
         file: &File,
+        trees: &TreeCache,
         (offset, len): (u64, usize),
         range: Range<usize>,
         wait: Wait,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let tree_len = tree::tree_len(len) as u64;
-        let tree_at = offset
-            .checked_sub(tree_len)
-            .ok_or_else(|| mismatch(&self.id))?;
-        let Some(values) = read_at(file, tree_at, tree_len as usize, &self.id, wait)? else {
-            return Ok(None);
+        let partial = range.len() < len;
+        let cached = if partial {
+            trees.get(&self.id, len)
+        } else {
+            None
         };
-        if tree::root(&values, len) != Some(self.id) {
-            return Err(mismatch(&self.id));
-        }
+        let values = match cached {
+            Some(values) => values,
+            None => {
+                let Some(values) = self.read_stored_tree(file, (offset, len), wait)? else {
+                    return Ok(None);
+                };
+                let values: Arc<[u8]> = Arc::from(values);
+                if partial {
+                    trees.insert(self.id, len, values.clone());
+                }
+                values
+            }
+        };
         let first = range.start / tree::PIECE;
         let base = first * tree::PIECE;
         let end = (range.end.div_ceil(tree::PIECE) * tree::PIECE).min(len);
@@ -384,6 +416,27 @@ impl ChunkRead {
         bytes.truncate(range.end - base);
         bytes.drain(..range.start - base);
         Ok(Some(bytes))
+    }
+
+    /// The stored tree of the chunk at `offset` (`len` bytes) in `file`,
+    /// checked against the chunk's id.
+    fn read_stored_tree(
+        &self,
+        file: &File,
+        (offset, len): (u64, usize),
+        wait: Wait,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let tree_len = tree::tree_len(len) as u64;
+        let tree_at = offset
+            .checked_sub(tree_len)
+            .ok_or_else(|| mismatch(&self.id))?;
+        let Some(values) = read_at(file, tree_at, tree_len as usize, &self.id, wait)? else {
+            return Ok(None);
+        };
+        if tree::root(&values, len) != Some(self.id) {
+            return Err(mismatch(&self.id));
+        }
+        Ok(Some(values))
     }
 }
 
@@ -467,6 +520,7 @@ impl ContentStore {
             next_segment: None,
             dirty: BTreeMap::new(),
             readers: Mutex::default(),
+            trees: Arc::default(),
         })
     }
 
@@ -685,6 +739,17 @@ impl ContentStore {
         let location = self
             .locate(conn, id)?
             .ok_or_else(|| StoreError::Corrupt(format!("chunk {} is missing", hex(id))))?;
+        self.start_located_read(conn, id, location, pattern)
+    }
+
+    /// [`ContentStore::start_read`] of a chunk the caller located itself.
+    pub(crate) fn start_located_read(
+        &self,
+        conn: &Connection,
+        id: &ChunkId,
+        location: Location,
+        pattern: ReadPattern,
+    ) -> Result<ChunkRead, StoreError> {
         if location.len > MAX_CHUNK as u64 {
             return Err(StoreError::Corrupt(format!(
                 "chunk {} is listed as {} bytes",
@@ -707,6 +772,7 @@ impl ContentStore {
                 offset: location.offset,
                 len: location.len as usize,
                 tree: location.tree,
+                trees: self.trees.clone(),
             }
         };
         Ok(ChunkRead { id: *id, source })
@@ -1120,6 +1186,52 @@ mod tests {
         assert_eq!(open(&content), 2, "one handle per pattern");
         content.remove_segment(segment).unwrap();
         assert_eq!(open(&content), 0);
+    }
+
+    #[test]
+    fn a_small_read_checks_the_stored_tree_once_and_a_whole_chunk_read_every_time() {
+        let (dir, conn, mut content) = empty_store();
+        let id = content.put(&conn, &chunk(6), Put::default()).unwrap().id;
+        let read = content
+            .start_read(&conn, &id, ReadPattern::Scattered)
+            .unwrap();
+        assert_eq!(read.read(8192..12288).unwrap(), chunk(6)[8192..12288]);
+        assert_eq!(content.trees.len(), 1, "the checked tree is kept");
+        // Damage the stored tree: small reads go on against the kept one,
+        // which still checks every piece they return.
+        let location = content.locate(&conn, &id).unwrap().unwrap();
+        let tree_at = location.offset - tree::tree_len(MAX_CHUNK) as u64;
+        let segment = OpenOptions::new()
+            .write(true)
+            .open(content.segment_path(location.segment))
+            .unwrap();
+        segment.write_all_at(&[0xee; 32], tree_at).unwrap();
+        assert_eq!(read.read(40_000..44_000).unwrap(), chunk(6)[40_000..44_000]);
+        // A whole-chunk read (scrub, recovery) checks the stored tree.
+        assert!(matches!(
+            read.read(0..MAX_CHUNK),
+            Err(StoreError::Corrupt(_))
+        ));
+        // So does a small read of a store that kept no tree.
+        let fresh = ContentStore::open(dir.path()).unwrap();
+        let read = fresh
+            .start_read(&conn, &id, ReadPattern::Scattered)
+            .unwrap();
+        assert!(matches!(
+            read.read(8192..12288),
+            Err(StoreError::Corrupt(_))
+        ));
+        // A damaged piece fails against the kept tree too.
+        segment
+            .write_all_at(&[0xee; 16], location.offset + 40_000)
+            .unwrap();
+        let read = content
+            .start_read(&conn, &id, ReadPattern::Scattered)
+            .unwrap();
+        assert!(matches!(
+            read.read(40_000..44_000),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     /// Whether the filesystem holding `path` takes `RWF_NOWAIT` (tmpfs

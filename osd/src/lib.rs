@@ -9,7 +9,9 @@
 //!   indexed in SQLite, verified on every read, reference counted and
 //!   reclaimed by segment compaction.
 //! - [`tree`]: the hash tree stored beside each chunk in a segment, so a
-//!   small read hashes only the pieces it returns.
+//!   small read hashes only the pieces it returns; `tree_cache` keeps the
+//!   trees small reads checked, so the next small read of the chunk reads
+//!   only its pieces.
 //! - [`batch`]: group commit: concurrent mutations share one transaction
 //!   and one sync, each undone alone if it fails.
 //! - [`gathered_log`]: the SQLite VFS the store opens its database with,
@@ -42,3 +44,4 @@ pub mod server;
 pub mod store;
 mod trails;
 pub mod tree;
+mod tree_cache;

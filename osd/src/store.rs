@@ -976,11 +976,13 @@ impl ObjectStore {
         offset: u64,
         len: u64,
     ) -> Result<ReadPlan, StoreError> {
-        let (object, size) =
-            ObjectStore::object_id(&inner.conn, key)?.ok_or(StoreError::NotFound)?;
-        let end = offset.saturating_add(len).min(size);
-        let pattern = inner.trails.classify(object, offset, len);
-        plan_read(inner, object, offset, end, pattern)
+        let start = ReadStart::find(&inner.conn, key, offset)?.ok_or(StoreError::NotFound)?;
+        let end = offset.saturating_add(len).min(start.size);
+        let pattern = inner.trails.classify(start.object, offset, len);
+        if let Some(plan) = start.plan_if_one_extent(inner, offset, end, pattern)? {
+            return Ok(plan);
+        }
+        plan_read(inner, start.object, offset, end, pattern)
     }
 
     pub fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectStat>, StoreError> {
@@ -1520,6 +1522,107 @@ enum PlannedPiece {
     },
 }
 
+/// What one statement finds for a read at `offset` of an object: the
+/// object, its size, and the extent that may cover `offset` with its
+/// chunk's location. Most small reads lie in one extent, and this is all
+/// their plan needs (four statements otherwise: the object, the extents
+/// covering and following `offset`, the chunk).
+struct ReadStart {
+    object: i64,
+    size: u64,
+    extent: Option<(Extent, Option<content::Location>)>,
+}
+
+impl ReadStart {
+    fn find(
+        conn: &Connection,
+        key: &ObjectKey,
+        offset: u64,
+    ) -> Result<Option<ReadStart>, StoreError> {
+        // The chunk's columns are those of `ContentStore::locate`.
+        let mut statement = conn.prepare_cached(
+            "SELECT o.id, o.size, e.offset, e.len, e.chunk, e.chunk_offset, \
+                    c.segment, c.offset, c.len, COALESCE(s.tree, 0) \
+             FROM objects o \
+             LEFT JOIN extents e ON e.object = o.id AND e.offset = ( \
+                 SELECT x.offset FROM extents x WHERE x.object = o.id AND x.offset <= ?3 \
+                 ORDER BY x.offset DESC LIMIT 1) \
+             LEFT JOIN chunks c ON c.id = e.chunk \
+             LEFT JOIN segments s ON s.id = c.segment \
+             WHERE o.pool = ?1 AND o.name = ?2",
+        )?;
+        let clamped = offset.min(i64::MAX as u64) as i64;
+        let found = statement
+            .query_row(params![key.pg.pool.0, key.name, clamped], |r| {
+                let extent = match r.get::<_, Option<i64>>(2)? {
+                    None => None,
+                    Some(at) => Some((
+                        (at as u64, r.get::<_, i64>(3)? as u64),
+                        r.get::<_, Vec<u8>>(4)?,
+                        r.get::<_, i64>(5)? as u64,
+                        match r.get::<_, Option<i64>>(6)? {
+                            None => None,
+                            Some(segment) => Some(content::Location::from_columns(
+                                segment,
+                                r.get(7)?,
+                                r.get(8)?,
+                                r.get(9)?,
+                            )),
+                        },
+                    )),
+                };
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64, extent))
+            })
+            .optional()?;
+        let Some((object, size, extent)) = found else {
+            return Ok(None);
+        };
+        let extent = match extent {
+            None => None,
+            Some(((at, len), chunk, chunk_offset, location)) => Some((
+                Extent {
+                    offset: at,
+                    len,
+                    chunk: content::chunk_id(&chunk)?,
+                    chunk_offset,
+                },
+                location,
+            )),
+        };
+        Ok(Some(ReadStart {
+            object,
+            size,
+            extent,
+        }))
+    }
+
+    /// The plan of `offset..end` when the extent found covers all of it
+    /// and its chunk was located; `None` sends the read to [`plan_read`].
+    fn plan_if_one_extent(
+        &self,
+        inner: &Inner,
+        offset: u64,
+        end: u64,
+        pattern: ReadPattern,
+    ) -> Result<Option<ReadPlan>, StoreError> {
+        let Some((extent, Some(location))) = self.extent else {
+            return Ok(None);
+        };
+        if offset >= end || extent.offset > offset || extent.offset + extent.len < end {
+            return Ok(None);
+        }
+        let chunk =
+            inner
+                .content
+                .start_located_read(&inner.conn, &extent.chunk, location, pattern)?;
+        let start = extent.chunk_offset + (offset - extent.offset);
+        let range = start as usize..start.saturating_add(end - offset) as usize;
+        Ok(Some(ReadPlan {
+            pieces: vec![PlannedPiece::Data { chunk, range }],
+        }))
+    }
+}
+
 /// Locates the pieces of `offset..end` of `object`; [`ReadPlan::assemble`]
 /// reads them once the lock is released, so a slow disk read does not hold
 /// up every other operation on the store.
@@ -1607,5 +1710,56 @@ mod tests {
         );
         drop(held);
         assert!(store.try_plan_read(&large, 0, 10).is_some());
+    }
+
+    #[test]
+    fn a_read_in_one_extent_is_planned_by_one_statement_as_the_general_plan_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        let object = key("pieces");
+        let data = |seed: u32, len: usize| -> Vec<u8> {
+            (0..len as u32)
+                .map(|i| (i.wrapping_mul(7) ^ seed) as u8 | 1)
+                .collect()
+        };
+        // Segment chunks, an inline chunk, an overwrite splitting an
+        // extent, and a hole between them.
+        store.write(&object, 0, &data(1, 150_000)).unwrap();
+        store.write(&object, 70_000, &data(2, 4_000)).unwrap();
+        store.write(&object, 200_000, &data(3, 30_000)).unwrap();
+        let size = 230_000u64;
+        let mut one_extent = 0;
+        for offset in (0..size + 10_000).step_by(6_997) {
+            for len in [1u64, 4_096, 9_000, 70_000] {
+                let inner = lock(&store.inner);
+                let start = ReadStart::find(&inner.conn, &object, offset)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(start.size, size);
+                let end = offset.saturating_add(len).min(size);
+                let pattern = ReadPattern::Scattered;
+                let general = plan_read(&inner, start.object, offset, end, pattern)
+                    .unwrap()
+                    .assemble()
+                    .unwrap();
+                if let Some(plan) = start
+                    .plan_if_one_extent(&inner, offset, end, pattern)
+                    .unwrap()
+                {
+                    one_extent += 1;
+                    assert_eq!(plan.assemble().unwrap(), general, "{offset}+{len}");
+                }
+            }
+        }
+        assert!(
+            one_extent > 50,
+            "most reads lie in one extent: {one_extent}"
+        );
+        let inner = lock(&store.inner);
+        assert!(
+            ReadStart::find(&inner.conn, &key("absent"), 0)
+                .unwrap()
+                .is_none()
+        );
     }
 }
