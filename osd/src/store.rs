@@ -1554,24 +1554,11 @@ impl ReadStart {
         let clamped = offset.min(i64::MAX as u64) as i64;
         let found = statement
             .query_row(params![key.pg.pool.0, key.name, clamped], |r| {
-                let extent = match r.get::<_, Option<i64>>(2)? {
-                    None => None,
-                    Some(at) => Some((
-                        (at as u64, r.get::<_, i64>(3)? as u64),
-                        r.get::<_, Vec<u8>>(4)?,
-                        r.get::<_, i64>(5)? as u64,
-                        match r.get::<_, Option<i64>>(6)? {
-                            None => None,
-                            Some(segment) => Some(content::Location::from_columns(
-                                segment,
-                                r.get(7)?,
-                                r.get(8)?,
-                                r.get(9)?,
-                            )),
-                        },
-                    )),
-                };
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64, extent))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    found_extent(r)?,
+                ))
             })
             .optional()?;
         let Some((object, size, extent)) = found else {
@@ -1579,14 +1566,12 @@ impl ReadStart {
         };
         let extent = match extent {
             None => None,
-            Some(((at, len), chunk, chunk_offset, location)) => Some((
+            Some(found) => Some((
                 Extent {
-                    offset: at,
-                    len,
-                    chunk: content::chunk_id(&chunk)?,
-                    chunk_offset,
+                    chunk: content::chunk_id(&found.stored_chunk)?,
+                    ..found.extent
                 },
-                location,
+                found.location,
             )),
         };
         Ok(Some(ReadStart {
@@ -1608,19 +1593,54 @@ impl ReadStart {
         let Some((extent, Some(location))) = self.extent else {
             return Ok(None);
         };
-        if offset >= end || extent.offset > offset || extent.offset + extent.len < end {
+        if offset >= end || extent.offset > offset || extent.offset.saturating_add(extent.len) < end
+        {
             return Ok(None);
         }
         let chunk =
             inner
                 .content
                 .start_located_read(&inner.conn, &extent.chunk, location, pattern)?;
-        let start = extent.chunk_offset + (offset - extent.offset);
+        let start = extent.chunk_offset.saturating_add(offset - extent.offset);
         let range = start as usize..start.saturating_add(end - offset) as usize;
         Ok(Some(ReadPlan {
             pieces: vec![PlannedPiece::Data { chunk, range }],
         }))
     }
+}
+
+/// The extent of [`ReadStart::find`]'s row (columns 2-5) as stored: its
+/// chunk's id still unchecked (`extent.chunk` is left zero), and the
+/// chunk's location (columns 6-9, absent if the chunk has no row).
+struct FoundExtent {
+    extent: Extent,
+    stored_chunk: Vec<u8>,
+    location: Option<content::Location>,
+}
+
+fn found_extent(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<FoundExtent>> {
+    let Some(offset) = r.get::<_, Option<i64>>(2)? else {
+        return Ok(None);
+    };
+    let location = match r.get::<_, Option<i64>>(6)? {
+        None => None,
+        Some(segment) => Some(content::Location::from_columns(
+            segment,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+        )),
+    };
+    Ok(Some(FoundExtent {
+        extent: Extent {
+            offset: offset as u64,
+            len: r.get::<_, i64>(3)? as u64,
+            chunk: [0; 32],
+            chunk_offset: r.get::<_, i64>(5)? as u64,
+        },
+        stored_chunk: r.get(4)?,
+        location,
+    }))
 }
 
 /// Locates the pieces of `offset..end` of `object`; [`ReadPlan::assemble`]
