@@ -7,11 +7,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use iroh::endpoint::{
-    AckFrequencyConfig, AfterHandshakeOutcome, Connection, EndpointHooks, PortmapperConfig,
-    QuicTransportConfig, Side, VarInt, presets,
+    AfterHandshakeOutcome, Connection, EndpointHooks, PortmapperConfig, Side, VarInt, presets,
 };
 use iroh::{Endpoint, EndpointAddr, EndpointId, NetReportConfig, RelayMode, SecretKey};
 
@@ -19,28 +17,6 @@ use super::delegation::{Delegation, MAX_PENDING_DELEGATIONS, Principals};
 
 /// QUIC close code sent to a peer that is not on the allow-list.
 pub const NOT_AUTHORIZED: u32 = 403;
-
-/// How many ack-eliciting packets a peer may take in without sending an
-/// acknowledgement; the next one gets it (QUIC ACK frequency; RFC 9000's
-/// rule is 1). Our traffic is request and response: with 1, a response of
-/// more than one packet, or a request that finds nothing going back, costs
-/// a packet of its own carrying only an acknowledgement (over a third of
-/// the datagrams of a 4 KiB read); with more, acknowledgements ride on the
-/// next request or response. The 8 packets stay within noq's initial
-/// congestion window (8 full packets), so a sender starting a transfer gets
-/// its acknowledgement without waiting out [`MAX_ACK_DELAY`].
-const ACK_ELICITING_THRESHOLD: u32 = 7;
-
-/// How long a peer may hold an acknowledgement back when no more than
-/// [`ACK_ELICITING_THRESHOLD`] packets have come: the longest a sender whose
-/// congestion window is full waits to send more. Not under
-/// [`QUIC_TIMER_GRANULARITY`].
-const MAX_ACK_DELAY: Duration = Duration::from_millis(2);
-
-/// noq's timer granularity: a peer refuses a shorter acknowledgement delay
-/// as a protocol violation.
-const QUIC_TIMER_GRANULARITY: Duration = Duration::from_millis(1);
-const _: () = assert!(MAX_ACK_DELAY.as_micros() >= QUIC_TIMER_GRANULARITY.as_micros());
 
 /// A transport failure.
 #[derive(Debug, thiserror::Error)]
@@ -184,17 +160,6 @@ pub struct Transport {
     pub principals: Principals,
 }
 
-/// iroh's QUIC settings with acknowledgements sent less often
-/// ([`ACK_ELICITING_THRESHOLD`]).
-fn quic_transport_config() -> QuicTransportConfig {
-    let mut acks = AckFrequencyConfig::default();
-    acks.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD))
-        .max_ack_delay(Some(MAX_ACK_DELAY));
-    QuicTransportConfig::builder()
-        .ack_frequency_config(Some(acks))
-        .build()
-}
-
 impl Transport {
     /// Binds an endpoint with key `secret` on `addr` (port 0 picks one)
     /// serving `alpns`. For a daemon: no other live endpoint may have the
@@ -245,7 +210,13 @@ impl Transport {
             .net_report_config(NetReportConfig::minimal())
             .alpns(alpns)
             .hooks(gate)
-            .transport_config(quic_transport_config())
+            // QUIC's ACK frequency extension (acknowledging every 8th
+            // packet) stays off although it made small reads and writes
+            // 5-10% faster (bench/RESULTS.md, 2026-12-06): noq 1.4.0 writes
+            // its ACK_FREQUENCY frame without checking the room left in the
+            // packet, and a connection whose packet was full panicked in
+            // its driver and aborted the whole process (`aspen up` laying
+            // out files with 1 MiB writes).
             .bind()
             .await
             .map_err(|e| TransportError::Bind(e.to_string()))?;
