@@ -383,23 +383,8 @@ impl ChunkRead {
         wait: Wait,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let partial = range.len() < len;
-        let cached = if partial {
-            trees.get(&self.id, len)
-        } else {
-            None
-        };
-        let values = match cached {
-            Some(values) => values,
-            None => {
-                let Some(values) = self.read_stored_tree(file, (offset, len), wait)? else {
-                    return Ok(None);
-                };
-                let values: Arc<[u8]> = Arc::from(values);
-                if partial {
-                    trees.insert(self.id, len, values.clone());
-                }
-                values
-            }
+        let Some(values) = self.tree(file, trees, (offset, len), partial, wait)? else {
+            return Ok(None);
         };
         let first = range.start / tree::PIECE;
         let base = first * tree::PIECE;
@@ -416,6 +401,30 @@ impl ChunkRead {
         bytes.truncate(range.end - base);
         bytes.drain(..range.start - base);
         Ok(Some(bytes))
+    }
+
+    /// The chunk's tree, checked against its id: for a `partial` read the
+    /// one `trees` kept if there is one, else the stored one (which a
+    /// partial read leaves in `trees`).
+    fn tree(
+        &self,
+        file: &File,
+        trees: &TreeCache,
+        (offset, len): (u64, usize),
+        partial: bool,
+        wait: Wait,
+    ) -> Result<Option<Arc<[u8]>>, StoreError> {
+        if partial && let Some(values) = trees.get(&self.id, len) {
+            return Ok(Some(values));
+        }
+        let Some(values) = self.read_stored_tree(file, (offset, len), wait)? else {
+            return Ok(None);
+        };
+        let values: Arc<[u8]> = Arc::from(values);
+        if partial {
+            trees.insert(self.id, len, values.clone());
+        }
+        Ok(Some(values))
     }
 
     /// The stored tree of the chunk at `offset` (`len` bytes) in `file`,
