@@ -721,12 +721,12 @@ impl ContentStore {
                  LEFT JOIN segments s ON s.id = c.segment WHERE c.id = ?1",
             )?
             .query_row([&id[..]], |r| {
-                Ok(Location {
-                    segment: r.get(0)?,
-                    offset: r.get::<_, i64>(1)? as u64,
-                    len: r.get::<_, i64>(2)? as u64,
-                    tree: r.get::<_, i64>(3)? != 0,
-                })
+                Ok(Location::from_columns(
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                ))
             })
             .optional()?)
     }
@@ -1181,6 +1181,20 @@ mod tests {
         (dir, conn, content)
     }
 
+    /// A segment chunk of `chunk(seed)` put into `content`, and its
+    /// scattered read.
+    fn put_for_scattered_read(
+        conn: &Connection,
+        content: &mut ContentStore,
+        seed: u8,
+    ) -> (ChunkId, ChunkRead) {
+        let id = content.put(conn, &chunk(seed), Put::default()).unwrap().id;
+        let read = content
+            .start_read(conn, &id, ReadPattern::Scattered)
+            .unwrap();
+        (id, read)
+    }
+
     #[test]
     fn scattered_and_streaming_reads_agree_and_a_removed_segment_drops_both_handles() {
         let (_dir, conn, mut content) = empty_store();
@@ -1200,10 +1214,7 @@ mod tests {
     #[test]
     fn a_small_read_checks_the_stored_tree_once_and_a_whole_chunk_read_every_time() {
         let (dir, conn, mut content) = empty_store();
-        let id = content.put(&conn, &chunk(6), Put::default()).unwrap().id;
-        let read = content
-            .start_read(&conn, &id, ReadPattern::Scattered)
-            .unwrap();
+        let (id, read) = put_for_scattered_read(&conn, &mut content, 6);
         assert_eq!(read.read(8192..12288).unwrap(), chunk(6)[8192..12288]);
         assert_eq!(content.trees.len(), 1, "the checked tree is kept");
         // Damage the stored tree: small reads go on against the kept one,
@@ -1256,10 +1267,7 @@ mod tests {
     #[test]
     fn a_read_that_waits_for_nothing_gives_up_on_bytes_it_cannot_read_at_once() {
         let (_dir, conn, mut content) = empty_store();
-        let id = content.put(&conn, &chunk(5), Put::default()).unwrap().id;
-        let read = content
-            .start_read(&conn, &id, ReadPattern::Scattered)
-            .unwrap();
+        let (id, read) = put_for_scattered_read(&conn, &mut content, 5);
         let piece = 8192..12288;
         // A read that waits brings the pages in; one that does not then
         // finds them, verified.
