@@ -18,6 +18,7 @@ command -v fio >/dev/null || { echo "fio is not installed" >&2; exit 1; }
 OUT=$REPO/bench/out/$1
 rm -rf "$OUT" && mkdir -p "$OUT"
 source bench/aspen_up.sh
+source bench/machine.sh
 trap stop_aspen EXIT
 
 # ab_rounds ROUNDS RUN_ONE OUT: calls RUN_ONE INDEX DIR for each binary in
@@ -41,7 +42,7 @@ ab_preamble() {
   echo
   echo "## $1 — $(date +%F)"
   echo
-  echo "Machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(free -g | awk '/Mem:/ { print $2 }') GiB; disk under $(df --output=source "$PWD" | tail -1)."
+  machine_line "$PWD"
   echo "Command: $2"
   echo
   echo "A = ${BINS[0]}, B = ${BINS[1]}."

@@ -8,6 +8,7 @@
 # Usage: bench/crush.sh            (installs ceph-base for crushtool if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/machine.sh
 PGS=100000
 RUNS=5
 OUT=bench/out/crush
@@ -102,7 +103,7 @@ PY
   echo
   echo "## CRUSH placement — $(date -u +%Y-%m-%d)"
   echo
-  echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/Mem:/{print $2}') GiB."
+  machine_line
   echo "Command: \`bench/crush.sh\` (crushtool from ceph-base $(dpkg-query -W -f '${Version}' ceph-base 2>/dev/null))."
   echo "Map: 50 hosts x 20 OSDs of weight 1, straw2, \`chooseleaf firstn 0 type host\`, size 3, $PGS PGs; best of $RUNS runs."
   echo

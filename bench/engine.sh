@@ -7,6 +7,7 @@
 # Usage: bench/engine.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/machine.sh
 OUT=bench/out/engine
 rm -rf "$OUT" && mkdir -p "$OUT"
 cargo build --release --locked -q -p aspen-osd --example engine_bench
@@ -15,7 +16,7 @@ target/release/examples/engine_bench "$OUT/data" | tee "$OUT/results.txt"
   echo
   echo "## OSD storage engine — $(date -u +%Y-%m-%d)"
   echo
-  echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/Mem:/{print $2}') GiB; disk under $(df -h "$OUT" | awk 'NR==2{print $1}')."
+  machine_line "$OUT"
   echo "Command: \`bench/engine.sh\` (release; one process; 32 objects of 4 MiB; 4 KiB writes at random aligned offsets of them; depth 16 = 16 threads/tasks)."
   echo
   echo '```'

@@ -4,6 +4,7 @@
 # environment runs that binary instead of building one)
 
 OUT=$PWD/bench/out/$1
+source bench/machine.sh
 rm -rf "$OUT" && mkdir -p "$OUT"
 if [[ -z ${ASPEN:-} ]]; then
   cargo build --release --locked -q

@@ -29,7 +29,7 @@ run 16
   echo
   echo "## Metadata service — $(date -u +%Y-%m-%d)"
   echo
-  echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/Mem:/{print $2}') GiB; disk under $(df -h "$OUT" | awk 'NR==2{print $1}')."
+  machine_line "$OUT"
   echo "Command: \`FILES=$FILES bench/mds.sh\` (release build; MDS members, each on $MDS_WORKERS runtime thread(s), and the client on 127.0.0.1; empty files in a fresh directory)."
   echo
   echo "| members | concurrency | creates/s | stats/s | unlinks/s | serial create p50 | p99 |"

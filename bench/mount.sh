@@ -181,7 +181,7 @@ done
   echo
   echo "## Mount (fio and file workloads) — $(date -u +%Y-%m-%d)"
   echo
-  echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/Mem:/{print $2}') GiB; disk under $(df -h "$OUT" | awk 'NR==2{print $1}')."
+  machine_line "$OUT"
   echo "Command: \`bench/mount.sh ${ran[*]}\` (release; RUNTIME=$RUNTIME). aspen = \`aspen up\` (1 MDS + 3 OSDs, pool size 3, FUSE mount, one process); ceph = ceph-fuse on the peer's 3-OSD size-3 CephFS; local = a directory on the same disk."
   echo
   python3 "$REPO/bench/mount_table.py" "$RESULTS" "${ran[@]}"

@@ -39,7 +39,7 @@ aspen_rand=$(awk -F': ' '/4 KiB random writes, depth 16/ {print $2+0}' "$OUT/asp
   echo
   echo "## Objects (3 OSDs, pool size 3) — $(date -u +%Y-%m-%d)"
   echo
-  echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/Mem:/{print $2}') GiB; disk under $(df -h "$OUT" | awk 'NR==2{print $1}')."
+  machine_line "$OUT"
   echo "Command: \`OBJECTS=$OBJECTS SMALL_OPS=$SMALL_OPS OSD_WORKERS=$OSD_WORKERS bench/osd.sh\` (release; 1 MDS + 3 OSD processes, $OSD_WORKERS runtime thread(s) each, and the client on 127.0.0.1; every acknowledged write durable on all three OSDs)."
   echo
   echo '```'

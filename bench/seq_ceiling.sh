@@ -30,6 +30,7 @@ fi
 OUT=$REPO/bench/out/seq_ceiling
 rm -rf "$OUT" && mkdir -p "$OUT"
 source bench/aspen_up.sh
+source bench/machine.sh
 trap stop_aspen EXIT
 CORES=$(nproc)
 # The profile covers this much of each pass, from a second into it (the
@@ -87,7 +88,7 @@ done
   echo
   echo "## The transport's ceiling on the sequential rows — $(date +%F)"
   echo
-  echo "Machine: $CORES cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(free -g | awk '/Mem:/ { print $2 }') GiB; disk under $(df --output=source "$PWD" | tail -1)."
+  machine_line "$PWD"
   echo "Command: \`bench/seq_ceiling.sh $ROUNDS\` on $(git rev-parse --short HEAD) ($ASPEN) (aspen up: 1 MDS + 3 OSDs, pool size 3, FUSE; fio 1 GiB bs 1M; CPU = the aspen process; transport = iroh and noq with their AEAD, as a share of the aspen process's samples; ceiling = $CORES cores / the transport's CPU s per GiB)."
   echo
   echo "| round | write MiB/s | CPU s/GiB | transport share | transport CPU s/GiB | write ceiling MiB/s | read MiB/s | CPU s/GiB | transport share | transport CPU s/GiB | read ceiling MiB/s |"
