@@ -1,6 +1,7 @@
 # Shared by the A/B scripts (seq_ab.sh, randread_ab.sh, randwrite_ab.sh):
 # the two binaries, the checks, rounds in alternating order, the random-I/O
-# files and fio jobs, and the table they append.
+# files and fio jobs, and the table they append (headed by
+# bench/machine.sh's machine_line).
 # Usage: source "$(dirname "$0")/ab.sh" NAME "$@"
 #   (sets -euo pipefail and inherit_errexit; checks BASE_BIN NEW_BIN; sets
 #   BINS, REPO and OUT=bench/out/NAME; cds to the repository; stops aspen

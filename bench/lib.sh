@@ -1,5 +1,6 @@
 # Shared by the benchmark scripts that run daemons: a fresh output folder,
-# the release binary, free ports, and daemons stopped on exit.
+# the release binary, free ports, daemons stopped on exit, and
+# bench/machine.sh's machine_line.
 # Usage: source bench/lib.sh NAME   (sets OUT and ASPEN; ASPEN=BIN in the
 # environment runs that binary instead of building one)
 
