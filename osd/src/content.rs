@@ -1234,24 +1234,31 @@ mod tests {
         ));
         // So does a small read of a store that kept no tree.
         let fresh = ContentStore::open(dir.path()).unwrap();
-        let read = fresh
-            .start_read(&conn, &id, ReadPattern::Scattered)
-            .unwrap();
-        assert!(matches!(
-            read.read(8192..12288),
-            Err(StoreError::Corrupt(_))
-        ));
+        assert!(scattered_read_is_corrupt(&fresh, &conn, &id, 8192..12288));
         // A damaged piece fails against the kept tree too.
         segment
             .write_all_at(&[0xee; 16], location.offset + 40_000)
             .unwrap();
-        let read = content
-            .start_read(&conn, &id, ReadPattern::Scattered)
-            .unwrap();
-        assert!(matches!(
-            read.read(40_000..44_000),
-            Err(StoreError::Corrupt(_))
+        assert!(scattered_read_is_corrupt(
+            &content,
+            &conn,
+            &id,
+            40_000..44_000
         ));
+    }
+
+    /// Whether a scattered read of `range` of chunk `id` from `content`
+    /// reports corruption.
+    fn scattered_read_is_corrupt(
+        content: &ContentStore,
+        conn: &Connection,
+        id: &ChunkId,
+        range: Range<usize>,
+    ) -> bool {
+        let read = content
+            .start_read(conn, id, ReadPattern::Scattered)
+            .unwrap();
+        matches!(read.read(range), Err(StoreError::Corrupt(_)))
     }
 
     /// Whether the filesystem holding `path` takes `RWF_NOWAIT` (tmpfs
